@@ -1,0 +1,242 @@
+"""The `heritagelens` command: one plain function per subcommand, errors as one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+KAGGLE = "ikobzev/architectural-heritage-elements-image64-dataset"
+EXIT_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or missing data, reported as one line."""
+
+
+def default_data_root() -> Path:
+    """$AHE_DATA, else ./data/ahe64, else ../shared/data/ahe64; one clear message when none exists."""
+    env = os.environ.get("AHE_DATA")
+    if env:
+        return Path(env)
+    for p in (Path("data/ahe64"), Path("../shared/data/ahe64")):
+        if (p / "train").is_dir():
+            return p
+    raise UsageError(
+        "no AHE64 data found: put the dataset (Kaggle: " + KAGGLE + ") so that ./data/ahe64/train/<class>/*.jpg "
+        "exists, or set AHE_DATA=/path/to/ahe64, or pass --data"
+    )
+
+
+def _root(args) -> Path:
+    return Path(args.data) if getattr(args, "data", None) else default_data_root()
+
+
+def _config(args):
+    from .config import preset
+
+    cfg = preset(args.preset).override(args.set or [])
+    cfg.data.root = str(_root(args))
+    if getattr(args, "seed", None) is not None:
+        cfg.train.seed = args.seed
+    if getattr(args, "epochs", None) is not None:
+        cfg = cfg.override([f"train.epochs={args.epochs}"])
+    return cfg
+
+
+def _run_dir(args) -> Path:
+    return Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+
+
+def cmd_data_check(args) -> int:
+    from .data import check
+
+    r = check(_root(args))
+    splits = list(r.counts)
+    print(f"data root: {r.root}")
+    print(f"{'class':<18}" + "".join(f"{s:>8}" for s in splits))
+    for c in sorted({c for counts in r.counts.values() for c in counts}):
+        print(f"{c:<18}" + "".join(f"{r.counts[s].get(c, 0):>8}" for s in splits))
+    print(f"{'total':<18}" + "".join(f"{sum(r.counts[s].values()):>8}" for s in splits))
+    print("sizes: " + ", ".join(f"{k} ({v})" for k, v in r.sizes.most_common(8)))
+    print("modes: " + ", ".join(f"{k} ({v})" for k, v in r.modes.most_common()))
+    print(f"unreadable files: {len(r.bad)}")
+    for f, problem in r.bad:
+        print(f"  {f}: {problem}")
+    print(f"exact duplicate groups: {len(r.duplicates)} ({len(r.cross_class)} filed under more than one class)")
+    for g in r.duplicates:
+        print(("  CROSS-CLASS " if g in r.cross_class else "  ") + "  ==  ".join(g))
+    for p in r.problems:
+        print(f"problem: {p}")
+    if not r.usable:
+        print(f"heritagelens: error: {r.root}: layout unusable ({len(r.problems)} problem(s) above)", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .run import train_run
+
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "last.pt").exists():
+            raise UsageError(f"{run}: no last.pt to resume from")
+        state, _ = train_run(None, run, resume=True, progress=not args.quiet)
+        print(f"run folder: {run}")
+        return 0
+    cfg = _config(args)
+    run = _run_dir(args)
+    if (run / "last.pt").exists():
+        raise UsageError(f"{run}: already holds a run; use --resume {run} or another --out")
+    print(cfg.to_json())
+    train_run(cfg, run, progress=not args.quiet)
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .run import evaluate_checkpoint
+
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    root = Path(args.data) if args.data else None
+    r = evaluate_checkpoint(ckpt, args.split, root=root, tta=args.tta, out_dir=out)
+    print(r.table())
+    print()
+    print(r.confusion_table())
+    print(f"\nwritten: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .data import DataError, decode
+    from .train import predict_logits
+
+    model, classes, _ = load_model(args.checkpoint)
+    failed = 0
+    for path in args.images:
+        try:
+            x = torch.from_numpy(decode(path))[None]
+        except DataError as e:
+            print(f"heritagelens: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        probs = torch.softmax(predict_logits(model, x, tta=args.tta), 1)[0]
+        top = probs.topk(min(args.top, len(classes)))
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+    return EXIT_ERROR if failed else 0
+
+
+def cmd_layers(args) -> int:
+    from .checkpoint import load_model
+    from .models import layer_table
+
+    model, classes, ckpt = load_model(args.checkpoint)
+    rows = layer_table(model)
+    print(f"{'layer':<22}{'type':<20}{'output shape':<18}{'params':>10}")
+    for name, kind, shape, n in rows:
+        print(f"{name:<22}{kind:<20}{str(tuple(shape)):<18}{n:>10,}")
+    print(f"total parameters: {sum(p.numel() for p in model.parameters()):,}; classes: {', '.join(classes)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
+    from .data import has_split
+    from .run import evaluate_checkpoint, train_run
+
+    cfg = _config(args)
+    run = _run_dir(args)
+    print(f"data: {cfg.data.root}\nrun folder: {run}")
+    t0 = time.perf_counter()
+    train_run(cfg, run, progress=not args.quiet)
+    minutes = (time.perf_counter() - t0) / 60
+    splits = ["val"] + (["test"] if has_split(cfg.data.root, "test") else [])
+    for split in splits:
+        r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
+        print(f"\n== {split} ({'group-aware validation from train/' if split == 'val' else 'official test split'})")
+        print(r.table())
+    print(f"\ntraining took {minutes:.1f} min; run folder: {run}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heritagelens", description="Recognise architectural heritage elements.")
+    p.add_argument("--version", action="version", version=f"heritagelens {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def recipe(sp):
+        sp.add_argument("--data", help="dataset root (default: $AHE_DATA, ./data/ahe64, ../shared/data/ahe64)")
+        sp.add_argument("--preset", default="default", help="named recipe (see heritagelens.config.PRESETS)")
+        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--epochs", type=int)
+        sp.add_argument("--out", help="run folder (default: runs/<date-time>)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
+    c = d.add_parser("check", help="counts, sizes, modes, unreadable files and duplicates")
+    c.add_argument("data", nargs="?", help="dataset root")
+    c.set_defaults(func=cmd_data_check)
+
+    t = sub.add_parser("train", help="train a model into a run folder")
+    recipe(t)
+    t.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run", help="the main job: train, evaluate and write the run folder")
+    recipe(r)
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    e.add_argument("checkpoint", help="checkpoint file or run folder")
+    e.add_argument("--split", choices=["val", "test"], default="val")
+    e.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
+    e.add_argument("--out", help="folder for eval JSON and PNG (default: beside the checkpoint)")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="top-k classes of images of any size and format")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top", type=int, default=3)
+    pr.add_argument("--tta", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
+    ly.add_argument("checkpoint")
+    ly.set_defaults(func=cmd_layers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, DataError, CheckpointError, ConfigError) as e:
+        print(f"heritagelens: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("heritagelens: interrupted; a run can be continued with 'heritagelens train --resume RUN'", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Every setting of a run in one typed object: printed at start, saved in the run folder and in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or unknown."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how validation is carved out of `train/`."""
+
+    root: str = "data/ahe64"
+    """Dataset root holding `train/<class>/*` and optionally `test/<class>/*`."""
+    val_folds: int = 7
+    """Validation is one fold of a stratified group k-fold over `train/`: 7 folds hold out about 14%."""
+    val_fold: int = 0
+    """Which fold is validation (0 .. val_folds-1)."""
+    split_seed: int = 0
+    """Seed of the fold assignment; kept apart from the training seed so seeds compare on one split."""
+    near_dup_corr: float = 0.93
+    """Pearson correlation of 16x16 RGB thumbnails at or above which two images are one group."""
+    flickr_id_window: int = 100_000
+    """Flickr photos whose numeric ids differ by at most this are taken as one burst (same photographer, same day)."""
+    on_bad_file: str = "skip"
+    """What loading does with an unreadable file: 'skip' (warn with a count) or 'stop'."""
+    cache_dir: str = ""
+    """Where decoded tensors are cached; empty means `<root>/.heritagelens-cache` when writable, else ~/.cache."""
+
+    def __post_init__(self):
+        if self.val_folds < 2:
+            raise ConfigError("data.val_folds must be at least 2")
+        if not 0 <= self.val_fold < self.val_folds:
+            raise ConfigError(f"data.val_fold must be in 0..{self.val_folds - 1}")
+        if self.on_bad_file not in ("skip", "stop"):
+            raise ConfigError("data.on_bad_file must be 'skip' or 'stop'")
+
+
+@dataclass
+class ModelConfig:
+    """A plain CNN: stages of (conv, batch norm, ReLU) x depth, each closed by 2x2 max-pooling, then a linear head."""
+
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    """Output channels of each stage."""
+    depths: tuple[int, ...] = (1, 2, 2, 2)
+    """Conv layers in each stage."""
+    kernel_size: int = 3
+    """Square kernel of every conv (odd, padded to keep the size)."""
+    dropout: float = 0.2
+    """Dropout before the linear head."""
+    head_pool: str = "max"
+    """Global pooling before the head: 'max' or 'avg'."""
+
+    def __post_init__(self):
+        self.widths, self.depths = tuple(self.widths), tuple(self.depths)
+        if len(self.widths) != len(self.depths) or not self.widths:
+            raise ConfigError("model.widths and model.depths must be non-empty and of equal length")
+        if min(self.widths) < 1 or min(self.depths) < 1:
+            raise ConfigError("model.widths and model.depths must be positive")
+        if self.kernel_size % 2 != 1:
+            raise ConfigError("model.kernel_size must be odd")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout must be in [0, 1)")
+        if self.head_pool not in ("max", "avg"):
+            raise ConfigError("model.head_pool must be 'max' or 'avg'")
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Units are given in each docstring."""
+
+    epochs: int = 30
+    """Passes over the training images."""
+    batch_size: int = 128
+    """Images per optimizer step."""
+    lr: float = 0.08
+    """Peak learning rate (SGD with Nesterov momentum), reached after the warm-up."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    """L2 penalty on conv and linear weights (not on biases or batch norm)."""
+    warmup_frac: float = 0.15
+    """Fraction of the steps over which the learning rate rises linearly from 0; it then falls linearly to 0."""
+    label_smoothing: float = 0.1
+    crop_pad: int = 4
+    """Random translation of up to this many pixels (reflect padding), per image."""
+    flip: bool = True
+    """Random horizontal flips (architecture is left-right symmetric; vertical flips would not be)."""
+    cutout: int = 16
+    """Side of a random square zeroed in each image (0 turns it off)."""
+    colour_jitter: float = 0.1
+    """Per-image brightness and contrast jitter: factors drawn from [1-x, 1+x]."""
+    ema_decay: float = 0.0
+    """Weights averaged with this decay per step and used for evaluation (0 turns it off)."""
+    tta: bool = True
+    """Evaluate with test-time augmentation (flip and +-2 px shifts averaged)."""
+    bf16: bool = True
+    """bfloat16 autocast on CPU (faster where the CPU has BF16 instructions)."""
+    channels_last: bool = True
+    compile: bool = False
+    """torch.compile the model (slow to start, see BENCHMARKS.md)."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default (one per core)."""
+    seed: int = 0
+    snapshot_epochs: tuple[int, ...] = ()
+    """Extra checkpoints saved at these epochs (for feature-evolution figures)."""
+    limit_train: int = 0
+    """Use only the first N training images after shuffling (0 = all); for quick checks."""
+
+    def __post_init__(self):
+        self.snapshot_epochs = tuple(self.snapshot_epochs)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be positive")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be positive")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ConfigError("train.warmup_frac must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("train.ema_decay must be in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("train.label_smoothing must be in [0, 1)")
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        try:
+            return cls(
+                data=DataConfig(**d.get("data", {})),
+                model=ModelConfig(**d.get("model", {})),
+                train=TrainConfig(**d.get("train", {})),
+            )
+        except TypeError as e:
+            raise ConfigError(f"unknown setting: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply `section.key=value` assignments (value parsed as JSON, else taken as a string)."""
+        d = self.to_dict()
+        for a in assignments:
+            key, sep, raw = a.partition("=")
+            section, _, name = key.partition(".")
+            if not sep or section not in d or name not in d[section]:
+                raise ConfigError(f"bad setting '{a}': expected section.key=value with a known key")
+            try:
+                d[section][name] = json.loads(raw)
+            except json.JSONDecodeError:
+                d[section][name] = raw
+        return Config.from_dict(d)
+
+
+PRESETS: dict[str, list[str]] = {
+    "default": [],
+    "quick": ["train.epochs=3", "model.widths=[16,32,64,64]"],
+}
+"""Named recipes, as overrides of the defaults."""
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+    return Config().override(PRESETS[name])

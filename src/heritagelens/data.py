@@ -1,0 +1,371 @@
+"""The AHE dataset on disk: layout checks, decoding to one uint8 tensor, the decode cache, and the group-aware split.
+
+Layout: `<root>/train/<class>/*` and optionally `<root>/test/<class>/*`. Class names are the sorted folder names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .io import atomic_save, safe_load
+
+IMAGE_SIZE = 64
+MAX_PIXELS = 120_000_000
+"""Larger images are refused (JPEGs are decoded at reduced size first, so this rarely bites)."""
+CACHE_VERSION = 1
+SPLITS = ("train", "test")
+
+
+class DataError(Exception):
+    """A problem with the data on disk; the message is one line naming the file and the problem."""
+
+
+@dataclass
+class Split:
+    """One split decoded: images (N, 3, 64, 64) uint8, labels (N,) int64, and the file behind each row."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    files: list[str]
+    classes: list[str]
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    """(file, problem) for files that could not be decoded and were skipped."""
+
+
+# ---------------------------------------------------------------------------------------------------------- layout
+
+
+def list_classes(root: Path, split: str = "train") -> list[str]:
+    """Sorted class folder names of `root/split`, checked to be a usable layout."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    d = root / split
+    if not d.is_dir():
+        raise DataError(f"{d}: missing; expected the layout <root>/train/<class>/*.jpg")
+    classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{d}: no class folders; expected <root>/{split}/<class>/*.jpg")
+    return classes
+
+
+def list_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """Every file of `root/split/<class>/` in sorted order with its class index.
+
+    Raises `DataError` for an empty class folder or a class folder that is not among `classes`.
+    """
+    d = Path(root) / split
+    found = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DataError(f"{d / unknown[0]}: class '{unknown[0]}' is not one of the model's classes ({', '.join(classes)})")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        if not (d / c).is_dir():
+            continue  # a test split may lack a class; the train split never does (its classes come from it)
+        members = sorted(p for p in (d / c).iterdir() if p.is_file() and not p.name.startswith("."))
+        if not members:
+            raise DataError(f"{d / c}: empty class folder")
+        files += members
+        labels += [i] * len(members)
+    return files, labels
+
+
+def has_split(root: Path, split: str) -> bool:
+    return (Path(root) / split).is_dir()
+
+
+# -------------------------------------------------------------------------------------------------------- decoding
+
+
+def open_image(path: Path | str, size: int = IMAGE_SIZE) -> Image.Image:
+    """Open any image Pillow reads, apply EXIF rotation, convert to RGB and resize to `size` x `size`.
+
+    Raises `DataError` naming the file when it is empty, truncated, not an image or too large.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
+            with Image.open(path) as im:
+                im.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale when much larger than needed
+                if im.width * im.height > MAX_PIXELS:
+                    raise DataError(f"{path}: image too large ({im.width}x{im.height} px)")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not an image") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: image too large (decompression bomb limit)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB from any mode: alpha composited on white, palettes expanded, 16-bit and float scaled to 8 bits."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if im.mode.startswith("I;16") or a.max() > 255 else (0.0, 255.0)
+        if im.mode == "F":
+            lo, hi = float(a.min()), float(max(a.max(), a.min() + 1e-12))
+        im = Image.fromarray(np.clip((a - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+        return bg
+    return im.convert("RGB")
+
+
+def decode(path: Path | str) -> np.ndarray:
+    """One image as a (3, 64, 64) uint8 array."""
+    return np.asarray(open_image(path), dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def decode_many(files: list[Path], workers: int = 4) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode `files` in parallel. Returns (N, 3, 64, 64) uint8 with zeros for failures, and (file, problem) pairs."""
+    out = np.zeros((len(files), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    bad: list[tuple[str, str]] = []
+
+    def one(i: int):
+        try:
+            out[i] = decode(files[i])
+        except DataError as e:
+            bad.append((str(files[i]), str(e).removeprefix(f"{files[i]}: ")))
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(len(files))))
+    return out, sorted(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------- cache
+
+
+def _cache_key(root: Path, files: list[Path], labels: list[int]) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{IMAGE_SIZE}".encode())
+    for f, y in zip(files, labels):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir(root: Path) -> Path:
+    d = Path(root) / ".heritagelens-cache"
+    if os.access(root, os.W_OK):
+        return d
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "heritagelens"
+
+
+def load_split(
+    root: Path | str,
+    split: str = "train",
+    classes: list[str] | None = None,
+    on_bad_file: str = "skip",
+    cache_dir: Path | str | None = None,
+) -> Split:
+    """Decode a whole split into memory, through an on-disk cache keyed by file names, sizes and mtimes.
+
+    Unreadable files are dropped with their problem listed in `Split.bad`, or raise `DataError` when
+    `on_bad_file == 'stop'`.
+    """
+    root = Path(root)
+    classes = classes or list_classes(root, "train")
+    if not has_split(root, split):
+        raise DataError(f"{root / split}: missing split folder")
+    files, labels = list_files(root, split, classes)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir(root)
+    cache_file = cache / f"{split}-{_cache_key(root, files, labels)}.pt"
+    if cache_file.exists():
+        try:
+            d = safe_load(cache_file)
+            return Split(d["images"], d["labels"], d["files"], classes, [tuple(b) for b in d["bad"]])
+        except Exception:
+            pass  # a damaged cache is rebuilt
+    arr, bad = decode_many(files)
+    if bad and on_bad_file == "stop":
+        f, problem = bad[0]
+        raise DataError(f"{f}: {problem} ({len(bad)} unreadable file(s) in {root / split}; see 'heritagelens data check')")
+    bad_set = {f for f, _ in bad}
+    keep = [i for i, f in enumerate(files) if str(f) not in bad_set]
+    images = torch.from_numpy(arr[keep])
+    y = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
+    rel = [str(files[i].relative_to(root)) for i in keep]
+    try:
+        atomic_save({"images": images, "labels": y, "files": rel, "bad": [list(b) for b in bad]}, cache_file)
+    except OSError:
+        pass  # caching is an optimisation: a read-only disk still loads
+    return Split(images, y, rel, classes, bad)
+
+
+# ------------------------------------------------------------------------------------------------------ data check
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class CheckReport:
+    """What `heritagelens data check` found."""
+
+    root: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> files
+    sizes: Counter
+    modes: Counter
+    bad: list[tuple[str, str]]
+    duplicates: list[list[str]]  # groups of byte-identical files
+    cross_class: list[list[str]]  # duplicate groups that span classes
+    problems: list[str]  # layout problems that make the data unusable
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+
+def check(root: Path | str) -> CheckReport:
+    """Inspect every file of every split without stopping at the first problem."""
+    root = Path(root)
+    classes = list_classes(root, "train")  # a missing root or train folder is unusable outright
+    counts: dict[str, dict[str, int]] = {}
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    bad: list[tuple[str, str]] = []
+    problems: list[str] = []
+    by_hash: dict[str, list[str]] = {}
+    for split in SPLITS:
+        if not has_split(root, split):
+            continue
+        counts[split] = {}
+        for c in sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if c not in classes:
+                problems.append(f"{root / split / c}: class '{c}' is not in train/")
+            members = sorted(p for p in (root / split / c).iterdir() if p.is_file() and not p.name.startswith("."))
+            counts[split][c] = len(members)
+            if not members:
+                problems.append(f"{root / split / c}: empty class folder")
+            for p in members:
+                by_hash.setdefault(file_sha256(p), []).append(str(p.relative_to(root)))
+                try:
+                    with Image.open(p) as im:
+                        sizes[f"{im.width}x{im.height}"] += 1
+                        modes[im.mode] += 1
+                    open_image(p)
+                except (DataError, OSError, Image.UnidentifiedImageError) as e:
+                    bad.append((str(p), str(e).removeprefix(f"{p}: ")))
+    dups = sorted(g for g in by_hash.values() if len(g) > 1)
+    cross = [g for g in dups if len({Path(f).parts[-2] for f in g}) > 1]
+    return CheckReport(str(root), classes, counts, sizes, modes, bad, dups, cross, problems)
+
+
+# ------------------------------------------------------------------------------------------------- group-aware split
+
+_FLICKR = re.compile(r"^(\d{5,})_[0-9a-f]{6,}(?:_[a-z])?$")
+_WIKI_SIZE = re.compile(r"^\d+px-")
+_TRAILING = re.compile(r"[\s_\-.,()\d]+$")
+_LEADING = re.compile(r"^[\s_\-.,()\d]+")
+
+
+def name_key(file: str) -> tuple[str, int | str]:
+    """('flickr', id) for Flickr files, ('name', stem) for others: the stem without size prefix or numbers at either end."""
+    stem = Path(file).stem
+    m = _FLICKR.match(stem)
+    if m:
+        return "flickr", int(m.group(1))
+    s = _LEADING.sub("", _TRAILING.sub("", _WIKI_SIZE.sub("", stem))).lower()
+    return "name", s or stem.lower()
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int):
+        self.parent[self.find(i)] = self.find(j)
+
+
+def near_duplicate_pairs(images: torch.Tensor, threshold: float, block: int = 2048) -> list[tuple[int, int]]:
+    """Pairs (i < j) whose 16x16 RGB thumbnails have Pearson correlation >= threshold. images: (N, 3, H, W) uint8."""
+    x = torch.nn.functional.adaptive_avg_pool2d(images.float(), 16).flatten(1)  # (N, 768)
+    x = x - x.mean(1, keepdim=True)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    pairs = []
+    for s in range(0, len(x), block):
+        corr = x[s : s + block] @ x.T  # (b, N)
+        i, j = torch.nonzero(corr >= threshold, as_tuple=True)
+        i = i + s
+        keep = i < j
+        pairs += list(zip(i[keep].tolist(), j[keep].tolist()))
+    return pairs
+
+
+def find_groups(files: list[str], images: torch.Tensor, near_dup_corr: float, flickr_id_window: int) -> np.ndarray:
+    """A group id per image. One group holds images linked, directly or through others, by any of:
+
+    near-identical pixels (thumbnail correlation, which includes byte-identical copies), Flickr ids within
+    `flickr_id_window` of each other (a burst from one photographer), or the same file-name stem (Wikimedia series
+    such as `Apse_-_Duomo_-_Pisa_2014.jpg` and `..._(2).jpg`).
+    """
+    uf = _UnionFind(len(files))
+    for i, j in near_duplicate_pairs(images, near_dup_corr):
+        uf.union(i, j)
+    keys = [name_key(f) for f in files]
+    flickr = sorted((k[1], i) for i, k in enumerate(keys) if k[0] == "flickr")
+    for (id_a, a), (id_b, b) in zip(flickr, flickr[1:]):
+        if id_b - id_a <= flickr_id_window:
+            uf.union(a, b)
+    first_with_stem: dict[str, int] = {}
+    for i, (kind, stem) in enumerate(keys):
+        if kind == "name":
+            uf.union(i, first_with_stem.setdefault(stem, i))
+    roots = [uf.find(i) for i in range(len(files))]
+    return np.unique(roots, return_inverse=True)[1]
+
+
+def group_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): fold `fold` of a stratified group k-fold, so no group spans both."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        raise DataError(f"only {n_groups} independent image group(s) in train/: too few for {folds} validation folds")
+    skf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (tr, va) in enumerate(skf.split(np.zeros(len(labels)), labels, groups)):
+        if k == fold:
+            return tr, va
+    raise AssertionError("unreachable")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images (N, 3, H, W), in 0..255 units."""
+    x = images.float()
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))

@@ -1,0 +1,131 @@
+"""Evaluation: accuracy, per-class and averaged precision/recall/F1, the confusion matrix, the surest mistakes.
+
+Metrics come from scikit-learn; this module only arranges them. Every result names the split it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+@dataclass
+class Mistake:
+    file: str
+    true: str
+    predicted: str
+    confidence: float
+
+
+@dataclass
+class EvalResult:
+    split: str
+    """Which images: 'val' (group-aware validation carved from train/), 'test' (the official test split), ..."""
+    n: int
+    accuracy: float
+    tta: bool
+    classes: list[str]
+    per_class: dict[str, dict[str, float]]
+    macro: dict[str, float]
+    weighted: dict[str, float]
+    confusion: list[list[int]]
+    """Rows are true classes, columns predicted classes."""
+    mistakes: list[Mistake]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """Per-class table, averages and accuracy as aligned text."""
+        w = max(12, *(len(c) for c in self.classes))
+        lines = [f"{'class':<{w}}  precision  recall     f1  support"]
+        for c in self.classes:
+            m = self.per_class[c]
+            lines.append(f"{c:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
+        for name, m in (("macro avg", self.macro), ("weighted avg", self.weighted)):
+            lines.append(f"{name:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {self.n:7d}")
+        lines.append(f"accuracy on {self.split} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
+        return "\n".join(lines)
+
+    def confusion_table(self) -> str:
+        short = [c[:6] for c in self.classes]
+        w = max(len(c) for c in self.classes)
+        lines = [" " * (w + 2) + " ".join(f"{s:>6}" for s in short) + "   <- predicted"]
+        for c, row in zip(self.classes, self.confusion):
+            lines.append(f"{c:<{w}}  " + " ".join(f"{v:6d}" for v in row))
+        return "\n".join(lines)
+
+
+def evaluate_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    split: str,
+    files: list[str] | None = None,
+    tta: bool = False,
+    n_mistakes: int = 16,
+) -> EvalResult:
+    """Every metric of one split from the model's logits (N, C) and the true labels (N,)."""
+    y = labels.numpy()
+    probs = torch.softmax(logits.float(), 1)
+    pred = probs.argmax(1).numpy()
+    ks = list(range(len(classes)))
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=ks, zero_division=0)
+    per_class = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                 for i, c in enumerate(classes)}
+    avgs = {}
+    for avg in ("macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(y, pred, labels=ks, average=avg, zero_division=0)
+        avgs[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    cm = confusion_matrix(y, pred, labels=ks)
+    return EvalResult(
+        split=split,
+        n=len(y),
+        accuracy=float((pred == y).mean()) if len(y) else float("nan"),
+        tta=tta,
+        classes=list(classes),
+        per_class=per_class,
+        macro=avgs["macro"],
+        weighted=avgs["weighted"],
+        confusion=cm.tolist(),
+        mistakes=confident_mistakes(probs, labels, classes, files, n_mistakes),
+    )
+
+
+def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], files: list[str] | None,
+                       k: int) -> list[Mistake]:
+    """The `k` wrong predictions made with the highest probability, surest first."""
+    conf, pred = probs.max(1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = wrong[conf[wrong].argsort(descending=True)][:k]
+    return [Mistake(files[i] if files else str(i), classes[labels[i]], classes[pred[i]], round(float(conf[i]), 4))
+            for i in order.tolist()]
+
+
+def confusion_figure(result: EvalResult):
+    """The confusion matrix as a matplotlib figure, counts in cells and row-normalised colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(result.confusion)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    n = len(result.classes)
+    ax.set_xticks(range(n), result.classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), result.classes)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{result.split}: accuracy {result.accuracy:.3f} on {result.n} images" + (" (TTA)" if result.tta else ""))
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,49 @@
+"""Atomic file writes and safe checkpoint reads: a crash never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(data: bytes, path: Path | str) -> Path:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: Path | str) -> Path:
+    return atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_json(obj: Any, path: Path | str) -> Path:
+    return atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+def atomic_save(obj: Any, path: Path | str) -> Path:
+    """`torch.save` made atomic."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(buf.getvalue(), path)
+
+
+def safe_load(path: Path | str) -> Any:
+    """`torch.load` restricted to tensors and plain values: a file can never run code."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,91 @@
+"""The CNN family: plain stages of conv, batch norm, ReLU and max-pooling, with stable, printable layer names.
+
+Built only from `nn.Conv2d`, `nn.BatchNorm2d`, `nn.ReLU` and `nn.MaxPool2d` modules so that every layer can be
+named, hooked and mirrored by the deconvnet.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+IMAGE_SIZE = 64
+
+
+class Normalize(nn.Module):
+    """Maps uint8-range pixels (0..255, any float dtype) to roughly zero mean and unit variance per channel."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).float())
+        self.register_buffer("std", std.reshape(1, 3, 1, 1).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class HeritageCNN(nn.Module):
+    """`features` (stages of conv-bn-relu, each ending in max-pooling) then `head` (global pool, dropout, linear).
+
+    Input: images with pixel values 0..255, shape (B, 3, 64, 64). Output: logits (B, num_classes).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        # Dataset statistics are filled in by training; these placeholders are mid-grey with a wide spread.
+        self.normalize = Normalize(torch.full((3,), 127.5), torch.full((3,), 64.0))
+        self.features = nn.Sequential(_feature_layers(cfg))
+        self.head = nn.Sequential(
+            OrderedDict(
+                pool=nn.AdaptiveMaxPool2d(1) if cfg.head_pool == "max" else nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                dropout=nn.Dropout(cfg.dropout),
+                fc=nn.Linear(cfg.widths[-1], num_classes),
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x)))
+
+
+def _feature_layers(cfg: ModelConfig) -> OrderedDict[str, nn.Module]:
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    c_in = 3
+    for s, (width, depth) in enumerate(zip(cfg.widths, cfg.depths), start=1):
+        for i in range(1, depth + 1):
+            layers[f"conv{s}_{i}"] = nn.Conv2d(c_in, width, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False)
+            layers[f"bn{s}_{i}"] = nn.BatchNorm2d(width)
+            layers[f"relu{s}_{i}"] = nn.ReLU()
+            c_in = width
+        layers[f"pool{s}"] = nn.MaxPool2d(2)
+    return layers
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> HeritageCNN:
+    return HeritageCNN(cfg, num_classes)
+
+
+def conv_layer_names(model: HeritageCNN) -> list[str]:
+    return [name for name, m in model.features.named_children() if isinstance(m, nn.Conv2d)]
+
+
+def layer_table(model: HeritageCNN, image_size: int = IMAGE_SIZE) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """(name, type, output shape without batch, parameter count) for every layer, in forward order."""
+    rows = []
+    x = torch.zeros(1, 3, image_size, image_size)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x = model.normalize(x)
+        for part in ("features", "head"):
+            for name, m in getattr(model, part).named_children():
+                x = m(x)
+                n_params = sum(p.numel() for p in m.parameters())
+                rows.append((f"{part}.{name}", type(m).__name__, tuple(x.shape[1:]), n_params))
+    model.train(was_training)
+    return rows

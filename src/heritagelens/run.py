@@ -1,0 +1,173 @@
+"""Workflows that touch the disk: preparing the data split, a training run and its folder, evaluating a checkpoint.
+
+A run folder holds `config.json`, `split.json`, `metrics.csv`, `train.log`, `last.pt`, `best.pt`, optional
+`epoch-N.pt` snapshots, and for each evaluated split `eval-<split>.json` and `confusion-<split>.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .checkpoint import check_classes, load_model, read_checkpoint, resume_state, save_checkpoint
+from .config import Config
+from .evaluate import EvalResult, confusion_figure, evaluate_logits
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .models import build_model
+from .train import EpochResult, TrainState, fit, new_state, predict_logits
+
+
+@dataclass
+class Prepared:
+    """The train split decoded and divided into training and group-aware validation parts."""
+
+    split: data.Split
+    groups: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    def summary(self) -> dict:
+        labels = self.split.labels.numpy()
+        return {
+            "method": "StratifiedGroupKFold over groups of near-duplicates, Flickr bursts and Wikimedia name series",
+            "images": len(labels),
+            "groups": int(self.groups.max() + 1) if len(self.groups) else 0,
+            "largest_group": int(np.bincount(self.groups).max()) if len(self.groups) else 0,
+            "train_images": len(self.train_idx),
+            "val_images": len(self.val_idx),
+            "unreadable_skipped": len(self.split.bad),
+            "val_per_class": {c: int((labels[self.val_idx] == i).sum()) for i, c in enumerate(self.split.classes)},
+        }
+
+
+def prepare(cfg: Config) -> Prepared:
+    dc = cfg.data
+    split = data.load_split(dc.root, "train", on_bad_file=dc.on_bad_file, cache_dir=dc.cache_dir or None)
+    groups = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
+    tr, va = data.group_split(split.labels.numpy(), groups, dc.val_folds, dc.val_fold, dc.split_seed)
+    if cfg.train.limit_train:
+        rng = np.random.default_rng(cfg.train.seed)
+        tr = rng.permutation(tr)[: cfg.train.limit_train]
+        va = rng.permutation(va)[: max(1, cfg.train.limit_train // 4)]
+    return Prepared(split, groups, np.sort(tr), np.sort(va))
+
+
+class RunDir:
+    """The one place a training run writes its files (all atomically)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = self._read_metrics()
+
+    def _read_metrics(self) -> list[dict]:
+        f = self.path / "metrics.csv"
+        return list(csv.DictReader(f.open())) if f.exists() else []
+
+    def log(self, line: str) -> None:
+        with (self.path / "train.log").open("a") as f:  # append-only: a torn last line loses nothing earlier
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def add_epoch(self, r: EpochResult) -> None:
+        self.rows = [row for row in self.rows if int(row["epoch"]) < r.epoch] + [asdict(r)]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(asdict(r)))
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(buf.getvalue(), self.path / "metrics.csv")
+
+    def best_val(self) -> float:
+        return max((float(row["val_acc"]) for row in self.rows), default=float("-inf"))
+
+
+def train_run(cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True) -> tuple[TrainState, Prepared]:
+    """Train into `run_path`; with `resume`, continue the run saved there with the config saved there."""
+    run = RunDir(run_path)
+    if resume:
+        last = run.path / "last.pt"
+        ckpt = read_checkpoint(last)
+        cfg = Config.from_dict(ckpt["config"])
+    prep = prepare(cfg)
+    s = prep.split
+    if resume:
+        check_classes(ckpt["classes"], s.classes, last)
+        state = resume_state(ckpt, cfg, last)
+        run.log(f"resumed at epoch {state.epoch}")
+    else:
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, len(s.classes))
+        mean, std = data.channel_stats(s.images[prep.train_idx])
+        model.normalize.mean.copy_(mean.reshape(1, 3, 1, 1))
+        model.normalize.std.copy_(std.reshape(1, 3, 1, 1))
+        state = new_state(model, cfg.train)
+        atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
+        atomic_write_json({**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx]}, run.path / "split.json")
+        run.log(f"config {json.dumps(cfg.to_dict())}")
+        run.log(f"split {json.dumps(prep.summary())}")
+    if s.bad:
+        run.log(f"skipped {len(s.bad)} unreadable file(s): " + "; ".join(f"{f}: {p}" for f, p in s.bad))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    def on_epoch(st: TrainState, r: EpochResult) -> None:
+        is_best = r.val_acc > run.best_val()
+        run.add_epoch(r)
+        run.log(f"epoch {r.epoch} loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} val_acc {r.val_acc:.4f} "
+                f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s")
+        save_checkpoint(run.path / "last.pt", st, cfg, s.classes)
+        if is_best:
+            save_checkpoint(run.path / "best.pt", st, cfg, s.classes)
+        if r.epoch in cfg.train.snapshot_epochs:
+            save_checkpoint(run.path / f"epoch-{r.epoch}.pt", st, cfg, s.classes)
+
+    xt, yt = s.images[prep.train_idx], s.labels[prep.train_idx]
+    xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]
+    state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+    return state, prep
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    split: str,
+    root: Path | str | None = None,
+    tta: bool | None = None,
+    out_dir: Path | str | None = None,
+) -> EvalResult:
+    """Evaluate a checkpoint on 'val' (its own group-aware validation split) or 'test' (the data root's test/)."""
+    model, classes, ckpt = load_model(checkpoint)
+    cfg = Config.from_dict(ckpt["config"])
+    if root is not None:
+        cfg.data.root = str(root)
+    tta = cfg.train.tta if tta is None else tta
+    if split == "val":
+        prep = prepare(cfg)
+        check_classes(classes, prep.split.classes, checkpoint)
+        images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+        files = [prep.split.files[i] for i in prep.val_idx]
+    else:
+        data_classes = data.list_classes(cfg.data.root, "train") if data.has_split(cfg.data.root, "train") else classes
+        check_classes(classes, data_classes, checkpoint)
+        sp = data.load_split(cfg.data.root, split, classes=classes, cache_dir=cfg.data.cache_dir or None)
+        images, labels, files = sp.images, sp.labels, sp.files
+    logits = predict_logits(model, images, tta=tta, bf16=cfg.train.bf16)
+    result = evaluate_logits(logits, labels, classes, split, files, tta)
+    if out_dir is not None:
+        write_eval(result, out_dir)
+    return result
+
+
+def write_eval(result: EvalResult, out_dir: Path | str) -> None:
+    out = Path(out_dir)
+    atomic_write_json(result.to_dict(), out / f"eval-{result.split}.json")
+    fig = confusion_figure(result)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(buf.getvalue(), out / f"confusion-{result.split}.png")

@@ -1,0 +1,223 @@
+"""Training: batch augmentation as tensor functions, the learning-rate schedule, and the loop, written out in `fit`.
+
+The whole split lives in memory as one uint8 tensor; every epoch is a fresh permutation of it, and every random
+choice of epoch `e` comes from generators seeded by (seed, e), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .config import Config, TrainConfig
+
+# ---------------------------------------------------------------------------------------------------- augmentation
+
+
+def batch_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to `pad` px in x and y, filling from a reflection. x: (B, C, H, W) float."""
+    if pad == 0:
+        return x
+    B, _, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=g)
+    iy = (torch.arange(H)[None] + dy[:, None])[:, :, None]  # (B, H, 1)
+    ix = (torch.arange(W)[None] + dx[:, None])[:, None, :]  # (B, 1, W)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(B)[:, None, None], iy, ix]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def batch_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the images left to right."""
+    mask = torch.rand(x.shape[0], generator=g) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def batch_cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """Set one random `size` x `size` square per image (possibly clipped at the border) to the image's mean."""
+    if size == 0:
+        return x
+    B, _, H, W = x.shape
+    cy = torch.randint(0, H, (B,), generator=g)[:, None, None]
+    cx = torch.randint(0, W, (B,), generator=g)[:, None, None]
+    ys, xs = torch.arange(H)[None, :, None], torch.arange(W)[None, None, :]
+    hole = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)  # (B, H, W)
+    return torch.where(hole[:, None], x.mean(dim=(1, 2, 3), keepdim=True), x)
+
+
+def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Random brightness and contrast per image, factors in [1 - strength, 1 + strength]; pixels stay in 0..255."""
+    if strength == 0:
+        return x
+    B = x.shape[0]
+    b = 1 + (torch.rand(B, 1, 1, 1, generator=g) * 2 - 1) * strength
+    c = 1 + (torch.rand(B, 1, 1, 1, generator=g) * 2 - 1) * strength
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - m) * c + m * b).clamp(0, 255)
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """The training augmentation of one batch. x: (B, 3, 64, 64) uint8 -> float 0..255."""
+    x = x.float()
+    x = batch_translate(x, cfg.crop_pad, g)
+    if cfg.flip:
+        x = batch_flip(x, g)
+    x = batch_colour(x, cfg.colour_jitter, g)
+    return batch_cutout(x, cfg.cutout, g)
+
+
+# -------------------------------------------------------------------------------------------------------- schedule
+
+
+def get_lr(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Triangular schedule: linear rise to `cfg.lr` over the warm-up, then linear fall to zero at the last step."""
+    warmup = max(1, round(cfg.warmup_frac * total_steps))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def make_ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
+    if cfg.ema_decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+
+# ----------------------------------------------------------------------------------------------------- inference
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The views averaged at test time: the image, its mirror, and both shifted by 2 px (reflect-filled)."""
+    shifted = F.pad(x, (2, 2, 2, 2), mode="reflect")[:, :, 4:, 4:]
+    return [x, x.flip(3), shifted, shifted.flip(3)]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256,
+                   bf16: bool = True) -> torch.Tensor:
+    """Logits (N, classes) in float32 for uint8 images (N, 3, 64, 64), in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = images[s : s + batch_size].float().contiguous(memory_format=torch.channels_last)
+        views = tta_views(x) if tta else [x]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+            out.append(torch.stack([model(v).float() for v in views]).mean(0))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool = False) -> float:
+    if len(images) == 0:
+        return float("nan")
+    return (predict_logits(model, images, tta).argmax(1) == labels).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_acc: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run: the model, its optimizer, its averaged copy, and the epochs done."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: AveragedModel | None
+    epoch: int = 0
+
+
+def new_state(model: nn.Module, cfg: TrainConfig) -> TrainState:
+    model = model.to(memory_format=torch.channels_last)
+    return TrainState(model, make_optimizer(model, cfg), make_ema(model, cfg))
+
+
+def eval_model(state: TrainState) -> nn.Module:
+    """The weights to evaluate: the averaged copy when there is one."""
+    return state.ema.module if state.ema is not None else state.model
+
+
+def fit(
+    cfg: Config,
+    state: TrainState,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+    on_epoch: Callable[[TrainState, EpochResult], None] = lambda s, r: None,
+    progress: bool = True,
+) -> TrainState:
+    """Train from `state.epoch` to `cfg.train.epochs`, calling `on_epoch` after each (it saves checkpoints)."""
+    tc = cfg.train
+    steps_per_epoch = math.ceil(len(train_images) / tc.batch_size)
+    total = steps_per_epoch * tc.epochs
+    model, opt = state.model, state.optimizer
+    criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    bar = _progress(total, state.epoch * steps_per_epoch, progress)
+    for epoch in range(state.epoch, tc.epochs):
+        g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+        torch.manual_seed(tc.seed * 100_003 + epoch)  # dropout
+        order = torch.randperm(len(train_images), generator=g)
+        model.train()
+        t0, loss_sum, correct = time.perf_counter(), 0.0, 0
+        for i in range(steps_per_epoch):
+            idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
+            x = augment(train_images[idx], tc, g).contiguous(memory_format=torch.channels_last)
+            y = train_labels[idx]
+            lr = get_lr(epoch * steps_per_epoch + i, total, tc)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and x.device.type == "cpu"):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if state.ema is not None:
+                state.ema.update_parameters(model)
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+            bar.update(1)
+        seconds = time.perf_counter() - t0
+        state.epoch = epoch + 1
+        val_acc = accuracy(eval_model(state), val_images, val_labels)
+        n = len(train_images)
+        result = EpochResult(epoch + 1, lr, loss_sum / n, correct / n, val_acc, seconds, n / seconds)
+        bar.set_postfix(loss=f"{result.train_loss:.3f}", train_acc=f"{result.train_acc:.3f}", val_acc=f"{val_acc:.3f}")
+        on_epoch(state, result)
+    bar.close()
+    return state
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, leave=True)

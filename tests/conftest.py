@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny synthetic datasets on disk, and the real AHE64 train split (never silently skipped in CI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from heritagelens.config import Config
+
+TINY_MODEL = ["model.widths=[8,16]", "model.depths=[1,1]"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decode caches go to a folder of this test session, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+def class_image(k: int, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """An image whose class is visible: class k is a bright stripe pattern at its own angle and colour, plus noise."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    angle = np.pi * k / 5 + rng.uniform(-0.2, 0.2)
+    phase, period = rng.uniform(0, 2 * np.pi), rng.uniform(2.0, 5.0)  # so no two images are near-duplicates
+    wave = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) / period + phase)
+    colour = np.array([(k * 70) % 256, (k * 130 + 60) % 256, (k * 200 + 30) % 256])
+    img = 40 + 0.6 * colour[None, None] + 40 * wave[..., None]
+    img = img + rng.normal(0, 12, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_dataset(root: Path, classes=("arch", "bell", "dome"), per_class: int = 24, test_per_class: int = 0,
+                 seed: int = 0) -> Path:
+    """`root/train/<class>/*.jpg` (and test/) of learnable synthetic images, with Flickr-like names far apart."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for k, c in enumerate(classes):
+            if n == 0:
+                continue
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                # ids 10**7 apart: no two images form a burst, so groups come only from pixels or names
+                fid = 10_000_000_000 + (k * 1000 + i) * 10_000_000 + (0 if split == "train" else 5_000_000)
+                class_image(k, rng).save(d / f"{fid}_abcdef12_m.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return make_dataset(tmp_path / "ahe", test_per_class=6)
+
+
+def tiny_config(root: Path, *extra: str) -> Config:
+    cfg = Config().override(TINY_MODEL + ["train.epochs=2", "train.batch_size=16", "data.val_folds=4", *extra])
+    cfg.data.root = str(root)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def ahe_root() -> Path:
+    """The real AHE64 data at $AHE_DATA. In CI its absence is a failure, never a skip."""
+    env = os.environ.get("AHE_DATA")
+    if env and (Path(env) / "train").is_dir():
+        return Path(env)
+    if os.environ.get("CI"):
+        pytest.fail(f"AHE_DATA={env!r} does not hold train/: real-data tests must run in CI")
+    pytest.skip("real-data test: set AHE_DATA to the AHE64 root")
+
+
+@pytest.fixture(scope="session")
+def ahe_train(ahe_root):
+    from heritagelens.data import load_split
+
+    return load_split(ahe_root, "train")

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from heritagelens import run as run_module
+from heritagelens import train
+from heritagelens.checkpoint import CheckpointError, load_model, read_checkpoint
+from heritagelens.config import Config, ConfigError, TrainConfig
+from heritagelens.run import evaluate_checkpoint, train_run
+
+
+def _g(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------- augmentation
+def test_translate_moves_content_within_the_pad():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 4, 4] = 1.0
+    out = train.batch_translate(x, 2, _g())
+    assert out.shape == x.shape
+    pos = torch.nonzero(out[:, 0] == 1.0)[:, 1:]  # (row, col) of the dot in each image
+    assert len(pos) == 64 and (pos - 4).abs().max() <= 2 and len({tuple(p) for p in pos.tolist()}) > 5
+    assert torch.equal(train.batch_translate(x, 0, _g()), x)
+
+
+def test_flip_mirrors_about_half():
+    x = torch.arange(8.0).repeat(200, 1, 1, 1)  # (200, 1, 1, 8)
+    out = train.batch_flip(x, _g())
+    flipped = (out[:, 0, 0, 0] == 7).sum().item()
+    assert 60 < flipped < 140 and torch.all((out[:, 0, 0, 0] == 0) | (out[:, 0, 0, 0] == 7))
+
+
+def test_cutout_blanks_one_square_with_the_mean():
+    x = torch.full((4, 3, 64, 64), 200.0)
+    x[:, :, :32] = 0.0
+    out = train.batch_cutout(x, 16, _g(1))
+    changed = (out != x).any(1)  # (B, H, W)
+    assert 0 < changed.sum((1, 2)).max() <= 17 * 17
+    for b in range(4):
+        assert torch.all((out[b][:, changed[b]] - 100.0).abs() < 1e-4)  # the image mean
+
+
+def test_augment_keeps_shape_and_pixel_range():
+    x = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
+    out = train.augment(x, TrainConfig(), _g())
+    assert out.shape == (16, 3, 64, 64) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_schedule_rises_then_falls_to_zero():
+    cfg = TrainConfig(lr=0.1, warmup_frac=0.2)
+    lrs = [train.get_lr(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.005) and lrs[19] == pytest.approx(0.1) and max(lrs) == pytest.approx(0.1)
+    assert lrs[-1] == pytest.approx(0.1 / 80) and all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
+
+
+def test_tta_views_keep_shape():
+    x = torch.rand(2, 3, 64, 64)
+    views = train.tta_views(x)
+    assert len(views) == 4 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[1], x.flip(3))
+
+
+def test_bad_train_config_is_refused():
+    with pytest.raises(ConfigError):
+        Config().override(["train.epochs=0"])
+    with pytest.raises(ConfigError, match="bad setting"):
+        Config().override(["train.nonsense=1"])
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def test_training_learns_the_synthetic_classes(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, "train.epochs=6", "train.cutout=0")
+    state, prep = train_run(cfg, tmp_path / "run", progress=False)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 7
+    losses = [float(r.split(",")[2]) for r in rows[1:]]
+    assert losses[-1] < losses[0] * 0.7
+    r = evaluate_checkpoint(tmp_path / "run" / "last.pt", "val")
+    assert r.accuracy >= 0.9 and r.n == len(prep.val_idx)
+    assert evaluate_checkpoint(tmp_path / "run", "test").n == 18
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_data, "train.epochs=3", "train.ema_decay=0.9", "model.dropout=0.3")
+    train_run(cfg, tmp_path / "full", progress=False)
+
+    def interrupted_fit(cfg, state, *args, on_epoch, **kw):  # Ctrl-C right after epoch 2 was saved
+        def cb(st, r):
+            on_epoch(st, r)
+            if r.epoch == 2:
+                raise KeyboardInterrupt
+
+        return train.fit(cfg, state, *args, on_epoch=cb, **kw)
+
+    monkeypatch.setattr(run_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "part", progress=False)
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 2
+    train_run(None, tmp_path / "part", resume=True, progress=False)
+    a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(tmp_path / "part" / "last.pt")
+    assert b["epoch"] == 3
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    full_rows = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
+    part_rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:5] for r in full_rows] == [r.split(",")[:5] for r in part_rows]
+
+
+def test_seed_makes_runs_repeatable(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, "train.epochs=1")
+    train_run(cfg, tmp_path / "a", progress=False)
+    train_run(cfg, tmp_path / "b", progress=False)
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_gives_identical_logits(tiny_data, tmp_path):
+    state, prep = train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
+    model, classes, ckpt = load_model(tmp_path / "run" / "last.pt")
+    x = prep.split.images[:8]
+    expected = train.predict_logits(state.model, x, bf16=False)
+    assert classes == ["arch", "bell", "dome"] and list(ckpt["config"]["model"]["widths"]) == [8, 16]
+    assert torch.equal(train.predict_logits(model, x, bf16=False), expected)
+    # the file holds only plain values: it loads with weights_only=True (read_checkpoint uses nothing else)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["format"] == "heritagelens-checkpoint"
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
+    train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt["config"]["model"]["widths"] = [8, 32]
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt: weights do not fit the model"):
+        load_model(tmp_path / "other.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match=r"foreign.pt: not a HeritageLens checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match="evil.pt: not a HeritageLens checkpoint"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_checkpoint_for_other_classes_is_refused_on_evaluation(tiny_data, tmp_path):
+    train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
+    (tiny_data / "train" / "bell").rename(tiny_data / "train" / "belfry")
+    with pytest.raises(CheckpointError, match="checkpoint classes .* differ from the data's"):
+        evaluate_checkpoint(tmp_path / "run" / "last.pt", "val")
