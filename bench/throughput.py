@@ -78,19 +78,25 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
     a = p.parse_args()
-    cfg = ModelConfig(widths=tuple(int(w) for w in a.widths.split(",")), depths=tuple(int(d) for d in a.depths.split(",")))
+    cfg = ModelConfig(
+        widths=tuple(int(w) for w in a.widths.split(",")), depths=tuple(int(d) for d in a.depths.split(","))
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 10)
     flops = train_flops(model, a.batch) / a.batch
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"threads={torch.get_num_threads()} model widths={cfg.widths} depths={cfg.depths} "
-          f"params={sum(p.numel() for p in model.parameters()):,} train GFLOP/img={flops / 1e9:.3f}")
+    print(
+        f"threads={torch.get_num_threads()} model widths={cfg.widths} depths={cfg.depths} "
+        f"params={sum(p.numel() for p in model.parameters()):,} train GFLOP/img={flops / 1e9:.3f}"
+    )
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
     for mode in a.modes.split(","):
         tr, inf = time_mode(build_model(cfg, 10), mode, a.batch, a.steps)
         peak = peak16 if "bf16" in mode else peak32
         rate = tr * flops / 1e9
-        print(f"{mode:18s} train {tr:7.1f} img/s  infer {inf:7.1f} img/s  {rate:6.1f} GFLOP/s = {rate / peak:.0%} of peak")
+        print(
+            f"{mode:18s} train {tr:7.1f} img/s  infer {inf:7.1f} img/s  {rate:6.1f} GFLOP/s = {rate / peak:.0%} of peak"
+        )
 
 
 if __name__ == "__main__":

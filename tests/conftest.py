@@ -32,8 +32,9 @@ def class_image(k: int, rng: np.random.Generator, size: int = 64) -> Image.Image
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_dataset(root: Path, classes=("arch", "bell", "dome"), per_class: int = 24, test_per_class: int = 0,
-                 seed: int = 0) -> Path:
+def make_dataset(
+    root: Path, classes=("arch", "bell", "dome"), per_class: int = 24, test_per_class: int = 0, seed: int = 0
+) -> Path:
     """`root/train/<class>/*.jpg` (and test/) of learnable synthetic images, with Flickr-like names far apart."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", per_class), ("test", test_per_class)):

@@ -22,7 +22,12 @@ def test_metrics_by_hand():
     pred = [0, 0, 1, 1, 2, 2]
     r = evaluate_logits(_logits(pred, [0.9] * 6), y, CLASSES, "val")
     assert r.accuracy == pytest.approx(4 / 6)
-    assert r.per_class["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert r.per_class["a"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert r.per_class["b"]["precision"] == 0.5 and r.per_class["b"]["recall"] == 0.5
     assert r.per_class["c"]["precision"] == 0.5 and r.per_class["c"]["recall"] == 1.0
     assert r.macro["recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)

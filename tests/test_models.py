@@ -11,8 +11,19 @@ from heritagelens.models import build_model, conv_layer_names, layer_table
 def test_layer_names_are_stable_and_complete():
     m = build_model(ModelConfig(widths=(8, 16), depths=(1, 2)), num_classes=10)
     names = [n for n, _ in m.features.named_children()]
-    assert names == ["conv1_1", "bn1_1", "relu1_1", "pool1", "conv2_1", "bn2_1", "relu2_1",
-                     "conv2_2", "bn2_2", "relu2_2", "pool2"]
+    assert names == [
+        "conv1_1",
+        "bn1_1",
+        "relu1_1",
+        "pool1",
+        "conv2_1",
+        "bn2_1",
+        "relu2_1",
+        "conv2_2",
+        "bn2_2",
+        "relu2_2",
+        "pool2",
+    ]
     assert conv_layer_names(m) == ["conv1_1", "conv2_1", "conv2_2"]
     assert all(isinstance(getattr(m.features, n), nn.ReLU) for n in names if n.startswith("relu"))
     assert all(isinstance(getattr(m.features, n), nn.MaxPool2d) for n in names if n.startswith("pool"))
@@ -38,8 +49,16 @@ def test_every_parameter_gets_a_gradient():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("bad", [dict(widths=(8,), depths=(1, 1)), dict(kernel_size=4), dict(dropout=1.0),
-                                 dict(head_pool="sum"), dict(widths=(), depths=())])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(widths=(8,), depths=(1, 1)),
+        dict(kernel_size=4),
+        dict(dropout=1.0),
+        dict(head_pool="sum"),
+        dict(widths=(), depths=()),
+    ],
+)
 def test_bad_model_configs_are_refused(bad):
     with pytest.raises(ConfigError):
         ModelConfig(**bad)

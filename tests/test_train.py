@@ -164,3 +164,12 @@ def test_checkpoint_for_other_classes_is_refused_on_evaluation(tiny_data, tmp_pa
     (tiny_data / "train" / "bell").rename(tiny_data / "train" / "belfry")
     with pytest.raises(CheckpointError, match="checkpoint classes .* differ from the data's"):
         evaluate_checkpoint(tmp_path / "run" / "last.pt", "val")
+
+
+def test_zoom_is_identity_at_full_area_and_magnifies_otherwise():
+    x = torch.rand(3, 3, 64, 64) * 255
+    assert torch.equal(train.batch_zoom(x, 1.0, _g()), x)
+    ramp = torch.arange(64.0).repeat(8, 3, 64, 1)  # value = column index
+    out = train.batch_zoom(ramp, 0.25, _g(2))
+    span = out[:, 0, 32, -1] - out[:, 0, 32, 0]  # a zoomed crop covers fewer columns
+    assert out.shape == ramp.shape and torch.all(span < 63) and torch.all(span > 63 * 0.25 - 2)

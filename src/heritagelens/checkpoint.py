@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import Config, ConfigError
 from .io import atomic_save, safe_load
 from .models import HeritageCNN, build_model
@@ -97,4 +95,3 @@ def check_classes(ckpt_classes: list[str], data_classes: list[str], path: Path |
         raise CheckpointError(
             f"{path}: checkpoint classes ({', '.join(ckpt_classes)}) differ from the data's ({', '.join(data_classes)})"
         )
-

@@ -133,7 +133,9 @@ def cmd_predict(args) -> int:
             continue
         probs = torch.softmax(predict_logits(model, x, tta=args.tta), 1)[0]
         top = probs.topk(min(args.top, len(classes)))
-        print(f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+        print(
+            f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        )
     return EXIT_ERROR if failed else 0
 
 
@@ -234,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("heritagelens: interrupted; a run can be continued with 'heritagelens train --resume RUN'", file=sys.stderr)
+        print(
+            "heritagelens: interrupted; a run can be continued with 'heritagelens train --resume RUN'", file=sys.stderr
+        )
         return 130
 
 

@@ -87,6 +87,8 @@ class TrainConfig:
     warmup_frac: float = 0.15
     """Fraction of the steps over which the learning rate rises linearly from 0; it then falls linearly to 0."""
     label_smoothing: float = 0.1
+    zoom_min_area: float = 1.0
+    """Random zoom: crop a box of this fraction of the image area (up to all of it) and resize it back; 1 is off."""
     crop_pad: int = 4
     """Random translation of up to this many pixels (reflect padding), per image."""
     flip: bool = True
@@ -122,6 +124,8 @@ class TrainConfig:
             raise ConfigError("train.warmup_frac must be in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("train.ema_decay must be in [0, 1)")
+        if not 0.0 < self.zoom_min_area <= 1.0:
+            raise ConfigError("train.zoom_min_area must be in (0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
 

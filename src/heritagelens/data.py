@@ -71,7 +71,9 @@ def list_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], 
     found = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in found if c not in classes]
     if unknown:
-        raise DataError(f"{d / unknown[0]}: class '{unknown[0]}' is not one of the model's classes ({', '.join(classes)})")
+        raise DataError(
+            f"{d / unknown[0]}: class '{unknown[0]}' is not one of the model's classes ({', '.join(classes)})"
+        )
     files, labels = [], []
     for i, c in enumerate(classes):
         if not (d / c).is_dir():
@@ -207,7 +209,9 @@ def load_split(
     arr, bad = decode_many(files)
     if bad and on_bad_file == "stop":
         f, problem = bad[0]
-        raise DataError(f"{f}: {problem} ({len(bad)} unreadable file(s) in {root / split}; see 'heritagelens data check')")
+        raise DataError(
+            f"{f}: {problem} ({len(bad)} unreadable file(s) in {root / split}; see 'heritagelens data check')"
+        )
     bad_set = {f for f, _ in bad}
     keep = [i for i, f in enumerate(files) if str(f) not in bad_set]
     images = torch.from_numpy(arr[keep])
@@ -290,7 +294,7 @@ _LEADING = re.compile(r"^[\s_\-.,()\d]+")
 
 
 def name_key(file: str) -> tuple[str, int | str]:
-    """('flickr', id) for Flickr files, ('name', stem) for others: the stem without size prefix or numbers at either end."""
+    """('flickr', id) for Flickr files, else ('name', stem): the stem without size prefix or numbers at either end."""
     stem = Path(file).stem
     m = _FLICKR.match(stem)
     if m:
@@ -351,7 +355,9 @@ def find_groups(files: list[str], images: torch.Tensor, near_dup_corr: float, fl
     return np.unique(roots, return_inverse=True)[1]
 
 
-def group_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def group_split(
+    labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices): fold `fold` of a stratified group k-fold, so no group spans both."""
     from sklearn.model_selection import StratifiedGroupKFold
 

@@ -75,8 +75,10 @@ def evaluate_logits(
     pred = probs.argmax(1).numpy()
     ks = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=ks, zero_division=0)
-    per_class = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                 for i, c in enumerate(classes)}
+    per_class = {
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(classes)
+    }
     avgs = {}
     for avg in ("macro", "weighted"):
         ap, ar, af, _ = precision_recall_fscore_support(y, pred, labels=ks, average=avg, zero_division=0)
@@ -96,14 +98,17 @@ def evaluate_logits(
     )
 
 
-def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], files: list[str] | None,
-                       k: int) -> list[Mistake]:
+def confident_mistakes(
+    probs: torch.Tensor, labels: torch.Tensor, classes: list[str], files: list[str] | None, k: int
+) -> list[Mistake]:
     """The `k` wrong predictions made with the highest probability, surest first."""
     conf, pred = probs.max(1)
     wrong = torch.nonzero(pred != labels).flatten()
     order = wrong[conf[wrong].argsort(descending=True)][:k]
-    return [Mistake(files[i] if files else str(i), classes[labels[i]], classes[pred[i]], round(float(conf[i]), 4))
-            for i in order.tolist()]
+    return [
+        Mistake(files[i] if files else str(i), classes[labels[i]], classes[pred[i]], round(float(conf[i]), 4))
+        for i in order.tolist()
+    ]
 
 
 def confusion_figure(result: EvalResult):
@@ -122,10 +127,19 @@ def confusion_figure(result: EvalResult):
     ax.set_yticks(range(n), result.classes)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{result.split}: accuracy {result.accuracy:.3f} on {result.n} images" + (" (TTA)" if result.tta else ""))
+    ax.set_title(
+        f"{result.split}: accuracy {result.accuracy:.3f} on {result.n} images" + (" (TTA)" if result.tta else "")
+    )
     fig.tight_layout()
     return fig

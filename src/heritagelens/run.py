@@ -88,7 +88,9 @@ class RunDir:
         return max((float(row["val_acc"]) for row in self.rows), default=float("-inf"))
 
 
-def train_run(cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True) -> tuple[TrainState, Prepared]:
+def train_run(
+    cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True
+) -> tuple[TrainState, Prepared]:
     """Train into `run_path`; with `resume`, continue the run saved there with the config saved there."""
     run = RunDir(run_path)
     if resume:
@@ -120,8 +122,10 @@ def train_run(cfg: Config, run_path: Path | str, resume: bool = False, progress:
     def on_epoch(st: TrainState, r: EpochResult) -> None:
         is_best = r.val_acc > run.best_val()
         run.add_epoch(r)
-        run.log(f"epoch {r.epoch} loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} val_acc {r.val_acc:.4f} "
-                f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s")
+        run.log(
+            f"epoch {r.epoch} loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} val_acc {r.val_acc:.4f} "
+            f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s"
+        )
         save_checkpoint(run.path / "last.pt", st, cfg, s.classes)
         if is_best:
             save_checkpoint(run.path / "best.pt", st, cfg, s.classes)

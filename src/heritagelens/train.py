@@ -35,6 +35,23 @@ def batch_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tens
     return out.permute(0, 3, 1, 2)
 
 
+def batch_zoom(x: torch.Tensor, min_area: float, g: torch.Generator) -> torch.Tensor:
+    """Crop a random box of `min_area`..1 of the image (aspect 3:4..4:3) and resize it back, per image (bilinear)."""
+    if min_area >= 1.0:
+        return x
+    B = x.shape[0]
+    area = min_area + (1 - min_area) * torch.rand(B, generator=g)
+    aspect = torch.exp((torch.rand(B, generator=g) * 2 - 1) * math.log(4 / 3))
+    w = (area * aspect).sqrt().clamp(max=1.0)  # box size as a fraction of the image
+    h = (area / aspect).sqrt().clamp(max=1.0)
+    cx = (torch.rand(B, generator=g) * 2 - 1) * (1 - w)  # box centre in [-1, 1] coordinates
+    cy = (torch.rand(B, generator=g) * 2 - 1) * (1 - h)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def batch_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the images left to right."""
     mask = torch.rand(x.shape[0], generator=g) < 0.5
@@ -67,6 +84,7 @@ def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
     """The training augmentation of one batch. x: (B, 3, 64, 64) uint8 -> float 0..255."""
     x = x.float()
+    x = batch_zoom(x, cfg.zoom_min_area, g)
     x = batch_translate(x, cfg.crop_pad, g)
     if cfg.flip:
         x = batch_flip(x, g)
@@ -108,8 +126,9 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256,
-                   bf16: bool = True) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, bf16: bool = True
+) -> torch.Tensor:
     """Logits (N, classes) in float32 for uint8 images (N, 3, 64, 64), in eval mode; the model's mode is restored."""
     was_training = model.training
     model.eval()

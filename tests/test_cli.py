@@ -1,0 +1,136 @@
+"""The real command, run as a user runs it: in a subprocess, reading its output and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL
+
+SETS = [a for s in TINY_MODEL + ["data.val_folds=4", "train.batch_size=16"] for a in ("--set", s)]
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "heritagelens", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=e,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("heritagelens: error: "), p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained through the CLI on synthetic data; (data root, run folder)."""
+    from conftest import make_dataset
+
+    base = tmp_path_factory.mktemp("cli")
+    root = make_dataset(base / "ahe", test_per_class=5)
+    p = cli("train", "--data", root, "--epochs", "2", "--out", base / "run", "--quiet", *SETS)
+    assert p.returncode == 0, p.stderr
+    return root, base / "run"
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    _, run = trained
+    for name in ("config.json", "split.json", "metrics.csv", "train.log", "last.pt", "best.pt"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    assert not list(run.glob(".*.tmp"))  # no temporary files left by atomic writes
+
+
+def test_evaluate_prints_tables_and_writes_json_and_png(trained):
+    _, run = trained
+    p = cli("evaluate", run / "last.pt", "--split", "test", "--no-tta")
+    assert p.returncode == 0, p.stderr
+    assert "accuracy on test (15 images)" in p.stdout and "macro avg" in p.stdout and "<- predicted" in p.stdout
+    result = json.loads((run / "eval-test.json").read_text())
+    assert result["split"] == "test" and result["n"] == 15 and len(result["confusion"]) == 3
+    assert (run / "confusion-test.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_reports_each_image_and_names_bad_ones(trained, tmp_path):
+    root, run = trained
+    good = next((root / "test" / "bell").iterdir())
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    p = cli("predict", run, good, tmp_path / "bad.jpg", "--top", "2")
+    assert p.returncode == 2
+    assert p.stdout.startswith(f"{good}: ") and len(p.stdout.split(",")) == 2
+    assert "bad.jpg: not an image" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_layers_lists_names_shapes_and_parameters(trained):
+    p = cli("layers", trained[1] / "last.pt")
+    assert p.returncode == 0, p.stderr
+    assert "features.conv1_1" in p.stdout and "(8, 64, 64)" in p.stdout and "head.fc" in p.stdout
+    assert "classes: arch, bell, dome" in p.stdout
+
+
+def test_data_check_table(trained):
+    p = cli("data", "check", trained[0])
+    assert p.returncode == 0, p.stderr
+    assert "bell" in p.stdout and "unreadable files: 0" in p.stdout and "64x64 (87)" in p.stdout
+
+
+def test_resume_a_finished_run_changes_nothing(trained):
+    _, run = trained
+    before = (run / "last.pt").read_bytes()
+    p = cli("train", "--resume", run, "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_refuses_to_overwrite_a_run(trained):
+    root, run = trained
+    assert_one_line_error(cli("train", "--data", root, "--out", run, *SETS), "already holds a run")
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["data", "check", "/no/such/dir"], ["/no/such/dir: no such directory"]),
+        (["evaluate", "/no/such.pt"], ["/no/such.pt: no such file"]),
+        (["train", "--resume", "/no/run"], ["/no/run: no last.pt"]),
+        (["train", "--data", "/no/dir", "--set", "train.epochs=1"], ["/no/dir: no such directory"]),
+        (["train", "--data", ".", "--set", "train.bogus=1"], ["bad setting 'train.bogus=1'"]),
+        (["train", "--preset", "fastest"], ["unknown preset 'fastest'"]),
+    ],
+)
+def test_bad_input_gives_one_line(args, needles, tmp_path):
+    assert_one_line_error(cli(*args, cwd=tmp_path), *needles)
+
+
+def test_data_check_on_unusable_layout(tmp_path):
+    (tmp_path / "train" / "apse").mkdir(parents=True)
+    p = cli("data", "check", tmp_path)
+    assert p.returncode == 2 and "empty class folder" in p.stdout and "layout unusable" in p.stderr
+
+
+def test_foreign_checkpoint_gives_one_line(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert_one_line_error(cli("layers", tmp_path / "model.pt"), "model.pt: not a HeritageLens checkpoint")
+
+
+def test_run_without_data_says_where_to_get_it(tmp_path):
+    p = cli("run", cwd=tmp_path)
+    assert_one_line_error(
+        p, "no AHE64 data found", "ikobzev/architectural-heritage-elements-image64-dataset", "AHE_DATA"
+    )
