@@ -55,6 +55,10 @@ def test_confident_mistakes_are_the_surest_wrong_predictions_first():
     r = evaluate_logits(_logits([1, 1, 0, 2], [0.6, 0.99, 0.95, 0.7]), y, CLASSES, "val", files=["w", "x", "y", "z"])
     assert [(m.file, m.true, m.predicted) for m in r.mistakes] == [("y", "c", "a"), ("z", "a", "c"), ("w", "a", "b")]
     assert r.mistakes[0].confidence == pytest.approx(0.95, abs=1e-4)
+    assert r.mistakes_table().splitlines()[:2] == [
+        "surest mistakes (of 3): probability, true -> predicted, file",
+        "  0.950  c -> a  y",
+    ]
 
 
 def test_a_class_absent_from_the_split_still_has_a_row():

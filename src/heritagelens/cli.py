@@ -12,6 +12,7 @@ from . import __version__
 
 KAGGLE = "ikobzev/architectural-heritage-elements-image64-dataset"
 EXIT_ERROR = 2
+SPLIT_NAMES = {"val": "group-aware validation from train/", "test": "official test split"}
 
 
 class UsageError(Exception):
@@ -108,10 +109,9 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
     root = Path(args.data) if args.data else None
     r = evaluate_checkpoint(ckpt, args.split, root=root, tta=args.tta, out_dir=out)
-    print(r.table())
-    print()
-    print(r.confusion_table())
-    print(f"\nwritten: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
+    print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
+    print((out / f"eval-{r.split}.txt").read_text())
+    print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
     return 0
 
 
@@ -154,21 +154,16 @@ def cmd_layers(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
-    from .data import has_split
-    from .run import evaluate_checkpoint, train_run
+    from .run import main_job
 
     cfg = _config(args)
     run = _run_dir(args)
     print(f"data: {cfg.data.root}\nrun folder: {run}")
-    t0 = time.perf_counter()
-    train_run(cfg, run, progress=not args.quiet)
-    minutes = (time.perf_counter() - t0) / 60
-    splits = ["val"] + (["test"] if has_split(cfg.data.root, "test") else [])
-    for split in splits:
-        r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
-        print(f"\n== {split} ({'group-aware validation from train/' if split == 'val' else 'official test split'})")
-        print(r.table())
-    print(f"\ntraining took {minutes:.1f} min; run folder: {run}")
+    summary = main_job(cfg, run, progress=not args.quiet)
+    for split in summary["splits"]:
+        print(f"\n== {split} ({SPLIT_NAMES[split]})")
+        print((run / f"eval-{split}.txt").read_text())
+    print(f"\ntraining took {summary['train_minutes']:.1f} min; run folder: {run}")
     return 0
 
 

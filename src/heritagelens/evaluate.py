@@ -51,6 +51,12 @@ class EvalResult:
         lines.append(f"accuracy on {self.split} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
         return "\n".join(lines)
 
+    def mistakes_table(self, k: int = 8) -> str:
+        wrong = self.n - sum(self.confusion[i][i] for i in range(len(self.classes)))
+        lines = [f"surest mistakes (of {wrong}): probability, true -> predicted, file"]
+        lines += [f"  {m.confidence:.3f}  {m.true} -> {m.predicted}  {m.file}" for m in self.mistakes[:k]]
+        return "\n".join(lines)
+
     def confusion_table(self) -> str:
         short = [c[:6] for c in self.classes]
         w = max(len(c) for c in self.classes)

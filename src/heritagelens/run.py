@@ -171,7 +171,28 @@ def evaluate_checkpoint(
 def write_eval(result: EvalResult, out_dir: Path | str) -> None:
     out = Path(out_dir)
     atomic_write_json(result.to_dict(), out / f"eval-{result.split}.json")
+    text = "\n\n".join([result.table(), result.confusion_table(), result.mistakes_table()])
+    atomic_write_text(text + "\n", out / f"eval-{result.split}.txt")
     fig = confusion_figure(result)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     atomic_write_bytes(buf.getvalue(), out / f"confusion-{result.split}.png")
+
+
+def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
+    """Train, then evaluate the final weights on validation and, when the data has one, the official test split.
+
+    Returns (and writes as `summary.json`) the headline figures, each named by its split.
+    """
+    run = Path(run_path)
+    t0 = time.perf_counter()
+    train_run(cfg, run, progress=progress)
+    summary = {"train_minutes": round((time.perf_counter() - t0) / 60, 2), "evaluated": "last.pt", "splits": {}}
+    for split in ["val"] + (["test"] if data.has_split(cfg.data.root, "test") else []):
+        r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
+        summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
+    atomic_write_json(summary, run / "summary.json")
+    return summary
