@@ -7,6 +7,8 @@ named, hooked and mirrored by the deconvnet.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -66,6 +68,17 @@ def _feature_layers(cfg: ModelConfig) -> OrderedDict[str, nn.Module]:
     return layers
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (batch norm uses its running statistics, dropout is off) for the block; the old mode after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> HeritageCNN:
     return HeritageCNN(cfg, num_classes)
 
@@ -78,14 +91,11 @@ def layer_table(model: HeritageCNN, image_size: int = IMAGE_SIZE) -> list[tuple[
     """(name, type, output shape without batch, parameter count) for every layer, in forward order."""
     rows = []
     x = torch.zeros(1, 3, image_size, image_size)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         x = model.normalize(x)
         for part in ("features", "head"):
             for name, m in getattr(model, part).named_children():
                 x = m(x)
                 n_params = sum(p.numel() for p in m.parameters())
                 rows.append((f"{part}.{name}", type(m).__name__, tuple(x.shape[1:]), n_params))
-    model.train(was_training)
     return rows

@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import Config, TrainConfig
+from .models import evaluating
 
 # ---------------------------------------------------------------------------------------------------- augmentation
 
@@ -130,15 +131,13 @@ def predict_logits(
     model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, bf16: bool = True
 ) -> torch.Tensor:
     """Logits (N, classes) in float32 for uint8 images (N, 3, 64, 64), in eval mode; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
     out = []
-    for s in range(0, len(images), batch_size):
-        x = images[s : s + batch_size].float().contiguous(memory_format=torch.channels_last)
-        views = tta_views(x) if tta else [x]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
-            out.append(torch.stack([model(v).float() for v in views]).mean(0))
-    model.train(was_training)
+    with evaluating(model):
+        for s in range(0, len(images), batch_size):
+            x = images[s : s + batch_size].float().contiguous(memory_format=torch.channels_last)
+            views = tta_views(x) if tta else [x]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+                out.append(torch.stack([model(v).float() for v in views]).mean(0))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -172,8 +171,12 @@ class TrainState:
     epoch: int = 0
 
 
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
 def new_state(model: nn.Module, cfg: TrainConfig) -> TrainState:
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format(cfg))
     return TrainState(model, make_optimizer(model, cfg), make_ema(model, cfg))
 
 
@@ -197,6 +200,8 @@ def fit(
     steps_per_epoch = math.ceil(len(train_images) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     model, opt = state.model, state.optimizer
+    forward = torch.compile(model) if tc.compile else model  # measured slower on CPU here: off by default
+    fmt = memory_format(tc)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     bar = _progress(total, state.epoch * steps_per_epoch, progress)
     for epoch in range(state.epoch, tc.epochs):
@@ -207,13 +212,13 @@ def fit(
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            x = augment(train_images[idx], tc, g).contiguous(memory_format=torch.channels_last)
+            x = augment(train_images[idx], tc, g).contiguous(memory_format=fmt)
             y = train_labels[idx]
             lr = get_lr(epoch * steps_per_epoch + i, total, tc)
             for group in opt.param_groups:
                 group["lr"] = lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and x.device.type == "cpu"):
-                logits = model(x)
+                logits = forward(x)
                 loss = criterion(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
