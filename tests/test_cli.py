@@ -134,3 +134,38 @@ def test_run_without_data_says_where_to_get_it(tmp_path):
     assert_one_line_error(
         p, "no AHE64 data found", "ikobzev/architectural-heritage-elements-image64-dataset", "AHE_DATA"
     )
+
+
+def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):
+    root, run = trained
+    p = cli("deconv", run / "last.pt", "--top9", "--layer", "conv2_1", "--channels", "0", "3", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    png, index = tmp_path / "deconv-top9-conv2_1.png", json.loads((tmp_path / "deconv-top9-conv2_1.json").read_text())
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert index["shown_channels"] == [0, 3] and len(index["channels"]) == 16
+    top = index["channels"]["3"]
+    assert len(top) == 9 and all((root / t["file"]).exists() for t in top)
+    assert [t["activation"] for t in top] == sorted((t["activation"] for t in top), reverse=True)
+
+
+def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
+    root, run = trained
+    image = next((root / "test" / "dome").iterdir())
+    p = cli("deconv", run, "--image", image, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    index = json.loads((tmp_path / f"deconv-{image.stem}.json").read_text())
+    assert list(index["layers"]) == ["conv1_1", "conv2_1"] and len(index["layers"]["conv2_1"]) == 9
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--top9", "--layer", "conv7_1"], ["unknown layer 'conv7_1'; conv layers: conv1_1, conv2_1"]),
+        (["--top9"], ["needs --layer"]),
+        (["--top9", "--layer", "conv1_1", "--channels", "8"], ["channel 8 out of range", "0..7"]),
+        (["--image", "/no/such.jpg"], ["/no/such.jpg: no such file"]),
+        ([], ["exactly one of --top9"]),
+    ],
+)
+def test_deconv_bad_input_gives_one_line(trained, tmp_path, args, needles):
+    assert_one_line_error(cli("deconv", trained[1] / "last.pt", "--out", tmp_path, *args), *needles)

@@ -3,12 +3,22 @@ a model that is left exactly as it was."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from heritagelens.config import ModelConfig
-from heritagelens.deconvnet import DeconvError, project, record
+from heritagelens.deconvnet import (
+    DeconvError,
+    project,
+    project_top,
+    receptive_box,
+    record,
+    strongest_channels,
+    top_activations,
+)
+from heritagelens.figures import figure2
 from heritagelens.models import build_model, conv_layer_names
 
 
@@ -167,3 +177,95 @@ def test_a_layer_it_cannot_mirror_is_named():
     model.features.relu1_1 = nn.GELU()
     with pytest.raises(DeconvError, match=r"layer 'relu1_1' \(GELU\) cannot be mirrored"):
         project(model, torch.zeros(1, 3, 16, 16), "conv2_1", 0)
+
+
+# ------------------------------------------------------------------------------------------- top images, fields
+def _random_model(seed=0, cfg=None):
+    torch.manual_seed(seed)
+    model = build_model(cfg or ModelConfig(widths=(4, 8, 8), depths=(1, 1, 1)), 3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_top_activations_match_a_brute_force_ranking():
+    model = _random_model()
+    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
+    top = top_activations(model, images, "conv2_1", k=9, batch_size=16, bf16=False)
+    fmap = record(model, images.float(), "conv2_1").feature_map  # (N, C, H, W)
+    peak = fmap.flatten(2).max(2).values  # (N, C)
+    for c in range(fmap.shape[1]):
+        expected = peak[:, c].argsort(descending=True)[:9]
+        assert top.indices[c].tolist() == expected.tolist()
+        torch.testing.assert_close(top.values[c], peak[expected, c])
+        r, q = top.positions[c, 0].tolist()
+        assert fmap[top.indices[c, 0], c, r, q] == peak[top.indices[c, 0], c]
+
+
+def test_receptive_field_sizes_follow_the_architecture():
+    model = build_model(ModelConfig(), 10)  # 3x3 convs; stages of 1, 2, 2, 2 convs, each closed by 2x2 pooling
+    sizes = {
+        layer: (lambda b: b[2] - b[0])(receptive_box(model, layer, (0, 0), 64)) for layer in conv_layer_names(model)
+    }
+    assert sizes == {
+        "conv1_1": 3,
+        "conv2_1": 8,
+        "conv2_2": 12,
+        "conv3_1": 22,
+        "conv3_2": 30,
+        "conv4_1": 50,
+        "conv4_2": 66,
+    }
+    assert receptive_box(model, "conv1_1", (0, 0), 64) == (-1, -1, 2, 2)
+    assert receptive_box(model, "conv2_1", (3, 5), 64) == (3, 7, 11, 15)  # centre at pool stride 2: 7.5, 11.5
+
+
+def test_projection_stays_inside_the_receptive_field():
+    model = _random_model(3, ModelConfig(widths=(4, 8, 8), depths=(1, 2, 1)))
+    images = torch.rand(6, 3, 64, 64) * 255
+    seen_signal = 0
+    for layer in conv_layer_names(model):
+        proj, pos = project(model, images, layer, torch.arange(6) % 4)
+        for b in range(6):
+            top, left, bottom, right = receptive_box(model, layer, tuple(pos[b].tolist()), 64)
+            outside = proj[b].abs().sum(0).clone()
+            outside[max(top, 0) : bottom, max(left, 0) : right] = 0
+            assert outside.max() == 0, layer
+            seen_signal += int(proj[b].abs().max() > 0)  # a dead channel projects to zero, which is fine
+    assert seen_signal >= 12
+
+
+def test_project_top_and_the_figure():
+    model = _random_model()
+    images = torch.randint(0, 256, (30, 3, 64, 64), dtype=torch.uint8)
+    top = top_activations(model, images, "conv3_1", k=4)
+    proj = project_top(model, images, top, [0, 5])
+    assert proj.shape == (2, 4, 3, 64, 64)
+    single, _ = project(model, images[top.indices[5, 2]][None], "conv3_1", 5, top.positions[5, 2][None])
+    torch.testing.assert_close(proj[1, 2], single[0])
+    boxes = [[receptive_box(model, "conv3_1", tuple(p), 64) for p in top.positions[c].tolist()] for c in (0, 5)]
+    fig = figure2(proj, images[top.indices[[0, 5]]], boxes, [0, 5], "conv3_1", tile_px=20)
+    assert fig.mode == "RGB" and fig.width > 4 * 20 and fig.height > 2 * 20
+    px = np.asarray(fig)
+    assert px.std() > 10  # not a blank canvas
+
+
+def test_strongest_channels_of_one_image():
+    model = _random_model()
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    channels, values, proj, _ = strongest_channels(model, image, "conv2_1", n=3)
+    peak = record(model, image[None].float(), "conv2_1").feature_map[0].flatten(1).max(1).values
+    assert channels.tolist() == peak.argsort(descending=True)[:3].tolist()
+    assert proj.shape == (3, 3, 64, 64)
+
+
+def test_default_channels_cover_the_classes():
+    from heritagelens.deconvnet import TopK
+    from heritagelens.visualize import default_channels
+
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
+    indices = torch.stack([torch.arange(0, 9), torch.arange(10, 19), torch.arange(20, 29), torch.arange(0, 9)])
+    top = TopK("x", torch.tensor([[1.0] * 9, [2.0] * 9, [3.0] * 9, [4.0] * 9]), indices, torch.zeros(4, 9, 2))
+    assert default_channels(top, labels, 3) == [1, 2, 3]  # class 0: channel 3 beats 0 on strength
+    assert default_channels(top, labels, 4) == [0, 1, 2, 3]

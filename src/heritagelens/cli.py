@@ -152,6 +152,31 @@ def cmd_layers(args) -> int:
     return 0
 
 
+def cmd_deconv(args) -> int:
+    """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
+    from .checkpoint import load_model
+    from .deconvnet import layers_up_to
+    from .visualize import write_image_view, write_top9
+
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    model, _, _ = load_model(ckpt)
+    layers = args.layer or []
+    for layer in layers:
+        layers_up_to(model, layer)  # an unknown name fails now, listing the valid ones
+    if args.top9 == bool(args.image):
+        raise UsageError("deconv needs exactly one of --top9 (with --layer) or --image PATH")
+    if args.top9:
+        if not layers:
+            raise UsageError("deconv --top9 needs --layer NAME (see 'heritagelens layers')")
+        written = write_top9(ckpt, layers, out, args.channels, args.data)
+    else:
+        written = [write_image_view(ckpt, args.image, out, layers or None, args.channels)]
+    for w in written:
+        print(f"written: {w} and {w.with_suffix('.json').name}")
+    return 0
+
+
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
     from .run import main_job
@@ -213,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
+    dc = sub.add_parser("deconv", help="deconvnet projections (Zeiler & Fergus 2014)")
+    dc.add_argument("checkpoint")
+    dc.add_argument("--layer", action="append", help="conv layer name (repeatable; default with --image: all)")
+    dc.add_argument("--channels", type=int, nargs="+", help="channels to show (default: the strongest)")
+    dc.add_argument("--image", help="project the strongest channels of this image")
+    dc.add_argument("--top9", action="store_true", help="figure 2: top-9 train images per channel, projected")
+    dc.add_argument("--data", help="dataset root for --top9 (default: the one the model was trained on)")
+    dc.add_argument("--out", help="output folder (default: beside the checkpoint)")
+    dc.set_defaults(func=cmd_deconv)
+
     ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
     ly.add_argument("checkpoint")
     ly.set_defaults(func=cmd_layers)
@@ -223,11 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .deconvnet import DeconvError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, ConfigError) as e:
+    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -153,3 +153,100 @@ def project(
         positions = strongest_positions(rec.feature_map, channels)
     signal = keep_one(rec.feature_map, channels, positions)
     return project_down(model, rec, signal), positions
+
+
+# ------------------------------------------------------------------------------------------- receptive fields
+
+
+def receptive_box(model: HeritageCNN, layer: str, position: tuple[int, int], image_size: int) -> tuple[int, ...]:
+    """(top, left, bottom, right) in input pixels of the receptive field of `position` in `layer`'s feature map,
+    not clipped to the image (so crops keep one size per layer)."""
+    size, jump, start = 1.0, 1.0, 0.5  # field size, distance between neighbours, centre of unit 0 (input pixels)
+    for _, m in layers_up_to(model, layer):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p = (_pair(getattr(m, a))[0] for a in ("kernel_size", "stride", "padding"))
+            d = _pair(m.dilation)[0]
+            size += (d * (k - 1)) * jump
+            start += ((d * (k - 1)) / 2 - p) * jump
+            jump *= s
+    half = size / 2
+    cy, cx = start + position[0] * jump, start + position[1] * jump
+    return (round(cy - half), round(cx - half), round(cy + half), round(cx + half))
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
+# ------------------------------------------------------------------------------------------------- top images
+
+
+@dataclass
+class TopK:
+    """The images that excite each channel of a layer most: all (C, k), best first."""
+
+    layer: str
+    values: torch.Tensor
+    indices: torch.Tensor
+    positions: torch.Tensor
+    """(C, k, 2) row and column of the maximum in the feature map."""
+
+
+@torch.no_grad()
+def top_activations(
+    model: HeritageCNN, images: torch.Tensor, layer: str, k: int = 9, batch_size: int = 512, bf16: bool = True
+) -> TopK:
+    """For every channel of `layer`, the `k` images (rows of `images`) with the largest activation anywhere, found in
+    one pass over `images` (N, 3, H, W) uint8; the ranking uses bfloat16 autocast on CPU for speed by default."""
+    layers_up_to(model, layer)  # validates the name before the long pass
+    best_v = best_i = best_p = None
+    for s in range(0, len(images), batch_size):
+        x = images[s : s + batch_size].float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+            fmap = record(model, x, layer).feature_map.float()  # (B, C, H, W)
+        B, C, H, W = fmap.shape
+        v, flat = fmap.reshape(B, C, H * W).max(2)  # (B, C)
+        pos = torch.stack([flat // W, flat % W], 2)  # (B, C, 2)
+        idx = torch.arange(s, s + B)[:, None].expand(B, C)
+        if best_v is not None:
+            v, idx, pos = torch.cat([best_v, v]), torch.cat([best_i, idx]), torch.cat([best_p, pos])
+        top = v.topk(min(k, len(v)), dim=0)  # (k, C)
+        best_v, best_i = top.values, idx.gather(0, top.indices)
+        best_p = pos.gather(0, top.indices[..., None].expand(-1, -1, 2))
+    return TopK(layer, best_v.T.contiguous(), best_i.T.contiguous(), best_p.permute(1, 0, 2).contiguous())
+
+
+@torch.no_grad()
+def project_top(model: HeritageCNN, images: torch.Tensor, top: TopK, channels: list[int], batch_size: int = 256):
+    """Deconvnet projections (len(channels), k, 3, H, W) of each chosen channel's top images, at their maxima."""
+    idx = top.indices[channels]  # (n, k)
+    n, k = idx.shape
+    ch = torch.tensor(channels).repeat_interleave(k)
+    pos = top.positions[channels].reshape(n * k, 2)
+    flat_idx = idx.reshape(-1)
+    out = []
+    for s in range(0, n * k, batch_size):
+        proj, _ = project(
+            model, images[flat_idx[s : s + batch_size]], top.layer, ch[s : s + batch_size], pos[s : s + batch_size]
+        )
+        out.append(proj)
+    return torch.cat(out).reshape(n, k, *images.shape[1:])
+
+
+@torch.no_grad()
+def strongest_channels(
+    model: HeritageCNN, image: torch.Tensor, layer: str, n: int = 9, channels: list[int] | None = None
+) -> tuple[torch.Tensor, ...]:
+    """For one image (3, H, W): the `n` channels of `layer` with the largest activation (or the given `channels`),
+    their peak activations, their projections (n, 3, H, W) and the peaks' positions."""
+    fmap = record(model, image[None].float(), layer).feature_map[0]  # (C, H, W)
+    peaks = fmap.flatten(1).max(1).values
+    if channels:
+        chosen = torch.tensor(channels)
+        if chosen.min() < 0 or chosen.max() >= len(fmap):
+            bad = chosen[(chosen < 0) | (chosen >= len(fmap))][0].item()
+            raise DeconvError(f"channel {bad} out of range: layer '{layer}' has channels 0..{len(fmap) - 1}")
+    else:
+        chosen = peaks.topk(min(n, len(fmap))).indices
+    proj, pos = project(model, image[None].expand(len(chosen), -1, -1, -1), layer, chosen)
+    return chosen, peaks[chosen], proj, pos

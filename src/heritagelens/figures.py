@@ -1,0 +1,113 @@
+"""Figures as plain functions that return PIL images; writing them to disk is the caller's business."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+BACKGROUND = (255, 255, 255)
+NEUTRAL = 128
+
+
+def projection_to_rgb(p: torch.Tensor) -> np.ndarray:
+    """A projection (3, H, W) as uint8 (H, W, 3): zero is mid-grey, the largest magnitude reaches black or white."""
+    scale = p.abs().max().clamp_min(1e-12)
+    return (127.5 + 127.5 * (p / scale)).clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def image_to_rgb(x: torch.Tensor) -> np.ndarray:
+    """uint8 (3, H, W) pixels as (H, W, 3)."""
+    return x.clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def crop(rgb: np.ndarray, box: tuple[int, ...], fill: int = NEUTRAL) -> np.ndarray:
+    """The (top, left, bottom, right) box of an (H, W, 3) image, filled with `fill` where it leaves the image."""
+    top, left, bottom, right = box
+    H, W, _ = rgb.shape
+    out = np.full((bottom - top, right - left, 3), fill, dtype=np.uint8)
+    t, lft, b, r = max(top, 0), max(left, 0), min(bottom, H), min(right, W)
+    if t < b and lft < r:
+        out[t - top : b - top, lft - left : r - left] = rgb[t:b, lft:r]
+    return out
+
+
+def tile(cells: list[np.ndarray], cols: int, size: int, gap: int = 2) -> np.ndarray:
+    """Cells resized to `size` x `size` and laid out in rows of `cols` with `gap` px of white between them."""
+    rows = (len(cells) + cols - 1) // cols
+    out = np.full((rows * size + (rows - 1) * gap, cols * size + (cols - 1) * gap, 3), 255, dtype=np.uint8)
+    for i, c in enumerate(cells):
+        r, q = divmod(i, cols)
+        im = np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.NEAREST))
+        out[r * (size + gap) : r * (size + gap) + size, q * (size + gap) : q * (size + gap) + size] = im
+    return out
+
+
+def labelled(panel: np.ndarray, text: str, height: int = 14) -> np.ndarray:
+    """The panel with a line of text above it."""
+    im = Image.new("RGB", (panel.shape[1], panel.shape[0] + height), BACKGROUND)
+    im.paste(Image.fromarray(panel), (0, height))
+    ImageDraw.Draw(im).text((2, 1), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def grid(panels: list[np.ndarray], cols: int, gap: int = 10, title: str = "") -> Image.Image:
+    """Panels of possibly different sizes in rows of `cols`, with an optional title line."""
+    h = max(p.shape[0] for p in panels)
+    w = max(p.shape[1] for p in panels)
+    rows = (len(panels) + cols - 1) // cols
+    top = 20 if title else 0
+    im = Image.new("RGB", (cols * w + (cols + 1) * gap, top + rows * h + (rows + 1) * gap), BACKGROUND)
+    for i, p in enumerate(panels):
+        r, q = divmod(i, cols)
+        im.paste(Image.fromarray(p), (gap + q * (w + gap), top + gap + r * (h + gap)))
+    if title:
+        ImageDraw.Draw(im).text((gap, 4), title, fill=(0, 0, 0))
+    return im
+
+
+def figure2(
+    projections: torch.Tensor,
+    images: torch.Tensor,
+    boxes: list[list[tuple[int, ...]]],
+    channels: list[int],
+    layer: str,
+    tile_px: int = 40,
+    cols: int = 4,
+) -> Image.Image:
+    """Zeiler & Fergus figure 2 for one layer: per channel, the deconvnet projections of its top images (left 3x3)
+    beside the receptive-field patches of those images (right 3x3).
+
+    Args:
+        projections: (n, k, 3, H, W) projections; images: (n, k, 3, H, W) uint8 source images.
+        boxes: per channel, per image, the receptive-field box (top, left, bottom, right).
+    """
+    panels = []
+    for c, projs, imgs, bxs in zip(channels, projections, images, boxes):
+        side = int(np.ceil(np.sqrt(len(projs))))
+        left = tile([crop(projection_to_rgb(p), b) for p, b in zip(projs, bxs)], side, tile_px)
+        right = tile([crop(image_to_rgb(x), b) for x, b in zip(imgs, bxs)], side, tile_px)
+        sep = np.full((left.shape[0], 6, 3), 255, dtype=np.uint8)
+        panels.append(labelled(np.concatenate([left, sep, right], 1), f"{layer} channel {c}"))
+    return grid(
+        panels,
+        min(cols, len(panels)),
+        title=f"{layer}: top-{projections.shape[1]} images per channel, "
+        "deconvnet projections (left) and receptive-field patches (right)",
+    )
+
+
+def per_image_view(
+    image: torch.Tensor, rows: list[tuple[str, list[int], torch.Tensor]], tile_px: int = 64
+) -> Image.Image:
+    """One image and, for each layer, the projections of its strongest channels, one row per layer.
+
+    Args:
+        image: (3, H, W) uint8.
+        rows: (layer, channels, projections (n, 3, H, W)) per layer.
+    """
+    panels = [labelled(tile([image_to_rgb(image)], 1, tile_px), "input")]
+    for layer, channels, projs in rows:
+        cells = [projection_to_rgb(p) for p in projs]
+        panels.append(labelled(tile(cells, len(cells), tile_px), f"{layer}: channels {', '.join(map(str, channels))}"))
+    return grid(panels, 1, title="deconvnet projections of the strongest channels per layer")

@@ -1,0 +1,126 @@
+"""Deconvnet outputs on disk: figure-2 grids over the train split and per-image views, each with a JSON index."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import data
+from .checkpoint import check_classes, load_model
+from .config import Config
+from .deconvnet import DeconvError, project_top, receptive_box, strongest_channels, top_activations
+from .figures import figure2, per_image_view
+from .io import atomic_write_bytes, atomic_write_json
+from .models import HeritageCNN, conv_layer_names
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def default_channels(top, labels: torch.Tensor, n: int) -> list[int]:
+    """`n` channels that between them cover the classes: in turn for each class, the channel not yet chosen whose
+    top images hold the most images of that class (ties to the stronger channel). Sorted by channel number."""
+    counts = torch.stack([(labels[top.indices] == k).sum(1) for k in range(int(labels.max()) + 1)], 1)  # (C, K)
+    score = counts.float() + top.values.mean(1, keepdim=True) / (top.values.max() + 1e-12) * 0.5
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(score)):
+        k = len(chosen) % score.shape[1]
+        s = score[:, k].clone()
+        s[chosen] = float("-inf")
+        chosen.append(int(s.argmax()))
+    return sorted(chosen)
+
+
+def top9_figure(
+    model: HeritageCNN,
+    split: data.Split,
+    layer: str,
+    channels: list[int] | None = None,
+    k: int = 9,
+    n_default: int = 16,
+) -> tuple[Image.Image, dict]:
+    """Figure 2 of Zeiler & Fergus for `layer` over every image of `split`, and its index (every channel's top-k)."""
+    top = top_activations(model, split.images, layer, k=k)
+    C = top.values.shape[0]
+    for c in channels or []:
+        if not 0 <= c < C:
+            raise DeconvError(f"channel {c} out of range: layer '{layer}' has channels 0..{C - 1}")
+    chosen = channels or default_channels(top, split.labels, n_default)
+    proj = project_top(model, split.images, top, chosen)
+    size = split.images.shape[-1]
+    boxes = [[receptive_box(model, layer, tuple(p), size) for p in top.positions[c].tolist()] for c in chosen]
+    fig = figure2(proj, split.images[top.indices[chosen]], boxes, chosen, layer)
+    index = {
+        "layer": layer,
+        "shown_channels": chosen,
+        "shown_because": "given" if channels else "in turn per class, the channel whose top images are most of it",
+        "channels": {
+            str(c): [
+                {"file": split.files[i], "activation": round(float(v), 4), "position": p}
+                for i, v, p in zip(top.indices[c].tolist(), top.values[c].tolist(), top.positions[c].tolist())
+            ]
+            for c in range(C)
+        },
+    }
+    return fig, index
+
+
+def write_top9(
+    checkpoint: Path | str,
+    layers: list[str],
+    out_dir: Path | str,
+    channels: list[int] | None = None,
+    root: Path | str | None = None,
+) -> list[Path]:
+    """Figure-2 grids (`deconv-top9-<layer>.png`) and indexes (`.json`) for each layer, over the train split."""
+    model, classes, ckpt = load_model(checkpoint)
+    cfg = Config.from_dict(ckpt["config"])
+    root = root or cfg.data.root
+    split = data.load_split(root, "train", cache_dir=cfg.data.cache_dir or None)
+    check_classes(classes, split.classes, checkpoint)
+    written = []
+    for layer in layers:
+        fig, index = top9_figure(model, split, layer, channels)
+        out = Path(out_dir) / f"deconv-top9-{layer}.png"
+        atomic_write_bytes(png_bytes(fig), out)
+        atomic_write_json(index, out.with_suffix(".json"))
+        written.append(out)
+    return written
+
+
+def image_view(
+    model: HeritageCNN, image: torch.Tensor, layers: list[str], channels: list[int] | None = None, n: int = 9
+) -> tuple[Image.Image, dict]:
+    """Projections of one image (3, H, W) uint8: at each layer, `channels` or the `n` strongest channels."""
+    rows, index = [], {}
+    for layer in layers:
+        ch, values, proj, pos = strongest_channels(model, image, layer, n, channels)
+        rows.append((layer, ch.tolist(), proj))
+        index[layer] = [
+            {"channel": c, "activation": round(v, 4), "position": p}
+            for c, v, p in zip(ch.tolist(), values.tolist(), pos.tolist())
+        ]
+    return per_image_view(image, rows), index
+
+
+def write_image_view(
+    checkpoint: Path | str,
+    image_path: Path | str,
+    out_dir: Path | str,
+    layers: list[str] | None = None,
+    channels: list[int] | None = None,
+) -> Path:
+    model, _, _ = load_model(checkpoint)
+    image = torch.from_numpy(data.decode(image_path))
+    layers = layers or conv_layer_names(model)
+    fig, index = image_view(model, image, layers, channels)
+    out = Path(out_dir) / f"deconv-{Path(image_path).stem}.png"
+    atomic_write_bytes(png_bytes(fig), out)
+    atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
+    return out
