@@ -188,7 +188,8 @@ def cmd_run(args) -> int:
     for split in summary["splits"]:
         print(f"\n== {split} ({SPLIT_NAMES[split]})")
         print((run / f"eval-{split}.txt").read_text())
-    print(f"\ntraining took {summary['train_minutes']:.1f} min; run folder: {run}")
+    print(f"\ndeconvnet figure 2 grids: {', '.join(summary['figures'])}")
+    print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
     return 0
 
 

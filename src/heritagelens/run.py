@@ -21,7 +21,7 @@ from .checkpoint import check_classes, load_model, read_checkpoint, resume_state
 from .config import Config
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .models import build_model
+from .models import build_model, conv_layer_names
 from .train import EpochResult, TrainState, fit, new_state, predict_logits
 
 
@@ -194,5 +194,12 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     for split in ["val"] + (["test"] if data.has_split(cfg.data.root, "test") else []):
         r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
         summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
+    from .visualize import write_top9  # deconvnet figure 2 for the two deepest conv layers
+
+    t1 = time.perf_counter()
+    model, _, _ = load_model(run / "last.pt")
+    written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
+    summary["figures"] = [p.name for p in written]
+    summary["figure_minutes"] = round((time.perf_counter() - t1) / 60, 2)
     atomic_write_json(summary, run / "summary.json")
     return summary
