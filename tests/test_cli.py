@@ -155,6 +155,11 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
     assert p.returncode == 0, p.stderr
     index = json.loads((tmp_path / f"deconv-{image.stem}.json").read_text())
     assert list(index["layers"]) == ["conv1_1", "conv2_1"] and len(index["layers"]["conv2_1"]) == 9
+    p = cli("deconv", run, "--image", image, "--out", tmp_path, "--target", "bell")
+    assert p.returncode == 0, p.stderr
+    compare = json.loads((tmp_path / f"compare-{image.stem}.json").read_text())
+    assert compare["target"] == "bell" and compare["layer"] == "conv2_1" and 0 <= compare["probability"] <= 1
+    assert (tmp_path / f"compare-{image.stem}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
@@ -165,6 +170,7 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
         (["--top9", "--layer", "conv1_1", "--channels", "8"], ["channel 8 out of range", "0..7"]),
         (["--image", "/no/such.jpg"], ["/no/such.jpg: no such file"]),
         ([], ["exactly one of --top9"]),
+        (["--image", __file__, "--target", "gazebo"], ["unknown class 'gazebo'; classes: arch, bell, dome"]),
     ],
 )
 def test_deconv_bad_input_gives_one_line(trained, tmp_path, args, needles):

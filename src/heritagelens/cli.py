@@ -171,7 +171,7 @@ def cmd_deconv(args) -> int:
             raise UsageError("deconv --top9 needs --layer NAME (see 'heritagelens layers')")
         written = write_top9(ckpt, layers, out, args.channels, args.data)
     else:
-        written = [write_image_view(ckpt, args.image, out, layers or None, args.channels)]
+        written = write_image_view(ckpt, args.image, out, layers or None, args.channels, args.target)
     for w in written:
         print(f"written: {w} and {w.with_suffix('.json').name}")
     return 0
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--layer", action="append", help="conv layer name (repeatable; default with --image: all)")
     dc.add_argument("--channels", type=int, nargs="+", help="channels to show (default: the strongest)")
     dc.add_argument("--image", help="project the strongest channels of this image")
+    dc.add_argument("--target", help="class for the comparison maps with --image (default: the predicted one)")
     dc.add_argument("--top9", action="store_true", help="figure 2: top-9 train images per channel, projected")
     dc.add_argument("--data", help="dataset root for --top9 (default: the one the model was trained on)")
     dc.add_argument("--out", help="output folder (default: beside the checkpoint)")

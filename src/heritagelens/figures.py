@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -111,3 +113,49 @@ def per_image_view(
         cells = [projection_to_rgb(p) for p in projs]
         panels.append(labelled(tile(cells, len(cells), tile_px), f"{layer}: channels {', '.join(map(str, channels))}"))
     return grid(panels, 1, title="deconvnet projections of the strongest channels per layer")
+
+
+def comparison_figure(
+    image: torch.Tensor,
+    title: str,
+    deconv: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    occ_probability: torch.Tensor,
+    occ_feature: torch.Tensor,
+    occ_label: str,
+) -> Image.Image:
+    """One image beside the deconvnet projection of its strongest deepest feature, saliency, guided
+    backpropagation, Grad-CAM over the image, and the two occlusion maps of Zeiler & Fergus section 4.2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rgb = image_to_rgb(image)
+    panels = [
+        ("input", rgb, None),
+        ("deconvnet", projection_to_rgb(deconv), None),
+        ("saliency |grad|", maps["saliency"].numpy(), "gray"),
+        ("guided backprop", projection_to_rgb(maps["guided_backprop"]), None),
+        ("Grad-CAM", maps["grad_cam"].numpy(), "jet"),
+        (f"occlusion: p({occ_label})", occ_probability.numpy(), "RdBu"),
+        ("occlusion: strongest feature", occ_feature.numpy(), "viridis"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels), 2.6), dpi=100)
+    for ax, (name, arr, cmap) in zip(axes, panels):
+        if name == "Grad-CAM":
+            ax.imshow(rgb)
+            ax.imshow(arr, cmap=cmap, alpha=0.5)
+        elif name.startswith("occlusion: p"):
+            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        else:
+            ax.imshow(arr, cmap=cmap)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")

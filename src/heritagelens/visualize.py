@@ -9,12 +9,14 @@ import torch
 from PIL import Image
 
 from . import data
+from .attribution import gradient_maps, occlusion
 from .checkpoint import check_classes, load_model
 from .config import Config
 from .deconvnet import DeconvError, project_top, receptive_box, strongest_channels, top_activations
-from .figures import figure2, per_image_view
+from .figures import comparison_figure, figure2, per_image_view
 from .io import atomic_write_bytes, atomic_write_json
 from .models import HeritageCNN, conv_layer_names
+from .train import predict_logits
 
 
 def png_bytes(im: Image.Image) -> bytes:
@@ -109,18 +111,56 @@ def image_view(
     return per_image_view(image, rows), index
 
 
+def comparison(
+    model: HeritageCNN, image: torch.Tensor, classes: list[str], layer: str, target: int | None = None
+) -> tuple[Image.Image, dict]:
+    """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion for one image (3, H, W) uint8, all
+    for `target` (default: the predicted class) at `layer` (its strongest channel)."""
+    probs = torch.softmax(predict_logits(model, image[None], bf16=False), 1)[0]
+    target = int(probs.argmax()) if target is None else target
+    channels, _, proj, _ = strongest_channels(model, image, layer, 1)
+    maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}
+    occ = occlusion(model, image, target, layer)
+    title = (
+        f"target {classes[target]} (p={probs[target]:.2f}); predicted {classes[int(probs.argmax())]}; "
+        f"deconvnet and occlusion feature: {layer} channel {int(channels[0])}"
+    )
+    fig = comparison_figure(image, title, proj[0], maps, occ.probability, occ.feature, classes[target])
+    index = {
+        "target": classes[target],
+        "probability": round(float(probs[target]), 4),
+        "layer": layer,
+        "channel": int(channels[0]),
+        "occlusion": {
+            "size": occ.size,
+            "stride": occ.stride,
+            "min_probability": round(float(occ.probability.min()), 4),
+        },
+    }
+    return fig, index
+
+
 def write_image_view(
     checkpoint: Path | str,
     image_path: Path | str,
     out_dir: Path | str,
     layers: list[str] | None = None,
     channels: list[int] | None = None,
-) -> Path:
-    model, _, _ = load_model(checkpoint)
+    target: str | None = None,
+) -> list[Path]:
+    """`deconv-<image>.png` (every layer's strongest projections) and `compare-<image>.png` (the deconvnet beside
+    the gradient methods and occlusion), each with a JSON index."""
+    model, classes, _ = load_model(checkpoint)
+    if target is not None and target not in classes:
+        raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")
     image = torch.from_numpy(data.decode(image_path))
     layers = layers or conv_layer_names(model)
     fig, index = image_view(model, image, layers, channels)
     out = Path(out_dir) / f"deconv-{Path(image_path).stem}.png"
     atomic_write_bytes(png_bytes(fig), out)
     atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
-    return out
+    fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None)
+    out2 = Path(out_dir) / f"compare-{Path(image_path).stem}.png"
+    atomic_write_bytes(png_bytes(fig), out2)
+    atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
+    return [out, out2]
