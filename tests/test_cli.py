@@ -148,6 +148,15 @@ def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):
     assert [t["activation"] for t in top] == sorted((t["activation"] for t in top), reverse=True)
 
 
+def test_deconv_evolution_uses_the_snapshots(trained, tmp_path):
+    _, run = trained  # trained for 2 epochs: the default snapshots give epoch-1.pt and epoch-2.pt, plus last.pt
+    assert sorted(f.name for f in run.glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-2.pt"]
+    p = cli("deconv", run, "--evolution", "--layer", "conv2_1", "--channels", "1", "4", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    index = json.loads((tmp_path / "deconv-evolution-conv2_1.json").read_text())
+    assert [e["epoch"] for e in index["channels"]["4"]] == [1, 2, 2] and list(index["channels"]) == ["1", "4"]
+
+
 def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
     root, run = trained
     image = next((root / "test" / "dome").iterdir())
@@ -170,6 +179,7 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
         (["--top9", "--layer", "conv1_1", "--channels", "8"], ["channel 8 out of range", "0..7"]),
         (["--image", "/no/such.jpg"], ["/no/such.jpg: no such file"]),
         ([], ["exactly one of --top9"]),
+        (["--evolution"], ["needs one --layer"]),
         (["--image", __file__, "--target", "gazebo"], ["unknown class 'gazebo'; classes: arch, bell, dome"]),
     ],
 )

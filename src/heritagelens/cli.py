@@ -156,7 +156,7 @@ def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
     from .checkpoint import load_model
     from .deconvnet import layers_up_to
-    from .visualize import write_image_view, write_top9
+    from .visualize import write_evolution, write_image_view, write_top9
 
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
@@ -164,9 +164,15 @@ def cmd_deconv(args) -> int:
     layers = args.layer or []
     for layer in layers:
         layers_up_to(model, layer)  # an unknown name fails now, listing the valid ones
-    if args.top9 == bool(args.image):
-        raise UsageError("deconv needs exactly one of --top9 (with --layer) or --image PATH")
-    if args.top9:
+    if sum([args.top9, bool(args.image), args.evolution]) != 1:
+        raise UsageError(
+            "deconv needs exactly one of --top9 (with --layer), --evolution (with --layer) or --image PATH"
+        )
+    if args.evolution:
+        if len(layers) != 1:
+            raise UsageError("deconv --evolution needs one --layer NAME")
+        written = [write_evolution(ckpt if ckpt.is_dir() else ckpt.parent, layers[0], out, args.channels, args.data)]
+    elif args.top9:
         if not layers:
             raise UsageError("deconv --top9 needs --layer NAME (see 'heritagelens layers')")
         written = write_top9(ckpt, layers, out, args.channels, args.data)
@@ -246,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--image", help="project the strongest channels of this image")
     dc.add_argument("--target", help="class for the comparison maps with --image (default: the predicted one)")
     dc.add_argument("--top9", action="store_true", help="figure 2: top-9 train images per channel, projected")
+    dc.add_argument("--evolution", action="store_true", help="figure 4: a run's snapshots, strongest projections")
     dc.add_argument("--data", help="dataset root for --top9 (default: the one the model was trained on)")
     dc.add_argument("--out", help="output folder (default: beside the checkpoint)")
     dc.set_defaults(func=cmd_deconv)

@@ -109,7 +109,7 @@ class TrainConfig:
     threads: int = 0
     """torch threads; 0 keeps torch's default (one per core)."""
     seed: int = 0
-    snapshot_epochs: tuple[int, ...] = ()
+    snapshot_epochs: tuple[int, ...] = (1, 2, 5, 10, 20)
     """Extra checkpoints saved at these epochs (for feature-evolution figures)."""
     limit_train: int = 0
     """Use only the first N training images after shuffling (0 = all); for quick checks."""

@@ -99,6 +99,15 @@ def figure2(
     )
 
 
+def evolution_figure(
+    cells: list[list[np.ndarray]], channels: list[int], epochs: list[int], layer: str, tile_px: int = 56
+) -> Image.Image:
+    """Zeiler & Fergus figure 4: one row per channel, one column per training epoch; `cells[row][col]` (H, W, 3)."""
+    panels = [labelled(tile(row, len(row), tile_px), f"{layer} channel {c}") for c, row in zip(channels, cells)]
+    heading = "epochs " + ", ".join(map(str, epochs))
+    return grid(panels, 1, title=f"{layer}: strongest projection over the train split at {heading}")
+
+
 def per_image_view(
     image: torch.Tensor, rows: list[tuple[str, list[int], torch.Tensor]], tile_px: int = 64
 ) -> Image.Image:

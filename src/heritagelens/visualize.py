@@ -13,7 +13,7 @@ from .attribution import gradient_maps, occlusion
 from .checkpoint import check_classes, load_model
 from .config import Config
 from .deconvnet import DeconvError, project_top, receptive_box, strongest_channels, top_activations
-from .figures import comparison_figure, figure2, per_image_view
+from .figures import comparison_figure, crop, evolution_figure, figure2, per_image_view, projection_to_rgb
 from .io import atomic_write_bytes, atomic_write_json
 from .models import HeritageCNN, conv_layer_names
 from .train import predict_logits
@@ -94,6 +94,54 @@ def write_top9(
         atomic_write_json(index, out.with_suffix(".json"))
         written.append(out)
     return written
+
+
+def evolution(snapshots: list[tuple[int, HeritageCNN]], split: data.Split, layer: str, channels: list[int]):
+    """For each snapshot (epoch, model): the projection of each channel's strongest activation over `split`,
+    cropped to its receptive field; the figure and its index."""
+    cells: list[list] = [[] for _ in channels]
+    index: dict[str, list] = {str(c): [] for c in channels}
+    for epoch, model in snapshots:
+        top = top_activations(model, split.images, layer, k=1)
+        C = top.values.shape[0]
+        if max(channels) >= C or min(channels) < 0:
+            raise DeconvError(f"channel out of range: layer '{layer}' has channels 0..{C - 1}")
+        proj = project_top(model, split.images, top, channels)[:, 0]  # (n, 3, H, W)
+        for row, (c, p) in enumerate(zip(channels, proj)):
+            box = receptive_box(model, layer, tuple(top.positions[c, 0].tolist()), split.images.shape[-1])
+            cells[row].append(crop(projection_to_rgb(p), box))
+            index[str(c)].append(
+                {
+                    "epoch": epoch,
+                    "file": split.files[int(top.indices[c, 0])],
+                    "activation": round(float(top.values[c, 0]), 4),
+                }
+            )
+    return evolution_figure(cells, channels, [e for e, _ in snapshots], layer), index
+
+
+def write_evolution(
+    run: Path | str, layer: str, out_dir: Path | str, channels: list[int] | None = None, root: Path | str | None = None
+) -> Path:
+    """`deconv-evolution-<layer>.png` from a run folder's `epoch-N.pt` snapshots and its `last.pt`."""
+    run = Path(run)
+    files = sorted(run.glob("epoch-*.pt"), key=lambda f: int(f.stem.split("-")[1])) + [run / "last.pt"]
+    if len(files) < 2 or not files[-1].exists():
+        raise DeconvError(f"{run}: no epoch-N.pt snapshots (train with --set 'train.snapshot_epochs=[1,5,10]')")
+    snapshots = []
+    for f in files:
+        model, classes, ckpt = load_model(f)
+        snapshots.append((int(ckpt["epoch"]), model))
+    cfg = Config.from_dict(ckpt["config"])
+    split = data.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)
+    check_classes(classes, split.classes, files[-1])
+    if not channels:  # the final model's class-covering channels, as in figure 2
+        channels = default_channels(top_activations(snapshots[-1][1], split.images, layer), split.labels, 8)
+    fig, index = evolution(snapshots, split, layer, channels)
+    out = Path(out_dir) / f"deconv-evolution-{layer}.png"
+    atomic_write_bytes(png_bytes(fig), out)
+    atomic_write_json({"layer": layer, "channels": index}, out.with_suffix(".json"))
+    return out
 
 
 def image_view(
