@@ -185,3 +185,17 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
 )
 def test_deconv_bad_input_gives_one_line(trained, tmp_path, args, needles):
     assert_one_line_error(cli("deconv", trained[1] / "last.pt", "--out", tmp_path, *args), *needles)
+
+
+def test_training_skips_unreadable_files_with_a_count_or_stops(tmp_path):
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "ahe")
+    (root / "train" / "bell" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    p = cli("train", "--data", root, "--epochs", "1", "--out", tmp_path / "run", "--quiet", *SETS)
+    assert p.returncode == 0, p.stderr
+    assert "warning: skipped 1 unreadable file(s), first" in p.stderr and "broken.jpg" in p.stderr
+    assert "broken.jpg" in (tmp_path / "run" / "train.log").read_text()
+    p = cli("train", "--data", root, "--out", tmp_path / "run2", "--set", "data.on_bad_file=stop", *SETS)
+    assert_one_line_error(p, "broken.jpg", "1 unreadable file(s)")
+    assert not (tmp_path / "run2" / "last.pt").exists()

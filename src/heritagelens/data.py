@@ -200,28 +200,46 @@ def load_split(
     files, labels = list_files(root, split, classes)
     cache = Path(cache_dir) if cache_dir else default_cache_dir(root)
     cache_file = cache / f"{split}-{_cache_key(root, files, labels)}.pt"
-    if cache_file.exists():
+    result = _read_cache(cache_file, classes)
+    if result is None:
+        result = _decode_split(root, files, labels, classes)
         try:
-            d = safe_load(cache_file)
-            return Split(d["images"], d["labels"], d["files"], classes, [tuple(b) for b in d["bad"]])
-        except Exception:
-            pass  # a damaged cache is rebuilt
-    arr, bad = decode_many(files)
-    if bad and on_bad_file == "stop":
-        f, problem = bad[0]
+            atomic_save(
+                {
+                    "images": result.images,
+                    "labels": result.labels,
+                    "files": result.files,
+                    "bad": [list(b) for b in result.bad],
+                },
+                cache_file,
+            )
+        except OSError:
+            pass  # caching is an optimisation: a read-only disk still loads
+    if result.bad and on_bad_file == "stop":
+        f, problem = result.bad[0]
         raise DataError(
-            f"{f}: {problem} ({len(bad)} unreadable file(s) in {root / split}; see 'heritagelens data check')"
+            f"{f}: {problem} ({len(result.bad)} unreadable file(s) in {root / split}; see 'heritagelens data check')"
         )
+    return result
+
+
+def _read_cache(cache_file: Path, classes: list[str]) -> Split | None:
+    if not cache_file.exists():
+        return None
+    try:
+        d = safe_load(cache_file)
+        return Split(d["images"], d["labels"], d["files"], classes, [tuple(b) for b in d["bad"]])
+    except Exception:
+        return None  # a damaged cache is rebuilt
+
+
+def _decode_split(root: Path, files: list[Path], labels: list[int], classes: list[str]) -> Split:
+    arr, bad = decode_many(files)
     bad_set = {f for f, _ in bad}
     keep = [i for i, f in enumerate(files) if str(f) not in bad_set]
     images = torch.from_numpy(arr[keep])
     y = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
-    rel = [str(files[i].relative_to(root)) for i in keep]
-    try:
-        atomic_save({"images": images, "labels": y, "files": rel, "bad": [list(b) for b in bad]}, cache_file)
-    except OSError:
-        pass  # caching is an optimisation: a read-only disk still loads
-    return Split(images, y, rel, classes, bad)
+    return Split(images, y, [str(files[i].relative_to(root)) for i in keep], classes, bad)
 
 
 # ------------------------------------------------------------------------------------------------------ data check

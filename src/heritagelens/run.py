@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,6 +117,11 @@ def train_run(
         run.log(f"split {json.dumps(prep.summary())}")
     if s.bad:
         run.log(f"skipped {len(s.bad)} unreadable file(s): " + "; ".join(f"{f}: {p}" for f, p in s.bad))
+        print(
+            f"heritagelens: warning: skipped {len(s.bad)} unreadable file(s), first {s.bad[0][0]}: {s.bad[0][1]} "
+            f"(all listed in {run.path / 'train.log'})",
+            file=sys.stderr,
+        )
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
