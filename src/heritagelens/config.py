@@ -75,7 +75,7 @@ class ModelConfig:
 class TrainConfig:
     """The training recipe. Units are given in each docstring."""
 
-    epochs: int = 30
+    epochs: int = 28
     """Passes over the training images."""
     batch_size: int = 128
     """Images per optimizer step."""
