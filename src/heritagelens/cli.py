@@ -41,7 +41,7 @@ def _config(args):
     from .config import preset
 
     cfg = preset(args.preset).override(args.set or [])
-    cfg.data.root = str(_root(args))
+    cfg.data.root = str(_root(args).resolve())  # absolute, so --resume and evaluate work from any folder
     if getattr(args, "seed", None) is not None:
         cfg.train.seed = args.seed
     if getattr(args, "epochs", None) is not None:

@@ -228,7 +228,8 @@ def fit(
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+            seen = min((i + 1) * tc.batch_size, len(train_images))
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
             bar.update(1)
         seconds = time.perf_counter() - t0
         state.epoch = epoch + 1
