@@ -1,0 +1,318 @@
+"""Class images by activation maximization (Simonyan et al. 2013 and its regularized successors).
+
+Cut along the concepts of feature visualization (Olah et al. 2017; lucent's layout):
+parameterization (how an image is made from the parameters being optimized), objective (what to maximize, callables
+that add and scale), transforms (random jitter, scale and rotation the image must survive), and the render loop.
+Images are (B, 3, H, W) float tensors in pixel units 0..255, the model's input range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class DreamError(ValueError):
+    """A setting the optimization cannot use, or an optimization that diverged."""
+
+
+# ---------------------------------------------------------------------------------------------- parameterizations
+
+
+@dataclass
+class Parameterization:
+    """Tensors to optimize and the function that turns them into images (B, 3, H, W) in 0..255."""
+
+    params: list[torch.Tensor]
+    image: Callable[[], torch.Tensor]
+
+
+def to_pixels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Unbounded values (B, 3, H, W) to pixels kept inside the data's range: a sigmoid around the data's mean."""
+    low, high = (mean - 3 * std).clamp_min(0), (mean + 3 * std).clamp_max(255)
+    centre = torch.logit(((mean - low) / (high - low)).clamp(0.01, 0.99))
+    return low + (high - low) * torch.sigmoid(x + centre)
+
+
+def per_sample_randn(seeds: Sequence[int], *shape: int) -> torch.Tensor:
+    """(len(seeds), *shape) normal noise, each sample from its own seed: a batch starts exactly as its samples
+    would one at a time."""
+    return torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def pixel_image(
+    seeds: Sequence[int], size: int, mean: torch.Tensor, std: torch.Tensor, sd: float = 0.1
+) -> Parameterization:
+    """One free parameter per pixel (Simonyan et al. 2013); one image per seed."""
+    x = (per_sample_randn(seeds, 3, size, size) * sd).requires_grad_(True)
+    m, s = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
+    return Parameterization([x], lambda: to_pixels(x, m, s))
+
+
+def spectrum_scale(h: int, w: int, decay_power: float = 1.0) -> torch.Tensor:
+    """1 / f^decay_power over the rFFT frequencies of an h x w image (h, w // 2 + 1); the DC term gets 1."""
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    f = torch.sqrt(fx**2 + fy**2)
+    f[0, 0] = 1.0 / max(h, w)
+    return 1.0 / (f * max(h, w)) ** decay_power
+
+
+def fourier_image(
+    seeds: Sequence[int],
+    size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    colour: torch.Tensor | None = None,
+    decay_power: float = 1.0,
+    sd: float = 0.01,
+) -> Parameterization:
+    """Olah et al. 2017: the image's Fourier coefficients scaled by 1/f (so all frequencies learn at similar rates),
+    then colours decorrelated by `colour` (3, 3), the square root of the data's colour covariance, normalized."""
+    H = W = size
+    spec = (per_sample_randn(seeds, 3, H, W // 2 + 1, 2) * sd).requires_grad_(True)
+    scale = spectrum_scale(H, W, decay_power)
+    m, s = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
+
+    def image() -> torch.Tensor:
+        x = torch.fft.irfftn(torch.view_as_complex(spec) * scale, s=(H, W), norm="ortho") * math.sqrt(H * W) / 4
+        if colour is not None:
+            x = torch.einsum("ij,bjhw->bihw", colour, x)
+        return to_pixels(x, m, s)
+
+    return Parameterization([spec], image)
+
+
+def phase_image(
+    seeds: Sequence[int], magnitude: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> Parameterization:
+    """MACO (Fel et al. 2023): only the phase is optimized; the magnitude spectrum (3, H, W // 2 + 1) stays that of
+    natural images (here: the mean spectrum of the training images)."""
+    H = W = magnitude.shape[-2]
+    phase = per_sample_randn(seeds, 3, H, W // 2 + 1).requires_grad_(True)  # any start: the phase wraps
+    m, s = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
+
+    def image() -> torch.Tensor:
+        x = torch.fft.irfftn(magnitude * torch.exp(1j * phase), s=(H, W))
+        x = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-8)
+        return to_pixels(x, m, s)
+
+    return Parameterization([phase], image)
+
+
+# ----------------------------------------------------------------------------------------------------- transforms
+
+
+def jitter(d: int) -> Transform:
+    """Shift by up to `d` px in x and y (wrapping round), the same shift for the whole batch."""
+
+    def t(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        dy, dx = (int(v) for v in torch.randint(-d, d + 1, (2,), generator=g))
+        return torch.roll(x, (dy, dx), (2, 3))
+
+    return t
+
+
+def random_affine(scales: Sequence[float] = (1.0,), degrees: Sequence[float] = (0.0,)) -> Transform:
+    """Scale by one of `scales` and rotate by one of `degrees` about the centre (bilinear, reflection at the edges)."""
+
+    def t(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s = scales[int(torch.randint(len(scales), (1,), generator=g))]
+        a = math.radians(degrees[int(torch.randint(len(degrees), (1,), generator=g))])
+        theta = torch.tensor([[math.cos(a) / s, -math.sin(a) / s, 0.0], [math.sin(a) / s, math.cos(a) / s, 0.0]])
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3).to(x), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    return t
+
+
+def compose(transforms: Sequence[Transform]) -> Transform:
+    def t(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        for f in transforms:
+            x = f(x, g)
+        return x
+
+    return t
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), edges extended; sigma 0 returns x."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x)
+    C = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+# ----------------------------------------------------------------------------------------------------- objectives
+
+
+class Objective:
+    """A per-image score to maximize, (B,), from the model's outputs and recorded activations; objectives add,
+    subtract and scale, so `class_logit(3) - 0.5 * class_logit(5)` is an objective."""
+
+    def __init__(self, fn: Callable[[Recording], torch.Tensor], name: str, layers: frozenset[str] = frozenset()):
+        self.fn, self.name, self.layers = fn, name, layers
+
+    def __call__(self, rec: Recording) -> torch.Tensor:
+        return self.fn(rec)
+
+    def __add__(self, other: Objective) -> Objective:
+        return Objective(lambda r: self(r) + other(r), f"{self.name} + {other.name}", self.layers | other.layers)
+
+    def __sub__(self, other: Objective) -> Objective:
+        return self + (-1.0) * other
+
+    def __rmul__(self, k: float) -> Objective:
+        return Objective(lambda r: k * self(r), f"{k:g} * {self.name}", self.layers)
+
+    __mul__ = __rmul__
+
+
+@dataclass
+class Recording:
+    """What one forward pass exposes to objectives."""
+
+    images: torch.Tensor
+    logits: torch.Tensor
+    activations: dict[str, torch.Tensor]
+
+
+def class_logit(k: int | torch.Tensor) -> Objective:
+    """The unnormalized score of class `k` (one class, or one per image), as Simonyan et al. recommend."""
+    return Objective(
+        lambda r: r.logits.gather(1, torch.as_tensor(k).expand(len(r.logits))[:, None].long())[:, 0], f"logit[{k}]"
+    )
+
+
+def channel(layer: str, c: int) -> Objective:
+    """Mean activation of channel `c` of feature layer `layer` (a name from `heritagelens layers`)."""
+    return Objective(lambda r: r.activations[layer][:, c].mean((1, 2)), f"{layer}:{c}", frozenset([layer]))
+
+
+def diversity(layer: str) -> Objective:
+    """Olah et al.'s diversity term: minus the mean cosine similarity of each image's Gram matrix at `layer` to the
+    others' (images of one batch pushed apart in style)."""
+
+    def fn(r: Recording) -> torch.Tensor:
+        a = r.activations[layer]
+        B, C = a.shape[:2]
+        flat = a.reshape(B, C, -1)
+        gram = F.normalize((flat @ flat.transpose(1, 2)).reshape(B, -1), dim=1)
+        sim = gram @ gram.T
+        return -(sim.sum(1) - sim.diagonal()) / max(B - 1, 1)
+
+    return Objective(fn, f"diversity({layer})", frozenset([layer]))
+
+
+def total_variation(r: Recording) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels, per image, in 0..1 units (Mahendran & Vedaldi)."""
+    x = r.images / 255.0
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 2, 3)) + (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))
+
+
+def l2(r: Recording) -> torch.Tensor:
+    """Mean squared distance of pixels from mid-grey, per image, in 0..1 units (Simonyan et al.'s L2 penalty)."""
+    return ((r.images / 255.0 - 0.5) ** 2).mean((1, 2, 3))
+
+
+def penalty(fn: Callable[[Recording], torch.Tensor], name: str) -> Objective:
+    """A regularizer as an objective to maximize: minus the penalty."""
+    return Objective(lambda r: -fn(r), name)
+
+
+# ----------------------------------------------------------------------------------------------------- recording
+
+
+@contextmanager
+def recording(model: nn.Module, layers: frozenset[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks on the rectified outputs of `layers` (conv names), always removed on exit."""
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for layer in layers:
+            relu = getattr(model.features, layer.replace("conv", "relu"), None)
+            if relu is None:
+                raise DreamError(f"unknown layer '{layer}'")
+            handles.append(relu.register_forward_hook(lambda m, i, o, name=layer: acts.__setitem__(name, o)))
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------------------------------------- render
+
+
+@dataclass
+class RenderResult:
+    images: torch.Tensor
+    """(B, 3, H, W) uint8."""
+    scores: list[float]
+    """The objective's mean over the batch at every step."""
+
+
+def render(
+    model: nn.Module,
+    objective: Objective,
+    param: Parameterization,
+    transform: Transform | None = None,
+    steps: int = 200,
+    lr: float = 0.05,
+    blur_every: int = 0,
+    blur_sigma: float = 0.0,
+    seed: int = 0,
+) -> RenderResult:
+    """Maximize `objective` over `param`'s images by Adam, each step through a random `transform`.
+
+    The model is used in eval mode with its weights frozen for the duration and left as it was. Stops with
+    `DreamError` if the objective becomes NaN or infinite.
+    """
+    if steps < 1 or not lr > 0:
+        raise DreamError(f"steps must be at least 1 and lr positive (got steps={steps}, lr={lr})")
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(param.params, lr=lr)
+    transform = transform or (lambda x, g: x)
+    was_training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    scores = []
+    try:
+        with recording(model, objective.layers) as acts:
+            for step in range(steps):
+                images = param.image()
+                logits = model(transform(images, g))
+                score = objective(Recording(images, logits, acts))
+                if not torch.isfinite(score).all():
+                    raise DreamError(f"the optimization diverged at step {step} (objective {objective.name} is NaN)")
+                opt.zero_grad(set_to_none=True)
+                (-score.sum()).backward()
+                opt.step()
+                scores.append(score.mean().item())
+                if blur_every and (step + 1) % blur_every == 0:
+                    _blur_in_place(param, blur_sigma)
+    finally:
+        model.train(was_training)
+        for p, r in zip(model.parameters(), grads):
+            p.requires_grad_(r)
+    with torch.no_grad():
+        return RenderResult(param.image().round().clamp(0, 255).to(torch.uint8), scores)
+
+
+def _blur_in_place(param: Parameterization, sigma: float) -> None:
+    """Yosinski et al.'s periodic Gaussian blur, applied to pixel parameters (other parameterizations are smooth)."""
+    with torch.no_grad():
+        for p in param.params:
+            if p.ndim == 4:
+                p.copy_(gaussian_blur(p, sigma))
