@@ -173,3 +173,26 @@ def test_zoom_is_identity_at_full_area_and_magnifies_otherwise():
     out = train.batch_zoom(ramp, 0.25, _g(2))
     span = out[:, 0, 32, -1] - out[:, 0, 32, 0]  # a zoomed crop covers fewer columns
     assert out.shape == ramp.shape and torch.all(span < 63) and torch.all(span > 63 * 0.25 - 2)
+
+
+def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
+    from heritagelens.config import ModelConfig
+    from heritagelens.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(widths=(8, 16), depths=(1, 1)), 3).eval()
+    x = torch.rand(16, 3, 32, 32) * 255
+    y = torch.randint(0, 3, (16,))
+    cfg = TrainConfig(adv_eps=4.0, adv_alpha=5.0, bf16=False)
+    crit = torch.nn.CrossEntropyLoss()
+    adv = train.fgsm_example(model, crit, x, y, cfg, _g())
+    assert (adv - x).abs().max() <= 4.0 + 1e-4 and adv.min() >= 0 and adv.max() <= 255
+    assert crit(model(adv), y) > crit(model(x), y)
+
+
+def test_robust_preset_trains(tiny_data, tmp_path):
+    from heritagelens.config import PRESETS
+
+    cfg = tiny_config(tiny_data, *PRESETS["robust"], "train.epochs=1")
+    state, _ = train_run(cfg, tmp_path / "run", progress=False)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["adv_eps"] == 4

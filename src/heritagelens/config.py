@@ -97,6 +97,10 @@ class TrainConfig:
     """Side of a random square zeroed in each image (0 turns it off)."""
     colour_jitter: float = 0.1
     """Per-image brightness and contrast jitter: factors drawn from [1-x, 1+x]."""
+    adv_eps: float = 0.0
+    """Adversarial training radius (L-inf, pixel units 0..255; 4 is 4/255): trains on fast-FGSM examples (0 = off)."""
+    adv_alpha: float = 5.0
+    """Step of the fast-FGSM attack, pixel units (Wong et al. use 1.25 x eps)."""
     ema_decay: float = 0.0
     """Weights averaged with this decay per step and used for evaluation (0 turns it off)."""
     tta: bool = True
@@ -122,6 +126,8 @@ class TrainConfig:
             raise ConfigError("train.lr must be positive")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ConfigError("train.warmup_frac must be in [0, 1)")
+        if self.adv_eps < 0 or self.adv_alpha < 0:
+            raise ConfigError("train.adv_eps and train.adv_alpha must not be negative")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("train.ema_decay must be in [0, 1)")
         if not 0.0 < self.zoom_min_area <= 1.0:
@@ -173,6 +179,7 @@ class Config:
 PRESETS: dict[str, list[str]] = {
     "default": [],
     "quick": ["train.epochs=3", "model.widths=[16,32,64,64]"],
+    "robust": ["train.adv_eps=4", "train.adv_alpha=5", "train.cutout=0", "train.colour_jitter=0"],
 }
 """Named recipes, as overrides of the defaults."""
 

@@ -93,6 +93,18 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
     return batch_cutout(x, cfg.cutout, g)
 
 
+def fgsm_example(forward, criterion, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator):
+    """Fast FGSM with a random start (Wong et al. 2020): one signed-gradient step of `cfg.adv_alpha` from a uniform
+    start in the L-inf ball of radius `cfg.adv_eps` (pixel units, 0..255), kept in the ball and in 0..255."""
+    eps = cfg.adv_eps
+    delta = ((torch.rand(x.shape, generator=g) * 2 - 1) * eps).to(x).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and x.device.type == "cpu"):
+        loss = criterion(forward((x + delta).clamp(0, 255)).float(), y)
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = (delta.detach() + cfg.adv_alpha * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 255).contiguous(memory_format=memory_format(cfg))
+
+
 # -------------------------------------------------------------------------------------------------------- schedule
 
 
@@ -217,6 +229,8 @@ def fit(
             lr = get_lr(epoch * steps_per_epoch + i, total, tc)
             for group in opt.param_groups:
                 group["lr"] = lr
+            if tc.adv_eps > 0:
+                x = fgsm_example(forward, criterion, x, y, tc, g)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and x.device.type == "cpu"):
                 logits = forward(x)
                 loss = criterion(logits.float(), y)
