@@ -199,3 +199,12 @@ def test_training_skips_unreadable_files_with_a_count_or_stops(tmp_path):
     p = cli("train", "--data", root, "--out", tmp_path / "run2", "--set", "data.on_bad_file=stop", *SETS)
     assert_one_line_error(p, "broken.jpg", "1 unreadable file(s)")
     assert not (tmp_path / "run2" / "last.pt").exists()
+
+
+def test_deconv_refuses_a_model_it_cannot_mirror(trained, tmp_path):
+    root, _ = trained
+    sets = ["--set", "model.arch=resnet", "--set", "model.widths=[8,8]", "--set", "model.depths=[1,1]"]
+    p = cli("train", "--data", root, "--epochs", "1", "--out", tmp_path / "res", "--quiet", *SETS[4:], *sets)
+    assert p.returncode == 0, p.stderr
+    p = cli("deconv", tmp_path / "res", "--top9", "--layer", "stem", "--out", tmp_path)
+    assert_one_line_error(p, "layer 'block1_1' (ResidualBlock) cannot be mirrored by the deconvnet")

@@ -62,3 +62,16 @@ def test_every_parameter_gets_a_gradient():
 def test_bad_model_configs_are_refused(bad):
     with pytest.raises(ConfigError):
         ModelConfig(**bad)
+
+
+def test_resnet_judge_architecture_trains_and_is_not_mirrorable():
+    from heritagelens.deconvnet import DeconvError, check_mirrorable
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(arch="resnet", widths=(8, 16), depths=(2, 1)), 4)
+    rows = {name: shape for name, _, shape, _ in layer_table(m)}
+    assert rows["features.block1_2"] == (8, 64, 64) and rows["features.block2_1"] == (16, 32, 32)
+    nn.functional.cross_entropy(m(torch.rand(3, 3, 64, 64) * 255), torch.tensor([0, 1, 3])).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    with pytest.raises(DeconvError, match=r"layer 'block1_1' \(ResidualBlock\) cannot be mirrored"):
+        check_mirrorable(m)

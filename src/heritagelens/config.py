@@ -44,8 +44,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A plain CNN: stages of (conv, batch norm, ReLU) x depth, each closed by 2x2 max-pooling, then a linear head."""
+    """A CNN of stages, each closed by 2x2 max-pooling, then global pooling, dropout and a linear head. 'plain' stages
+    are (conv, batch norm, ReLU) x depth; 'resnet' stages are residual blocks."""
 
+    arch: str = "plain"
+    """'plain' (the deconvnet mirrors it) or 'resnet' (residual blocks; used for independent judges)."""
     widths: tuple[int, ...] = (32, 64, 128, 256)
     """Output channels of each stage."""
     depths: tuple[int, ...] = (1, 2, 2, 2)
@@ -67,6 +70,8 @@ class ModelConfig:
             raise ConfigError("model.kernel_size must be odd")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
+        if self.arch not in ("plain", "resnet"):
+            raise ConfigError("model.arch must be 'plain' or 'resnet'")
         if self.head_pool not in ("max", "avg"):
             raise ConfigError("model.head_pool must be 'max' or 'avg'")
 

@@ -41,7 +41,8 @@ class HeritageCNN(nn.Module):
         self.cfg = cfg
         # Dataset statistics are filled in by training; these placeholders are mid-grey with a wide spread.
         self.normalize = Normalize(torch.full((3,), 127.5), torch.full((3,), 64.0))
-        self.features = nn.Sequential(_feature_layers(cfg))
+        layers = _feature_layers(cfg) if cfg.arch == "plain" else _residual_layers(cfg)
+        self.features = nn.Sequential(layers)
         self.head = nn.Sequential(
             OrderedDict(
                 pool=nn.AdaptiveMaxPool2d(1) if cfg.head_pool == "max" else nn.AdaptiveAvgPool2d(1),
@@ -77,6 +78,38 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-bn layers with an identity (or 1x1 conv) shortcut, then ReLU (He et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, k, padding=k // 2, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.shortcut(x))
+
+
+def _residual_layers(cfg: ModelConfig) -> OrderedDict[str, nn.Module]:
+    """A small ResNet: a conv stem, then per stage `depth` residual blocks and 2x2 max-pooling."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    layers["stem"] = nn.Conv2d(3, cfg.widths[0], cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False)
+    layers["stem_bn"] = nn.BatchNorm2d(cfg.widths[0])
+    layers["stem_relu"] = nn.ReLU()
+    c_in = cfg.widths[0]
+    for s, (width, depth) in enumerate(zip(cfg.widths, cfg.depths), start=1):
+        for i in range(1, depth + 1):
+            layers[f"block{s}_{i}"] = ResidualBlock(c_in, width, cfg.kernel_size)
+            c_in = width
+        layers[f"pool{s}"] = nn.MaxPool2d(2)
+    return layers
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> HeritageCNN:
