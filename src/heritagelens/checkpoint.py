@@ -40,7 +40,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in ("last.pt", "best.pt"):  # the final weights, as the main job reports them
             if (path / name).exists():
                 return read_checkpoint(path / name)
         raise CheckpointError(f"{path}: run folder without best.pt or last.pt")
