@@ -208,3 +208,25 @@ def test_deconv_refuses_a_model_it_cannot_mirror(trained, tmp_path):
     assert p.returncode == 0, p.stderr
     p = cli("deconv", tmp_path / "res", "--top9", "--layer", "stem", "--out", tmp_path)
     assert_one_line_error(p, "layer 'block1_1' (ResidualBlock) cannot be mirrored by the deconvnet")
+
+
+def test_dream_writes_images_gallery_and_json(trained, tmp_path):
+    p = cli("dream", trained[1], "--class", "bell", "--samples", "2", "--preset", "maco", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((tmp_path / "dream-maco.json").read_text())
+    assert meta["classes"] == ["bell"] and meta["samples"] == 2 and meta["config"]["param"] == "phase"
+    assert sorted(f.name for f in (tmp_path / "dream-maco").iterdir()) == ["bell-0.png", "bell-1.png"]
+    assert (tmp_path / "dream-maco.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--class", "gazebo"], ["unknown class 'gazebo'; classes: arch, bell, dome"]),
+        (["--all", "--preset", "pretty"], ["unknown dream preset 'pretty'"]),
+        (["--all", "--samples", "0"], ["--samples must be at least 1"]),
+        ([], ["exactly one of --class NAME or --all"]),
+    ],
+)
+def test_dream_bad_input_gives_one_line(trained, tmp_path, args, needles):
+    assert_one_line_error(cli("dream", trained[1], "--out", tmp_path, *args), *needles)

@@ -173,3 +173,37 @@ def test_recording_releases_hooks_on_error():
     with pytest.raises(RuntimeError), dream.recording(model, frozenset(["conv1_1"])):
         raise RuntimeError
     assert all(not m._forward_hooks for m in model.modules() if isinstance(m, nn.ReLU))
+
+
+# ------------------------------------------------------------------------------------------- stats, presets
+def test_image_stats():
+    torch.manual_seed(0)
+    imgs = (torch.rand(20, 3, 8, 8) * 255).to(torch.uint8)
+    st = dream.image_stats(imgs, batch=7)
+    x = imgs.float()
+    torch.testing.assert_close(st.mean, x.mean((0, 2, 3)))
+    z = (x - st.mean[None, :, None, None]) / st.std[None, :, None, None]
+    cov = torch.cov(z.permute(1, 0, 2, 3).reshape(3, -1))
+    k = (st.colour @ st.colour.T)[0, 0] / cov[0, 0]
+    torch.testing.assert_close(st.colour @ st.colour.T, cov * k, rtol=1e-4, atol=1e-5)
+    assert st.colour.norm(dim=0).max() == pytest.approx(1.0)
+    torch.testing.assert_close(st.magnitude, torch.fft.rfftn(z, dim=(2, 3)).abs().mean(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(steps=-3), dict(tv=float("nan")), dict(param="wavelet"), dict(lr=0.0), dict(diversity=-1.0)]
+)
+def test_nonsensical_dream_settings_are_refused(bad):
+    with pytest.raises(dream.DreamError):
+        dream.DreamConfig(**bad)
+    with pytest.raises(dream.DreamError, match="unknown dream preset 'pretty'; known: naive, fourier, maco"):
+        dream.dream_preset("pretty")
+
+
+@pytest.mark.parametrize("preset", list(dream.DREAM_PRESETS))
+def test_every_preset_raises_the_class_scores(preset):
+    model = _model(2)
+    stats = dream.image_stats((torch.rand(10, 3, 32, 32) * 255).to(torch.uint8))
+    cfg = dream.dream_preset(preset, steps=25, diversity=0.1)
+    res = dream.class_images(model, [0, 2], 2, cfg, stats)
+    assert res.images.shape == (4, 3, 32, 32) and res.scores[-1] > res.scores[0]

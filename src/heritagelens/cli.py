@@ -183,6 +183,20 @@ def cmd_deconv(args) -> int:
     return 0
 
 
+def cmd_dream(args) -> int:
+    """Class images by activation maximization: one class (--class) or all of them (--all)."""
+    from .visualize import write_dream
+
+    if bool(args.class_name) == args.all:
+        raise UsageError("dream needs exactly one of --class NAME or --all")
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    names = [args.class_name] if args.class_name else None
+    written = write_dream(ckpt, names, out, args.preset, args.samples, args.seed, args.data)
+    print(f"written: {written} and {written.with_suffix('.json').name}")
+    return 0
+
+
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
     from .run import main_job
@@ -257,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--out", help="output folder (default: beside the checkpoint)")
     dc.set_defaults(func=cmd_deconv)
 
+    dr = sub.add_parser("dream", help="generate images of a class from the model (activation maximization)")
+    dr.add_argument("checkpoint")
+    dr.add_argument("--class", dest="class_name", help="class name (see 'heritagelens layers')")
+    dr.add_argument("--all", action="store_true", help="every class: the gallery")
+    dr.add_argument("--preset", default="fourier", help="naive, fourier or maco")
+    dr.add_argument("--samples", type=int, default=4)
+    dr.add_argument("--seed", type=int, default=0)
+    dr.add_argument("--data", help="dataset root for the image statistics (default: the model's)")
+    dr.add_argument("--out", help="output folder (default: beside the checkpoint)")
+    dr.set_defaults(func=cmd_dream)
+
     ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
     ly.add_argument("checkpoint")
     ly.set_defaults(func=cmd_layers)
@@ -268,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .deconvnet import DeconvError
+    from .dream import DreamError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError) as e:
+    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError, DreamError) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

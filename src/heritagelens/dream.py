@@ -316,3 +316,122 @@ def _blur_in_place(param: Parameterization, sigma: float) -> None:
         for p in param.params:
             if p.ndim == 4:
                 p.copy_(gaussian_blur(p, sigma))
+
+
+# ------------------------------------------------------------------------------------------ data and presets
+
+
+@dataclass
+class ImageStats:
+    """What the parameterizations take from the training images: per-channel mean and std (pixel units), the square
+    root of the colour correlation (3, 3), and the mean magnitude spectrum (3, H, W // 2 + 1) of standardized images."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    colour: torch.Tensor
+    magnitude: torch.Tensor
+
+
+def image_stats(images: torch.Tensor, batch: int = 1024) -> ImageStats:
+    """Statistics of uint8 images (N, 3, H, W)."""
+    x = images.float()
+    mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
+    z = ((x - mean[None, :, None, None]) / std[None, :, None, None]).permute(1, 0, 2, 3).reshape(3, -1)
+    u, s, _ = torch.linalg.svd(torch.cov(z))
+    colour = u @ torch.diag(s.sqrt())
+    colour = colour / colour.norm(dim=0).max()  # as lucent: the largest colour direction has unit length
+    mags = []
+    for i in range(0, len(x), batch):
+        zi = (x[i : i + batch] - mean[None, :, None, None]) / std[None, :, None, None]
+        mags.append(torch.fft.rfftn(zi, dim=(2, 3)).abs().sum(0))
+    return ImageStats(mean, std, colour, torch.stack(mags).sum(0) / len(x))
+
+
+@dataclass
+class DreamConfig:
+    """One recipe for class images. Pixel units are 0..255; sizes are in pixels of the 64 px input."""
+
+    param: str = "fourier"
+    """'pixel', 'fourier' (1/f scaled, decorrelated colour) or 'phase' (MACO: the data's magnitude spectrum)."""
+    steps: int = 256
+    lr: float = 0.05
+    jitter: int = 4
+    scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+    degrees: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
+    tv: float = 0.0
+    """Weight of the total-variation penalty (per image, 0..1 pixel units)."""
+    l2: float = 0.0
+    """Weight of the L2 penalty towards mid-grey."""
+    blur_every: int = 0
+    blur_sigma: float = 0.0
+    diversity: float = 0.0
+    """Weight of the diversity term among the samples of one class."""
+    diversity_layer: str = ""
+    """Conv layer the diversity term compares (empty: the model's second-deepest)."""
+
+    def __post_init__(self):
+        self.scales, self.degrees = tuple(self.scales), tuple(self.degrees)
+        if self.param not in ("pixel", "fourier", "phase"):
+            raise DreamError(f"dream.param must be 'pixel', 'fourier' or 'phase', not '{self.param}'")
+        values = [self.lr, self.tv, self.l2, self.blur_sigma, self.diversity, *self.scales, *self.degrees]
+        if not all(math.isfinite(v) for v in values):
+            raise DreamError("dream settings must be finite numbers")
+        if self.steps < 1 or self.lr <= 0 or self.jitter < 0 or min(self.scales) <= 0:
+            raise DreamError("dream.steps must be at least 1, lr and scales positive, jitter not negative")
+        if min(self.tv, self.l2, self.blur_every, self.blur_sigma, self.diversity) < 0:
+            raise DreamError("dream weights must not be negative")
+
+
+DREAM_PRESETS: dict[str, dict] = {
+    "naive": dict(param="pixel", jitter=0, scales=(1.0,), degrees=(0.0,), l2=0.0),
+    "fourier": dict(param="fourier", tv=0.5),
+    "maco": dict(param="phase"),
+}
+"""Named recipes; 'naive' is plain gradient ascent on pixels (Simonyan et al.), the floor every score is set against."""
+
+
+def dream_preset(name: str, **overrides) -> DreamConfig:
+    if name not in DREAM_PRESETS:
+        raise DreamError(f"unknown dream preset '{name}'; known: {', '.join(DREAM_PRESETS)}")
+    return DreamConfig(**{**DREAM_PRESETS[name], **overrides})
+
+
+def class_images(
+    model: nn.Module, classes: list[int], samples: int, cfg: DreamConfig, stats: ImageStats, seed: int = 0
+) -> RenderResult:
+    """`samples` images of each class in `classes`, all optimized in one batch; rows class-major."""
+    from .models import conv_layer_names
+
+    targets = torch.tensor(classes).repeat_interleave(samples)
+    seeds = [seed * 100_003 + int(c) * 1000 + i for c in classes for i in range(samples)]
+    size = stats.magnitude.shape[-2]
+    if cfg.param == "pixel":
+        param = pixel_image(seeds, size, stats.mean, stats.std)
+    elif cfg.param == "fourier":
+        param = fourier_image(seeds, size, stats.mean, stats.std, colour=stats.colour)
+    else:
+        param = phase_image(seeds, stats.magnitude, stats.mean, stats.std)
+    objective = class_logit(targets)
+    if cfg.tv:
+        objective = objective + cfg.tv * penalty(total_variation, "tv")
+    if cfg.l2:
+        objective = objective + cfg.l2 * penalty(l2, "l2")
+    if cfg.diversity and samples > 1:
+        layer = cfg.diversity_layer or conv_layer_names(model)[-2]
+        objective = objective + cfg.diversity * per_class(diversity(layer), len(classes), samples)
+    transform = compose([jitter(cfg.jitter), random_affine(cfg.scales, cfg.degrees)])
+    return render(model, objective, param, transform, cfg.steps, cfg.lr, cfg.blur_every, cfg.blur_sigma, seed)
+
+
+def per_class(objective: Objective, n_classes: int, samples: int) -> Objective:
+    """Apply a batch-coupled objective (diversity) within each class's samples only."""
+
+    def fn(r: Recording) -> torch.Tensor:
+        parts = []
+        for k in range(n_classes):
+            sl = slice(k * samples, (k + 1) * samples)
+            sub = Recording(r.images[sl], r.logits[sl], {n: a[sl] for n, a in r.activations.items()})
+            parts.append(objective(sub))
+        return torch.cat(parts)
+
+    return Objective(fn, objective.name, objective.layers)

@@ -168,3 +168,14 @@ def comparison_figure(
     plt.close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
+
+
+def gallery(images: torch.Tensor, labels: list[str], samples: int, scale: int = 2, title: str = "") -> Image.Image:
+    """Class images (n * samples, 3, H, W) uint8, one labelled row per class, upscaled `scale` times (bicubic)."""
+    size = images.shape[-1] * scale
+    rows = []
+    for k, label in enumerate(labels):
+        cells = [image_to_rgb(x) for x in images[k * samples : (k + 1) * samples]]
+        big = [np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.BICUBIC)) for c in cells]
+        rows.append(labelled(tile(big, samples, size), label))
+    return grid(rows, 1, title=title)

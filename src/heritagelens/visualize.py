@@ -1,7 +1,9 @@
-"""Deconvnet outputs on disk: figure-2 grids over the train split and per-image views, each with a JSON index."""
+"""Figures on disk, each with a JSON index: deconvnet figure-2 grids over the train split, per-image views and
+comparisons, feature evolution, and class-image galleries."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -212,3 +214,50 @@ def write_image_view(
     atomic_write_bytes(png_bytes(fig), out2)
     atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
     return [out, out2]
+
+
+def write_dream(
+    checkpoint: Path | str,
+    class_names: list[str] | None,
+    out_dir: Path | str,
+    preset: str = "fourier",
+    samples: int = 4,
+    seed: int = 0,
+    root: Path | str | None = None,
+    overrides: dict | None = None,
+) -> Path:
+    """`dream-<preset>.png` (a gallery of `samples` images per class, upscaled) and `dream-<preset>.json`; the
+    images themselves as `dream-<preset>/<class>-<i>.png` at 64 px."""
+    from .dream import DreamError, class_images, dream_preset, image_stats
+    from .figures import gallery
+
+    model, classes, ckpt = load_model(checkpoint)
+    names = class_names or classes
+    for n in names:
+        if n not in classes:
+            raise DreamError(f"unknown class '{n}'; classes: {', '.join(classes)}")
+    if samples < 1:
+        raise DreamError(f"--samples must be at least 1, not {samples}")
+    cfg = dream_preset(preset, **(overrides or {}))
+    train_cfg = Config.from_dict(ckpt["config"])
+    split = data.load_split(root or train_cfg.data.root, "train", cache_dir=train_cfg.data.cache_dir or None)
+    result = class_images(model, [classes.index(n) for n in names], samples, cfg, image_stats(split.images), seed)
+    out = Path(out_dir)
+    for k, n in enumerate(names):
+        for i in range(samples):
+            im = Image.fromarray(result.images[k * samples + i].permute(1, 2, 0).numpy())
+            atomic_write_bytes(png_bytes(im), out / f"dream-{preset}" / f"{n}-{i}.png")
+    fig = gallery(result.images, names, samples, title=f"class images, preset {preset}, seed {seed}")
+    atomic_write_bytes(png_bytes(fig), out / f"dream-{preset}.png")
+    atomic_write_json(
+        {
+            "preset": preset,
+            "config": dataclasses.asdict(cfg),
+            "classes": names,
+            "samples": samples,
+            "seed": seed,
+            "final_objective": result.scores[-1],
+        },
+        out / f"dream-{preset}.json",
+    )
+    return out / f"dream-{preset}.png"
