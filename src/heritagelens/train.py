@@ -257,6 +257,17 @@ def fit(
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, leave=True)
+    interval = 0.2 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s, not one per step
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=True,
+        mininterval=interval,
+    )
