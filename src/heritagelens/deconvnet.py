@@ -45,6 +45,13 @@ def check_mirrorable(model: nn.Module) -> None:
             raise DeconvError(f"layer '{name}' is a grouped conv, which the deconvnet does not mirror")
 
 
+def check_channels(channels: list[int], n_channels: int, layer: str) -> None:
+    """Raise `DeconvError` naming the first of `channels` that `layer` (with `n_channels` channels) does not have."""
+    for c in channels:
+        if not 0 <= c < n_channels:
+            raise DeconvError(f"channel {c} out of range: layer '{layer}' has channels 0..{n_channels - 1}")
+
+
 def layers_up_to(model: HeritageCNN, layer: str) -> list[tuple[str, nn.Module]]:
     """`features` layers from the input to the chosen conv layer's ReLU (its rectified feature map), inclusive."""
     check_mirrorable(model)
@@ -146,9 +153,7 @@ def project(
     rec = record(model, images, layer)
     C = rec.feature_map.shape[1]
     channels = torch.as_tensor(channels).expand(len(images)).long()
-    if len(channels) and (channels.min() < 0 or channels.max() >= C):
-        bad = channels[(channels < 0) | (channels >= C)][0].item()
-        raise DeconvError(f"channel {bad} out of range: layer '{layer}' has channels 0..{C - 1}")
+    check_channels(channels.tolist(), C, layer)
     if positions is None:
         positions = strongest_positions(rec.feature_map, channels)
     signal = keep_one(rec.feature_map, channels, positions)
@@ -242,10 +247,8 @@ def strongest_channels(
     fmap = record(model, image[None].float(), layer).feature_map[0]  # (C, H, W)
     peaks = fmap.flatten(1).max(1).values
     if channels:
+        check_channels(channels, len(fmap), layer)
         chosen = torch.tensor(channels)
-        if chosen.min() < 0 or chosen.max() >= len(fmap):
-            bad = chosen[(chosen < 0) | (chosen >= len(fmap))][0].item()
-            raise DeconvError(f"channel {bad} out of range: layer '{layer}' has channels 0..{len(fmap) - 1}")
     else:
         chosen = peaks.topk(min(n, len(fmap))).indices
     proj, pos = project(model, image[None].expand(len(chosen), -1, -1, -1), layer, chosen)

@@ -14,7 +14,7 @@ from . import data
 from .attribution import gradient_maps, occlusion
 from .checkpoint import check_classes, load_model
 from .config import Config
-from .deconvnet import DeconvError, project_top, receptive_box, strongest_channels, top_activations
+from .deconvnet import DeconvError, check_channels, project_top, receptive_box, strongest_channels, top_activations
 from .figures import comparison_figure, crop, evolution_figure, figure2, per_image_view, projection_to_rgb
 from .io import atomic_write_bytes, atomic_write_json
 from .models import HeritageCNN, conv_layer_names
@@ -25,6 +25,12 @@ def png_bytes(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def train_split(ckpt: dict, root: Path | str | None = None) -> data.Split:
+    """The train split of `root`, or of the data the checkpoint's model was trained on."""
+    cfg = Config.from_dict(ckpt["config"])
+    return data.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)
 
 
 def default_channels(top, labels: torch.Tensor, n: int) -> list[int]:
@@ -52,9 +58,7 @@ def top9_figure(
     """Figure 2 of Zeiler & Fergus for `layer` over every image of `split`, and its index (every channel's top-k)."""
     top = top_activations(model, split.images, layer, k=k)
     C = top.values.shape[0]
-    for c in channels or []:
-        if not 0 <= c < C:
-            raise DeconvError(f"channel {c} out of range: layer '{layer}' has channels 0..{C - 1}")
+    check_channels(channels or [], C, layer)
     chosen = channels or default_channels(top, split.labels, n_default)
     proj = project_top(model, split.images, top, chosen)
     size = split.images.shape[-1]
@@ -84,9 +88,7 @@ def write_top9(
 ) -> list[Path]:
     """Figure-2 grids (`deconv-top9-<layer>.png`) and indexes (`.json`) for each layer, over the train split."""
     model, classes, ckpt = load_model(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
-    root = root or cfg.data.root
-    split = data.load_split(root, "train", cache_dir=cfg.data.cache_dir or None)
+    split = train_split(ckpt, root)
     check_classes(classes, split.classes, checkpoint)
     written = []
     for layer in layers:
@@ -105,9 +107,7 @@ def evolution(snapshots: list[tuple[int, HeritageCNN]], split: data.Split, layer
     index: dict[str, list] = {str(c): [] for c in channels}
     for epoch, model in snapshots:
         top = top_activations(model, split.images, layer, k=1)
-        C = top.values.shape[0]
-        if max(channels) >= C or min(channels) < 0:
-            raise DeconvError(f"channel out of range: layer '{layer}' has channels 0..{C - 1}")
+        check_channels(channels, top.values.shape[0], layer)
         proj = project_top(model, split.images, top, channels)[:, 0]  # (n, 3, H, W)
         for row, (c, p) in enumerate(zip(channels, proj)):
             box = receptive_box(model, layer, tuple(top.positions[c, 0].tolist()), split.images.shape[-1])
@@ -134,8 +134,7 @@ def write_evolution(
     for f in files:
         model, classes, ckpt = load_model(f)
         snapshots.append((int(ckpt["epoch"]), model))
-    cfg = Config.from_dict(ckpt["config"])
-    split = data.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)
+    split = train_split(ckpt, root)
     check_classes(classes, split.classes, files[-1])
     if not channels:  # the final model's class-covering channels, as in figure 2
         channels = default_channels(top_activations(snapshots[-1][1], split.images, layer), split.labels, 8)
@@ -239,8 +238,7 @@ def write_dream(
     if samples < 1:
         raise DreamError(f"--samples must be at least 1, not {samples}")
     cfg = dream_preset(preset, **(overrides or {}))
-    train_cfg = Config.from_dict(ckpt["config"])
-    split = data.load_split(root or train_cfg.data.root, "train", cache_dir=train_cfg.data.cache_dir or None)
+    split = train_split(ckpt, root)
     result = class_images(model, [classes.index(n) for n in names], samples, cfg, image_stats(split.images), seed)
     out = Path(out_dir)
     for k, n in enumerate(names):
