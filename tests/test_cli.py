@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_MODEL
+from PIL import Image
 
 SETS = [a for s in TINY_MODEL + ["data.val_folds=4", "train.batch_size=16"] for a in ("--set", s)]
 
@@ -210,13 +211,60 @@ def test_deconv_refuses_a_model_it_cannot_mirror(trained, tmp_path):
     assert_one_line_error(p, "layer 'block1_1' (ResidualBlock) cannot be mirrored by the deconvnet")
 
 
-def test_dream_writes_images_gallery_and_json(trained, tmp_path):
-    p = cli("dream", trained[1], "--class", "bell", "--samples", "2", "--preset", "maco", "--out", tmp_path)
+TINY_JUDGES = ["--set", 'gallery.judge_overrides=["model.widths=[8,16]", "model.depths=[1,1]", "train.batch_size=16"]']
+
+
+@pytest.fixture(scope="module")
+def dreamed(trained, tmp_path_factory):
+    """`dream --class bell` with scores, tiny judges trained into their own folder; (output folder, process)."""
+    out = tmp_path_factory.mktemp("dream")
+    args = ["--class", "bell", "--samples", "2", "--preset", "maco", "--out", out, "--judges", out / "judges"]
+    p = cli("dream", trained[1], *args, *TINY_JUDGES, "--quiet")
     assert p.returncode == 0, p.stderr
-    meta = json.loads((tmp_path / "dream-maco.json").read_text())
+    return out, p
+
+
+def test_dream_writes_images_gallery_and_scores(dreamed):
+    out, p = dreamed
+    meta = json.loads((out / "dream-maco.json").read_text())
     assert meta["classes"] == ["bell"] and meta["samples"] == 2 and meta["config"]["param"] == "phase"
-    assert sorted(f.name for f in (tmp_path / "dream-maco").iterdir()) == ["bell-0.png", "bell-1.png"]
-    assert (tmp_path / "dream-maco.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(f.name for f in (out / "dream-maco").iterdir()) == ["bell-0.png", "bell-1.png"]
+    assert (out / "dream-maco.png").read_bytes()[:4] == b"\x89PNG"
+    sets = meta["scores"]
+    assert list(sets) == ["maco (this gallery)", "naive ascent (floor)", "real val (ceiling)"]
+    for s in sets.values():
+        assert s["n"] == 2 and set(s["judges"]) == {"resnet", "robust"} and list(s["per_class"]) == ["bell"]
+        assert 0 <= s["judges"]["robust"]["recognised"] <= 1 and s["frechet"] >= 0
+    assert sorted(meta["judges"]) == ["resnet", "robust"]
+    assert "real val (ceiling)" in p.stdout and (out / "dream-maco.txt").read_text() in p.stdout + "\n"
+
+
+def test_dream_score_scores_a_folder_beside_real_images(trained, dreamed, tmp_path):
+    out, _ = dreamed
+    p = cli("dream-score", out / "dream-maco", "--data", trained[0], "--judges", out / "judges",
+            "--set", "data.val_folds=4", *TINY_JUDGES, "--json", tmp_path / "s.json")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "training judge" not in p.stdout  # the cached judges were found by their content key
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert len(report["files"]) == 2 and set(report["scores"]) == {"dream-maco", "real val (ceiling)"}
+    assert report["scores"]["dream-maco"]["n"] == 2 and report["scores"]["real val (ceiling)"]["n"] == 2
+
+
+def test_dream_score_bad_folders(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("dream-score", tmp_path / "empty", "--data", trained[0]), "empty: no images")
+    (tmp_path / "odd").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "odd" / "tower-1.png")
+    p = cli("dream-score", tmp_path / "odd", "--data", trained[0])
+    assert_one_line_error(p, "tower-1.png: no class in its folder or file name (classes: arch, bell, dome)")
+    assert_one_line_error(cli("dream-score", tmp_path / "nowhere", "--data", trained[0]), "nowhere: no such folder")
+
+
+def test_dream_without_scores_trains_no_judges(trained, tmp_path):
+    p = cli("dream", trained[1], "--class", "dome", "--samples", "1", "--no-score", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "scores" not in json.loads((tmp_path / "dream-default.json").read_text())
+    assert not (tmp_path / "dream-default.txt").exists()
 
 
 @pytest.mark.parametrize(
@@ -225,6 +273,8 @@ def test_dream_writes_images_gallery_and_json(trained, tmp_path):
         (["--class", "gazebo"], ["unknown class 'gazebo'; classes: arch, bell, dome"]),
         (["--all", "--preset", "pretty"], ["unknown dream preset 'pretty'"]),
         (["--all", "--samples", "0"], ["--samples must be at least 1"]),
+        (["--all", "--set", "dream.steps=-3"], ["dream.steps must be at least 1"]),
+        (["--all", "--set", "dream.tv=NaN"], ["dream.* settings must be finite numbers"]),
         ([], ["exactly one of --class NAME or --all"]),
     ],
 )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from heritagelens import dream
-from heritagelens.config import ModelConfig
+from heritagelens.config import ConfigError, DreamConfig, ModelConfig
 from heritagelens.models import build_model
 
 MEAN, STD = torch.tensor([120.0, 110.0, 100.0]), torch.tensor([60.0, 60.0, 60.0])
@@ -194,8 +194,8 @@ def test_image_stats():
     "bad", [dict(steps=-3), dict(tv=float("nan")), dict(param="wavelet"), dict(lr=0.0), dict(diversity=-1.0)]
 )
 def test_nonsensical_dream_settings_are_refused(bad):
-    with pytest.raises(dream.DreamError):
-        dream.DreamConfig(**bad)
+    with pytest.raises(ConfigError):
+        DreamConfig(**bad)
     with pytest.raises(dream.DreamError, match="unknown dream preset 'pretty'; known: naive, fourier, maco"):
         dream.dream_preset("pretty")
 

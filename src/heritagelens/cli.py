@@ -184,7 +184,9 @@ def cmd_deconv(args) -> int:
 
 
 def cmd_dream(args) -> int:
-    """Class images by activation maximization: one class (--class) or all of them (--all)."""
+    """Class images by activation maximization: one class (--class) or all of them (--all), scored by the judges."""
+    from .config import Config
+    from .dream import dream_preset
     from .visualize import write_dream
 
     if bool(args.class_name) == args.all:
@@ -192,8 +194,30 @@ def cmd_dream(args) -> int:
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = [args.class_name] if args.class_name else None
-    written = write_dream(ckpt, names, out, args.preset, args.samples, args.seed, args.data)
-    print(f"written: {written} and {written.with_suffix('.json').name}")
+    cfg = Config(dream=dream_preset(args.preset)).override(args.set or [])
+    written = write_dream(
+        ckpt, names, out, cfg.dream, args.preset, args.samples, args.seed, args.data,
+        score=args.score, judges_dir=args.judges, judge_extra=cfg.gallery.judge_overrides, progress=not args.quiet,
+    )  # fmt: skip
+    if args.score:
+        print(written.with_suffix(".txt").read_text())
+    print(f"written: {written}, {written.with_suffix('.json').name} and the images in {written.with_suffix('')}")
+    return 0
+
+
+def cmd_dream_score(args) -> int:
+    """Recognisability, naturalness and diversity of a folder of images, beside real validation images."""
+    from .config import Config
+    from .io import atomic_write_json
+    from .visualize import score_folder
+
+    cfg = Config().override(args.set or [])
+    cfg.data.root = str(_root(args).resolve())
+    report = score_folder(args.folder, cfg.data, args.judges, args.seed, cfg.gallery.judge_overrides)
+    print(report.pop("text"))
+    if args.json:
+        atomic_write_json(report, args.json)
+        print(f"written: {args.json}")
     return 0
 
 
@@ -275,12 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("checkpoint")
     dr.add_argument("--class", dest="class_name", help="class name (see 'heritagelens layers')")
     dr.add_argument("--all", action="store_true", help="every class: the gallery")
-    dr.add_argument("--preset", default="fourier", help="naive, fourier or maco")
+    dr.add_argument("--preset", default="default", help="default, naive, fourier or maco (heritagelens.dream)")
+    dr.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="a dream.* knob, or gallery.judge_overrides"
+    )
     dr.add_argument("--samples", type=int, default=4)
     dr.add_argument("--seed", type=int, default=0)
-    dr.add_argument("--data", help="dataset root for the image statistics (default: the model's)")
+    dr.add_argument("--data", help="dataset root for image statistics and scores (default: the model's)")
     dr.add_argument("--out", help="output folder (default: beside the checkpoint)")
+    dr.add_argument("--judges", help="folder of cached judges (default: judges/ in the data cache)")
+    dr.add_argument("--score", action=argparse.BooleanOptionalAction, default=True, help="score with the judges")
+    dr.add_argument("--quiet", action="store_true", help="no progress bar while judges train")
     dr.set_defaults(func=cmd_dream)
+
+    ds = sub.add_parser("dream-score", help="score a folder of class images (<class>/*.png or <class>-N.png)")
+    ds.add_argument("folder")
+    ds.add_argument("--data", help="dataset root (default: $AHE_DATA, ./data/ahe64, ../shared/data/ahe64)")
+    ds.add_argument("--judges", help="folder of cached judges (default: judges/ in the data cache)")
+    ds.add_argument("--seed", type=int, default=0, help="which real validation images form the ceiling")
+    ds.add_argument("--json", help="also write the scores to this JSON file")
+    ds.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="data.* or gallery.judge_overrides")
+    ds.set_defaults(func=cmd_dream_score)
 
     ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
     ly.add_argument("checkpoint")
@@ -294,11 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .deconvnet import DeconvError
     from .dream import DreamError
+    from .judges import JudgeError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError, DreamError) as e:
+    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError, DreamError, JudgeError) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

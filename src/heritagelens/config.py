@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,12 +143,74 @@ class TrainConfig:
 
 
 @dataclass
+class DreamConfig:
+    """One recipe for class images. Pixel units are 0..255; sizes are in pixels of the 64 px input."""
+
+    param: str = "fourier"
+    """'pixel', 'fourier' (1/f scaled, decorrelated colour) or 'phase' (MACO: the data's magnitude spectrum)."""
+    steps: int = 256
+    lr: float = 0.05
+    jitter: int = 4
+    scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+    degrees: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
+    tv: float = 0.0
+    """Weight of the total-variation penalty (per image, 0..1 pixel units)."""
+    l2: float = 0.0
+    """Weight of the L2 penalty towards mid-grey."""
+    blur_every: int = 0
+    blur_sigma: float = 0.0
+    diversity: float = 0.0
+    """Weight of the diversity term among the samples of one class."""
+    diversity_layer: str = ""
+    """Conv layer the diversity term compares (empty: the model's second-deepest)."""
+
+    def __post_init__(self):
+        self.scales, self.degrees = tuple(self.scales), tuple(self.degrees)
+        if self.param not in ("pixel", "fourier", "phase"):
+            raise ConfigError(f"dream.param must be 'pixel', 'fourier' or 'phase', not '{self.param}'")
+        values = [self.lr, self.tv, self.l2, self.blur_sigma, self.diversity, *self.scales, *self.degrees]
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError("dream.* settings must be finite numbers")
+        if self.steps < 1 or self.lr <= 0 or self.jitter < 0 or min(self.scales) <= 0:
+            raise ConfigError("dream.steps must be at least 1, lr and scales positive, jitter not negative")
+        if min(self.tv, self.l2, self.blur_every, self.blur_sigma, self.diversity) < 0:
+            raise ConfigError("dream weights must not be negative")
+
+
+@dataclass
+class GalleryConfig:
+    """The class-image gallery the main job makes, and how it is scored."""
+
+    model: str = "robust"
+    """Which model the gallery is made from: 'robust' (a robust model trained beside the standard one with the
+    'robust' preset, whose class images people recognise) or 'self' (the standard model itself)."""
+    samples: int = 8
+    """Images per class."""
+    seed: int = 0
+    judges: bool = True
+    """Score the gallery with the judges (trained once per dataset and cached; see `heritagelens.judges`)."""
+    judges_dir: str = ""
+    """Where judges are cached; empty means `judges/` in the data cache folder."""
+    judge_overrides: tuple[str, ...] = ()
+    """Extra `section.key=value` overrides of every judge's recipe (quick checks; part of the judges' cache key)."""
+
+    def __post_init__(self):
+        self.judge_overrides = tuple(self.judge_overrides)
+        if self.model not in ("robust", "self"):
+            raise ConfigError("gallery.model must be 'robust' or 'self'")
+        if self.samples < 1:
+            raise ConfigError("gallery.samples must be at least 1")
+
+
+@dataclass
 class Config:
     """A whole run."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,6 +222,8 @@ class Config:
                 data=DataConfig(**d.get("data", {})),
                 model=ModelConfig(**d.get("model", {})),
                 train=TrainConfig(**d.get("train", {})),
+                dream=DreamConfig(**d.get("dream", {})),
+                gallery=GalleryConfig(**d.get("gallery", {})),
             )
         except TypeError as e:
             raise ConfigError(f"unknown setting: {e}") from None

@@ -23,6 +23,8 @@ from .io import atomic_save, safe_load
 IMAGE_SIZE = 64
 MAX_PIXELS = 120_000_000
 """Larger images are refused (JPEGs are decoded at reduced size first, so this rarely bites)."""
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+"""File name endings taken for images when a folder is scanned (dataset folders take every file)."""
 CACHE_VERSION = 1
 SPLITS = ("train", "test")
 

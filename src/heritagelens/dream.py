@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DreamConfig
+
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -347,42 +349,8 @@ def image_stats(images: torch.Tensor, batch: int = 1024) -> ImageStats:
     return ImageStats(mean, std, colour, torch.stack(mags).sum(0) / len(x))
 
 
-@dataclass
-class DreamConfig:
-    """One recipe for class images. Pixel units are 0..255; sizes are in pixels of the 64 px input."""
-
-    param: str = "fourier"
-    """'pixel', 'fourier' (1/f scaled, decorrelated colour) or 'phase' (MACO: the data's magnitude spectrum)."""
-    steps: int = 256
-    lr: float = 0.05
-    jitter: int = 4
-    scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
-    degrees: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
-    tv: float = 0.0
-    """Weight of the total-variation penalty (per image, 0..1 pixel units)."""
-    l2: float = 0.0
-    """Weight of the L2 penalty towards mid-grey."""
-    blur_every: int = 0
-    blur_sigma: float = 0.0
-    diversity: float = 0.0
-    """Weight of the diversity term among the samples of one class."""
-    diversity_layer: str = ""
-    """Conv layer the diversity term compares (empty: the model's second-deepest)."""
-
-    def __post_init__(self):
-        self.scales, self.degrees = tuple(self.scales), tuple(self.degrees)
-        if self.param not in ("pixel", "fourier", "phase"):
-            raise DreamError(f"dream.param must be 'pixel', 'fourier' or 'phase', not '{self.param}'")
-        values = [self.lr, self.tv, self.l2, self.blur_sigma, self.diversity, *self.scales, *self.degrees]
-        if not all(math.isfinite(v) for v in values):
-            raise DreamError("dream settings must be finite numbers")
-        if self.steps < 1 or self.lr <= 0 or self.jitter < 0 or min(self.scales) <= 0:
-            raise DreamError("dream.steps must be at least 1, lr and scales positive, jitter not negative")
-        if min(self.tv, self.l2, self.blur_every, self.blur_sigma, self.diversity) < 0:
-            raise DreamError("dream weights must not be negative")
-
-
 DREAM_PRESETS: dict[str, dict] = {
+    "default": {},
     "naive": dict(param="pixel", jitter=0, scales=(1.0,), degrees=(0.0,), l2=0.0),
     "fourier": dict(param="fourier", tv=0.5),
     "maco": dict(param="phase"),

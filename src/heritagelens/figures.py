@@ -171,11 +171,12 @@ def comparison_figure(
 
 
 def gallery(images: torch.Tensor, labels: list[str], samples: int, scale: int = 2, title: str = "") -> Image.Image:
-    """Class images (n * samples, 3, H, W) uint8, one labelled row per class, upscaled `scale` times (bicubic)."""
+    """Class images (n * samples, 3, H, W) uint8, one labelled panel of `samples` images per class (at most four
+    to a row), panels two to a row, upscaled `scale` times (bicubic)."""
     size = images.shape[-1] * scale
-    rows = []
+    panels = []
     for k, label in enumerate(labels):
         cells = [image_to_rgb(x) for x in images[k * samples : (k + 1) * samples]]
         big = [np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.BICUBIC)) for c in cells]
-        rows.append(labelled(tile(big, samples, size), label))
-    return grid(rows, 1, title=title)
+        panels.append(labelled(tile(big, min(samples, 4), size), label))
+    return grid(panels, min(len(panels), 2), title=title)

@@ -5,6 +5,8 @@ Pure functions on feature matrices and images; which features (a judge's penulti
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -17,7 +19,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = sqrtm(s_a @ s_b)
+    with warnings.catch_warnings():  # few samples give singular covariances: expected, and handled below
+        warnings.simplefilter("ignore")
+        covmean = sqrtm(s_a @ s_b)
     if not np.isfinite(covmean).all():  # near-singular covariances: regularize slightly, as is customary
         eye = np.eye(len(s_a)) * 1e-6
         covmean = sqrtm((s_a + eye) @ (s_b + eye))

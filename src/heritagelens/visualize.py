@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from pathlib import Path
 
 import torch
@@ -13,10 +14,11 @@ from PIL import Image
 from . import data
 from .attribution import gradient_maps, occlusion
 from .checkpoint import check_classes, load_model
-from .config import Config
+from .config import Config, DreamConfig
 from .deconvnet import DeconvError, check_channels, project_top, receptive_box, strongest_channels, top_activations
+from .dream import DreamError, image_stats
 from .figures import comparison_figure, crop, evolution_figure, figure2, per_image_view, projection_to_rgb
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import HeritageCNN, conv_layer_names
 from .train import predict_logits
 
@@ -219,16 +221,23 @@ def write_dream(
     checkpoint: Path | str,
     class_names: list[str] | None,
     out_dir: Path | str,
-    preset: str = "fourier",
+    dream_cfg: DreamConfig,
+    label: str = "default",
     samples: int = 4,
     seed: int = 0,
     root: Path | str | None = None,
-    overrides: dict | None = None,
+    score: bool = True,
+    judges_dir: Path | str | None = None,
+    judge_extra: list[str] = (),
+    progress: bool = True,
 ) -> Path:
-    """`dream-<preset>.png` (a gallery of `samples` images per class, upscaled) and `dream-<preset>.json`; the
-    images themselves as `dream-<preset>/<class>-<i>.png` at 64 px."""
-    from .dream import DreamError, class_images, dream_preset, image_stats
+    """A gallery of `samples` class images per class and, with `score`, its quality report beside the naive-ascent
+    floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
+    `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`."""
+    from .dream import class_images, dream_preset
     from .figures import gallery
+    from .judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
+    from .run import prepare
 
     model, classes, ckpt = load_model(checkpoint)
     names = class_names or classes
@@ -237,25 +246,102 @@ def write_dream(
             raise DreamError(f"unknown class '{n}'; classes: {', '.join(classes)}")
     if samples < 1:
         raise DreamError(f"--samples must be at least 1, not {samples}")
-    cfg = dream_preset(preset, **(overrides or {}))
-    split = train_split(ckpt, root)
-    result = class_images(model, [classes.index(n) for n in names], samples, cfg, image_stats(split.images), seed)
+    cfg = Config.from_dict(ckpt["config"])
+    cfg.data.root = str(root or cfg.data.root)
+    prep = prepare(cfg)
+    check_classes(classes, prep.split.classes, checkpoint)
+    stats = image_stats(prep.split.images[prep.train_idx])
+    ks = [classes.index(n) for n in names]
+    t0 = time.perf_counter()
+    result = class_images(model, ks, samples, dream_cfg, stats, seed)
+    seconds = time.perf_counter() - t0
     out = Path(out_dir)
     for k, n in enumerate(names):
         for i in range(samples):
             im = Image.fromarray(result.images[k * samples + i].permute(1, 2, 0).numpy())
-            atomic_write_bytes(png_bytes(im), out / f"dream-{preset}" / f"{n}-{i}.png")
-    fig = gallery(result.images, names, samples, title=f"class images, preset {preset}, seed {seed}")
-    atomic_write_bytes(png_bytes(fig), out / f"dream-{preset}.png")
-    atomic_write_json(
-        {
-            "preset": preset,
-            "config": dataclasses.asdict(cfg),
-            "classes": names,
-            "samples": samples,
-            "seed": seed,
-            "final_objective": result.scores[-1],
-        },
-        out / f"dream-{preset}.json",
-    )
-    return out / f"dream-{preset}.png"
+            atomic_write_bytes(png_bytes(im), out / f"dream-{label}" / f"{n}-{i}.png")
+    meta = {
+        "preset": label,
+        "config": dataclasses.asdict(dream_cfg),
+        "model": str(checkpoint),
+        "classes": names,
+        "samples": samples,
+        "seed": seed,
+        "seconds": round(seconds, 2),
+        "final_objective": result.scores[-1],
+    }
+    titles = names
+    if score:
+        panel = ensure_judges(cfg.data, judges_dir, extra=judge_extra, progress=progress)
+        naive = class_images(model, ks, samples, dream_preset("naive"), stats, seed).images
+        val_images, val_labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+        ceiling, rest = ceiling_split(val_labels, samples, seed)
+        ceiling = ceiling[torch.isin(val_labels[ceiling], torch.tensor(ks))]
+        ref = (val_images[rest], val_labels[rest])
+        targets = torch.tensor(ks).repeat_interleave(samples)
+        sets = {
+            f"{label} (this gallery)": score_images(result.images, targets, panel, *ref, classes),
+            "naive ascent (floor)": score_images(naive, targets, panel, *ref, classes),
+            "real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref, classes),
+        }
+        meta["scores"] = sets
+        meta["judges"] = {n: str(j.path) for n, j in panel.items()}
+        mine = sets[f"{label} (this gallery)"]
+        titles = [f"{n}: robust judge {mine['judges']['robust']['per_class'][n]['recognised']:.0%}" for n in names]
+        text = score_table(sets) + "\n\nper class, this gallery:\n" + per_class_table(mine, classes)
+        atomic_write_text(text + "\n", out / f"dream-{label}.txt")
+    fig = gallery(result.images, titles, samples, title=f"class images, preset {label}, seed {seed}")
+    atomic_write_bytes(png_bytes(fig), out / f"dream-{label}.png")
+    atomic_write_json(meta, out / f"dream-{label}.json")
+    return out / f"dream-{label}.png"
+
+
+def folder_images(folder: Path | str, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images under `folder` whose class is their parent folder's name or their file name's prefix
+    (`gargoyle-3.png`, as `dream` writes them): (uint8 (N, 3, 64, 64), labels (N,), files)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DreamError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DreamError(f"{folder}: no images (looked for {', '.join(sorted(data.IMAGE_SUFFIXES))})")
+    images, labels = [], []
+    by_length = sorted(classes, key=len, reverse=True)  # 'dome(inner)' before a shorter class it starts with
+    for f in files:
+        name = f.parent.name if f.parent.name in classes else next((c for c in by_length if f.stem.startswith(c)), None)
+        if name is None:
+            raise DreamError(f"{f}: no class in its folder or file name (classes: {', '.join(classes)})")
+        try:
+            images.append(torch.from_numpy(data.decode(f)))
+        except data.DataError as e:
+            raise DreamError(str(e)) from None
+        labels.append(classes.index(name))
+    return torch.stack(images), torch.tensor(labels), [str(f) for f in files]
+
+
+def score_folder(
+    folder: Path | str,
+    data_cfg,
+    judges_dir: Path | str | None = None,
+    seed: int = 0,
+    judge_extra: list[str] = (),
+    progress: bool = True,
+) -> dict:
+    """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
+    from .judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
+    from .run import prepare
+
+    prep = prepare(Config(data=data_cfg))
+    classes = prep.split.classes
+    images, labels, files = folder_images(folder, classes)
+    panel = ensure_judges(data_cfg, judges_dir, extra=judge_extra, progress=progress)
+    val_images, val_labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+    ceiling, rest = ceiling_split(val_labels, int(torch.bincount(labels).max()), seed)
+    ceiling = ceiling[torch.isin(val_labels[ceiling], labels.unique())]
+    ref = (val_images[rest], val_labels[rest])
+    sets = {
+        f"{Path(folder).name}": score_images(images, labels, panel, *ref, classes),
+        "real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref, classes),
+    }
+    text = score_table(sets) + "\n\nper class:\n" + per_class_table(sets[Path(folder).name], classes)
+    return {"files": files, "scores": sets, "judges": {n: str(j.path) for n, j in panel.items()}, "text": text}

@@ -1,0 +1,83 @@
+"""Class-image quality and speed: every preset on every given model, scored by the judges, beside the real-image
+ceiling; and the time of the ten-class gallery (4 samples each).
+
+    python bench/dream.py --model runs/A --model runs/B --presets naive fourier maco default --samples 8
+    python bench/dream.py --model runs/B --time-only
+
+Judges are read from the cache (trained first if missing, not timed). Prints one table per model and writes
+everything to --out (default bench-dream.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from heritagelens.checkpoint import load_model
+from heritagelens.config import Config
+from heritagelens.dream import class_images, dream_preset, image_stats
+from heritagelens.judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
+from heritagelens.run import prepare
+
+
+def gallery_seconds(model, stats, preset: str, classes: int = 10, samples: int = 4, repeats: int = 2) -> list[float]:
+    times = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        class_images(model, list(range(classes)), samples, dream_preset(preset), stats, seed=r)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", required=True, help="checkpoint or run folder (repeatable)")
+    ap.add_argument("--presets", nargs="+", default=["naive", "fourier", "maco", "default"])
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="dream.* overrides applied to every preset but naive")
+    ap.add_argument("--judges", help="judges folder (default: the data cache)")
+    ap.add_argument("--time-only", action="store_true")
+    ap.add_argument("--out", default="bench-dream.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    results = {}
+    for path in args.model:
+        model, classes, ckpt = load_model(path)
+        cfg = Config.from_dict(ckpt["config"])
+        prep = prepare(cfg)
+        stats = image_stats(prep.split.images[prep.train_idx])
+        times = gallery_seconds(model, stats, "default")
+        print(f"\n== {path}: ten-class gallery, 4 samples, preset default: {', '.join(f'{t:.1f}' for t in times)} s")
+        results[path] = {"gallery_seconds": times, "sets": {}}
+        if args.time_only:
+            continue
+        panel = ensure_judges(cfg.data, args.judges)
+        val_images, val_labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+        ceiling, rest = ceiling_split(val_labels, args.samples, args.seed)
+        ref = (val_images[rest], val_labels[rest], classes)
+        sets = {"real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref)}
+        targets = torch.arange(len(classes)).repeat_interleave(args.samples)
+        for name in args.presets:
+            dcfg = dream_preset(name)
+            if name != "naive" and args.set:
+                dcfg = Config(dream=dcfg).override(args.set).dream
+            t = time.perf_counter()
+            images = class_images(model, list(range(len(classes))), args.samples, dcfg, stats, args.seed).images
+            sets[name] = score_images(images, targets, panel, *ref)
+            sets[name]["seconds"] = time.perf_counter() - t
+            print(f"{name}: {sets[name]['seconds']:.1f} s")
+        print(score_table(sets))
+        for name in args.presets:
+            print(f"\n{name} per class:\n{per_class_table(sets[name], classes)}")
+        results[path]["sets"] = sets
+    with open(args.out, "w") as f:
+        json.dump({"args": vars(args), "results": results}, f, indent=1)
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

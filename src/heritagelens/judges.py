@@ -1,0 +1,221 @@
+"""Judges: models trained independently of the one being visualized, and the scores they give a set of images.
+
+A class image is only worth showing if it looks like its class. "Another model recognises it" proves little when
+that model shares data and design with the one being visualized (adversarial-like patterns transfer), so the panel
+holds a model of another architecture (a small ResNet) and an adversarially robust one, whose features are
+perceptually aligned (Santurkar et al. 2019). Every set of images is scored three ways:
+
+1. recognisability: per judge, the fraction classified as the intended class and the mean probability given to it;
+2. naturalness: Fréchet distance to real images of the same class in the robust judge's penultimate features, and
+   the distance between radially averaged power spectra;
+3. diversity: mean pairwise feature distance among the images of a class, relative to that among real images.
+
+Real validation images (the ceiling) and naive gradient ascent (the floor) go through the same code.
+
+Judges are trained once per dataset and split and cached by a content key: the hash of their recipe and of the
+training files' names and sizes. A cached judge is a run folder; `last.pt` is read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data
+from .checkpoint import model_from_checkpoint, read_checkpoint
+from .config import PRESETS, Config, DataConfig
+from .models import evaluating
+from .quality import frechet_distance, relative_diversity, spectrum_distance
+
+JUDGES: dict[str, list[str]] = {
+    "resnet": ["model.arch=resnet", "model.depths=[1,1,1,1]", "train.epochs=12", "train.seed=1001"],
+    "robust": [*PRESETS["robust"], "train.epochs=12", "train.seed=1002"],
+}
+"""The panel: name -> overrides of the default recipe. Seeds differ from any model a user trains by default."""
+
+FEATURE_JUDGE = "robust"
+"""The judge whose penultimate features measure naturalness and diversity."""
+
+
+class JudgeError(Exception):
+    """Judges that are missing and may not be trained, or a judge folder that does not hold a usable judge."""
+
+
+@dataclass
+class Judge:
+    name: str
+    model: nn.Module
+    classes: list[str]
+    path: Path
+
+
+def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Config:
+    """The recipe of judge `name` on the data and validation split of `data_cfg` (so that the validation images
+    the ceiling is measured on are unseen by every judge); `extra` overrides come last (tests use tiny judges)."""
+    cfg = Config(data=dataclasses.replace(data_cfg)).override([*JUDGES[name], "train.snapshot_epochs=[]", *extra])
+    return cfg
+
+
+def judge_key(cfg: Config) -> str:
+    """Content key: the recipe (without where the data or cache sit) and the training files' names and sizes."""
+    d = cfg.to_dict()
+    d["data"] = {k: v for k, v in d["data"].items() if k not in ("root", "cache_dir")}
+    d.pop("dream"), d.pop("gallery")
+    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
+    root = Path(cfg.data.root)
+    files, labels = data.list_files(root, "train", data.list_classes(root, "train"))
+    for f, y in zip(files, labels):
+        h.update(f"{f.relative_to(root)}|{y}|{f.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def default_judges_dir(data_cfg: DataConfig) -> Path:
+    base = Path(data_cfg.cache_dir) if data_cfg.cache_dir else data.default_cache_dir(Path(data_cfg.root))
+    return base / "judges"
+
+
+def judge_folder(name: str, cfg: Config, judges_dir: Path | str) -> Path:
+    return Path(judges_dir) / f"{name}-{judge_key(cfg)}"
+
+
+def load_judge(name: str, folder: Path | str) -> Judge:
+    """A finished judge from its run folder (`last.pt`, read with `weights_only=True`)."""
+    path = Path(folder) / "last.pt"
+    ckpt = read_checkpoint(path)
+    cfg = Config.from_dict(ckpt["config"])
+    if ckpt["epoch"] < cfg.train.epochs:
+        raise JudgeError(f"{path}: judge '{name}' stopped at epoch {ckpt['epoch']} of {cfg.train.epochs}")
+    return Judge(name, model_from_checkpoint(ckpt, path), list(ckpt["classes"]), path)
+
+
+def ensure_judges(
+    data_cfg: DataConfig,
+    judges_dir: Path | str | None = None,
+    train: bool = True,
+    extra: list[str] = (),
+    progress: bool = True,
+    log=print,
+) -> dict[str, Judge]:
+    """The panel for this dataset and split: loaded from `judges_dir` when cached, else trained there (an
+    interrupted judge training resumes), or `JudgeError` when `train` is false."""
+    from .run import train_run
+
+    judges_dir = Path(judges_dir) if judges_dir else default_judges_dir(data_cfg)
+    panel = {}
+    for name in JUDGES:
+        cfg = judge_config(name, data_cfg, extra)
+        folder = judge_folder(name, cfg, judges_dir)
+        last = folder / "last.pt"
+        done = last.exists() and read_checkpoint(last)["epoch"] >= cfg.train.epochs
+        if not done:
+            if not train:
+                raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once, about 12 minutes)")
+            log(f"training judge '{name}' into {folder} (once per dataset)")
+            train_run(cfg, folder, resume=last.exists(), progress=progress)
+        panel[name] = load_judge(name, folder)
+    return panel
+
+
+# ---------------------------------------------------------------------------------------------------------- scores
+
+
+@torch.no_grad()
+def judge_outputs(model: nn.Module, images: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, K), penultimate features (N, D)) of uint8 or 0..255 float images (N, 3, H, W)."""
+    probs, feats = [], []
+    with evaluating(model):
+        for i in range(0, len(images), batch):
+            f = model.head.flatten(model.head.pool(model.features(model.normalize(images[i : i + batch].float()))))
+            probs.append(model.head.fc(f).softmax(1))
+            feats.append(f)
+    return torch.cat(probs), torch.cat(feats)
+
+
+def recognisability(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+    """Fraction classified as the intended class and mean probability of it, overall and per class."""
+    hit = (probs.argmax(1) == targets).double()
+    p = probs.gather(1, targets[:, None])[:, 0].double()
+    per_class = {
+        classes[k]: {"recognised": float(hit[targets == k].mean()), "mean_prob": float(p[targets == k].mean())}
+        for k in targets.unique().tolist()
+    }
+    return {"recognised": float(hit.mean()), "mean_prob": float(p.mean()), "per_class": per_class}
+
+
+def score_images(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    panel: dict[str, Judge],
+    reference: torch.Tensor,
+    reference_labels: torch.Tensor,
+    classes: list[str],
+) -> dict:
+    """The three scores of `images` (N, 3, H, W) meant to show `targets` (N,), against real `reference` images."""
+    out: dict = {"n": len(images), "judges": {}}
+    for name, judge in panel.items():
+        probs, _ = judge_outputs(judge.model, images)
+        out["judges"][name] = recognisability(probs, targets, classes)
+    _, feats = judge_outputs(panel[FEATURE_JUDGE].model, images)
+    _, ref_feats = judge_outputs(panel[FEATURE_JUDGE].model, reference)
+    per_class = {}
+    for k in targets.unique().tolist():
+        g, r = targets == k, reference_labels == k
+        per_class[classes[k]] = {
+            "frechet": frechet_distance(feats[g].numpy(), ref_feats[r].numpy()),
+            "spectrum": spectrum_distance(images[g], reference[r]),
+            "diversity": relative_diversity(feats[g], ref_feats[r]),
+        }
+    for key in ("frechet", "spectrum", "diversity"):
+        out[key] = float(np.mean([v[key] for v in per_class.values()]))
+    out["per_class"] = per_class
+    return out
+
+
+def ceiling_split(labels: torch.Tensor, per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of `per_class` real images of each class (scored as the ceiling, as generated images are) and of
+    the rest (the reference every set is compared with), so that the ceiling is not compared with itself."""
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for k in labels.unique().tolist():
+        idx = (labels == k).nonzero()[:, 0]
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    sample = torch.cat(picked).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[sample] = False
+    return sample, rest.nonzero()[:, 0]
+
+
+def score_table(sets: dict[str, dict]) -> str:
+    """One line per scored set: recognised fraction per judge, Fréchet distance, spectrum distance, diversity."""
+    judges = list(next(iter(sets.values()))["judges"])
+    head = f"{'set':<22}" + "".join(f"{'judge ' + j:>14}" for j in judges)
+    head += f"{'FD (robust)':>13}{'spectrum':>10}{'diversity':>11}"
+    lines = [head, "-" * len(head)]
+    for name, s in sets.items():
+        row = f"{name:<22}" + "".join(f"{s['judges'][j]['recognised']:>14.1%}" for j in judges)
+        lines.append(row + f"{s['frechet']:>13.1f}{s['spectrum']:>10.3f}{s['diversity']:>11.2f}")
+    return "\n".join(lines)
+
+
+def per_class_table(s: dict, classes: list[str]) -> str:
+    """Per class: recognised fraction and mean probability per judge, Fréchet distance, diversity."""
+    judges = list(s["judges"])
+    head = f"{'class':<17}" + "".join(f"{j + ' rec':>12}{j + ' p':>11}" for j in judges)
+    head += f"{'FD':>9}{'diversity':>11}"
+    lines = [head, "-" * len(head)]
+    for c in classes:
+        if c not in s["per_class"]:
+            continue
+        row = f"{c:<17}"
+        for j in judges:
+            pc = s["judges"][j]["per_class"][c]
+            row += f"{pc['recognised']:>12.0%}{pc['mean_prob']:>11.2f}"
+        lines.append(row + f"{s['per_class'][c]['frechet']:>9.1f}{s['per_class'][c]['diversity']:>11.2f}")
+    return "\n".join(lines)

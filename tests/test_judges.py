@@ -1,0 +1,103 @@
+"""Judges: the content key, the cache, and the scores they give (on tiny synthetic data and tiny judges)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from conftest import TINY_MODEL, make_dataset
+
+from heritagelens import judges
+from heritagelens.checkpoint import CheckpointError
+from heritagelens.config import DataConfig
+
+TINY_JUDGES = [*TINY_MODEL, "train.batch_size=16", "train.epochs=3", "train.bf16=false"]
+
+
+@pytest.fixture(scope="module")
+def data_cfg(tmp_path_factory):
+    root = make_dataset(tmp_path_factory.mktemp("judges") / "ahe", per_class=24)
+    return DataConfig(root=str(root), val_folds=4)
+
+
+@pytest.fixture(scope="module")
+def panel(data_cfg, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("panel")
+    return judges.ensure_judges(data_cfg, folder, extra=TINY_JUDGES, progress=False, log=lambda s: None), folder
+
+
+def test_key_follows_recipe_and_files_not_location(data_cfg, tmp_path):
+    cfg = judges.judge_config("robust", data_cfg, TINY_JUDGES)
+    key = judges.judge_key(cfg)
+    assert key != judges.judge_key(judges.judge_config("resnet", data_cfg, TINY_JUDGES))
+    assert key != judges.judge_key(judges.judge_config("robust", data_cfg, [*TINY_JUDGES, "train.epochs=4"]))
+    moved = shutil.copytree(data_cfg.root, tmp_path / "elsewhere")
+    cfg_moved = judges.judge_config("robust", DataConfig(root=str(moved), val_folds=4), TINY_JUDGES)
+    assert judges.judge_key(cfg_moved) == key  # where the data sits is not part of the key
+    victim = next((moved / "train" / "bell").iterdir())
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    assert judges.judge_key(cfg_moved) != key  # a changed file is
+
+
+def test_panel_is_trained_once_then_read_from_the_cache(panel, data_cfg):
+    p, folder = panel
+    assert set(p) == {"resnet", "robust"}
+    assert p["resnet"].model.cfg.arch == "resnet" and p["robust"].model.cfg.arch == "plain"
+    messages = []
+    again = judges.ensure_judges(data_cfg, folder, extra=TINY_JUDGES, train=False, log=messages.append)
+    assert messages == [] and {n: j.path for n, j in again.items()} == {n: j.path for n, j in p.items()}
+    with pytest.raises(judges.JudgeError, match="judge 'resnet' not trained yet"):
+        judges.ensure_judges(data_cfg, folder, extra=[*TINY_JUDGES, "train.epochs=4"], train=False)
+
+
+def test_a_judge_that_is_not_ours_is_refused(panel, tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    folder = tmp_path / "robust-x"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(pickle.dumps({"format": Evil()}))
+    with pytest.raises(CheckpointError, match="not a HeritageLens checkpoint"):
+        judges.load_judge("robust", folder)
+
+
+def test_recognisability_exact_values():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    targets = torch.tensor([0, 0, 2, 1])
+    r = judges.recognisability(probs, targets, ["a", "b", "c"])
+    assert r["recognised"] == pytest.approx(0.5) and r["mean_prob"] == pytest.approx((0.7 + 0.4 + 0.8 + 0.3) / 4)
+    assert r["per_class"]["a"] == pytest.approx({"recognised": 0.5, "mean_prob": 0.55})
+    assert r["per_class"]["b"] == pytest.approx({"recognised": 0.0, "mean_prob": 0.3})
+
+
+def test_ceiling_sample_and_reference_are_disjoint_and_cover_everything():
+    labels = torch.tensor([0] * 5 + [1] * 3 + [2] * 7)
+    sample, rest = judges.ceiling_split(labels, 2, seed=1)
+    assert torch.bincount(labels[sample]).tolist() == [2, 2, 2]
+    assert sorted(sample.tolist() + rest.tolist()) == list(range(len(labels)))
+    assert torch.equal(judges.ceiling_split(labels, 2, seed=1)[0], sample)
+
+
+def test_scores_separate_real_images_from_noise(panel, data_cfg):
+    from heritagelens.config import Config
+    from heritagelens.run import prepare
+
+    p, _ = panel
+    prep = prepare(Config(data=data_cfg))
+    images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+    sample, rest = judges.ceiling_split(labels, 2)
+    ref = (images[rest], labels[rest])
+    classes = prep.split.classes
+    real = judges.score_images(images[sample], labels[sample], p, *ref, classes)
+    noise = torch.randint(0, 256, (len(sample), 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    fake = judges.score_images(noise.to(torch.uint8), labels[sample], p, *ref, classes)
+    assert real["frechet"] < fake["frechet"] and real["spectrum"] < fake["spectrum"]
+    assert set(real["per_class"]) == set(classes) and real["n"] == 2 * len(classes)
+    for j in ("resnet", "robust"):
+        assert real["judges"][j]["mean_prob"] > fake["judges"][j]["mean_prob"]
+    table = judges.score_table({"real": real, "noise": fake})
+    assert "judge robust" in table and table.count("\n") == 3
