@@ -137,6 +137,24 @@ def test_run_without_data_says_where_to_get_it(tmp_path):
     )
 
 
+def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_model(trained, tmp_path):
+    root, _ = trained
+    gallery = ["gallery.robust_epochs=2", "gallery.samples=2", "dream.steps=16", f"gallery.judges_dir={tmp_path / 'j'}"]
+    sets = [*SETS, *(a for g in gallery for a in ("--set", g)), *TINY_JUDGES]
+    p = cli("run", "--data", root, "--epochs", "2", "--out", tmp_path / "run", "--quiet", *sets)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    g = summary["gallery"]
+    assert g["model"] == "robust" and 0 <= g["robust_val_accuracy"] <= 1 and g["figure"] == "dream-gallery.png"
+    assert set(g) >= {"gallery (this gallery)", "naive ascent (floor)", "real val (ceiling)"}
+    robust_cfg = json.loads((run / "robust" / "config.json").read_text())
+    assert robust_cfg["train"]["adv_eps"] == 4 and robust_cfg["train"]["epochs"] == 2
+    assert robust_cfg["model"] == json.loads((run / "config.json").read_text())["model"]
+    assert (run / "dream-gallery.png").read_bytes()[:4] == b"\x89PNG" and (run / "robust" / "eval-val.json").exists()
+    assert "class images" in p.stdout and "real val (ceiling)" in p.stdout
+
+
 def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):
     root, run = trained
     p = cli("deconv", run / "last.pt", "--top9", "--layer", "conv2_1", "--channels", "0", "3", "--out", tmp_path)
@@ -260,6 +278,18 @@ def test_dream_score_bad_folders(trained, tmp_path):
     assert_one_line_error(cli("dream-score", tmp_path / "nowhere", "--data", trained[0]), "nowhere: no such folder")
 
 
+def test_dream_of_channels_and_of_a_class_from_a_photo(trained, tmp_path):
+    root, run = trained
+    p = cli("dream", run, "--channel", "conv2_1:3,5", "--samples", "2", "--unit", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((tmp_path / "dream-default-conv2_1.json").read_text())
+    assert meta["channels"] == [3, 5] and meta["unit"] == "centre"
+    photo = next((root / "train" / "arch").iterdir())
+    p = cli("dream", run, "--class", "dome", "--from", photo, "--samples", "1", "--no-score", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "dream-default.json").read_text())["from_image"] == str(photo)
+
+
 def test_dream_without_scores_trains_no_judges(trained, tmp_path):
     p = cli("dream", trained[1], "--class", "dome", "--samples", "1", "--no-score", "--out", tmp_path)
     assert p.returncode == 0, p.stderr
@@ -275,7 +305,11 @@ def test_dream_without_scores_trains_no_judges(trained, tmp_path):
         (["--all", "--samples", "0"], ["--samples must be at least 1"]),
         (["--all", "--set", "dream.steps=-3"], ["dream.steps must be at least 1"]),
         (["--all", "--set", "dream.tv=NaN"], ["dream.* settings must be finite numbers"]),
-        ([], ["exactly one of --class NAME or --all"]),
+        ([], ["exactly one of --class NAME, --all or --channel LAYER:C"]),
+        (["--channel", "conv9_1:0"], ["unknown layer 'conv9_1'; conv layers: conv1_1, conv2_1"]),
+        (["--channel", "conv2_1:99"], ["channel 99 out of range: layer 'conv2_1' has channels 0..15"]),
+        (["--channel", "conv2_1:x"], ["--channel wants LAYER:C[,C...]"]),
+        (["--class", "bell", "--from", "missing.jpg"], ["missing.jpg: no such file"]),
     ],
 )
 def test_dream_bad_input_gives_one_line(trained, tmp_path, args, needles):

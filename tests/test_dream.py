@@ -41,6 +41,20 @@ def test_to_pixels_stays_in_the_data_range_and_starts_at_the_mean():
     torch.testing.assert_close(extreme[0, :, 1, 0], (MEAN + 3 * STD).clamp_max(255))
 
 
+def test_from_pixels_inverts_to_pixels_inside_the_data_range():
+    m, s = MEAN.reshape(1, 3, 1, 1), STD.reshape(1, 3, 1, 1)
+    images = torch.tensor([10.0, 60.0, 120.0, 250.0]).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+    back = dream.to_pixels(dream.from_pixels(images, m, s), m, s)
+    low, high = (m - 3 * s).clamp_min(0), (m + 3 * s).clamp_max(255)
+    torch.testing.assert_close(back, images.clamp(low + 0.5, high - 0.5), atol=0.4, rtol=0)
+
+
+def test_pixel_image_starts_from_a_given_image():
+    photo = torch.full((2, 3, 8, 8), 100.0)
+    p = dream.pixel_image([0, 1], 8, MEAN, STD, sd=0.0, init=photo)
+    torch.testing.assert_close(p.image(), photo, atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["pixel", "fourier", "phase"])
 def test_parameterizations_make_images_in_range_with_gradients(kind):
     if kind == "pixel":
@@ -114,6 +128,15 @@ def test_objectives_combine():
     torch.testing.assert_close(per_image(_rec(logits=logits)), torch.tensor([1.0, 6.0]))
     a = torch.arange(2 * 2 * 2 * 2.0).reshape(2, 2, 2, 2)
     torch.testing.assert_close(dream.channel("conv1_1", 1)(_rec(acts={"conv1_1": a})), torch.tensor([5.5, 13.5]))
+
+
+def test_one_objective_per_image_and_the_centre_unit():
+    a = torch.arange(2 * 2 * 3 * 3.0).reshape(2, 2, 3, 3)
+    rec = _rec(acts={"conv1_1": a})
+    torch.testing.assert_close(dream.unit("conv1_1", 1)(rec), torch.tensor([13.0, 31.0]))
+    both = dream.one_each([dream.channel("conv1_1", 0), dream.unit("conv1_1", 1)], torch.tensor([1, 0]))
+    torch.testing.assert_close(both(rec), torch.tensor([13.0, 22.0]))  # image 0: unit of channel 1; 1: channel 0
+    assert both.layers == frozenset(["conv1_1"])
 
 
 def test_penalties_exact_values():
@@ -196,7 +219,7 @@ def test_image_stats():
 def test_nonsensical_dream_settings_are_refused(bad):
     with pytest.raises(ConfigError):
         DreamConfig(**bad)
-    with pytest.raises(dream.DreamError, match="unknown dream preset 'pretty'; known: naive, fourier, maco"):
+    with pytest.raises(dream.DreamError, match="unknown dream preset 'pretty'; known: default, naive, fourier, maco"):
         dream.dream_preset("pretty")
 
 

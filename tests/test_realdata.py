@@ -9,6 +9,8 @@ from test_cli import cli
 
 pytestmark = pytest.mark.realdata
 
+QUICK_JUDGES = 'gallery.judge_overrides=["model.widths=[16,32,64,128]", "train.limit_train=3000", "train.epochs=3"]'
+
 
 def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     p = cli(
@@ -22,6 +24,8 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
         "model.widths=[16,32,64,128]",
         "--set",
         "train.limit_train=3000",
+        *("--set", "gallery.robust_epochs=3", "--set", "gallery.samples=2", "--set", "dream.steps=32"),
+        *("--set", f"gallery.judges_dir={tmp_path / 'judges'}", "--set", QUICK_JUDGES),
         env={"AHE_DATA": str(ahe_root)},
     )
     assert p.returncode == 0, p.stderr
@@ -32,5 +36,11 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["figures"] == ["deconv-top9-conv4_1.png", "deconv-top9-conv4_2.png"]
     assert all((tmp_path / "run" / f).read_bytes()[:4] == b"\x89PNG" for f in summary["figures"])
+    gallery = summary["gallery"]
+    assert gallery["model"] == "robust" and gallery["robust_val_accuracy"] > 0.3  # measured here: 0.44
+    meta = json.loads((tmp_path / "run" / "dream-gallery.json").read_text())
+    assert len(meta["classes"]) == 10 and len(list((tmp_path / "run" / "dream-gallery").glob("*.png"))) == 20
+    ceiling = meta["scores"]["real val (ceiling)"]
+    assert ceiling["judges"]["robust"]["recognised"] > 0.3 and ceiling["n"] == 20  # chance is 0.1
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["groups"] > 7000 and split["images"] == 10130

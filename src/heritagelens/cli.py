@@ -184,20 +184,33 @@ def cmd_deconv(args) -> int:
 
 
 def cmd_dream(args) -> int:
-    """Class images by activation maximization: one class (--class) or all of them (--all), scored by the judges."""
+    """Images by activation maximization: of one class (--class) or all of them (--all), scored by the judges; or of
+    channels of a layer (--channel LAYER:C[,C...], --unit for the centre neuron)."""
     from .config import Config
     from .dream import dream_preset
-    from .visualize import write_dream
+    from .visualize import write_dream, write_feature_dream
 
-    if bool(args.class_name) == args.all:
-        raise UsageError("dream needs exactly one of --class NAME or --all")
+    if sum(map(bool, (args.class_name, args.all, args.channel))) != 1:
+        raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
-    names = [args.class_name] if args.class_name else None
     cfg = Config(dream=dream_preset(args.preset)).override(args.set or [])
+    if args.channel:
+        layer, _, cs = args.channel.partition(":")
+        try:
+            channels = [int(c) for c in cs.split(",")]
+        except ValueError:
+            raise UsageError(f"--channel wants LAYER:C[,C...] such as conv4_2:3,17, not '{args.channel}'") from None
+        written = write_feature_dream(
+            ckpt, layer, channels, out, cfg.dream, args.preset, args.samples, args.seed, args.data,
+            centre_unit=args.unit, init_image=args.start,
+        )  # fmt: skip
+        print(f"written: {written} and {written.with_suffix('.json').name}")
+        return 0
+    names = [args.class_name] if args.class_name else None
     written = write_dream(
-        ckpt, names, out, cfg.dream, args.preset, args.samples, args.seed, args.data,
-        score=args.score, judges_dir=args.judges, judge_extra=cfg.gallery.judge_overrides, progress=not args.quiet,
+        ckpt, names, out, cfg.dream, args.preset, args.samples, args.seed, args.data, score=args.score,
+        judges_dir=args.judges, judge_extra=cfg.gallery.judge_overrides, init_image=args.start, progress=not args.quiet,
     )  # fmt: skip
     if args.score:
         print(written.with_suffix(".txt").read_text())
@@ -233,6 +246,11 @@ def cmd_run(args) -> int:
         print(f"\n== {split} ({SPLIT_NAMES[split]})")
         print((run / f"eval-{split}.txt").read_text())
     print(f"\ndeconvnet figure 2 grids: {', '.join(summary['figures'])}")
+    g = summary["gallery"]
+    made_by = f"a robust model (val accuracy {g['robust_val_accuracy']:.1%})" if g["model"] == "robust" else "the model"
+    print(f"\nclass images: {g['figure']}, made by {made_by}")
+    if (run / "dream-gallery.txt").exists():
+        print((run / "dream-gallery.txt").read_text())
     print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
     return 0
 
@@ -299,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("checkpoint")
     dr.add_argument("--class", dest="class_name", help="class name (see 'heritagelens layers')")
     dr.add_argument("--all", action="store_true", help="every class: the gallery")
+    dr.add_argument("--channel", help="LAYER:C[,C...]: maximize these channels of a conv layer instead of a class")
+    dr.add_argument("--unit", action="store_true", help="with --channel: the one neuron at the map's centre")
+    dr.add_argument("--from", dest="start", metavar="IMAGE", help="start from this image instead of noise")
     dr.add_argument("--preset", default="default", help="default, naive, fourier or maco (heritagelens.dream)")
     dr.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="a dream.* knob, or gallery.judge_overrides"

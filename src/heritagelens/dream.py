@@ -50,12 +50,29 @@ def per_sample_randn(seeds: Sequence[int], *shape: int) -> torch.Tensor:
     return torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def from_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_pixels`: the unbounded values that give `images` (B, 3, H, W) in 0..255, pixels outside
+    the data's range moved just inside it."""
+    low, high = (mean - 3 * std).clamp_min(0), (mean + 3 * std).clamp_max(255)
+    centre = torch.logit(((mean - low) / (high - low)).clamp(0.01, 0.99))
+    return torch.logit(((images.float() - low) / (high - low)).clamp(0.002, 0.998)) - centre
+
+
 def pixel_image(
-    seeds: Sequence[int], size: int, mean: torch.Tensor, std: torch.Tensor, sd: float = 0.1
+    seeds: Sequence[int],
+    size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    sd: float = 0.1,
+    init: torch.Tensor | None = None,
 ) -> Parameterization:
-    """One free parameter per pixel (Simonyan et al. 2013); one image per seed."""
-    x = (per_sample_randn(seeds, 3, size, size) * sd).requires_grad_(True)
+    """One free parameter per pixel (Simonyan et al. 2013); one image per seed, from noise, or from `init` images
+    (B, 3, H, W) in 0..255 plus that noise."""
     m, s = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
+    x = per_sample_randn(seeds, 3, size, size) * sd
+    if init is not None:
+        x = x + from_pixels(init, m, s)
+    x.requires_grad_(True)
     return Parameterization([x], lambda: to_pixels(x, m, s))
 
 
@@ -201,6 +218,26 @@ def class_logit(k: int | torch.Tensor) -> Objective:
 def channel(layer: str, c: int) -> Objective:
     """Mean activation of channel `c` of feature layer `layer` (a name from `heritagelens layers`)."""
     return Objective(lambda r: r.activations[layer][:, c].mean((1, 2)), f"{layer}:{c}", frozenset([layer]))
+
+
+def unit(layer: str, c: int) -> Objective:
+    """Activation of channel `c` of `layer` at the centre of its map: one neuron, with one receptive field."""
+
+    def fn(r: Recording) -> torch.Tensor:
+        a = r.activations[layer]
+        return a[:, c, a.shape[2] // 2, a.shape[3] // 2]
+
+    return Objective(fn, f"{layer}:{c}@centre", frozenset([layer]))
+
+
+def one_each(objectives: list[Objective], which: torch.Tensor) -> Objective:
+    """Image b gets objective `objectives[which[b]]`: several channels, or several classes, in one batch."""
+
+    def fn(r: Recording) -> torch.Tensor:
+        return torch.stack([o(r) for o in objectives], 1).gather(1, which[:, None])[:, 0]
+
+    layers = frozenset().union(*(o.layers for o in objectives))
+    return Objective(fn, "one each of " + ", ".join(o.name for o in objectives), layers)
 
 
 def diversity(layer: str) -> Objective:
@@ -364,31 +401,66 @@ def dream_preset(name: str, **overrides) -> DreamConfig:
     return DreamConfig(**{**DREAM_PRESETS[name], **overrides})
 
 
-def class_images(
-    model: nn.Module, classes: list[int], samples: int, cfg: DreamConfig, stats: ImageStats, seed: int = 0
-) -> RenderResult:
-    """`samples` images of each class in `classes`, all optimized in one batch; rows class-major."""
+def make_param(
+    cfg: DreamConfig, seeds: Sequence[int], stats: ImageStats, init: torch.Tensor | None = None
+) -> Parameterization:
+    """The recipe's parameterization, one image per seed; starting from `init` images (pixels) when given, which
+    the pixel parameterization represents exactly (the others start from noise)."""
+    size = stats.magnitude.shape[-2]
+    if init is not None or cfg.param == "pixel":
+        return pixel_image(seeds, size, stats.mean, stats.std, init=init)
+    if cfg.param == "fourier":
+        return fourier_image(seeds, size, stats.mean, stats.std, colour=stats.colour)
+    return phase_image(seeds, stats.magnitude, stats.mean, stats.std)
+
+
+def regularized(objective: Objective, cfg: DreamConfig, model: nn.Module, groups: int, samples: int) -> Objective:
+    """`objective` plus the recipe's penalties, and its diversity term within each group of `samples` images."""
     from .models import conv_layer_names
 
-    targets = torch.tensor(classes).repeat_interleave(samples)
-    seeds = [seed * 100_003 + int(c) * 1000 + i for c in classes for i in range(samples)]
-    size = stats.magnitude.shape[-2]
-    if cfg.param == "pixel":
-        param = pixel_image(seeds, size, stats.mean, stats.std)
-    elif cfg.param == "fourier":
-        param = fourier_image(seeds, size, stats.mean, stats.std, colour=stats.colour)
-    else:
-        param = phase_image(seeds, stats.magnitude, stats.mean, stats.std)
-    objective = class_logit(targets)
     if cfg.tv:
         objective = objective + cfg.tv * penalty(total_variation, "tv")
     if cfg.l2:
         objective = objective + cfg.l2 * penalty(l2, "l2")
     if cfg.diversity and samples > 1:
         layer = cfg.diversity_layer or conv_layer_names(model)[-2]
-        objective = objective + cfg.diversity * per_class(diversity(layer), len(classes), samples)
+        objective = objective + cfg.diversity * per_class(diversity(layer), groups, samples)
+    return objective
+
+
+def dream(
+    model: nn.Module,
+    objective: Objective,
+    groups: Sequence[int],
+    samples: int,
+    cfg: DreamConfig,
+    stats: ImageStats,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+) -> RenderResult:
+    """len(groups) x `samples` images maximizing `objective` (plus the recipe's penalties, and its diversity term
+    within each group) in one batch, through the recipe's jitter, scale and rotation; from `init` (pixels, one per
+    image) when given. Each image's seed depends on its group id and sample number only, so a group's images do not
+    depend on which other groups share the batch."""
+    seeds = [seed * 100_003 + int(g) * 1000 + i for g in groups for i in range(samples)]
+    param = make_param(cfg, seeds, stats, init)
     transform = compose([jitter(cfg.jitter), random_affine(cfg.scales, cfg.degrees)])
+    objective = regularized(objective, cfg, model, len(groups), samples)
     return render(model, objective, param, transform, cfg.steps, cfg.lr, cfg.blur_every, cfg.blur_sigma, seed)
+
+
+def class_images(
+    model: nn.Module,
+    classes: list[int],
+    samples: int,
+    cfg: DreamConfig,
+    stats: ImageStats,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+) -> RenderResult:
+    """`samples` images of each class in `classes`, all optimized in one batch; rows class-major."""
+    targets = torch.tensor(classes).repeat_interleave(samples)
+    return dream(model, class_logit(targets), classes, samples, cfg, stats, seed, init)
 
 
 def per_class(objective: Objective, n_classes: int, samples: int) -> Objective:

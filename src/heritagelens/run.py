@@ -19,7 +19,7 @@ import torch
 
 from . import data
 from .checkpoint import check_classes, load_model, read_checkpoint, resume_state, save_checkpoint
-from .config import Config
+from .config import ROBUST, Config
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import build_model, conv_layer_names
@@ -189,7 +189,8 @@ def write_eval(result: EvalResult, out_dir: Path | str) -> None:
 
 
 def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
-    """Train, then evaluate the final weights on validation and, when the data has one, the official test split.
+    """Train, then evaluate the final weights on validation and, when the data has one, the official test split;
+    deconvnet figure-2 grids for the two deepest layers; the class-image gallery with its scores.
 
     Returns (and writes as `summary.json`) the headline figures, each named by its split.
     """
@@ -207,5 +208,39 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
     summary["figures"] = [p.name for p in written]
     summary["figure_minutes"] = round((time.perf_counter() - t1) / 60, 2)
+    summary["gallery"] = gallery_job(cfg, run, progress)
     atomic_write_json(summary, run / "summary.json")
     return summary
+
+
+def robust_config(cfg: Config) -> Config:
+    """The robust model trained beside the standard one: the same data, model and seed, the robust recipe."""
+    return cfg.override([*ROBUST, f"train.epochs={cfg.gallery.robust_epochs}"])
+
+
+def gallery_job(cfg: Config, run: Path, progress: bool = True) -> dict:
+    """The class-image gallery of the run (`dream-gallery.*`), made from the robust model (trained into `robust/`)
+    or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures."""
+    from .visualize import write_dream
+
+    t0 = time.perf_counter()
+    source = run / "last.pt"
+    out: dict = {"model": cfg.gallery.model}
+    if cfg.gallery.model == "robust":
+        train_run(robust_config(cfg), run / "robust", progress=progress)
+        source = run / "robust" / "last.pt"
+        r = evaluate_checkpoint(source, "val", out_dir=run / "robust")
+        out["robust_val_accuracy"] = r.accuracy
+        out["robust_train_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    g = cfg.gallery
+    png = write_dream(
+        source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
+        judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
+    )  # fmt: skip
+    meta = json.loads(png.with_suffix(".json").read_text())
+    out["figure"] = png.name
+    for name, s in meta.get("scores", {}).items():
+        out[name] = {"robust_judge": s["judges"]["robust"]["recognised"], "frechet": s["frechet"]}
+        out[name] |= {"diversity": s["diversity"]}
+    out["minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    return out

@@ -229,11 +229,13 @@ def write_dream(
     score: bool = True,
     judges_dir: Path | str | None = None,
     judge_extra: list[str] = (),
+    init_image: Path | str | None = None,
     progress: bool = True,
 ) -> Path:
     """A gallery of `samples` class images per class and, with `score`, its quality report beside the naive-ascent
     floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
-    `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`."""
+    `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`. With
+    `init_image`, every image starts from that photograph instead of noise."""
     from .dream import class_images, dream_preset
     from .figures import gallery
     from .judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
@@ -252,8 +254,9 @@ def write_dream(
     check_classes(classes, prep.split.classes, checkpoint)
     stats = image_stats(prep.split.images[prep.train_idx])
     ks = [classes.index(n) for n in names]
+    init = start_images(init_image, len(ks) * samples)
     t0 = time.perf_counter()
-    result = class_images(model, ks, samples, dream_cfg, stats, seed)
+    result = class_images(model, ks, samples, dream_cfg, stats, seed, init)
     seconds = time.perf_counter() - t0
     out = Path(out_dir)
     for k, n in enumerate(names):
@@ -267,6 +270,7 @@ def write_dream(
         "classes": names,
         "samples": samples,
         "seed": seed,
+        "from_image": str(init_image) if init_image else None,
         "seconds": round(seconds, 2),
         "final_objective": result.scores[-1],
     }
@@ -294,6 +298,54 @@ def write_dream(
     atomic_write_bytes(png_bytes(fig), out / f"dream-{label}.png")
     atomic_write_json(meta, out / f"dream-{label}.json")
     return out / f"dream-{label}.png"
+
+
+def start_images(path: Path | str | None, n: int) -> torch.Tensor | None:
+    """The image at `path` (any size and format, made 64 px), `n` times, as the start of an optimization."""
+    if path is None:
+        return None
+    try:
+        return torch.from_numpy(data.decode(path))[None].expand(n, -1, -1, -1)
+    except data.DataError as e:
+        raise DreamError(str(e)) from None
+
+
+def write_feature_dream(
+    checkpoint: Path | str,
+    layer: str,
+    channels: list[int],
+    out_dir: Path | str,
+    dream_cfg: DreamConfig,
+    label: str = "default",
+    samples: int = 4,
+    seed: int = 0,
+    root: Path | str | None = None,
+    centre_unit: bool = False,
+    init_image: Path | str | None = None,
+) -> Path:
+    """Images maximizing channels of `layer` (their mean activation, or with `centre_unit` the one neuron at the
+    centre of the map), `samples` each: `dream-<label>-<layer>.png` and `.json`."""
+    from .dream import channel, dream, one_each, unit
+    from .figures import gallery
+
+    model, classes, ckpt = load_model(checkpoint)
+    convs = conv_layer_names(model)
+    if layer not in convs:
+        raise DreamError(f"unknown layer '{layer}'; conv layers: {', '.join(convs)}")
+    check_channels(channels, getattr(model.features, layer).out_channels, layer)
+    cfg = Config.from_dict(ckpt["config"])
+    stats = image_stats(data.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None).images)
+    which = torch.arange(len(channels)).repeat_interleave(samples)  # (B,) the channel each image serves
+    objective = one_each([(unit if centre_unit else channel)(layer, c) for c in channels], which)
+    result = dream(model, objective, channels, samples, dream_cfg, stats, seed, start_images(init_image, len(which)))
+    names = [f"{layer}:{c}" + (" centre" if centre_unit else "") for c in channels]
+    fig = gallery(result.images, names, samples, title=f"{layer}, preset {label}, seed {seed}")
+    out = Path(out_dir) / f"dream-{label}-{layer}.png"
+    atomic_write_bytes(png_bytes(fig), out)
+    meta = {"layer": layer, "channels": channels, "unit": "centre" if centre_unit else "mean", "samples": samples}
+    meta |= {"seed": seed, "preset": label, "config": dataclasses.asdict(dream_cfg), "final": result.scores[-1]}
+    atomic_write_json(meta, out.with_suffix(".json"))
+    return out
 
 
 def folder_images(folder: Path | str, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
