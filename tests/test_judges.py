@@ -101,3 +101,19 @@ def test_scores_separate_real_images_from_noise(panel, data_cfg):
         assert real["judges"][j]["mean_prob"] > fake["judges"][j]["mean_prob"]
     table = judges.score_table({"real": real, "noise": fake})
     assert "judge robust" in table and table.count("\n") == 3
+
+
+def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
+    from heritagelens.io import atomic_save, safe_load
+
+    extra = [*TINY_JUDGES, "train.epochs=2"]
+    judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=lambda s: None)
+    folder = judges.judge_folder("robust", judges.judge_config("robust", data_cfg, extra), tmp_path)
+    ckpt = safe_load(folder / "last.pt")
+    atomic_save({**ckpt, "epoch": 1}, folder / "last.pt")  # as if stopped after the first epoch
+    with pytest.raises(judges.JudgeError, match="stopped at epoch 1 of 2"):
+        judges.load_judge("robust", folder)
+    messages = []
+    panel = judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=messages.append)
+    assert messages == [f"training judge 'robust' into {folder} (once per dataset)"]
+    assert safe_load(folder / "last.pt")["epoch"] == 2 and panel["robust"].path == folder / "last.pt"

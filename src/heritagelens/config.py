@@ -163,6 +163,8 @@ class DreamConfig:
     """Weight of the diversity term among the samples of one class."""
     diversity_layer: str = ""
     """Conv layer the diversity term compares (empty: the model's second-deepest)."""
+    bf16: bool = True
+    """Run the model under bfloat16 autocast while optimizing (see BENCHMARKS.md for speed and quality)."""
 
     def __post_init__(self):
         self.scales, self.degrees = tuple(self.scales), tuple(self.degrees)

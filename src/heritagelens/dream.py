@@ -284,7 +284,7 @@ def recording(model: nn.Module, layers: frozenset[str]) -> Iterator[dict[str, to
             relu = getattr(model.features, layer.replace("conv", "relu"), None)
             if relu is None:
                 raise DreamError(f"unknown layer '{layer}'")
-            handles.append(relu.register_forward_hook(lambda m, i, o, name=layer: acts.__setitem__(name, o)))
+            handles.append(relu.register_forward_hook(lambda m, i, o, name=layer: acts.__setitem__(name, o.float())))
         yield acts
     finally:
         for h in handles:
@@ -312,11 +312,13 @@ def render(
     blur_every: int = 0,
     blur_sigma: float = 0.0,
     seed: int = 0,
+    bf16: bool = False,
 ) -> RenderResult:
     """Maximize `objective` over `param`'s images by Adam, each step through a random `transform`.
 
     The model is used in eval mode with its weights frozen for the duration and left as it was. Stops with
-    `DreamError` if the objective becomes NaN or infinite.
+    `DreamError` if the objective becomes NaN or infinite. `bf16` runs the model under bfloat16 autocast (faster on
+    CPUs with BF16 instructions; the parameters and the optimizer stay in float32).
     """
     if steps < 1 or not lr > 0:
         raise DreamError(f"steps must be at least 1 and lr positive (got steps={steps}, lr={lr})")
@@ -331,7 +333,8 @@ def render(
         with recording(model, objective.layers) as acts:
             for step in range(steps):
                 images = param.image()
-                logits = model(transform(images, g))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(transform(images, g)).float()
                 score = objective(Recording(images, logits, acts))
                 if not torch.isfinite(score).all():
                     raise DreamError(f"the optimization diverged at step {step} (objective {objective.name} is NaN)")
@@ -446,7 +449,7 @@ def dream(
     param = make_param(cfg, seeds, stats, init)
     transform = compose([jitter(cfg.jitter), random_affine(cfg.scales, cfg.degrees)])
     objective = regularized(objective, cfg, model, len(groups), samples)
-    return render(model, objective, param, transform, cfg.steps, cfg.lr, cfg.blur_every, cfg.blur_sigma, seed)
+    return render(model, objective, param, transform, cfg.steps, cfg.lr, cfg.blur_every, cfg.blur_sigma, seed, cfg.bf16)
 
 
 def class_images(
