@@ -147,7 +147,7 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     summary = json.loads((run / "summary.json").read_text())
     g = summary["gallery"]
     assert g["model"] == "robust" and 0 <= g["robust_val_accuracy"] <= 1 and g["figure"] == "dream-gallery.png"
-    assert set(g) >= {"gallery (this gallery)", "naive ascent (floor)", "real val (ceiling)"}
+    assert set(g) >= {"gallery (this gallery)", "naive ascent (floor)", "real val (ceiling)", "naive, standard model"}
     robust_cfg = json.loads((run / "robust" / "config.json").read_text())
     assert robust_cfg["train"]["adv_eps"] == 4 and robust_cfg["train"]["epochs"] == 2
     assert robust_cfg["model"] == json.loads((run / "config.json").read_text())["model"]

@@ -236,6 +236,7 @@ def gallery_job(cfg: Config, run: Path, progress: bool = True) -> dict:
     png = write_dream(
         source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
         judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
+        standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None,
     )  # fmt: skip
     meta = json.loads(png.with_suffix(".json").read_text())
     out["figure"] = png.name

@@ -230,12 +230,14 @@ def write_dream(
     judges_dir: Path | str | None = None,
     judge_extra: list[str] = (),
     init_image: Path | str | None = None,
+    standard_model: Path | str | None = None,
     progress: bool = True,
 ) -> Path:
     """A gallery of `samples` class images per class and, with `score`, its quality report beside the naive-ascent
     floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
     `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`. With
-    `init_image`, every image starts from that photograph instead of noise."""
+    `init_image`, every image starts from that photograph instead of noise. The floor is naive ascent on the same
+    model; `standard_model` adds naive ascent on that (non-robust) model as a second floor."""
     from .dream import class_images, dream_preset
     from .figures import gallery
     from .judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
@@ -288,6 +290,10 @@ def write_dream(
             "naive ascent (floor)": score_images(naive, targets, panel, *ref, classes),
             "real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref, classes),
         }
+        if standard_model is not None:
+            std, _, _ = load_model(standard_model)
+            naive_std = class_images(std, ks, samples, dream_preset("naive"), stats, seed).images
+            sets["naive, standard model"] = score_images(naive_std, targets, panel, *ref, classes)
         meta["scores"] = sets
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = sets[f"{label} (this gallery)"]
