@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
 from heritagelens.dream import class_images, dream_preset, image_stats
-from heritagelens.judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
+from heritagelens.figures import gallery
+from heritagelens.judges import HEADLINE_JUDGE, ceiling_split, ensure_judges, per_class_table, score_images, score_table
 from heritagelens.run import prepare
 
 
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--judges", help="judges folder (default: the data cache)")
     ap.add_argument("--time-only", action="store_true")
     ap.add_argument("--out", default="bench-dream.json")
+    ap.add_argument("--figures", help="folder for each model's and preset's gallery (PNG)")
     args = ap.parse_args()
     torch.manual_seed(0)
     results = {}
@@ -69,6 +72,13 @@ def main() -> None:
             images = class_images(model, list(range(len(classes))), args.samples, dcfg, stats, args.seed).images
             sets[name] = score_images(images, targets, panel, *ref)
             sets[name]["seconds"] = time.perf_counter() - t
+            if args.figures:
+                verdict = sets[name]["judges"][HEADLINE_JUDGE]["per_class"]
+                rec = [f"{c}: {verdict[c]['recognised']:.0%}" for c in classes]
+                fig = gallery(images, rec, args.samples, title=f"{path}, preset {name} {' '.join(args.set)}")
+                out = Path(args.figures) / f"{Path(path).name}-{name}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                fig.save(out)
             print(f"{name}: {sets[name]['seconds']:.1f} s")
         print(score_table(sets))
         for name in args.presets:

@@ -251,9 +251,9 @@ def test_dream_writes_images_gallery_and_scores(dreamed):
     sets = meta["scores"]
     assert list(sets) == ["maco (this gallery)", "naive ascent (floor)", "real val (ceiling)"]
     for s in sets.values():
-        assert s["n"] == 2 and set(s["judges"]) == {"resnet", "robust"} and list(s["per_class"]) == ["bell"]
-        assert 0 <= s["judges"]["robust"]["recognised"] <= 1 and s["frechet"] >= 0
-    assert sorted(meta["judges"]) == ["resnet", "robust"]
+        assert s["n"] == 2 and set(s["judges"]) == {"robust-resnet", "robust-cnn"} and list(s["per_class"]) == ["bell"]
+        assert 0 <= s["judges"]["robust-cnn"]["recognised"] <= 1 and s["frechet"] >= 0
+    assert sorted(meta["judges"]) == ["robust-cnn", "robust-resnet"]
     assert "real val (ceiling)" in p.stdout and (out / "dream-maco.txt").read_text() in p.stdout + "\n"
 
 

@@ -69,6 +69,21 @@ def test_parameterizations_make_images_in_range_with_gradients(kind):
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in p.params)
 
 
+def test_phase_image_in_decorrelated_colour_mixes_components_by_the_colour_matrix():
+    mag = torch.rand(3, 8, 5) + 0.5
+    colour = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.0, -0.2], [0.5, -0.3, 0.1]])
+    mag, colour = mag.double(), colour.double()  # double: the sigmoid round trip is then exact to 1e-6
+    mean, std = torch.full((3,), 127.5).double(), torch.full((3,), 42.5).double()  # range 0..255, centred
+    plain = dream.phase_image([3], mag, mean, std)
+    mixed = dream.phase_image([3], mag, mean, std, colour=colour)
+    m, s = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
+    a, b = dream.from_pixels(plain.image(), m, s), dream.from_pixels(mixed.image(), m, s)
+    expected = torch.einsum("ij,bjhw->bihw", colour, a)
+    inside = (a.abs() < 5).all(1, keepdim=True) & (b.abs() < 5)  # from_pixels clips the sigmoid's far tails
+    assert inside.float().mean() > 0.9
+    torch.testing.assert_close(b[inside], expected[inside], rtol=1e-6, atol=1e-6)
+
+
 def test_phase_image_keeps_the_magnitude_spectrum():
     mag = torch.rand(3, 8, 5) + 0.5
     p = dream.phase_image([3], mag, MEAN, STD)
@@ -211,6 +226,10 @@ def test_image_stats():
     torch.testing.assert_close(st.colour @ st.colour.T, cov * k, rtol=1e-4, atol=1e-5)
     assert st.colour.norm(dim=0).max() == pytest.approx(1.0)
     torch.testing.assert_close(st.magnitude, torch.fft.rfftn(z, dim=(2, 3)).abs().mean(0), rtol=1e-4, atol=1e-4)
+    w = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(st.colour), z)  # decorrelated components: uncorrelated
+    wcov = torch.cov(w.permute(1, 0, 2, 3).reshape(3, -1))
+    torch.testing.assert_close(wcov, torch.diag(wcov.diagonal()), atol=1e-4, rtol=0)
+    torch.testing.assert_close(st.colour_magnitude, torch.fft.rfftn(w, dim=(2, 3)).abs().mean(0), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -28,12 +28,12 @@ def panel(data_cfg, tmp_path_factory):
 
 
 def test_key_follows_recipe_and_files_not_location(data_cfg, tmp_path):
-    cfg = judges.judge_config("robust", data_cfg, TINY_JUDGES)
+    cfg = judges.judge_config("robust-cnn", data_cfg, TINY_JUDGES)
     key = judges.judge_key(cfg)
-    assert key != judges.judge_key(judges.judge_config("resnet", data_cfg, TINY_JUDGES))
-    assert key != judges.judge_key(judges.judge_config("robust", data_cfg, [*TINY_JUDGES, "train.epochs=4"]))
+    assert key != judges.judge_key(judges.judge_config("robust-resnet", data_cfg, TINY_JUDGES))
+    assert key != judges.judge_key(judges.judge_config("robust-cnn", data_cfg, [*TINY_JUDGES, "train.epochs=4"]))
     moved = shutil.copytree(data_cfg.root, tmp_path / "elsewhere")
-    cfg_moved = judges.judge_config("robust", DataConfig(root=str(moved), val_folds=4), TINY_JUDGES)
+    cfg_moved = judges.judge_config("robust-cnn", DataConfig(root=str(moved), val_folds=4), TINY_JUDGES)
     assert judges.judge_key(cfg_moved) == key  # where the data sits is not part of the key
     victim = next((moved / "train" / "bell").iterdir())
     victim.write_bytes(victim.read_bytes() + b"\0")
@@ -42,12 +42,12 @@ def test_key_follows_recipe_and_files_not_location(data_cfg, tmp_path):
 
 def test_panel_is_trained_once_then_read_from_the_cache(panel, data_cfg):
     p, folder = panel
-    assert set(p) == {"resnet", "robust"}
-    assert p["resnet"].model.cfg.arch == "resnet" and p["robust"].model.cfg.arch == "plain"
+    assert set(p) == {"robust-resnet", "robust-cnn"}
+    assert p["robust-resnet"].model.cfg.arch == "resnet" and p["robust-cnn"].model.cfg.arch == "plain"
     messages = []
     again = judges.ensure_judges(data_cfg, folder, extra=TINY_JUDGES, train=False, log=messages.append)
     assert messages == [] and {n: j.path for n, j in again.items()} == {n: j.path for n, j in p.items()}
-    with pytest.raises(judges.JudgeError, match="judge 'resnet' not trained yet"):
+    with pytest.raises(judges.JudgeError, match="judge 'robust-resnet' not trained yet"):
         judges.ensure_judges(data_cfg, folder, extra=[*TINY_JUDGES, "train.epochs=4"], train=False)
 
 
@@ -62,7 +62,7 @@ def test_a_judge_that_is_not_ours_is_refused(panel, tmp_path):
     folder.mkdir()
     (folder / "last.pt").write_bytes(pickle.dumps({"format": Evil()}))
     with pytest.raises(CheckpointError, match="not a HeritageLens checkpoint"):
-        judges.load_judge("robust", folder)
+        judges.load_judge("robust-cnn", folder)
 
 
 def test_recognisability_exact_values():
@@ -97,10 +97,10 @@ def test_scores_separate_real_images_from_noise(panel, data_cfg):
     fake = judges.score_images(noise.to(torch.uint8), labels[sample], p, *ref, classes)
     assert real["frechet"] < fake["frechet"] and real["spectrum"] < fake["spectrum"]
     assert set(real["per_class"]) == set(classes) and real["n"] == 2 * len(classes)
-    for j in ("resnet", "robust"):
+    for j in ("robust-resnet", "robust-cnn"):
         assert real["judges"][j]["mean_prob"] > fake["judges"][j]["mean_prob"]
     table = judges.score_table({"real": real, "noise": fake})
-    assert "judge robust" in table and table.count("\n") == 3
+    assert "robust-cnn" in table and table.count("\n") == 3
 
 
 def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
@@ -108,12 +108,12 @@ def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
 
     extra = [*TINY_JUDGES, "train.epochs=2"]
     judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=lambda s: None)
-    folder = judges.judge_folder("robust", judges.judge_config("robust", data_cfg, extra), tmp_path)
+    folder = judges.judge_folder("robust-cnn", judges.judge_config("robust-cnn", data_cfg, extra), tmp_path)
     ckpt = safe_load(folder / "last.pt")
     atomic_save({**ckpt, "epoch": 1}, folder / "last.pt")  # as if stopped after the first epoch
     with pytest.raises(judges.JudgeError, match="stopped at epoch 1 of 2"):
-        judges.load_judge("robust", folder)
+        judges.load_judge("robust-cnn", folder)
     messages = []
     panel = judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=messages.append)
-    assert messages == [f"training judge 'robust' into {folder} (once per dataset)"]
-    assert safe_load(folder / "last.pt")["epoch"] == 2 and panel["robust"].path == folder / "last.pt"
+    assert messages == [f"training judge 'robust-cnn' into {folder} (once per dataset)"]
+    assert safe_load(folder / "last.pt")["epoch"] == 2 and panel["robust-cnn"].path == folder / "last.pt"

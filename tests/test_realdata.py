@@ -41,6 +41,6 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     meta = json.loads((tmp_path / "run" / "dream-gallery.json").read_text())
     assert len(meta["classes"]) == 10 and len(list((tmp_path / "run" / "dream-gallery").glob("*.png"))) == 20
     ceiling = meta["scores"]["real val (ceiling)"]
-    assert ceiling["judges"]["robust"]["recognised"] > 0.3 and ceiling["n"] == 20  # chance is 0.1
+    assert ceiling["judges"]["robust-cnn"]["recognised"] > 0.3 and ceiling["n"] == 20  # chance is 0.1
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["groups"] > 7000 and split["images"] == 10130

@@ -146,8 +146,9 @@ class TrainConfig:
 class DreamConfig:
     """One recipe for class images. Pixel units are 0..255; sizes are in pixels of the 64 px input."""
 
-    param: str = "fourier"
-    """'pixel', 'fourier' (1/f scaled, decorrelated colour) or 'phase' (MACO: the data's magnitude spectrum)."""
+    param: str = "phase-colour"
+    """'pixel', 'fourier' (1/f scaled, decorrelated colour), 'phase' (MACO: the data's magnitude spectrum) or
+    'phase-colour' (MACO on the data's decorrelated colour components)."""
     steps: int = 256
     lr: float = 0.05
     jitter: int = 4
@@ -168,8 +169,8 @@ class DreamConfig:
 
     def __post_init__(self):
         self.scales, self.degrees = tuple(self.scales), tuple(self.degrees)
-        if self.param not in ("pixel", "fourier", "phase"):
-            raise ConfigError(f"dream.param must be 'pixel', 'fourier' or 'phase', not '{self.param}'")
+        if self.param not in ("pixel", "fourier", "phase", "phase-colour"):
+            raise ConfigError(f"dream.param must be 'pixel', 'fourier', 'phase' or 'phase-colour', not '{self.param}'")
         values = [self.lr, self.tv, self.l2, self.blur_sigma, self.diversity, *self.scales, *self.degrees]
         if not all(math.isfinite(v) for v in values):
             raise ConfigError("dream.* settings must be finite numbers")

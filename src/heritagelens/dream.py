@@ -111,10 +111,16 @@ def fourier_image(
 
 
 def phase_image(
-    seeds: Sequence[int], magnitude: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    seeds: Sequence[int],
+    magnitude: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    colour: torch.Tensor | None = None,
 ) -> Parameterization:
     """MACO (Fel et al. 2023): only the phase is optimized; the magnitude spectrum (3, H, W // 2 + 1) stays that of
-    natural images (here: the mean spectrum of the training images)."""
+    natural images (here: the mean spectrum of the training images). With `colour` (3, 3), the three channels are
+    the data's decorrelated colour components (and `magnitude` their spectrum), mixed back into RGB: colours then
+    vary together as in photographs instead of each channel taking its own phase."""
     H = W = magnitude.shape[-2]
     phase = per_sample_randn(seeds, 3, H, W // 2 + 1).requires_grad_(True)  # any start: the phase wraps
     m, s = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
@@ -122,6 +128,8 @@ def phase_image(
     def image() -> torch.Tensor:
         x = torch.fft.irfftn(magnitude * torch.exp(1j * phase), s=(H, W))
         x = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-8)
+        if colour is not None:
+            x = torch.einsum("ij,bjhw->bihw", colour, x)
         return to_pixels(x, m, s)
 
     return Parameterization([phase], image)
@@ -366,12 +374,14 @@ def _blur_in_place(param: Parameterization, sigma: float) -> None:
 @dataclass
 class ImageStats:
     """What the parameterizations take from the training images: per-channel mean and std (pixel units), the square
-    root of the colour correlation (3, 3), and the mean magnitude spectrum (3, H, W // 2 + 1) of standardized images."""
+    root of the colour correlation (3, 3), and the mean magnitude spectrum (3, H, W // 2 + 1) of standardized images
+    and of their decorrelated colour components (`colour` inverted)."""
 
     mean: torch.Tensor
     std: torch.Tensor
     colour: torch.Tensor
     magnitude: torch.Tensor
+    colour_magnitude: torch.Tensor
 
 
 def image_stats(images: torch.Tensor, batch: int = 1024) -> ImageStats:
@@ -382,18 +392,21 @@ def image_stats(images: torch.Tensor, batch: int = 1024) -> ImageStats:
     u, s, _ = torch.linalg.svd(torch.cov(z))
     colour = u @ torch.diag(s.sqrt())
     colour = colour / colour.norm(dim=0).max()  # as lucent: the largest colour direction has unit length
-    mags = []
+    mags, cmags = [], []
+    inverse = torch.linalg.inv(colour)
     for i in range(0, len(x), batch):
         zi = (x[i : i + batch] - mean[None, :, None, None]) / std[None, :, None, None]
         mags.append(torch.fft.rfftn(zi, dim=(2, 3)).abs().sum(0))
-    return ImageStats(mean, std, colour, torch.stack(mags).sum(0) / len(x))
+        cmags.append(torch.fft.rfftn(torch.einsum("ij,bjhw->bihw", inverse, zi), dim=(2, 3)).abs().sum(0))
+    return ImageStats(mean, std, colour, torch.stack(mags).sum(0) / len(x), torch.stack(cmags).sum(0) / len(x))
 
 
 DREAM_PRESETS: dict[str, dict] = {
-    "default": {},
+    "default": {},  # MACO in decorrelated colour, chosen by measurement (BENCHMARKS.md)
     "naive": dict(param="pixel", jitter=0, scales=(1.0,), degrees=(0.0,), l2=0.0),
     "fourier": dict(param="fourier", tv=0.5),
     "maco": dict(param="phase"),
+    "maco-colour": dict(param="phase-colour"),
 }
 """Named recipes; 'naive' is plain gradient ascent on pixels (Simonyan et al.), the floor every score is set against."""
 
@@ -414,6 +427,8 @@ def make_param(
         return pixel_image(seeds, size, stats.mean, stats.std, init=init)
     if cfg.param == "fourier":
         return fourier_image(seeds, size, stats.mean, stats.std, colour=stats.colour)
+    if cfg.param == "phase-colour":
+        return phase_image(seeds, stats.colour_magnitude, stats.mean, stats.std, colour=stats.colour)
     return phase_image(seeds, stats.magnitude, stats.mean, stats.std)
 
 

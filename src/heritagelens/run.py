@@ -221,6 +221,7 @@ def robust_config(cfg: Config) -> Config:
 def gallery_job(cfg: Config, run: Path, progress: bool = True) -> dict:
     """The class-image gallery of the run (`dream-gallery.*`), made from the robust model (trained into `robust/`)
     or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures."""
+    from .judges import HEADLINE_JUDGE
     from .visualize import write_dream
 
     t0 = time.perf_counter()
@@ -241,7 +242,7 @@ def gallery_job(cfg: Config, run: Path, progress: bool = True) -> dict:
     meta = json.loads(png.with_suffix(".json").read_text())
     out["figure"] = png.name
     for name, s in meta.get("scores", {}).items():
-        out[name] = {"robust_judge": s["judges"]["robust"]["recognised"], "frechet": s["frechet"]}
-        out[name] |= {"diversity": s["diversity"]}
+        out[name] = {f"{HEADLINE_JUDGE}_recognised": s["judges"][HEADLINE_JUDGE]["recognised"]}
+        out[name] |= {"frechet": s["frechet"], "spectrum": s["spectrum"], "diversity": s["diversity"]}
     out["minutes"] = round((time.perf_counter() - t0) / 60, 2)
     return out

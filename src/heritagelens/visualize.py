@@ -240,7 +240,7 @@ def write_dream(
     model; `standard_model` adds naive ascent on that (non-robust) model as a second floor."""
     from .dream import class_images, dream_preset
     from .figures import gallery
-    from .judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
+    from .judges import HEADLINE_JUDGE, ceiling_split, ensure_judges, per_class_table, score_images, score_table
     from .run import prepare
 
     model, classes, ckpt = load_model(checkpoint)
@@ -297,7 +297,8 @@ def write_dream(
         meta["scores"] = sets
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = sets[f"{label} (this gallery)"]
-        titles = [f"{n}: robust judge {mine['judges']['robust']['per_class'][n]['recognised']:.0%}" for n in names]
+        verdict = mine["judges"][HEADLINE_JUDGE]["per_class"]
+        titles = [f"{n}: {HEADLINE_JUDGE} judge {verdict[n]['recognised']:.0%}" for n in names]
         text = score_table(sets) + "\n\nper class, this gallery:\n" + per_class_table(mine, classes)
         atomic_write_text(text + "\n", out / f"dream-{label}.txt")
     fig = gallery(result.images, titles, samples, title=f"class images, preset {label}, seed {seed}")
