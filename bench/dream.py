@@ -21,7 +21,7 @@ from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
 from heritagelens.dream import class_images, dream_preset, image_stats
 from heritagelens.figures import gallery
-from heritagelens.judges import HEADLINE_JUDGE, ceiling_split, ensure_judges, per_class_table, score_images, score_table
+from heritagelens.judges import HEADLINE_JUDGE, ensure_judges, per_class_table, real_images, score_images, score_table
 from heritagelens.run import prepare
 
 
@@ -59,10 +59,10 @@ def main() -> None:
         if args.time_only:
             continue
         panel = ensure_judges(cfg.data, args.judges)
-        val_images, val_labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
-        ceiling, rest = ceiling_split(val_labels, args.samples, args.seed)
-        ref = (val_images[rest], val_labels[rest], classes)
-        sets = {"real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref)}
+        real = real_images(prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], args.samples,
+                           range(len(classes)), args.seed)  # fmt: skip
+        ref = (real.reference, real.reference_labels, classes)
+        sets = {"real val (ceiling)": score_images(real.ceiling, real.ceiling_labels, panel, *ref)}
         targets = torch.arange(len(classes)).repeat_interleave(args.samples)
         for name in args.presets:
             dcfg = dream_preset(name)

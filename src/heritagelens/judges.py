@@ -199,6 +199,34 @@ def ceiling_split(labels: torch.Tensor, per_class: int, seed: int = 0) -> tuple[
     return sample, rest.nonzero()[:, 0]
 
 
+@dataclass
+class RealImages:
+    """Real validation images split into the ceiling sample (scored like generated images) and the reference (what
+    every set is compared with)."""
+
+    ceiling: torch.Tensor
+    ceiling_labels: torch.Tensor
+    reference: torch.Tensor
+    reference_labels: torch.Tensor
+
+
+def real_images(images: torch.Tensor, labels: torch.Tensor, per_class: int, keep, seed: int = 0) -> RealImages:
+    """`per_class` images of each class in `keep` as the ceiling; every image not in the sample as the reference."""
+    sample, rest = ceiling_split(labels, per_class, seed)
+    sample = sample[torch.isin(labels[sample], torch.as_tensor(keep))]
+    return RealImages(images[sample], labels[sample], images[rest], labels[rest])
+
+
+def gallery_scores(
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor]], real: RealImages, panel: dict[str, Judge], classes: list[str]
+) -> dict[str, dict]:
+    """Scores of each named set of (images, intended classes), then of the real ceiling, against `real`'s reference."""
+    ref = (real.reference, real.reference_labels, classes)
+    scored = {name: score_images(images, targets, panel, *ref) for name, (images, targets) in sets.items()}
+    scored["real val (ceiling)"] = score_images(real.ceiling, real.ceiling_labels, panel, *ref)
+    return scored
+
+
 def score_table(sets: dict[str, dict]) -> str:
     """One line per scored set: recognised fraction per judge, Fréchet distance, spectrum distance, diversity."""
     judges = list(next(iter(sets.values()))["judges"])

@@ -240,7 +240,7 @@ def write_dream(
     model; `standard_model` adds naive ascent on that (non-robust) model as a second floor."""
     from .dream import class_images, dream_preset
     from .figures import gallery
-    from .judges import HEADLINE_JUDGE, ceiling_split, ensure_judges, per_class_table, score_images, score_table
+    from .judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
     from .run import prepare
 
     model, classes, ckpt = load_model(checkpoint)
@@ -279,27 +279,19 @@ def write_dream(
     titles = names
     if score:
         panel = ensure_judges(cfg.data, judges_dir, extra=judge_extra, progress=progress)
-        naive = class_images(model, ks, samples, dream_preset("naive"), stats, seed).images
-        val_images, val_labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
-        ceiling, rest = ceiling_split(val_labels, samples, seed)
-        ceiling = ceiling[torch.isin(val_labels[ceiling], torch.tensor(ks))]
-        ref = (val_images[rest], val_labels[rest])
+        real = real_images(prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], samples, ks, seed)
         targets = torch.tensor(ks).repeat_interleave(samples)
-        sets = {
-            f"{label} (this gallery)": score_images(result.images, targets, panel, *ref, classes),
-            "naive ascent (floor)": score_images(naive, targets, panel, *ref, classes),
-            "real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref, classes),
-        }
-        if standard_model is not None:
-            std, _, _ = load_model(standard_model)
-            naive_std = class_images(std, ks, samples, dream_preset("naive"), stats, seed).images
-            sets["naive, standard model"] = score_images(naive_std, targets, panel, *ref, classes)
-        meta["scores"] = sets
+        sets = {f"{label} (this gallery)": (result.images, targets)}
+        floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
+        for name, m in floors.items():
+            m = load_model(m)[0] if isinstance(m, (str, Path)) else m
+            sets[name] = (class_images(m, ks, samples, dream_preset("naive"), stats, seed).images, targets)
+        meta["scores"] = scores = gallery_scores(sets, real, panel, classes)
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
-        mine = sets[f"{label} (this gallery)"]
+        mine = scores[f"{label} (this gallery)"]
         verdict = mine["judges"][HEADLINE_JUDGE]["per_class"]
         titles = [f"{n}: {HEADLINE_JUDGE} judge {verdict[n]['recognised']:.0%}" for n in names]
-        text = score_table(sets) + "\n\nper class, this gallery:\n" + per_class_table(mine, classes)
+        text = score_table(scores) + "\n\nper class, this gallery:\n" + per_class_table(mine, classes)
         atomic_write_text(text + "\n", out / f"dream-{label}.txt")
     fig = gallery(result.images, titles, samples, title=f"class images, preset {label}, seed {seed}")
     atomic_write_bytes(png_bytes(fig), out / f"dream-{label}.png")
@@ -387,20 +379,18 @@ def score_folder(
     progress: bool = True,
 ) -> dict:
     """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
-    from .judges import ceiling_split, ensure_judges, per_class_table, score_images, score_table
+    from .judges import ensure_judges, gallery_scores, per_class_table, real_images, score_table
     from .run import prepare
 
     prep = prepare(Config(data=data_cfg))
     classes = prep.split.classes
     images, labels, files = folder_images(folder, classes)
     panel = ensure_judges(data_cfg, judges_dir, extra=judge_extra, progress=progress)
-    val_images, val_labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
-    ceiling, rest = ceiling_split(val_labels, int(torch.bincount(labels).max()), seed)
-    ceiling = ceiling[torch.isin(val_labels[ceiling], labels.unique())]
-    ref = (val_images[rest], val_labels[rest])
-    sets = {
-        f"{Path(folder).name}": score_images(images, labels, panel, *ref, classes),
-        "real val (ceiling)": score_images(val_images[ceiling], val_labels[ceiling], panel, *ref, classes),
-    }
-    text = score_table(sets) + "\n\nper class:\n" + per_class_table(sets[Path(folder).name], classes)
+    per_class = int(torch.bincount(labels).max())
+    real = real_images(
+        prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], per_class, labels.unique(), seed
+    )
+    name = Path(folder).name
+    sets = gallery_scores({name: (images, labels)}, real, panel, classes)
+    text = score_table(sets) + "\n\nper class:\n" + per_class_table(sets[name], classes)
     return {"files": files, "scores": sets, "judges": {n: str(j.path) for n, j in panel.items()}, "text": text}
