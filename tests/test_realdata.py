@@ -9,7 +9,12 @@ from test_cli import cli
 
 pytestmark = pytest.mark.realdata
 
-QUICK_JUDGES = 'gallery.judge_overrides=["model.widths=[16,32,64,128]", "train.limit_train=3000", "train.epochs=3"]'
+# Quick judges for the pipeline (the real, robust judges are measured in bench/dream.py): not adversarial, since
+# 3 epochs of adversarial training leave them near chance.
+QUICK_JUDGES = (
+    'gallery.judge_overrides=["model.widths=[16,32,64,128]", "train.limit_train=3000", "train.epochs=8", '
+    '"train.adv_eps=0"]'
+)
 
 
 def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
@@ -24,7 +29,7 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
         "model.widths=[16,32,64,128]",
         "--set",
         "train.limit_train=3000",
-        *("--set", "gallery.robust_epochs=3", "--set", "gallery.samples=2", "--set", "dream.steps=32"),
+        *("--set", "gallery.robust_epochs=3", "--set", "gallery.samples=3", "--set", "dream.steps=32"),
         *("--set", f"gallery.judges_dir={tmp_path / 'judges'}", "--set", QUICK_JUDGES),
         env={"AHE_DATA": str(ahe_root)},
     )
@@ -37,10 +42,11 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     assert summary["figures"] == ["deconv-top9-conv4_1.png", "deconv-top9-conv4_2.png"]
     assert all((tmp_path / "run" / f).read_bytes()[:4] == b"\x89PNG" for f in summary["figures"])
     gallery = summary["gallery"]
-    assert gallery["model"] == "robust" and gallery["robust_val_accuracy"] > 0.3  # measured here: 0.44
+    assert gallery["model"] == "robust" and gallery["robust_val_accuracy"] > 0.2  # 3 robust epochs; measured: 0.36
     meta = json.loads((tmp_path / "run" / "dream-gallery.json").read_text())
-    assert len(meta["classes"]) == 10 and len(list((tmp_path / "run" / "dream-gallery").glob("*.png"))) == 20
+    assert len(meta["classes"]) == 10 and len(list((tmp_path / "run" / "dream-gallery").glob("*.png"))) == 30
     ceiling = meta["scores"]["real val (ceiling)"]
-    assert ceiling["judges"]["robust-cnn"]["recognised"] > 0.3 and ceiling["n"] == 20  # chance is 0.1
+    assert ceiling["judges"]["robust-cnn"]["recognised"] > 0.3 and ceiling["n"] == 30  # chance is 0.1
+    assert set(gallery) >= {"gallery (this gallery)", "naive ascent (floor)", "naive, standard model"}
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["groups"] > 7000 and split["images"] == 10130

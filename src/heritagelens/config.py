@@ -160,8 +160,8 @@ class DreamConfig:
     """Weight of the L2 penalty towards mid-grey."""
     blur_every: int = 0
     blur_sigma: float = 0.0
-    diversity: float = 0.0
-    """Weight of the diversity term among the samples of one class."""
+    diversity: float = 3.0
+    """Weight of the diversity term among the samples of one class (0 turns it off)."""
     diversity_layer: str = ""
     """Conv layer the diversity term compares (empty: the model's second-deepest)."""
     bf16: bool = True

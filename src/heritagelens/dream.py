@@ -402,13 +402,13 @@ def image_stats(images: torch.Tensor, batch: int = 1024) -> ImageStats:
 
 
 DREAM_PRESETS: dict[str, dict] = {
-    "default": {},  # MACO in decorrelated colour, chosen by measurement (BENCHMARKS.md)
-    "naive": dict(param="pixel", jitter=0, scales=(1.0,), degrees=(0.0,), l2=0.0),
-    "fourier": dict(param="fourier", tv=0.5),
-    "maco": dict(param="phase"),
-    "maco-colour": dict(param="phase-colour"),
+    "default": {},  # MACO in decorrelated colour with the diversity term: chosen by measurement (BENCHMARKS.md)
+    "naive": dict(param="pixel", jitter=0, scales=(1.0,), degrees=(0.0,), diversity=0.0),
+    "fourier": dict(param="fourier", tv=0.5, diversity=0.0),
+    "maco": dict(param="phase", diversity=0.0),
 }
-"""Named recipes; 'naive' is plain gradient ascent on pixels (Simonyan et al.), the floor every score is set against."""
+"""Named recipes over `DreamConfig`'s defaults. 'naive' is plain gradient ascent on pixels (Simonyan et al.), the
+floor every gallery is scored against; 'fourier' and 'maco' are the measured alternatives."""
 
 
 def dream_preset(name: str, **overrides) -> DreamConfig:

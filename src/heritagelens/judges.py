@@ -245,7 +245,8 @@ def per_class_table(s: dict, classes: list[str]) -> str:
     """Per class: recognised fraction and mean probability per judge, Fréchet distance, diversity."""
     judges = list(s["judges"])
     cols = [f"{j} {k}" for j in judges for k in ("rec", "p")] + ["FD", "diversity"]
-    lines = [f"{'class':<17}" + "".join(f"{c:>{len(c) + 2}}" for c in cols)]
+    w = [max(len(c), 7) + 2 for c in cols]
+    lines = [f"{'class':<17}" + "".join(f"{c:>{n}}" for c, n in zip(cols, w))]
     lines.append("-" * len(lines[0]))
     for c in classes:
         if c not in s["per_class"]:
@@ -255,5 +256,5 @@ def per_class_table(s: dict, classes: list[str]) -> str:
             pc = s["judges"][j]["per_class"][c]
             values += [f"{pc['recognised']:.0%}", f"{pc['mean_prob']:.2f}"]
         values += [f"{s['per_class'][c]['frechet']:.1f}", f"{s['per_class'][c]['diversity']:.2f}"]
-        lines.append(f"{c:<17}" + "".join(f"{v:>{len(h) + 2}}" for v, h in zip(values, cols)))
+        lines.append(f"{c:<17}" + "".join(f"{v:>{n}}" for v, n in zip(values, w)))
     return "\n".join(lines)
