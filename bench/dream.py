@@ -21,7 +21,7 @@ from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
 from heritagelens.dream import class_images, dream_preset, image_stats
 from heritagelens.figures import gallery
-from heritagelens.judges import HEADLINE_JUDGE, ensure_judges, per_class_table, real_images, score_images, score_table
+from heritagelens.judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
 from heritagelens.run import prepare
 
 
@@ -61,17 +61,22 @@ def main() -> None:
         panel = ensure_judges(cfg.data, args.judges)
         real = real_images(prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], args.samples,
                            range(len(classes)), args.seed)  # fmt: skip
-        ref = (real.reference, real.reference_labels, classes)
-        sets = {"real val (ceiling)": score_images(real.ceiling, real.ceiling_labels, panel, *ref)}
         targets = torch.arange(len(classes)).repeat_interleave(args.samples)
+        made, seconds = {}, {}
         for name in args.presets:
             dcfg = dream_preset(name)
             if name != "naive" and args.set:
                 dcfg = Config(dream=dcfg).override(args.set).dream
             t = time.perf_counter()
-            images = class_images(model, list(range(len(classes))), args.samples, dcfg, stats, args.seed).images
-            sets[name] = score_images(images, targets, panel, *ref)
-            sets[name]["seconds"] = time.perf_counter() - t
+            made[name] = (
+                class_images(model, list(range(len(classes))), args.samples, dcfg, stats, args.seed).images,
+                targets,
+            )
+            seconds[name] = time.perf_counter() - t
+            print(f"{name}: {seconds[name]:.1f} s")
+        sets = gallery_scores(made, real, panel, classes)
+        for name, (images, _) in made.items():
+            sets[name]["seconds"] = seconds[name]
             if args.figures:
                 verdict = sets[name]["judges"][HEADLINE_JUDGE]["per_class"]
                 rec = [f"{c}: {verdict[c]['recognised']:.0%}" for c in classes]
@@ -79,7 +84,6 @@ def main() -> None:
                 out = Path(args.figures) / f"{Path(path).name}-{name}.png"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 fig.save(out)
-            print(f"{name}: {sets[name]['seconds']:.1f} s")
         print(score_table(sets))
         for name in args.presets:
             print(f"\n{name} per class:\n{per_class_table(sets[name], classes)}")

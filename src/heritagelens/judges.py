@@ -66,8 +66,7 @@ class Judge:
 def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Config:
     """The recipe of judge `name` on the data and validation split of `data_cfg` (so that the validation images
     the ceiling is measured on are unseen by every judge); `extra` overrides come last (tests use tiny judges)."""
-    cfg = Config(data=dataclasses.replace(data_cfg)).override([*JUDGES[name], "train.snapshot_epochs=[]", *extra])
-    return cfg
+    return Config(data=dataclasses.replace(data_cfg)).override([*JUDGES[name], "train.snapshot_epochs=[]", *extra])
 
 
 def judge_key(cfg: Config) -> str:
@@ -120,12 +119,16 @@ def ensure_judges(
         cfg = judge_config(name, data_cfg, extra)
         folder = judge_folder(name, cfg, judges_dir)
         last = folder / "last.pt"
-        done = last.exists() and read_checkpoint(last)["epoch"] >= cfg.train.epochs
-        if not done:
-            if not train:
-                raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once, about 12 minutes)")
-            log(f"training judge '{name}' into {folder} (once per dataset)")
-            train_run(cfg, folder, resume=last.exists(), progress=progress)
+        if last.exists():
+            try:
+                panel[name] = load_judge(name, folder)
+                continue
+            except JudgeError:
+                pass  # stopped before its last epoch: resumed below
+        if not train:
+            raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once, 12-24 minutes here)")
+        log(f"training judge '{name}' into {folder} (once per dataset)")
+        train_run(cfg, folder, resume=last.exists(), progress=progress)
         panel[name] = load_judge(name, folder)
     return panel
 

@@ -332,8 +332,7 @@ def write_feature_dream(
     if layer not in convs:
         raise DreamError(f"unknown layer '{layer}'; conv layers: {', '.join(convs)}")
     check_channels(channels, getattr(model.features, layer).out_channels, layer)
-    cfg = Config.from_dict(ckpt["config"])
-    stats = image_stats(data.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None).images)
+    stats = image_stats(train_split(ckpt, root).images)
     which = torch.arange(len(channels)).repeat_interleave(samples)  # (B,) the channel each image serves
     objective = one_each([(unit if centre_unit else channel)(layer, c) for c in channels], which)
     result = dream(model, objective, channels, samples, dream_cfg, stats, seed, start_images(init_image, len(which)))
@@ -356,18 +355,17 @@ def folder_images(folder: Path | str, classes: list[str]) -> tuple[torch.Tensor,
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DreamError(f"{folder}: no images (looked for {', '.join(sorted(data.IMAGE_SUFFIXES))})")
-    images, labels = [], []
+    labels = []
     by_length = sorted(classes, key=len, reverse=True)  # 'dome(inner)' before a shorter class it starts with
     for f in files:
         name = f.parent.name if f.parent.name in classes else next((c for c in by_length if f.stem.startswith(c)), None)
         if name is None:
             raise DreamError(f"{f}: no class in its folder or file name (classes: {', '.join(classes)})")
-        try:
-            images.append(torch.from_numpy(data.decode(f)))
-        except data.DataError as e:
-            raise DreamError(str(e)) from None
         labels.append(classes.index(name))
-    return torch.stack(images), torch.tensor(labels), [str(f) for f in files]
+    images, bad = data.decode_many(files)
+    if bad:
+        raise DreamError(f"{bad[0][0]}: {bad[0][1]}")
+    return torch.from_numpy(images), torch.tensor(labels), [str(f) for f in files]
 
 
 def score_folder(
