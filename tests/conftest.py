@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,66 @@ def ahe_train(ahe_root):
     from heritagelens.data import load_split
 
     return load_split(ahe_root, "train")
+
+
+# ------------------------------------------------------------------------------- the command, run as a user runs it
+
+SETS = [a for s in TINY_MODEL + ["data.val_folds=4", "train.batch_size=16"] for a in ("--set", s)]
+TINY_JUDGES = ["--set", 'gallery.judge_overrides=["model.widths=[8,16]", "model.depths=[1,1]", "train.batch_size=16"]']
+
+
+def cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m heritagelens ARGS` in a subprocess, without the caller's AHE_DATA unless `env` gives it."""
+    e = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "heritagelens", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=e,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("heritagelens: error: "), p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny model trained through the CLI on synthetic data; (data root, run folder)."""
+    base = tmp_path_factory.mktemp("cli")
+    root = make_dataset(base / "ahe", test_per_class=5)
+    p = cli("train", "--data", root, "--epochs", "2", "--out", base / "run", "--quiet", *SETS)
+    assert p.returncode == 0, p.stderr
+    return root, base / "run"
+
+
+@pytest.fixture(scope="session")
+def main_run(trained, tmp_path_factory):
+    """`heritagelens run` end to end on the tiny data, robust model and scored gallery included; (process, run)."""
+    root, _ = trained
+    base = tmp_path_factory.mktemp("main")
+    gallery = ["gallery.robust_epochs=2", "gallery.samples=2", "dream.steps=16", f"gallery.judges_dir={base / 'j'}"]
+    sets = [*SETS, *(a for g in gallery for a in ("--set", g)), *TINY_JUDGES]
+    p = cli("run", "--data", root, "--epochs", "2", "--out", base / "run", "--quiet", *sets)
+    assert p.returncode == 0, p.stderr
+    return p, base / "run"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Debian Chromium for browser tests; in CI its absence is a failure, never a skip."""
+    path = "/usr/bin/chromium"
+    if Path(path).exists():
+        pytest.importorskip("playwright")
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{path} missing: .ci/run installs Debian's chromium for the browser tests")
+    pytest.skip("browser test: apt-get install chromium")

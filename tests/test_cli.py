@@ -3,50 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL
+from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli
 from PIL import Image
-
-SETS = [a for s in TINY_MODEL + ["data.val_folds=4", "train.batch_size=16"] for a in ("--set", s)]
-
-
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "heritagelens", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=e,
-        timeout=300,
-    )
-
-
-def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
-    assert p.returncode == 2, p.stderr
-    assert "Traceback" not in p.stderr
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("heritagelens: error: "), p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained through the CLI on synthetic data; (data root, run folder)."""
-    from conftest import make_dataset
-
-    base = tmp_path_factory.mktemp("cli")
-    root = make_dataset(base / "ahe", test_per_class=5)
-    p = cli("train", "--data", root, "--epochs", "2", "--out", base / "run", "--quiet", *SETS)
-    assert p.returncode == 0, p.stderr
-    return root, base / "run"
 
 
 def test_train_writes_a_complete_run_folder(trained):
@@ -137,13 +97,8 @@ def test_run_without_data_says_where_to_get_it(tmp_path):
     )
 
 
-def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_model(trained, tmp_path):
-    root, _ = trained
-    gallery = ["gallery.robust_epochs=2", "gallery.samples=2", "dream.steps=16", f"gallery.judges_dir={tmp_path / 'j'}"]
-    sets = [*SETS, *(a for g in gallery for a in ("--set", g)), *TINY_JUDGES]
-    p = cli("run", "--data", root, "--epochs", "2", "--out", tmp_path / "run", "--quiet", *sets)
-    assert p.returncode == 0, p.stderr
-    run = tmp_path / "run"
+def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_model(main_run):
+    p, run = main_run
     summary = json.loads((run / "summary.json").read_text())
     g = summary["gallery"]
     assert g["model"] == "robust" and 0 <= g["robust_val_accuracy"] <= 1 and g["figure"] == "dream-gallery.png"
@@ -153,6 +108,10 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     assert robust_cfg["model"] == json.loads((run / "config.json").read_text())["model"]
     assert (run / "dream-gallery.png").read_bytes()[:4] == b"\x89PNG" and (run / "robust" / "eval-val.json").exists()
     assert "class images" in p.stdout and "real val (ceiling)" in p.stdout
+    stages = summary["stages_seconds"]
+    assert list(stages) == ["train", "evaluate", "deconvnet figures", "robust model", "class images"]
+    assert all(v > 0 for v in stages.values())
+    assert f"report: {run / 'report.html'}" in p.stdout and (run / "report.html").exists()
 
 
 def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):
@@ -227,9 +186,6 @@ def test_deconv_refuses_a_model_it_cannot_mirror(trained, tmp_path):
     assert p.returncode == 0, p.stderr
     p = cli("deconv", tmp_path / "res", "--top9", "--layer", "stem", "--out", tmp_path)
     assert_one_line_error(p, "layer 'block1_1' (ResidualBlock) cannot be mirrored by the deconvnet")
-
-
-TINY_JUDGES = ["--set", 'gallery.judge_overrides=["model.widths=[8,16]", "model.depths=[1,1]", "train.batch_size=16"]']
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import cli
+from conftest import cli
 
 pytestmark = pytest.mark.realdata
 
@@ -50,3 +50,6 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     assert set(gallery) >= {"gallery (this gallery)", "naive ascent (floor)", "naive, standard model"}
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["groups"] > 7000 and split["images"] == 10130
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert report.count('<figure class="thumb">') == 12 and "image not found" not in report  # real photos shown
+    assert "lacks" not in report and "accuracy on val (group-aware validation from train/)" in report

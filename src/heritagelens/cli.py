@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .evaluate import SPLIT_NAMES
 
 KAGGLE = "ikobzev/architectural-heritage-elements-image64-dataset"
 EXIT_ERROR = 2
-SPLIT_NAMES = {"val": "group-aware validation from train/", "test": "official test split"}
 
 
 class UsageError(Exception):
@@ -252,6 +252,23 @@ def cmd_run(args) -> int:
     if (run / "dream-gallery.txt").exists():
         print((run / "dream-gallery.txt").read_text())
     print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
+    print(f"report: {summary['report']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """One self-contained HTML page for a run folder; what the folder lacks is listed on it."""
+    from .io import atomic_write_text
+    from .report import build
+
+    run = Path(args.run)
+    text, sections = build(run, args.data)
+    out = Path(args.out) if args.out else run / "report.html"
+    atomic_write_text(text, out)
+    missing = [m for s in sections for m in s.missing]
+    for m in missing:
+        print(f"heritagelens: warning: {run}: {m}", file=sys.stderr)
+    print(f"report: {out} ({len(sections)} sections{f', {len(missing)} missing piece(s)' if missing else ''})")
     return 0
 
 
@@ -342,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="data.* or gallery.judge_overrides")
     ds.set_defaults(func=cmd_dream_score)
 
+    rp = sub.add_parser("report", help="write a run folder's self-contained HTML report")
+    rp.add_argument("run", help="run folder")
+    rp.add_argument("--out", help="HTML file (default: RUN/report.html)")
+    rp.add_argument("--data", help="dataset root for mistake thumbnails (default: the one the run was trained on)")
+    rp.set_defaults(func=cmd_report)
+
     ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
     ly.add_argument("checkpoint")
     ly.set_defaults(func=cmd_layers)
@@ -355,11 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     from .deconvnet import DeconvError
     from .dream import DreamError
     from .judges import JudgeError
+    from .report import ReportError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError, DreamError, JudgeError) as e:
+    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError, DreamError, JudgeError, ReportError) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -12,6 +12,24 @@ BACKGROUND = (255, 255, 255)
 NEUTRAL = 128
 
 
+def png_bytes(im: Image.Image) -> bytes:
+    """The image encoded as PNG."""
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def figure_image(fig) -> Image.Image:
+    """A matplotlib figure rendered to an RGB image; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
 def projection_to_rgb(p: torch.Tensor) -> np.ndarray:
     """A projection (3, H, W) as uint8 (H, W, 3): zero is mid-grey, the largest magnitude reaches black or white."""
     scale = p.abs().max().clamp_min(1e-12)
@@ -163,11 +181,7 @@ def comparison_figure(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return figure_image(fig)
 
 
 def gallery(images: torch.Tensor, labels: list[str], samples: int, scale: int = 2, title: str = "") -> Image.Image:

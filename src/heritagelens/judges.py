@@ -230,34 +230,46 @@ def gallery_scores(
     return scored
 
 
-def score_table(sets: dict[str, dict]) -> str:
-    """One line per scored set: recognised fraction per judge, Fréchet distance, spectrum distance, diversity."""
+def score_rows(sets: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per scored set: recognised fraction per judge, Fréchet distance, spectrum distance,
+    diversity."""
     judges = list(next(iter(sets.values()))["judges"])
-    cols = [f"{j} judge" for j in judges] + [f"FD ({FEATURE_JUDGE})", "spectrum", "diversity"]
-    width = max(len(n) for n in sets) + 2
-    lines = [f"{'set':<{width}}" + "".join(f"{c:>{len(c) + 2}}" for c in cols)]
-    lines.append("-" * len(lines[0]))
-    for name, s in sets.items():
-        values = [f"{s['judges'][j]['recognised']:.1%}" for j in judges]
-        values += [f"{s['frechet']:.1f}", f"{s['spectrum']:.3f}", f"{s['diversity']:.2f}"]
-        lines.append(f"{name:<{width}}" + "".join(f"{v:>{len(c) + 2}}" for v, c in zip(values, cols)))
-    return "\n".join(lines)
+    header = ["set"] + [f"{j} judge" for j in judges] + [f"FD ({FEATURE_JUDGE})", "spectrum", "diversity"]
+    rows = [
+        [name]
+        + [f"{s['judges'][j]['recognised']:.1%}" for j in judges]
+        + [f"{s['frechet']:.1f}", f"{s['spectrum']:.3f}", f"{s['diversity']:.2f}"]
+        for name, s in sets.items()
+    ]
+    return header, rows
+
+
+def per_class_rows(s: dict, classes: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per class: recognised fraction and mean probability per judge, Fréchet distance,
+    diversity."""
+    judges = list(s["judges"])
+    header = ["class"] + [f"{j} {k}" for j in judges for k in ("rec", "p")] + ["FD", "diversity"]
+    rows = []
+    for c in (c for c in classes if c in s["per_class"]):
+        row = [c]
+        for j in judges:
+            pc = s["judges"][j]["per_class"][c]
+            row += [f"{pc['recognised']:.0%}", f"{pc['mean_prob']:.2f}"]
+        rows.append(row + [f"{s['per_class'][c]['frechet']:.1f}", f"{s['per_class'][c]['diversity']:.2f}"])
+    return header, rows
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned text: the first column to the left, the others to the right, a rule under the header."""
+    first = max(len(r[0]) for r in [header, *rows]) + 2
+    widths = [max(len(r[i]) for r in [header, *rows]) + 2 for i in range(1, len(header))]
+    lines = [f"{r[0]:<{first}}" + "".join(f"{v:>{w}}" for v, w in zip(r[1:], widths)) for r in [header, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def score_table(sets: dict[str, dict]) -> str:
+    return text_table(*score_rows(sets))
 
 
 def per_class_table(s: dict, classes: list[str]) -> str:
-    """Per class: recognised fraction and mean probability per judge, Fréchet distance, diversity."""
-    judges = list(s["judges"])
-    cols = [f"{j} {k}" for j in judges for k in ("rec", "p")] + ["FD", "diversity"]
-    w = [max(len(c), 7) + 2 for c in cols]
-    lines = [f"{'class':<17}" + "".join(f"{c:>{n}}" for c, n in zip(cols, w))]
-    lines.append("-" * len(lines[0]))
-    for c in classes:
-        if c not in s["per_class"]:
-            continue
-        values = []
-        for j in judges:
-            pc = s["judges"][j]["per_class"][c]
-            values += [f"{pc['recognised']:.0%}", f"{pc['mean_prob']:.2f}"]
-        values += [f"{s['per_class'][c]['frechet']:.1f}", f"{s['per_class'][c]['diversity']:.2f}"]
-        lines.append(f"{c:<17}" + "".join(f"{v:>{n}}" for v, n in zip(values, w)))
-    return "\n".join(lines)
+    return text_table(*per_class_rows(s, classes))

@@ -11,6 +11,7 @@ import io
 import json
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from . import data
 from .checkpoint import check_classes, load_model, read_checkpoint, resume_state, save_checkpoint
 from .config import ROBUST, Config
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
+from .figures import figure_image, png_bytes
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import build_model, conv_layer_names
 from .train import EpochResult, TrainState, fit, new_state, predict_logits
@@ -37,6 +39,10 @@ class Prepared:
 
     def summary(self) -> dict:
         labels = self.split.labels.numpy()
+
+        def count(idx: np.ndarray) -> dict[str, int]:
+            return {c: int((labels[idx] == i).sum()) for i, c in enumerate(self.split.classes)}
+
         return {
             "method": "StratifiedGroupKFold over groups of near-duplicates, Flickr bursts and Wikimedia name series",
             "images": len(labels),
@@ -45,7 +51,9 @@ class Prepared:
             "train_images": len(self.train_idx),
             "val_images": len(self.val_idx),
             "unreadable_skipped": len(self.split.bad),
-            "val_per_class": {c: int((labels[self.val_idx] == i).sum()) for i, c in enumerate(self.split.classes)},
+            "per_class": count(np.arange(len(labels))),
+            "train_per_class": count(self.train_idx),
+            "val_per_class": count(self.val_idx),
         }
 
 
@@ -179,37 +187,46 @@ def write_eval(result: EvalResult, out_dir: Path | str) -> None:
     atomic_write_json(result.to_dict(), out / f"eval-{result.split}.json")
     text = "\n\n".join([result.table(), result.confusion_table(), result.mistakes_table()])
     atomic_write_text(text + "\n", out / f"eval-{result.split}.txt")
-    fig = confusion_figure(result)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    import matplotlib.pyplot as plt
+    png = png_bytes(figure_image(confusion_figure(result)))
+    atomic_write_bytes(png, out / f"confusion-{result.split}.png")
 
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), out / f"confusion-{result.split}.png")
+
+@contextmanager
+def stage(stages: dict[str, float], name: str):
+    """Time the block into `stages[name]` (seconds)."""
+    t0 = time.perf_counter()
+    yield
+    stages[name] = round(time.perf_counter() - t0, 2)
 
 
 def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     """Train, then evaluate the final weights on validation and, when the data has one, the official test split;
-    deconvnet figure-2 grids for the two deepest layers; the class-image gallery with its scores.
+    deconvnet figure-2 grids for the two deepest layers; the class-image gallery with its scores; the report.
 
-    Returns (and writes as `summary.json`) the headline figures, each named by its split.
+    Returns (and writes as `summary.json`) the headline figures, each named by its split, and each stage's time.
     """
-    run = Path(run_path)
-    t0 = time.perf_counter()
-    train_run(cfg, run, progress=progress)
-    summary = {"train_minutes": round((time.perf_counter() - t0) / 60, 2), "evaluated": "last.pt", "splits": {}}
-    for split in ["val"] + (["test"] if data.has_split(cfg.data.root, "test") else []):
-        r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
-        summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
-    from .visualize import write_top9  # deconvnet figure 2 for the two deepest conv layers
+    from .visualize import write_top9
 
-    t1 = time.perf_counter()
-    model, _, _ = load_model(run / "last.pt")
-    written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
+    run = Path(run_path)
+    stages: dict[str, float] = {}
+    with stage(stages, "train"):
+        train_run(cfg, run, progress=progress)
+    summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
+    with stage(stages, "evaluate"):
+        for split in ["val"] + (["test"] if data.has_split(cfg.data.root, "test") else []):
+            r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
+            summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
+    with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
+        model, _, _ = load_model(run / "last.pt")
+        written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
     summary["figures"] = [p.name for p in written]
-    summary["figure_minutes"] = round((time.perf_counter() - t1) / 60, 2)
-    summary["gallery"] = gallery_job(cfg, run, progress)
+    summary["gallery"] = gallery_job(cfg, run, progress, stages)
+    summary["stages_seconds"] = stages
+    summary["report"] = str(run / "report.html")
     atomic_write_json(summary, run / "summary.json")
+    from .report import write_report
+
+    write_report(run)  # last, so that it shows every stage's time
     return summary
 
 
@@ -218,31 +235,33 @@ def robust_config(cfg: Config) -> Config:
     return cfg.override([*ROBUST, f"train.epochs={cfg.gallery.robust_epochs}"])
 
 
-def gallery_job(cfg: Config, run: Path, progress: bool = True) -> dict:
+def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None) -> dict:
     """The class-image gallery of the run (`dream-gallery.*`), made from the robust model (trained into `robust/`)
     or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures."""
     from .judges import HEADLINE_JUDGE
     from .visualize import write_dream
 
-    t0 = time.perf_counter()
+    stages = {} if stages is None else stages
     source = run / "last.pt"
     out: dict = {"model": cfg.gallery.model}
     if cfg.gallery.model == "robust":
-        train_run(robust_config(cfg), run / "robust", progress=progress)
-        source = run / "robust" / "last.pt"
-        r = evaluate_checkpoint(source, "val", out_dir=run / "robust")
+        with stage(stages, "robust model"):
+            train_run(robust_config(cfg), run / "robust", progress=progress)
+            source = run / "robust" / "last.pt"
+            r = evaluate_checkpoint(source, "val", out_dir=run / "robust")
         out["robust_val_accuracy"] = r.accuracy
-        out["robust_train_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+        out["robust_train_minutes"] = round(stages["robust model"] / 60, 2)
     g = cfg.gallery
-    png = write_dream(
-        source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
-        judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
-        standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None,
-    )  # fmt: skip
+    with stage(stages, "class images"):
+        png = write_dream(
+            source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
+            judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
+            standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None,
+        )  # fmt: skip
     meta = json.loads(png.with_suffix(".json").read_text())
     out["figure"] = png.name
     for name, s in meta.get("scores", {}).items():
         out[name] = {f"{HEADLINE_JUDGE}_recognised": s["judges"][HEADLINE_JUDGE]["recognised"]}
         out[name] |= {"frechet": s["frechet"], "spectrum": s["spectrum"], "diversity": s["diversity"]}
-    out["minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    out["minutes"] = round(stages["class images"] / 60, 2)
     return out

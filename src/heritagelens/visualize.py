@@ -4,7 +4,6 @@ comparisons, feature evolution, and class-image galleries."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from pathlib import Path
 
@@ -17,16 +16,18 @@ from .checkpoint import check_classes, load_model
 from .config import Config, DreamConfig
 from .deconvnet import DeconvError, check_channels, project_top, receptive_box, strongest_channels, top_activations
 from .dream import DreamError, image_stats
-from .figures import comparison_figure, crop, evolution_figure, figure2, per_image_view, projection_to_rgb
+from .figures import (
+    comparison_figure,
+    crop,
+    evolution_figure,
+    figure2,
+    per_image_view,
+    png_bytes,
+    projection_to_rgb,
+)
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import HeritageCNN, conv_layer_names
 from .train import predict_logits
-
-
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def train_split(ckpt: dict, root: Path | str | None = None) -> data.Split:

@@ -1,0 +1,404 @@
+"""The run report: one self-contained HTML file (every image embedded, nothing fetched) that shows what a run
+folder holds: config, data and split, training curves, evaluation per split with the surest mistakes, deconvnet
+figure-2 grids, the scored class-image gallery, and the time each stage took.
+
+A run folder with missing or unreadable pieces still gets a report: each section says what it lacks and shows
+what exists. Figures come from plain functions that return images; `write_report` is the only writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import __version__
+from .evaluate import SPLIT_NAMES
+from .figures import figure_image, png_bytes
+from .io import atomic_write_text
+
+KNOWN = ("config.json", "metrics.csv", "split.json", "summary.json", "last.pt", "best.pt")
+
+
+class ReportError(Exception):
+    """The folder is not a run folder at all."""
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    html: str = ""
+    missing: list[str] = field(default_factory=list)
+    """What this section would show but the run folder lacks, each as 'file: problem'."""
+    headline: str = ""
+    """One line for the summary at the top of the report, if the section has a headline figure."""
+
+
+class RunFolder:
+    """Reads a run folder's pieces; what is absent or unreadable becomes a note, never an exception."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ReportError(f"{self.path}: no such run folder")
+        if not any((self.path / k).exists() for k in KNOWN) and not list(self.path.glob("eval-*.json")):
+            raise ReportError(f"{self.path}: not a run folder (none of {', '.join(KNOWN)} or eval-*.json)")
+
+    def read(self, name: str, section: Section, parse) -> Any | None:
+        f = self.path / name
+        if not f.exists():
+            section.missing.append(f"{name}: not in the run folder")
+            return None
+        try:
+            return parse(f)
+        except (OSError, ValueError, KeyError, UnidentifiedImageError, csv.Error) as e:
+            section.missing.append(f"{name}: unreadable ({type(e).__name__}: {e})")
+            return None
+
+    def json(self, name: str, section: Section) -> Any | None:
+        return self.read(name, section, lambda f: json.loads(f.read_text()))
+
+    def csv(self, name: str, section: Section) -> list[dict] | None:
+        return self.read(name, section, lambda f: list(csv.DictReader(f.open())))
+
+    def png(self, name: str, section: Section) -> bytes | None:
+        """The PNG's bytes, checked to decode."""
+
+        def parse(f: Path) -> bytes:
+            b = f.read_bytes()
+            with Image.open(f) as im:
+                im.load()
+            return b
+
+        return self.read(name, section, parse)
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+
+
+def curves_figure(rows: list[dict]) -> Image.Image:
+    """Training loss, and training and validation accuracy, per epoch (rows as in `metrics.csv`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epoch = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100)
+    a.plot(epoch, [float(r["train_loss"]) for r in rows], marker=".")
+    a.set(xlabel="epoch", ylabel="training loss", title="training loss (augmented batches)")
+    b.plot(epoch, [float(r["train_acc"]) for r in rows], marker=".", label="training (augmented)")
+    b.plot(epoch, [float(r["val_acc"]) for r in rows], marker=".", label="val: group-aware validation")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy per epoch", ylim=(0, 1))
+    b.legend(loc="lower right")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_image(fig)
+
+
+def thumbnail(image: np.ndarray, size: int = 128) -> Image.Image:
+    """A (3, H, W) uint8 image as a `size` px RGB thumbnail (nearest neighbour, so pixels stay visible)."""
+    return Image.fromarray(image.transpose(1, 2, 0)).resize((size, size), Image.Resampling.NEAREST)
+
+
+# ------------------------------------------------------------------------------------------------------- HTML
+
+
+def img(png: bytes, alt: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f'<img src="{src}" alt="{html.escape(alt)}"{w}>'
+
+
+def table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if any(header) else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    head = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
+
+
+def para(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def split_label(split: str) -> str:
+    return f"{split} ({SPLIT_NAMES.get(split, split)})"
+
+
+# ----------------------------------------------------------------------------------------------------- sections
+
+
+def config_section(run: RunFolder) -> Section:
+    s = Section("config", "Configuration")
+    cfg = run.json("config.json", s)
+    if cfg is not None:
+        rows = [[sec, k, json.dumps(v)] for sec, vals in cfg.items() for k, v in vals.items()]
+        summary = "The recipe this run was trained with (config.json): every value"
+        s.html = f"<details><summary>{summary}</summary>{table(['section', 'key', 'value'], rows, 'config')}</details>"
+    return s
+
+
+def data_section(run: RunFolder) -> Section:
+    s = Section("data", "Data and validation split")
+    sp = run.json("split.json", s)
+    if sp is None:
+        return s
+    facts = [
+        ["images in train/", sp.get("images")],
+        ["split method", sp.get("method")],
+        ["groups (no group crosses the split)", sp.get("groups")],
+        ["largest group", sp.get("largest_group")],
+        ["training images", sp.get("train_images")],
+        ["validation images", sp.get("val_images")],
+        ["unreadable files skipped", sp.get("unreadable_skipped")],
+    ]
+    s.html = table(["", ""], [r for r in facts if r[1] is not None], "facts")
+    classes = list(sp.get("val_per_class", {}))
+    cols = [k for k in ("per_class", "train_per_class", "val_per_class") if k in sp]
+    names = {"per_class": "images", "train_per_class": "training", "val_per_class": "validation"}
+    rows = [[c] + [sp[k].get(c, 0) for k in cols] for c in classes]
+    s.html += "<h3>Images per class</h3>" + table(["class"] + [names[k] for k in cols], rows, "counts")
+    return s
+
+
+def training_section(run: RunFolder) -> Section:
+    s = Section("training", "Training curves")
+    rows = run.csv("metrics.csv", s)
+    if rows:
+        best = max(rows, key=lambda r: float(r["val_acc"]))
+        s.html = img(png_bytes(curves_figure(rows)), "training curves") + para(
+            f"{len(rows)} epochs; best val (group-aware validation) accuracy {float(best['val_acc']):.4f} at epoch "
+            f"{best['epoch']}, last {float(rows[-1]['val_acc']):.4f}. Per-epoch validation is without test-time "
+            "augmentation; the evaluation below uses the final weights as configured."
+        )
+    elif rows is not None:
+        s.missing.append("metrics.csv: no epochs recorded")
+    return s
+
+
+def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
+    from .evaluate import EvalResult, Mistake, confusion_figure
+
+    split = name.removeprefix("eval-").removesuffix(".json")
+    s = Section(f"eval-{split}", f"Evaluation on {split_label(split)}")
+    d = run.json(name, s)
+    if d is None:
+        return s
+    r = EvalResult(**{**d, "mistakes": [Mistake(**m) for m in d["mistakes"]]})
+    f3 = "{:.3f}".format
+    rows = [[c, f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), m["support"]] for c, m in r.per_class.items()]
+    rows += [[k + " avg", f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), r.n] for k, m in
+             (("macro", r.macro), ("weighted", r.weighted))]  # fmt: skip
+    s.headline = (
+        f"accuracy on {split_label(split)}: {r.accuracy:.4f}, macro F1 {r.macro['f1']:.4f} "
+        f"({r.n} images{', test-time augmentation' if r.tta else ''})"
+    )
+    s.html = (
+        f'<p class="headline">{html.escape(s.headline)}</p>'
+        + table(["class", "precision", "recall", "F1", "support"], rows, "metrics")
+        + "<h3>Confusion matrix</h3>"
+        + img(png_bytes(figure_image(confusion_figure(r))), f"confusion matrix, {split}", 620)
+        + mistakes_html(r, data_root, s)
+    )
+    return s
+
+
+def mistakes_html(r, data_root: Path | None, s: Section, k: int = 12) -> str:
+    """The surest mistakes as thumbnails, each captioned with the true and the predicted class."""
+    from .data import DataError, decode
+
+    if not r.mistakes:
+        return para("No mistakes.")
+    cells, unseen = [], []
+    for m in r.mistakes[:k]:
+        caption = f"true {m.true}<br>predicted {m.predicted} ({m.confidence:.2f})"
+        try:
+            if data_root is None:
+                raise DataError("data root unknown")
+            pic = img(png_bytes(thumbnail(decode(data_root / m.file))), f"{m.true} predicted as {m.predicted}")
+        except DataError as e:
+            unseen.append(str(e))
+            pic = '<div class="nothumb">image not found</div>'
+        cells.append(f'<figure class="thumb">{pic}<figcaption>{caption}<br><small>'
+                     f"{html.escape(m.file)}</small></figcaption></figure>")  # fmt: skip
+    if unseen:
+        s.missing.append(f"{len(unseen)} mistake thumbnail(s) not shown, first: {unseen[0]} (--data ROOT)")
+    wrong = r.n - sum(r.confusion[i][i] for i in range(len(r.classes)))
+    return f"<h3>Surest mistakes ({min(k, len(r.mistakes))} of {wrong})</h3>" + "".join(cells)
+
+
+def deconv_section(run: RunFolder) -> Section:
+    s = Section("deconvnet", "Deconvnet: top-9 images per channel (Zeiler & Fergus figure 2)")
+    files = sorted(run.path.glob("deconv-top9-*.png"))
+    if not files:
+        s.missing.append("deconv-top9-<layer>.png: not in the run folder ('heritagelens deconv RUN --top9 --layer L')")
+    for f in files:
+        png = run.png(f.name, s)
+        index = run.json(f.with_suffix(".json").name, s) or {}
+        if png is not None:
+            why = index.get("shown_because", "")
+            s.html += f"<h3>{html.escape(index.get('layer', f.stem))}</h3>" + para(
+                "For each channel shown: the deconvnet projections of its 9 strongest activations over the train "
+                f"split (left) and the image patches that caused them (right). Channels shown: {why}."
+            ) + img(png, f.name)  # fmt: skip
+    return s
+
+
+def gallery_section(run: RunFolder) -> Section:
+    from .judges import per_class_rows, score_rows
+
+    s = Section("gallery", "Class images (activation maximization) and their scores")
+    png = run.png("dream-gallery.png", s)
+    meta = run.json("dream-gallery.json", s)
+    robust = run.json("robust/eval-val.json", Section("", "")) if (run.path / "robust").is_dir() else None
+    if robust is not None:
+        s.headline = f"class images made by the robust model (its accuracy on val: {robust['accuracy']:.4f})"
+        s.html += para(
+            f"Made by the robust model trained beside the standard one (robust/), accuracy {robust['accuracy']:.4f} "
+            f"on {split_label('val')}."
+        )
+    if png is not None:
+        s.html += img(png, "class-image gallery")
+    if meta is None:
+        return s
+    s.html += para(
+        f"Recipe '{meta.get('preset')}', {meta.get('samples')} images per class, seed {meta.get('seed')}, "
+        f"{meta.get('seconds')} s to generate."
+    )
+    scores = meta.get("scores")
+    if not scores:
+        s.missing.append("dream-gallery.json: no scores (made with --no-score)")
+        return s
+    s.html += (
+        "<h3>Quality beside the floor and the ceiling</h3>"
+        + para(
+            "Judge columns: the fraction of images that an independently trained, adversarially robust classifier "
+            "assigns to the intended class. FD: Fréchet distance to real validation images in the robust CNN "
+            "judge's features (lower is more natural). Spectrum: distance of the radial power spectrum from real "
+            "images' (lower is better). Diversity: spread within a class relative to real images' (1 = as varied "
+            "as photographs). The naive-ascent rows are the floor, real validation images the ceiling."
+        )
+        + table(*score_rows(scores), "scores")
+    )
+    mine = next((v for k, v in scores.items() if k.endswith("(this gallery)")), None)
+    if mine is not None:
+        judges = ", ".join(f"{j} {v['recognised']:.0%}" for j, v in mine["judges"].items())
+        s.headline = (s.headline or "class images") + f"; recognised by the judges: {judges}; FD {mine['frechet']:.1f}"
+        s.html += "<h3>Per class, this gallery</h3>" + table(*per_class_rows(mine, meta["classes"]), "scores")
+    return s
+
+
+def timing_section(run: RunFolder) -> Section:
+    s = Section("timing", "Time per stage")
+    summary = run.json("summary.json", s)
+    if summary is None:
+        return s
+    stages = summary.get("stages_seconds")
+    if stages is None:  # runs written before stage timing: the minutes it recorded
+        stages = {k.removesuffix("_minutes"): v * 60 for k, v in summary.items() if k.endswith("_minutes")}
+    rows = [[k, f"{v / 60:.1f} min", f"{v:.0f} s"] for k, v in stages.items()]
+    rows.append(["total", f"{sum(stages.values()) / 60:.1f} min", f"{sum(stages.values()):.0f} s"])
+    s.html = table(["stage", "minutes", "seconds"], rows, "timing") + para(
+        "'class images' includes training the judges the first time they are needed (they are cached afterwards)."
+    )
+    return s
+
+
+def other_figures_section(run: RunFolder, shown: set[str]) -> Section | None:
+    """Figures written into the run folder by other commands (deconv --image, dream, evolution...)."""
+    files = [f for f in sorted(run.path.glob("*.png")) if f.name not in shown and not f.name.startswith("confusion-")]
+    if not files:
+        return None
+    s = Section("other", "Other figures in the run folder")
+    for f in files:
+        png = run.png(f.name, s)
+        if png is not None:
+            s.html += f"<h3>{html.escape(f.name)}</h3>" + img(png, f.name)
+    return s
+
+
+# ------------------------------------------------------------------------------------------------------- writer
+
+
+def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[str, list[Section]]:
+    """The report's HTML and its sections; `data_root` (default: the run's) is where mistake thumbnails come from."""
+    run = RunFolder(run_path)
+    cfg = run.json("config.json", Section("", ""))
+    root = Path(data_root) if data_root else Path(cfg["data"]["root"]) if cfg else None
+    sections = [config_section(run), data_section(run), training_section(run)]
+    evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (f.stem != "eval-val", f.stem))
+    if evals:
+        sections += [eval_section(run, f.name, root) for f in evals]
+    else:
+        sections.append(Section("eval-val", "Evaluation", missing=["eval-<split>.json: no split evaluated"]))
+    sections += [deconv_section(run), gallery_section(run), timing_section(run)]
+    shown = {f.name for f in run.path.glob("deconv-top9-*.png")} | {"dream-gallery.png"}
+    other = other_figures_section(run, shown)
+    sections += [other] if other else []
+    return page(run, sections), sections
+
+
+def page(run: RunFolder, sections: list[Section]) -> str:
+    nav = " · ".join(f'<a href="#{s.id}">{html.escape(s.title.split(":")[0])}</a>' for s in sections)
+    missing = [m for s in sections for m in s.missing]
+    lines = "".join(f"<li>{html.escape(s.headline)}</li>" for s in sections if s.headline)
+    warn = f'<div class="summary" id="summary"><ul>{lines}</ul></div>' if lines else ""
+    if missing:
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in missing)
+        lacks = f"<b>This run folder lacks {len(missing)} piece(s):</b>"
+        warn += f'<div class="missing" id="missing">{lacks}<ul>{items}</ul></div>'
+    body = "".join(
+        f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>'
+        + "".join(f'<p class="lack">missing: {html.escape(m)}</p>' for m in s.missing)
+        + s.html
+        + "</section>"
+        for s in sections
+    )
+    title = f"HeritageLens run {run.path.resolve().name}"
+    made = time.strftime("%Y-%m-%d %H:%M")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="meta">{html.escape(str(run.path.resolve()))} · report made {made} by heritagelens {__version__}</p>
+<nav>{nav}</nav>{warn}{body}</body></html>
+"""
+
+
+def write_report(run_path: Path | str, out: Path | str | None = None, data_root: Path | str | None = None) -> Path:
+    """Write the report (default `RUN/report.html`) atomically and return its path."""
+    text, _ = build(run_path, data_root)
+    out = Path(out) if out else Path(run_path) / "report.html"
+    atomic_write_text(text, out)
+    return out
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+nav{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #eee;font-size:.95em}
+.meta{color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}
+table.facts td{text-align:left}table.config td{text-align:left;font-family:ui-monospace,monospace}
+.headline{font-size:1.15em}.summary{background:#eef5ff;border:1px solid #9cc0f0;padding:.2em 1em;margin:1em 0}
+details summary{cursor:pointer;margin:.5em 0}
+.missing{background:#fff4e5;border:1px solid #f0b35a;padding:.5em 1em;margin:1em 0}
+.lack{color:#a15c00}
+figure.thumb{display:inline-block;margin:4px;width:150px;vertical-align:top;font-size:.8em}
+figure.thumb small{color:#777;word-break:break-all}
+.nothumb{width:128px;height:128px;background:#eee;display:flex;align-items:center;justify-content:center}
+img{max-width:100%;height:auto}
+"""
