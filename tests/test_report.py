@@ -62,7 +62,7 @@ def test_report_of_a_damaged_run_lists_what_is_missing_and_shows_the_rest(main_r
     assert "eval-test.json: unreadable (JSONDecodeError" in text
     assert "deconv-top9-conv2_1.png: unreadable" in text
     assert "accuracy on val (group-aware validation from train/)" in text  # what exists still renders
-    assert "<section id=\"gallery\">" in text and "<h3>conv1_1</h3>" in text
+    assert '<section id="gallery">' in text and "<h3>conv1_1</h3>" in text
     embedded_images(text)
     assert p.stderr.count("heritagelens: warning:") == 3 and "Traceback" not in p.stderr
 

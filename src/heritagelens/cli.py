@@ -116,13 +116,24 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Top-k classes per image, from a checkpoint (PyTorch) or an exported .onnx file (onnxruntime)."""
     import torch
 
-    from .checkpoint import load_model
     from .data import DataError, decode
-    from .train import predict_logits
 
-    model, classes, _ = load_model(args.checkpoint)
+    if str(args.checkpoint).endswith(".onnx"):
+        from .export import OnnxClassifier
+
+        if args.tta:
+            raise UsageError("--tta does not apply to an .onnx file: export it with 'heritagelens export --tta'")
+        onnx_model = OnnxClassifier(args.checkpoint)
+        classes, logits = onnx_model.classes, lambda x: torch.from_numpy(onnx_model.logits(x))
+    else:
+        from .checkpoint import load_model
+        from .train import predict_logits
+
+        model, classes, _ = load_model(args.checkpoint)
+        logits = lambda x: predict_logits(model, x, tta=args.tta)  # noqa: E731
     failed = 0
     for path in args.images:
         try:
@@ -131,12 +142,53 @@ def cmd_predict(args) -> int:
             print(f"heritagelens: error: {e}", file=sys.stderr)
             failed += 1
             continue
-        probs = torch.softmax(predict_logits(model, x, tta=args.tta), 1)[0]
+        probs = torch.softmax(logits(x), 1)[0]
         top = probs.topk(min(args.top, len(classes)))
         print(
             f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
         )
     return EXIT_ERROR if failed else 0
+
+
+def cmd_export(args) -> int:
+    """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
+    from .checkpoint import load_model
+    from .export import ExportError, OnnxClassifier, max_difference, to_onnx
+    from .io import atomic_write_bytes
+
+    ckpt = Path(args.checkpoint)
+    model, classes, _ = load_model(ckpt)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "model.onnx"
+    blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt))
+    images, what = _check_images(args, ckpt)
+    diff = max_difference(model, OnnxClassifier(out, blob), images)
+    if not diff <= args.tolerance:
+        raise ExportError(f"{out}: onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {args.tolerance})")
+    atomic_write_bytes(blob, out)
+    print(
+        f"written: {out} ({len(blob) / 1e6:.1f} MB, {len(classes)} classes{', TTA in the graph' if args.tta else ''})"
+    )
+    print(f"checked on {what}: largest logit difference from PyTorch {diff:.2e} (limit {args.tolerance})")
+    return 0
+
+
+def _check_images(args, ckpt: Path):
+    """Up to 256 real images to compare the export on: the model's training data when it can be found."""
+    import torch
+
+    from .checkpoint import read_checkpoint
+    from .data import DataError, load_split
+
+    root = Path(args.data) if args.data else Path(read_checkpoint(ckpt)["config"]["data"]["root"])
+    try:
+        split = load_split(root, "train")
+    except DataError:
+        if args.data:
+            raise
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (64, 3, 64, 64), generator=g, dtype=torch.uint8), "64 noise images (no data)"
+    idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))[:256]
+    return split.images[idx], f"{len(idx)} images of {root / 'train'}"
 
 
 def cmd_layers(args) -> int:
@@ -312,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="top-k classes of images of any size and format")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help="checkpoint, run folder, or an exported .onnx file")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top", type=int, default=3)
     pr.add_argument("--tta", action="store_true")
@@ -365,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", help="dataset root for mistake thumbnails (default: the one the run was trained on)")
     rp.set_defaults(func=cmd_report)
 
+    ex = sub.add_parser("export", help="the model as an ONNX file for onnxruntime, checked against PyTorch")
+    ex.add_argument("checkpoint", help="checkpoint file or run folder")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
+    ex.add_argument("--tta", action="store_true", help="average the test-time views inside the graph")
+    ex.add_argument("--data", help="dataset root whose images check the export (default: the model's)")
+    ex.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference accepted")
+    ex.set_defaults(func=cmd_export)
+
     ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
     ly.add_argument("checkpoint")
     ly.set_defaults(func=cmd_layers)
@@ -377,13 +438,24 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .deconvnet import DeconvError
     from .dream import DreamError
+    from .export import ExportError
     from .judges import JudgeError
     from .report import ReportError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, ConfigError, DeconvError, DreamError, JudgeError, ReportError) as e:
+    except (
+        UsageError,
+        DataError,
+        CheckpointError,
+        ConfigError,
+        DeconvError,
+        DreamError,
+        JudgeError,
+        ReportError,
+        ExportError,
+    ) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

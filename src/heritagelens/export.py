@@ -1,0 +1,100 @@
+"""Export for deployment: the classifier as one ONNX file that onnxruntime runs without PyTorch, and the small
+predictor that runs it.
+
+The graph takes what the PyTorch model takes, float32 pixels 0..255 shaped (batch, 3, 64, 64) RGB, and returns
+logits (batch, classes); normalisation is inside it. The class names, the input contract and, when test-time
+augmentation is baked in, that fact travel in the file's metadata, so the file alone is enough to classify.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .train import tta_views
+
+INPUT = "images"
+OUTPUT = "logits"
+OPSET = 18
+
+
+class ExportError(Exception):
+    """The export failed, or an .onnx file is not one of ours."""
+
+
+class WithTTA(nn.Module):
+    """The model averaged over the test-time views (image, mirror, both shifted), as one graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(v) for v in tta_views(x)]).mean(0)
+
+
+def to_onnx(model: nn.Module, classes: list[str], tta: bool = False, source: str = "") -> bytes:
+    """The model (eval mode, float32) as ONNX bytes with a dynamic batch axis and our metadata."""
+    import onnx
+
+    net = (WithTTA(model) if tta else model).eval().float()
+    example = torch.rand(2, 3, 64, 64) * 255
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        f = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            net, (example,), f, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+        )  # fmt: skip
+        proto = onnx.load(f)
+    meta = {
+        "heritagelens.classes": json.dumps(list(classes)),
+        "heritagelens.input": "float32 RGB pixels 0..255, (batch, 3, 64, 64)",
+        "heritagelens.tta": json.dumps(tta),
+        "heritagelens.version": __version__,
+        "heritagelens.source": source,
+    }
+    onnx.helper.set_model_props(proto, meta)
+    return proto.SerializeToString()
+
+
+class OnnxClassifier:
+    """An exported model under onnxruntime (CPU): class names from the file, logits for uint8 images."""
+
+    def __init__(self, path: Path | str, model: bytes | None = None):
+        """Load `path`, or with `model` those bytes (then `path` only names them in messages)."""
+        import onnxruntime as ort
+
+        path = Path(path)
+        if model is None and not path.is_file():
+            raise ExportError(f"{path}: no such file")
+        try:
+            self.session = ort.InferenceSession(model or str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own classes for every kind of bad file
+            raise ExportError(f"{path}: not an ONNX model onnxruntime can load ({str(e)[:120]})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "heritagelens.classes" not in props:
+            raise ExportError(f"{path}: an ONNX model, but not one exported by HeritageLens (no class names)")
+        self.classes: list[str] = json.loads(props["heritagelens.classes"])
+        self.tta: bool = json.loads(props.get("heritagelens.tta", "false"))
+
+    def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Logits (N, classes) for uint8 images (N, 3, 64, 64)."""
+        x = np.asarray(images, dtype=np.float32)
+        out = [self.session.run([OUTPUT], {INPUT: x[s : s + batch_size]})[0] for s in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.Tensor) -> float:
+    """Largest absolute difference between the PyTorch model's float32 logits and onnxruntime's on `images`."""
+    net = WithTTA(model) if classifier.tta else model
+    with torch.no_grad():
+        ref = net.eval().float()(images.float()).numpy()
+    return float(np.abs(classifier.logits(images) - ref).max())
