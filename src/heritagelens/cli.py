@@ -308,6 +308,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The explorer web app for a checkpoint, on 127.0.0.1 unless --host says otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("serve needs the web extra: pip install 'heritagelens[web]'")
+    from .webapp import serve
+
+    serve(args.checkpoint, args.data, args.host, args.port)
+    return 0
+
+
 def cmd_report(args) -> int:
     """One self-contained HTML page for a run folder; what the folder lacks is listed on it."""
     from .io import atomic_write_text
@@ -410,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--json", help="also write the scores to this JSON file")
     ds.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="data.* or gallery.judge_overrides")
     ds.set_defaults(func=cmd_dream_score)
+
+    sv = sub.add_parser("serve", help="the explorer web app for a model (Gradio)")
+    sv.add_argument("checkpoint", help="checkpoint file or run folder")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--data", help="dataset root for top-9 images and class images (default: the model's)")
+    sv.set_defaults(func=cmd_serve)
 
     rp = sub.add_parser("report", help="write a run folder's self-contained HTML report")
     rp.add_argument("run", help="run folder")

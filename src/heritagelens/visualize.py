@@ -14,7 +14,15 @@ from . import data
 from .attribution import gradient_maps, occlusion
 from .checkpoint import check_classes, load_model
 from .config import Config, DreamConfig
-from .deconvnet import DeconvError, check_channels, project_top, receptive_box, strongest_channels, top_activations
+from .deconvnet import (
+    DeconvError,
+    TopK,
+    check_channels,
+    project_top,
+    receptive_box,
+    strongest_channels,
+    top_activations,
+)
 from .dream import DreamError, image_stats
 from .figures import (
     comparison_figure,
@@ -57,9 +65,11 @@ def top9_figure(
     channels: list[int] | None = None,
     k: int = 9,
     n_default: int = 16,
+    top: TopK | None = None,
 ) -> tuple[Image.Image, dict]:
-    """Figure 2 of Zeiler & Fergus for `layer` over every image of `split`, and its index (every channel's top-k)."""
-    top = top_activations(model, split.images, layer, k=k)
+    """Figure 2 of Zeiler & Fergus for `layer` over every image of `split`, and its index (every channel's top-k);
+    `top`, when given, is that layer's `top_activations` over `split`, computed before."""
+    top = top or top_activations(model, split.images, layer, k=k)
     C = top.values.shape[0]
     check_channels(channels or [], C, layer)
     chosen = channels or default_channels(top, split.labels, n_default)

@@ -1,0 +1,202 @@
+"""The explorer web app: its functions on a tiny model, then the real server driven in Chromium as a person would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+
+from heritagelens.webapp import Explorer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def explorer(trained):
+    root, run = trained
+    return Explorer(run, root)
+
+
+def test_classify_gives_top5_and_projections_of_every_layer(explorer, trained):
+    root, _ = trained
+    path = sorted((root / "test" / "dome").glob("*.jpg"))[0]
+    r = explorer.classify(str(path))
+    assert list(r.top5)[0] == "dome" and set(r.top5) == {"arch", "bell", "dome"}  # 3 classes: all of them
+    assert abs(sum(r.top5.values()) - 1) < 1e-4
+    assert r.image.size == (192, 192) and r.projections.width > 64 * 6
+    assert r.status.startswith(f"**{path.name}**: dome (")
+    picked = explorer.classify(None, explorer.picks()[0])
+    assert picked.top5 is not None and picked.status.startswith(f"**{Path(explorer.picks()[0]).name}**")
+    assert explorer.maps(str(path)).width > 7 * 100  # seven panels
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "empty file"),
+        (b"hello, not an image", "not an image Pillow can read"),
+        ("truncated", "corrupt or truncated image"),
+    ],
+)
+def test_bad_uploads_become_a_message(explorer, trained, tmp_path, content, problem):
+    root, _ = trained
+    path = tmp_path / "upload.jpg"
+    if content == "truncated":
+        content = next((root / "test").rglob("*.jpg")).read_bytes()[:300]
+    path.write_bytes(content)
+    r = explorer.classify(str(path))
+    assert r.top5 is None and r.image is None and problem in r.status and str(tmp_path) not in r.status
+    assert explorer.maps(str(path)) is None
+
+
+def test_channel_and_class_image_tabs(explorer):
+    fig, status = explorer.channel("conv2_1", 3)
+    assert fig.width > 200 and status.startswith("conv2_1 channel 3: strongest on train/")
+    assert explorer.channel("conv2_1", 16)[1] == "Channel must be a whole number from 0 to 15 for conv2_1."
+    assert explorer.channel("conv2_1", 1.5)[0] is None
+    assert explorer.channel("nope", 0)[1] == "Unknown layer 'nope'."
+    fig, status = explorer.dream("bell", 2, 0)
+    assert fig.width > 2 * 64 and "2 image(s) of bell" in status
+    assert np.asarray(fig).std() > 5  # an image, not a blank
+    assert explorer.dream("nave", 1, 0) == (None, "Unknown class 'nave'.")
+
+
+# --------------------------------------------------------------------------------------------- in a browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    """`heritagelens serve` on a free local port, as a user starts it; its URL."""
+    root, run = trained
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "heritagelens", "serve", str(run), "--data", str(root), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+    else:
+        proc.kill()
+        pytest.fail("server did not start: " + log.read_text())
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(server, chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def upload(page, url: str, path: Path) -> None:
+    page.goto(url)
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+
+
+def wait_text(page, selector: str, text: str) -> str:
+    page.wait_for_function(
+        "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)", arg=[selector, text]
+    )
+    return page.inner_text(selector)
+
+
+def loaded_image(page, selector: str) -> tuple[int, int]:
+    """Wait until the component shows a decoded image; its natural size."""
+    page.wait_for_function(
+        "s => { const i = document.querySelector(s + ' img'); return i && i.complete && i.naturalWidth > 0 }",
+        arg=selector,
+    )
+    return tuple(page.eval_on_selector(selector + " img", "i => [i.naturalWidth, i.naturalHeight]"))
+
+
+@pytest.mark.realdata
+def test_a_person_uploads_a_real_photo_picks_a_channel_and_makes_a_class_image(page, server, ahe_root, tmp_path):
+    photo = sorted((ahe_root / "train" / "dome(outer)").glob("*.jpg"))[0]
+    upload(page, server, photo)
+    status = wait_text(page, "#status", photo.name)
+    assert "%" in status
+    top5 = page.inner_text("#top5")
+    assert sum(c in top5 for c in ("arch", "bell", "dome")) == 3  # the tiny model's three classes, with percents
+    assert loaded_image(page, "#seen") == (192, 192)
+    assert loaded_image(page, "#projections")[0] > 6 * 64
+    assert loaded_image(page, "#maps")[0] > 700
+    page.screenshot(path=tmp_path / "classified.png", full_page=True)
+
+    page.click("button[role=tab]:has-text('Channels')")
+    page.click("#layer input")
+    page.click("li[role=option]:has-text('conv2_1')")
+    page.fill("#channel input", "7")
+    page.click("#show")
+    assert wait_text(page, "#channel-status", "conv2_1 channel 7: strongest on train/")
+    assert loaded_image(page, "#top9")[0] > 200
+
+    page.click("button[role=tab]:has-text('Class images')")
+    page.click("#class input")
+    page.click("li[role=option]:has-text('bell')")
+    page.click("#generate")
+    assert wait_text(page, "#dream-status", "image(s) of bell")
+    assert loaded_image(page, "#dreamed")[0] > 128
+    page.screenshot(path=tmp_path / "dreamed.png", full_page=True)
+    assert Image.open(tmp_path / "dreamed.png").height > 500
+
+
+def toasts(page) -> str:
+    return " ".join(e.inner_text() for e in page.query_selector_all(".toast-body, .toast-wrap"))
+
+
+@pytest.mark.parametrize("kind", ["non-image", "corrupt", "50 MB", "20000 px"])
+def test_a_bad_upload_gets_a_message_on_the_page_and_the_server_goes_on(page, server, trained, tmp_path, kind):
+    root, _ = trained
+    good = next((root / "test" / "arch").glob("*.jpg"))
+    bad = tmp_path / ("notes.txt" if kind == "non-image" else "photo.jpg" if kind != "20000 px" else "huge.png")
+    if kind == "non-image":
+        bad.write_text("field notes, not a photograph")
+    elif kind == "corrupt":
+        bad.write_bytes(good.read_bytes()[:400])
+    elif kind == "50 MB":
+        bad.write_bytes(good.read_bytes() + os.urandom(50 * 2**20))
+    else:
+        Image.MAX_IMAGE_PIXELS = None
+        Image.new("L", (20_000, 20_000)).save(bad)
+    upload(page, server, bad)
+    expected = {
+        "non-image": "Invalid file type",
+        "corrupt": "corrupt or truncated image",
+        "50 MB": "exceed the maximum allowed size",
+        "20000 px": "image too large",
+    }[kind]
+    page.wait_for_function("t => document.body.innerText.includes(t)", arg=expected)  # in the status line or a notice
+    assert expected in page.inner_text("#status") + toasts(page)
+    upload(page, server, good)  # the next request is served as usual
+    assert wait_text(page, "#status", good.name)
