@@ -176,8 +176,11 @@ def build_app(ex: Explorer):
                 return r.image, r.top5, r.projections, r.status
 
             outs = [seen, top5, projections, status]
-            for trigger, args in ((upload.upload, [upload, gr.State(None)]), (picked.input, [gr.State(None), picked])):
-                trigger(classify, args, outs, concurrency_limit=2).then(ex.maps, args, maps, concurrency_limit=2)
+            for trigger, args, name in (
+                (upload.upload, [upload, gr.State(None)], "classify"),
+                (picked.input, [gr.State(None), picked], "classify_picked"),
+            ):
+                trigger(classify, args, outs, api_name=name).then(ex.maps, args, maps, api_name=f"maps_{name}")
         with gr.Tab("Channels"):
             gr.Markdown(
                 "What a channel responds to: its 9 strongest training images and their deconvnet projections. "
@@ -189,7 +192,7 @@ def build_app(ex: Explorer):
                 show = gr.Button("Show top 9", elem_id="show")
             channel_status = gr.Markdown(elem_id="channel-status")
             top9 = gr.Image(label="top 9", interactive=False, elem_id="top9")
-            show.click(ex.channel, [layer, channel], [top9, channel_status], concurrency_limit=1)
+            show.click(ex.channel, [layer, channel], [top9, channel_status], api_name="channel")
         with gr.Tab("Class images"):
             gr.Markdown(f"Images the model makes of a class (activation maximization), by {ex.dreamer_name}.")
             with gr.Row():
@@ -199,7 +202,7 @@ def build_app(ex: Explorer):
                 make = gr.Button("Generate", elem_id="generate")
             dream_status = gr.Markdown(elem_id="dream-status")
             dreamed = gr.Image(label="class images", interactive=False, elem_id="dreamed")
-            make.click(ex.dream, [cls, samples, seed], [dreamed, dream_status], concurrency_limit=1)
+            make.click(ex.dream, [cls, samples, seed], [dreamed, dream_status], api_name="dream", concurrency_limit=1)
     return app
 
 
