@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import shutil
@@ -137,3 +138,41 @@ def test_report_in_a_browser_has_every_section_and_no_broken_image(main_run, chr
     shot = Image.open(tmp_path / "report.png")
     assert shot.width == 1280 and shot.height > 3000
     assert len(np.unique(np.asarray(shot.convert("L")))) > 10  # rendered content, not a blank page
+
+
+def test_names_from_the_run_folder_cannot_inject_markup(main_run, tmp_path):
+    import json
+
+    _, run = main_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.pt"))
+    evil = "<img src=x onerror=alert(1)>"
+    result = json.loads((copy / "eval-val.json").read_text())
+    result["per_class"] = {evil: next(iter(result["per_class"].values()))}
+    result["mistakes"] = [{"file": f"train/{evil}/a.jpg", "true": evil, "predicted": evil, "confidence": 0.5}]
+    (copy / 'eval-"><b onmouseover=x>.json').write_text(json.dumps(result))
+    text, sections = build(copy)
+    assert evil not in text and "<b onmouseover" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert 'id="eval-___b_onmouseover_x_"' in text  # the file name made into a safe anchor
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("eval-val.json", '{"split": "val"}', "eval-val.json: unexpected content (KeyError: 'mistakes')"),
+        ("metrics.csv", "epoch,lr\n1,0.1\n", "metrics.csv: unexpected content (KeyError: 'val_acc')"),
+        ("summary.json", "[]", "summary.json: unexpected content (AttributeError"),
+        ("split.json", '{"images": 5}', "split.json: no counts per class"),
+    ],
+)
+def test_pieces_that_parse_but_hold_the_wrong_thing_are_listed(main_run, tmp_path, name, content, problem):
+    _, run = main_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.pt"))
+    (copy / name).write_text(content)
+    p = cli("report", copy)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    text = html.unescape((copy / "report.html").read_text())
+    assert "This run folder lacks 1 piece(s)" in text and problem in text
+    assert all(f'<section id="{s}">' in text for s in SECTIONS)  # every section still there

@@ -29,13 +29,16 @@ def test_classify_gives_top5_and_projections_of_every_layer(explorer, trained):
     root, _ = trained
     path = sorted((root / "test" / "dome").glob("*.jpg"))[0]
     r = explorer.classify(str(path))
-    assert list(r.top5)[0] == "dome" and set(r.top5) == {"arch", "bell", "dome"}  # 3 classes: all of them
+    assert set(r.top5) == {"arch", "bell", "dome"} and list(r.top5.values()) == sorted(r.top5.values(), reverse=True)
     assert abs(sum(r.top5.values()) - 1) < 1e-4
     assert r.image.size == (192, 192) and r.projections.width > 64 * 6
-    assert r.status.startswith(f"**{path.name}**: dome (")
-    picked = explorer.classify(None, explorer.picks()[0])
-    assert picked.top5 is not None and picked.status.startswith(f"**{Path(explorer.picks()[0]).name}**")
+    assert r.status.startswith(f"**{path.name}**: {next(iter(r.top5))} (")
+    picked = explorer.classify(None, explorer.picks[0])
+    assert picked.top5 is not None and picked.status.startswith(f"**{Path(explorer.picks[0]).name}**")
+    assert len(explorer.picks) == 9  # three per class
     assert explorer.maps(str(path)).width > 7 * 100  # seven panels
+    outside = explorer.classify(None, "../" + str(path.relative_to(root.parent)))  # a crafted request: not a pick
+    assert outside.top5 is None and outside.status == "**Unknown pick.**"
 
 
 @pytest.mark.parametrize(
@@ -60,8 +63,8 @@ def test_bad_uploads_become_a_message(explorer, trained, tmp_path, content, prob
 def test_channel_and_class_image_tabs(explorer):
     fig, status = explorer.channel("conv2_1", 3)
     assert fig.width > 200 and status.startswith("conv2_1 channel 3: strongest on train/")
-    assert explorer.channel("conv2_1", 16)[1] == "Channel must be a whole number from 0 to 15 for conv2_1."
-    assert explorer.channel("conv2_1", 1.5)[0] is None
+    assert explorer.channel("conv2_1", 16)[1] == "Channel 16 out of range: layer 'conv2_1' has channels 0..15."
+    assert explorer.channel("conv2_1", 1.5) == (None, "Channel must be a whole number.")
     assert explorer.channel("nope", 0)[1] == "Unknown layer 'nope'."
     fig, status = explorer.dream("bell", 2, 0)
     assert fig.width > 2 * 64 and "2 image(s) of bell" in status
@@ -176,7 +179,9 @@ def toasts(page) -> str:
 
 
 @pytest.mark.parametrize("kind", ["non-image", "corrupt", "50 MB", "20000 px"])
-def test_a_bad_upload_gets_a_message_on_the_page_and_the_server_goes_on(page, server, trained, tmp_path, kind):
+def test_a_bad_upload_gets_a_message_on_the_page_and_the_server_goes_on(
+    page, server, trained, tmp_path, kind, monkeypatch
+):
     root, _ = trained
     good = next((root / "test" / "arch").glob("*.jpg"))
     bad = tmp_path / ("notes.txt" if kind == "non-image" else "photo.jpg" if kind != "20000 px" else "huge.png")
@@ -187,7 +192,7 @@ def test_a_bad_upload_gets_a_message_on_the_page_and_the_server_goes_on(page, se
     elif kind == "50 MB":
         bad.write_bytes(good.read_bytes() + os.urandom(50 * 2**20))
     else:
-        Image.MAX_IMAGE_PIXELS = None
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # to make the file; the server keeps its limit
         Image.new("L", (20_000, 20_000)).save(bad)
     upload(page, server, bad)
     expected = {

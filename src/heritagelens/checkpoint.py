@@ -73,6 +73,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint",
     return model.eval()
 
 
+def run_folder(path: Path | str) -> Path:
+    """The run folder of a checkpoint path: the path itself when it is a folder, else the file's folder."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def load_model(path: Path | str) -> tuple[HeritageCNN, list[str], dict[str, Any]]:
     """(model in eval mode, class names, checkpoint dict) from a checkpoint file or run folder."""
     ckpt = read_checkpoint(path)

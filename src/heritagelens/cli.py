@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .evaluate import SPLIT_NAMES
+from .config import SPLIT_NAMES
 
 KAGGLE = "ikobzev/architectural-heritage-elements-image64-dataset"
 EXIT_ERROR = 2
@@ -103,10 +103,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .checkpoint import run_folder
     from .run import evaluate_checkpoint
 
     ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    out = Path(args.out) if args.out else run_folder(ckpt)
     root = Path(args.data) if args.data else None
     r = evaluate_checkpoint(ckpt, args.split, root=root, tta=args.tta, out_dir=out)
     print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
@@ -121,7 +122,8 @@ def cmd_predict(args) -> int:
 
     from .data import DataError, decode
 
-    if str(args.checkpoint).endswith(".onnx"):
+    if str(args.checkpoint).lower().endswith(".onnx"):
+        _need_export_extra()
         from .export import OnnxClassifier
 
         if args.tta:
@@ -152,43 +154,31 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
-    from .checkpoint import load_model
-    from .export import ExportError, OnnxClassifier, max_difference, to_onnx
+    _need_export_extra()
+    from .checkpoint import load_model, run_folder
+    from .export import ExportError, OnnxClassifier, check_images, max_difference, to_onnx
     from .io import atomic_write_bytes
 
     ckpt = Path(args.checkpoint)
-    model, classes, _ = load_model(ckpt)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "model.onnx"
+    model, classes, checkpoint = load_model(ckpt)
+    out = Path(args.out) if args.out else run_folder(ckpt) / "model.onnx"
     blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt))
-    images, what = _check_images(args, ckpt)
+    images, what = check_images(checkpoint, args.data)
     diff = max_difference(model, OnnxClassifier(out, blob), images)
     if not diff <= args.tolerance:
         raise ExportError(f"{out}: onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {args.tolerance})")
     atomic_write_bytes(blob, out)
-    print(
-        f"written: {out} ({len(blob) / 1e6:.1f} MB, {len(classes)} classes{', TTA in the graph' if args.tta else ''})"
-    )
+    tta = ", TTA in the graph" if args.tta else ""
+    print(f"written: {out} ({len(blob) / 1e6:.1f} MB, {len(classes)} classes{tta})")
     print(f"checked on {what}: largest logit difference from PyTorch {diff:.2e} (limit {args.tolerance})")
     return 0
 
 
-def _check_images(args, ckpt: Path):
-    """Up to 256 real images to compare the export on: the model's training data when it can be found."""
-    import torch
+def _need_export_extra() -> None:
+    import importlib.util
 
-    from .checkpoint import read_checkpoint
-    from .data import DataError, load_split
-
-    root = Path(args.data) if args.data else Path(read_checkpoint(ckpt)["config"]["data"]["root"])
-    try:
-        split = load_split(root, "train")
-    except DataError:
-        if args.data:
-            raise
-        g = torch.Generator().manual_seed(0)
-        return torch.randint(0, 256, (64, 3, 64, 64), generator=g, dtype=torch.uint8), "64 noise images (no data)"
-    idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))[:256]
-    return split.images[idx], f"{len(idx)} images of {root / 'train'}"
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")):
+        raise UsageError("ONNX export and .onnx files need the export extra: pip install 'heritagelens[export]'")
 
 
 def cmd_layers(args) -> int:
@@ -206,12 +196,12 @@ def cmd_layers(args) -> int:
 
 def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
-    from .checkpoint import load_model
+    from .checkpoint import load_model, run_folder
     from .deconvnet import layers_up_to
     from .visualize import write_evolution, write_image_view, write_top9
 
     ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    out = Path(args.out) if args.out else run_folder(ckpt)
     model, _, _ = load_model(ckpt)
     layers = args.layer or []
     for layer in layers:
@@ -223,7 +213,7 @@ def cmd_deconv(args) -> int:
     if args.evolution:
         if len(layers) != 1:
             raise UsageError("deconv --evolution needs one --layer NAME")
-        written = [write_evolution(ckpt if ckpt.is_dir() else ckpt.parent, layers[0], out, args.channels, args.data)]
+        written = [write_evolution(run_folder(ckpt), layers[0], out, args.channels, args.data)]
     elif args.top9:
         if not layers:
             raise UsageError("deconv --top9 needs --layer NAME (see 'heritagelens layers')")
@@ -238,6 +228,7 @@ def cmd_deconv(args) -> int:
 def cmd_dream(args) -> int:
     """Images by activation maximization: of one class (--class) or all of them (--all), scored by the judges; or of
     channels of a layer (--channel LAYER:C[,C...], --unit for the centre neuron)."""
+    from .checkpoint import run_folder
     from .config import Config
     from .dream import dream_preset
     from .visualize import write_dream, write_feature_dream
@@ -245,7 +236,7 @@ def cmd_dream(args) -> int:
     if sum(map(bool, (args.class_name, args.all, args.channel))) != 1:
         raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
     ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    out = Path(args.out) if args.out else run_folder(ckpt)
     cfg = Config(dream=dream_preset(args.preset)).override(args.set or [])
     if args.channel:
         layer, _, cs = args.channel.partition(":")
@@ -304,7 +295,7 @@ def cmd_run(args) -> int:
     if (run / "dream-gallery.txt").exists():
         print((run / "dream-gallery.txt").read_text())
     print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
-    print(f"report: {summary['report']}")
+    print(f"report: {summary['report'] or 'not written (see the warning above)'}")
     return 0
 
 
@@ -322,17 +313,13 @@ def cmd_serve(args) -> int:
 
 def cmd_report(args) -> int:
     """One self-contained HTML page for a run folder; what the folder lacks is listed on it."""
-    from .io import atomic_write_text
-    from .report import build
+    from .report import write_report
 
     run = Path(args.run)
-    text, sections = build(run, args.data)
-    out = Path(args.out) if args.out else run / "report.html"
-    atomic_write_text(text, out)
-    missing = [m for s in sections for m in s.missing]
+    out, missing = write_report(run, args.out, args.data)
     for m in missing:
         print(f"heritagelens: warning: {run}: {m}", file=sys.stderr)
-    print(f"report: {out} ({len(sections)} sections{f', {len(missing)} missing piece(s)' if missing else ''})")
+    print(f"report: {out}" + (f" ({len(missing)} missing piece(s) listed in it)" if missing else ""))
     return 0
 
 

@@ -8,6 +8,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+SPLIT_NAMES = {"val": "group-aware validation from train/", "test": "official test split"}
+"""What each split name an accuracy is printed with means."""
+
 
 class ConfigError(ValueError):
     """A setting is out of range or unknown."""

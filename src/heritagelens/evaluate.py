@@ -12,8 +12,6 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-SPLIT_NAMES = {"val": "group-aware validation from train/", "test": "official test split"}
-
 
 @dataclass
 class Mistake:

@@ -44,15 +44,18 @@ def to_onnx(model: nn.Module, classes: list[str], tta: bool = False, source: str
     """The model (eval mode, float32) as ONNX bytes with a dynamic batch axis and our metadata."""
     import onnx
 
-    net = (WithTTA(model) if tta else model).eval().float()
-    example = torch.rand(2, 3, 64, 64) * 255
+    net = WithTTA(model) if tta else model  # the caller's model, in eval mode and float32 as loaded
+    example = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         f = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            net, (example,), f, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
-        )  # fmt: skip
+        try:
+            torch.onnx.export(
+                net, (example,), f, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+            )  # fmt: skip
+        except Exception as e:  # the exporter raises many kinds; all mean the same to the user
+            raise ExportError(f"the ONNX exporter failed ({type(e).__name__}: {str(e)[:200]})") from None
         proto = onnx.load(f)
     meta = {
         "heritagelens.classes": json.dumps(list(classes)),
@@ -82,8 +85,18 @@ class OnnxClassifier:
         props = self.session.get_modelmeta().custom_metadata_map
         if "heritagelens.classes" not in props:
             raise ExportError(f"{path}: an ONNX model, but not one exported by HeritageLens (no class names)")
-        self.classes: list[str] = json.loads(props["heritagelens.classes"])
-        self.tta: bool = json.loads(props.get("heritagelens.tta", "false"))
+        try:
+            self.classes: list[str] = [str(c) for c in json.loads(props["heritagelens.classes"])]
+            self.tta: bool = bool(json.loads(props.get("heritagelens.tta", "false")))
+        except (ValueError, TypeError):
+            raise ExportError(f"{path}: its HeritageLens metadata is unreadable") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if (
+            [i.name for i in inputs] != [INPUT]
+            or outputs[0].name != OUTPUT
+            or outputs[0].shape[-1] != len(self.classes)
+        ):
+            raise ExportError(f"{path}: its inputs or outputs are not those of a HeritageLens export")
 
     def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Logits (N, classes) for uint8 images (N, 3, 64, 64)."""
@@ -98,3 +111,21 @@ def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.T
     with torch.no_grad():
         ref = net.eval().float()(images.float()).numpy()
     return float(np.abs(classifier.logits(images) - ref).max())
+
+
+def check_images(ckpt: dict, root: Path | str | None = None, n: int = 256) -> tuple[torch.Tensor, str]:
+    """Up to `n` real images to compare an export on (from `root`, else the data the model was trained on), and
+    what they are; 64 noise images when the model's data is gone."""
+    from .config import Config
+    from .data import DataError, load_split
+
+    cfg = Config.from_dict(ckpt["config"])
+    try:
+        split = load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)
+    except DataError:
+        if root:
+            raise
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (64, 3, 64, 64), generator=g, dtype=torch.uint8), "64 noise images (no data)"
+    idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))[:n]
+    return split.images[idx], f"{len(idx)} images of {Path(root or cfg.data.root) / 'train'}"

@@ -12,6 +12,7 @@ import base64
 import csv
 import html
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import __version__
-from .evaluate import SPLIT_NAMES
+from .config import SPLIT_NAMES
 from .figures import figure_image, png_bytes
 from .io import atomic_write_text
 
@@ -65,10 +66,14 @@ class RunFolder:
             return None
 
     def json(self, name: str, section: Section) -> Any | None:
-        return self.read(name, section, lambda f: json.loads(f.read_text()))
+        return self.read(name, section, lambda f: json.loads(f.read_text(encoding="utf-8")))
 
     def csv(self, name: str, section: Section) -> list[dict] | None:
-        return self.read(name, section, lambda f: list(csv.DictReader(f.open())))
+        def parse(f: Path) -> list[dict]:
+            with f.open(newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+
+        return self.read(name, section, parse)
 
     def png(self, name: str, section: Section) -> bytes | None:
         """The PNG's bytes, checked to decode."""
@@ -163,8 +168,11 @@ def data_section(run: RunFolder) -> Section:
         ["unreadable files skipped", sp.get("unreadable_skipped")],
     ]
     s.html = table(["", ""], [r for r in facts if r[1] is not None], "facts")
-    classes = list(sp.get("val_per_class", {}))
     cols = [k for k in ("per_class", "train_per_class", "val_per_class") if k in sp]
+    if not cols:
+        s.missing.append("split.json: no counts per class")
+        return s
+    classes = list(sp[cols[0]])
     names = {"per_class": "images", "train_per_class": "training", "val_per_class": "validation"}
     rows = [[c] + [sp[k].get(c, 0) for k in cols] for c in classes]
     s.html += "<h3>Images per class</h3>" + table(["class"] + [names[k] for k in cols], rows, "counts")
@@ -190,7 +198,7 @@ def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
     from .evaluate import EvalResult, Mistake, confusion_figure
 
     split = name.removeprefix("eval-").removesuffix(".json")
-    s = Section(f"eval-{split}", f"Evaluation on {split_label(split)}")
+    s = Section("eval-" + re.sub(r"[^\w-]", "_", split), f"Evaluation on {split_label(split)}")
     d = run.json(name, s)
     if d is None:
         return s
@@ -221,11 +229,14 @@ def mistakes_html(r, data_root: Path | None, s: Section, k: int = 12) -> str:
         return para("No mistakes.")
     cells, unseen = [], []
     for m in r.mistakes[:k]:
-        caption = f"true {m.true}<br>predicted {m.predicted} ({m.confidence:.2f})"
+        caption = f"true {html.escape(m.true)}<br>predicted {html.escape(m.predicted)} ({m.confidence:.2f})"
         try:
             if data_root is None:
                 raise DataError("data root unknown")
-            pic = img(png_bytes(thumbnail(decode(data_root / m.file))), f"{m.true} predicted as {m.predicted}")
+            photo = (data_root / m.file).resolve()
+            if not photo.is_relative_to(data_root.resolve()):  # only the dataset's own images go into a report
+                raise DataError(f"{m.file}: outside the data root")
+            pic = img(png_bytes(thumbnail(decode(photo))), f"{m.true} predicted as {m.predicted}")
         except DataError as e:
             unseen.append(str(e))
             pic = '<div class="nothumb">image not found</div>'
@@ -255,8 +266,6 @@ def deconv_section(run: RunFolder) -> Section:
 
 
 def gallery_section(run: RunFolder) -> Section:
-    from .judges import per_class_rows, score_rows
-
     s = Section("gallery", "Class images (activation maximization) and their scores")
     png = run.png("dream-gallery.png", s)
     meta = run.json("dream-gallery.json", s)
@@ -269,16 +278,23 @@ def gallery_section(run: RunFolder) -> Section:
         )
     if png is not None:
         s.html += img(png, "class-image gallery")
-    if meta is None:
-        return s
-    s.html += para(
-        f"Recipe '{meta.get('preset')}', {meta.get('samples')} images per class, seed {meta.get('seed')}, "
-        f"{meta.get('seconds')} s to generate."
-    )
+    if meta is not None:
+        s.html += para(
+            f"Recipe '{meta.get('preset')}', {meta.get('samples')} images per class, seed {meta.get('seed')}, "
+            f"{meta.get('seconds')} s to generate."
+        )
+        scores_html(meta, s)
+    return s
+
+
+def scores_html(meta: dict, s: Section) -> None:
+    """The gallery's score tables (all sets, then per class for this gallery) and its headline, into `s`."""
+    from .judges import per_class_rows, score_rows
+
     scores = meta.get("scores")
     if not scores:
         s.missing.append("dream-gallery.json: no scores (made with --no-score)")
-        return s
+        return
     s.html += (
         "<h3>Quality beside the floor and the ceiling</h3>"
         + para(
@@ -295,7 +311,6 @@ def gallery_section(run: RunFolder) -> Section:
         judges = ", ".join(f"{j} {v['recognised']:.0%}" for j, v in mine["judges"].items())
         s.headline = (s.headline or "class images") + f"; recognised by the judges: {judges}; FD {mine['frechet']:.1f}"
         s.html += "<h3>Per class, this gallery</h3>" + table(*per_class_rows(mine, meta["classes"]), "scores")
-    return s
 
 
 def timing_section(run: RunFolder) -> Section:
@@ -304,8 +319,11 @@ def timing_section(run: RunFolder) -> Section:
     if summary is None:
         return s
     stages = summary.get("stages_seconds")
-    if stages is None:  # runs written before stage timing: the minutes it recorded
-        stages = {k.removesuffix("_minutes"): v * 60 for k, v in summary.items() if k.endswith("_minutes")}
+    if stages is None:  # runs written before stage timing: the minutes they recorded
+        g = summary.get("gallery", {})
+        minutes = {k: v for k, v in summary.items() if k.endswith("_minutes")}
+        minutes |= {"robust model": g.get("robust_train_minutes"), "class images": g.get("minutes")}
+        stages = {k.removesuffix("_minutes"): v * 60 for k, v in minutes.items() if v is not None}
     rows = [[k, f"{v / 60:.1f} min", f"{v:.0f} s"] for k, v in stages.items()]
     rows.append(["total", f"{sum(stages.values()) / 60:.1f} min", f"{sum(stages.values()):.0f} s"])
     s.html = table(["stage", "minutes", "seconds"], rows, "timing") + para(
@@ -330,18 +348,40 @@ def other_figures_section(run: RunFolder, shown: set[str]) -> Section | None:
 # ------------------------------------------------------------------------------------------------------- writer
 
 
+UNEXPECTED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+"""What a piece that parses but does not hold what it should raises while a section is built."""
+
+
+def safely(reads: str, sid: str, title: str, build_section, *args) -> Section:
+    """The section, or when a piece it reads holds something unexpected, an empty one that says so."""
+    try:
+        return build_section(*args)
+    except UNEXPECTED as e:
+        return Section(sid, title, missing=[f"{reads}: unexpected content ({type(e).__name__}: {e})"])
+
+
 def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[str, list[Section]]:
     """The report's HTML and its sections; `data_root` (default: the run's) is where mistake thumbnails come from."""
     run = RunFolder(run_path)
     cfg = run.json("config.json", Section("", ""))
-    root = Path(data_root) if data_root else Path(cfg["data"]["root"]) if cfg else None
-    sections = [config_section(run), data_section(run), training_section(run)]
+    cfg_root = cfg.get("data", {}).get("root") if isinstance(cfg, dict) else None
+    root = Path(data_root) if data_root else Path(cfg_root) if isinstance(cfg_root, str) else None
+    sections = [
+        safely("config.json", "config", "Configuration", config_section, run),
+        safely("split.json", "data", "Data and validation split", data_section, run),
+        safely("metrics.csv", "training", "Training curves", training_section, run),
+    ]
     evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (f.stem != "eval-val", f.stem))
-    if evals:
-        sections += [eval_section(run, f.name, root) for f in evals]
-    else:
+    for f in evals:
+        sid = "eval-" + re.sub(r"[^\w-]", "_", f.stem.removeprefix("eval-"))
+        sections.append(safely(f.name, sid, f"Evaluation ({f.name})", eval_section, run, f.name, root))
+    if not evals:
         sections.append(Section("eval-val", "Evaluation", missing=["eval-<split>.json: no split evaluated"]))
-    sections += [deconv_section(run), gallery_section(run), timing_section(run)]
+    sections += [
+        safely("deconv-top9-*.json", "deconvnet", "Deconvnet", deconv_section, run),
+        safely("dream-gallery.json", "gallery", "Class images", gallery_section, run),
+        safely("summary.json", "timing", "Time per stage", timing_section, run),
+    ]
     shown = {f.name for f in run.path.glob("deconv-top9-*.png")} | {"dream-gallery.png"}
     other = other_figures_section(run, shown)
     sections += [other] if other else []
@@ -375,12 +415,14 @@ def page(run: RunFolder, sections: list[Section]) -> str:
 """
 
 
-def write_report(run_path: Path | str, out: Path | str | None = None, data_root: Path | str | None = None) -> Path:
-    """Write the report (default `RUN/report.html`) atomically and return its path."""
-    text, _ = build(run_path, data_root)
+def write_report(
+    run_path: Path | str, out: Path | str | None = None, data_root: Path | str | None = None
+) -> tuple[Path, list[str]]:
+    """Write the report (default `RUN/report.html`) atomically; its path, and what the run folder lacks."""
+    text, sections = build(run_path, data_root)
     out = Path(out) if out else Path(run_path) / "report.html"
     atomic_write_text(text, out)
-    return out
+    return out, [m for s in sections for m in s.missing]
 
 
 CSS = """

@@ -226,7 +226,12 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     atomic_write_json(summary, run / "summary.json")
     from .report import write_report
 
-    write_report(run)  # last, so that it shows every stage's time
+    try:  # last, so that it shows every stage's time; a report problem never costs the run its results
+        write_report(run)
+    except Exception as e:
+        summary["report"] = None
+        atomic_write_json(summary, run / "summary.json")
+        print(f"heritagelens: warning: {run}: report not written ({type(e).__name__}: {e})", file=sys.stderr)
     return summary
 
 

@@ -9,6 +9,7 @@ page out with Gradio. Problems with an upload become a message on the page, neve
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -19,9 +20,9 @@ import torch
 from PIL import Image
 
 from . import data
-from .checkpoint import load_model
+from .checkpoint import check_classes, load_model, run_folder
 from .config import Config
-from .deconvnet import TopK, top_activations
+from .deconvnet import DeconvError, TopK, top_activations
 from .dream import DreamError, class_images, dream_preset, image_stats
 from .figures import gallery
 from .models import conv_layer_names
@@ -42,64 +43,75 @@ class Classified:
 
 
 class Explorer:
-    """One model (and, when the run has one, its robust sibling for class images) and its training data."""
+    """One model (and, when the run has one, its robust sibling for class images) and its training data.
+
+    Grad-CAM and guided backprop (Captum) and class images put hooks on the ReLUs while they run, so each of them
+    works on its own copy of the weights, one request at a time; classification and the deconvnet use no hooks.
+    """
 
     def __init__(self, checkpoint: Path | str, root: Path | str | None = None):
         self.checkpoint = Path(checkpoint)
         self.model, self.classes, ckpt = load_model(self.checkpoint)
         self.layers = conv_layer_names(self.model)
-        run = self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent
-        robust = run / "robust" / "last.pt"
-        self.dreamer, self.dreamer_name = (load_model(robust)[0], "the run's robust model") if robust.exists() else (
-            self.model, "this model")  # fmt: skip
+        self.explainer = copy.deepcopy(self.model)
+        robust = run_folder(self.checkpoint) / "robust" / "last.pt"
+        if robust.exists():
+            self.dreamer, robust_classes, _ = load_model(robust)
+            check_classes(robust_classes, self.classes, robust)
+            self.dreamer_name = "the run's robust model"
+        else:
+            self.dreamer, self.dreamer_name = copy.deepcopy(self.model), "this model"
         cfg = Config.from_dict(ckpt["config"])
         self.root = Path(root or cfg.data.root)
         self.split = None
         if data.has_split(self.root, "train"):
             self.split = data.load_split(self.root, "train", classes=self.classes, cache_dir=cfg.data.cache_dir or None)
             self.stats = image_stats(self.split.images)
+        self.picks = self._picks()
         self.tops: dict[str, TopK] = {}
-        self.lock = threading.Lock()
+        self.locks = {k: threading.Lock() for k in ("tops", "explainer", "dreamer")}
 
-    # ------------------------------------------------------------------------------------------------ the tabs
-
-    def picks(self) -> list[str]:
+    def _picks(self) -> list[str]:
         """A few training images per class to pick from (relative to the data root)."""
-        if self.split is None:
-            return []
-        out = []
-        for k in range(len(self.classes)):
+        out: list[str] = []
+        for k in range(len(self.classes) if self.split is not None else 0):
             idx = (self.split.labels == k).nonzero().flatten()[:PICKS_PER_CLASS]
             out += [self.split.files[i] for i in idx.tolist()]
         return out
 
-    def classify(self, path: str | None, picked: str | None = None) -> Classified:
-        """Top-5 and the deconvnet projections of the strongest channels per layer, for an uploaded or picked image."""
+    def image(self, path: str | None, picked: str | None) -> tuple[torch.Tensor | None, str]:
+        """The uploaded file, or the picked training image, decoded; or None and why not."""
         if not path and not picked:
-            return Classified(None, None, None, "Upload an image or pick one.")
+            return None, "Upload an image or pick one."
+        if not path and picked not in self.picks:  # only the listed training images, never any other path
+            return None, "**Unknown pick.**"
         path = path or str(self.root / picked)
         try:
-            x = torch.from_numpy(data.decode(path))
+            return torch.from_numpy(data.decode(path)), ""
         except data.DataError as e:
-            return Classified(None, None, None, f"**Cannot use this file:** {problem(e, path)}")
+            return None, f"**Cannot use this file:** {str(e).removeprefix(f'{path}: ')}"
+
+    # ------------------------------------------------------------------------------------------------ the tabs
+
+    def classify(self, path: str | None, picked: str | None = None) -> Classified:
+        """Top-5 and the deconvnet projections of the strongest channels per layer, for an uploaded or picked image."""
+        x, why = self.image(path, picked)
+        if x is None:
+            return Classified(None, None, None, why)
         probs = torch.softmax(predict_logits(self.model, x[None], bf16=False), 1)[0]
         top = probs.topk(min(5, len(self.classes)))
         fig, _ = image_view(self.model, x, self.layers, n=6)
+        top5 = {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}
         name = Path(picked or path).name
-        best = self.classes[int(top.indices[0])]
-        return Classified(
-            big(x), {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}, fig,
-            f"**{name}**: {best} ({float(top.values[0]):.1%})",
-        )  # fmt: skip
+        return Classified(big(x), top5, fig, f"**{name}**: {next(iter(top5))} ({float(top.values[0]):.1%})")
 
     def maps(self, path: str | None, picked: str | None = None) -> Image.Image | None:
         """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion, at the deepest conv layer."""
-        path = path or (str(self.root / picked) if picked else None)
-        try:
-            x = torch.from_numpy(data.decode(path)) if path else None
-        except data.DataError:
+        x, _ = self.image(path, picked)
+        if x is None:
             return None  # the classify step has already said why
-        return comparison(self.model, x, self.classes, self.layers[-1])[0] if x is not None else None
+        with self.locks["explainer"]:
+            return comparison(self.explainer, x, self.classes, self.layers[-1])[0]
 
     def channel(self, layer: str, channel: float | None) -> tuple[Image.Image | None, str]:
         """Zeiler & Fergus figure 2 for one channel: its top-9 training images and their projections."""
@@ -107,17 +119,19 @@ class Explorer:
             return None, f"No training images at {self.root}: start the app with --data ROOT."
         if layer not in self.layers:
             return None, f"Unknown layer '{layer}'."
-        with self.lock:  # one pass over the dataset per layer, whoever asks first
+        with self.locks["tops"]:  # one pass over the dataset per layer, whoever asks first
             if layer not in self.tops:
                 self.tops[layer] = top_activations(self.model, self.split.images, layer, k=9)
         top = self.tops[layer]
-        n = top.values.shape[0]
-        if channel is None or not 0 <= int(channel) < n or int(channel) != channel:
-            return None, f"Channel must be a whole number from 0 to {n - 1} for {layer}."
-        fig, index = top9_figure(self.model, self.split, layer, [int(channel)], top=top)
+        if channel is None or int(channel) != channel:
+            return None, "Channel must be a whole number."
+        try:
+            fig, index = top9_figure(self.model, self.split, layer, [int(channel)], top=top)
+        except DeconvError as e:
+            return None, f"{str(e).capitalize()}."
         fig = fig.resize((fig.width * 2, fig.height * 2), Image.Resampling.NEAREST)
-        files = index["channels"][str(int(channel))]
-        return fig, f"{layer} channel {int(channel)}: strongest on {files[0]['file']} ({files[0]['activation']:.2f})"
+        best = index["channels"][str(int(channel))][0]
+        return fig, f"{layer} channel {int(channel)}: strongest on {best['file']} ({best['activation']:.2f})"
 
     def dream(self, name: str, samples: float, seed: float) -> tuple[Image.Image | None, str]:
         """Class images by the default recipe (`heritagelens dream --class NAME`)."""
@@ -126,18 +140,14 @@ class Explorer:
         if name not in self.classes:
             return None, f"Unknown class '{name}'."
         t0 = time.perf_counter()
-        k, n = self.classes.index(name), int(samples)
+        k, n, seed = self.classes.index(name), int(samples), int(seed) % 2**31
         try:
-            result = class_images(self.dreamer, [k], n, dream_preset("default"), self.stats, int(seed))
+            with self.locks["dreamer"]:
+                result = class_images(self.dreamer, [k], n, dream_preset("default"), self.stats, seed)
         except DreamError as e:
             return None, str(e)
         fig = gallery(result.images, [name], n, scale=3)
-        return fig, f"{n} image(s) of {name} by {self.dreamer_name}, seed {int(seed)}, {time.perf_counter() - t0:.1f} s"
-
-
-def problem(e: Exception, path: str) -> str:
-    """The error without the upload's temporary path."""
-    return str(e).replace(str(path), "").lstrip(": ") or str(e)
+        return fig, f"{n} image(s) of {name} by {self.dreamer_name}, seed {seed}, {time.perf_counter() - t0:.1f} s"
 
 
 def big(x: torch.Tensor, size: int = 192) -> Image.Image:
@@ -148,6 +158,7 @@ def big(x: torch.Tensor, size: int = 192) -> Image.Image:
 
 
 def build_app(ex: Explorer):
+    """The page: one tab per question a user brings."""
     import gradio as gr
 
     with gr.Blocks(title="HeritageLens explorer", analytics_enabled=False) as app:
@@ -156,54 +167,65 @@ def build_app(ex: Explorer):
             + ", ".join(ex.classes)
         )
         with gr.Tab("Classify an image"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    upload = gr.File(label=f"Upload a photograph (up to {MAX_UPLOAD_MB} MB)", type="filepath",
-                                     file_types=["image"], elem_id="upload")  # fmt: skip
-                    picked = gr.Dropdown(ex.picks(), value=None, label="…or pick a training image", elem_id="pick")
-                with gr.Column(scale=1):
-                    seen = gr.Image(label="as the model sees it (64 px)", interactive=False, elem_id="seen")
-                with gr.Column(scale=1):
-                    top5 = gr.Label(num_top_classes=5, label="top-5 prediction", elem_id="top5")
-            status = gr.Markdown(elem_id="status")
-            projections = gr.Image(label="deconvnet: strongest channels per layer", interactive=False,
-                                   elem_id="projections")  # fmt: skip
-            maps = gr.Image(label="deconvnet, saliency, guided backprop, Grad-CAM and occlusion (deepest layer)",
-                            interactive=False, elem_id="maps")  # fmt: skip
-
-            def classify(path, pick):
-                r = ex.classify(path, pick)
-                return r.image, r.top5, r.projections, r.status
-
-            outs = [seen, top5, projections, status]
-            for trigger, args, name in (
-                (upload.upload, [upload, gr.State(None)], "classify"),
-                (picked.input, [gr.State(None), picked], "classify_picked"),
-            ):
-                trigger(classify, args, outs, api_name=name).then(ex.maps, args, maps, api_name=f"maps_{name}")
+            classify_tab(gr, ex)
         with gr.Tab("Channels"):
-            gr.Markdown(
-                "What a channel responds to: its 9 strongest training images and their deconvnet projections. "
-                "The first look at a layer ranks every training image (seconds); later looks are instant."
-            )
-            with gr.Row():
-                layer = gr.Dropdown(ex.layers, value=ex.layers[-1], label="layer", elem_id="layer")
-                channel = gr.Number(value=0, precision=0, label="channel", elem_id="channel")
-                show = gr.Button("Show top 9", elem_id="show")
-            channel_status = gr.Markdown(elem_id="channel-status")
-            top9 = gr.Image(label="top 9", interactive=False, elem_id="top9")
-            show.click(ex.channel, [layer, channel], [top9, channel_status], api_name="channel")
+            channels_tab(gr, ex)
         with gr.Tab("Class images"):
-            gr.Markdown(f"Images the model makes of a class (activation maximization), by {ex.dreamer_name}.")
-            with gr.Row():
-                cls = gr.Dropdown(ex.classes, value=ex.classes[0], label="class", elem_id="class")
-                samples = gr.Slider(1, 4, value=2, step=1, label="images")
-                seed = gr.Number(value=0, precision=0, label="seed")
-                make = gr.Button("Generate", elem_id="generate")
-            dream_status = gr.Markdown(elem_id="dream-status")
-            dreamed = gr.Image(label="class images", interactive=False, elem_id="dreamed")
-            make.click(ex.dream, [cls, samples, seed], [dreamed, dream_status], api_name="dream", concurrency_limit=1)
+            class_images_tab(gr, ex)
     return app
+
+
+def classify_tab(gr, ex: Explorer) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label=f"Upload a photograph (up to {MAX_UPLOAD_MB} MB)", type="filepath",
+                             file_types=["image"], elem_id="upload")  # fmt: skip
+            picked = gr.Dropdown(ex.picks, value=None, label="…or pick a training image", elem_id="pick")
+        with gr.Column(scale=1):
+            seen = gr.Image(label="as the model sees it (64 px)", interactive=False, elem_id="seen")
+        with gr.Column(scale=1):
+            top5 = gr.Label(num_top_classes=5, label="top-5 prediction", elem_id="top5")
+    status = gr.Markdown(elem_id="status")
+    projections = gr.Image(label="deconvnet: strongest channels per layer", interactive=False, elem_id="projections")
+    maps = gr.Image(label="deconvnet, saliency, guided backprop, Grad-CAM and occlusion (deepest layer)",
+                    interactive=False, elem_id="maps")  # fmt: skip
+
+    def classify(path, pick):
+        r = ex.classify(path, pick)
+        return r.image, r.top5, r.projections, r.status
+
+    outs = [seen, top5, projections, status]
+    for trigger, args, name in (
+        (upload.upload, [upload, gr.State(None)], "classify"),
+        (picked.input, [gr.State(None), picked], "classify_picked"),
+    ):
+        trigger(classify, args, outs, api_name=name).then(ex.maps, args, maps, api_name=f"maps_{name}")
+
+
+def channels_tab(gr, ex: Explorer) -> None:
+    gr.Markdown(
+        "What a channel responds to: its 9 strongest training images and their deconvnet projections. "
+        "The first look at a layer ranks every training image (seconds); later looks are instant."
+    )
+    with gr.Row():
+        layer = gr.Dropdown(ex.layers, value=ex.layers[-1], label="layer", elem_id="layer")
+        channel = gr.Number(value=0, precision=0, minimum=0, label="channel", elem_id="channel")
+        show = gr.Button("Show top 9", elem_id="show")
+    status = gr.Markdown(elem_id="channel-status")
+    top9 = gr.Image(label="top 9", interactive=False, elem_id="top9")
+    show.click(ex.channel, [layer, channel], [top9, status], api_name="channel")
+
+
+def class_images_tab(gr, ex: Explorer) -> None:
+    gr.Markdown(f"Images the model makes of a class (activation maximization), by {ex.dreamer_name}.")
+    with gr.Row():
+        cls = gr.Dropdown(ex.classes, value=ex.classes[0], label="class", elem_id="class")
+        samples = gr.Slider(1, 4, value=2, step=1, label="images")
+        seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed")
+        make = gr.Button("Generate", elem_id="generate")
+    status = gr.Markdown(elem_id="dream-status")
+    dreamed = gr.Image(label="class images", interactive=False, elem_id="dreamed")
+    make.click(ex.dream, [cls, samples, seed], [dreamed, status], api_name="dream", concurrency_limit=1)
 
 
 def serve(checkpoint: Path | str, root: Path | str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:
