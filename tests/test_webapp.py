@@ -72,6 +72,24 @@ def test_channel_and_class_image_tabs(explorer):
     assert explorer.dream("nave", 1, 0) == (None, "Unknown class 'nave'.")
 
 
+def test_concurrent_requests_get_the_answers_they_would_get_alone(explorer, trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, _ = trained
+    paths = [str(p) for p in sorted((root / "test").rglob("*.jpg"))[::4][:3]]
+    alone = [(explorer.classify(p).top5, np.asarray(explorer.maps(p), dtype=float)) for p in paths]
+    dream_alone = np.asarray(explorer.dream("bell", 1, 0)[0])
+    with ThreadPoolExecutor(8) as pool:  # Grad-CAM's and the dream's hooks must not leak into other requests
+        jobs = [(pool.submit(explorer.classify, p), pool.submit(explorer.maps, p)) for p in paths]
+        dreams = [pool.submit(explorer.dream, "bell", 1, 0) for _ in range(2)]
+        together = [(c.result().top5, np.asarray(m.result(), dtype=float)) for c, m in jobs]
+    for (top5, maps), (top5_t, maps_t) in zip(alone, together):
+        assert list(top5) == list(top5_t) and np.allclose(list(top5.values()), list(top5_t.values()), atol=1e-5)
+        assert np.abs(maps - maps_t).mean() < 0.5  # the same figure, up to rendering noise
+    for d in dreams:
+        assert np.abs(np.asarray(d.result()[0], dtype=float) - dream_alone).mean() < 2
+
+
 # --------------------------------------------------------------------------------------------- in a browser
 
 

@@ -277,6 +277,26 @@ def cmd_dream_score(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """An Optuna study over the recipe and the architecture family (--show: its best trials and plots)."""
+    from .tune import default_storage, open_study, summary, tune, write_study
+
+    if not args.show and not args.trials:
+        raise UsageError("tune needs --trials N (the study's total of finished trials) or --show")
+    storage = args.storage or default_storage(args.runs)
+    if args.show:
+        study = open_study(storage, args.study, create=False)
+        print(summary(study))
+        for f in write_study(study, Path(args.runs)):
+            print(f"written: {f}")
+        return 0
+    cfg = _config(args)
+    print(f"study '{args.study}' in {storage}; data: {cfg.data.root}", flush=True)
+    study = tune(cfg, args.set or [], storage, args.study, args.trials, args.timeout, args.objective, not args.quiet)
+    print(summary(study))
+    return 0
+
+
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
     from .run import main_job
@@ -349,6 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
     recipe(t)
     t.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
     t.set_defaults(func=cmd_train)
+
+    tu = sub.add_parser("tune", help="hyperparameter and architecture search (Optuna)")
+    tu.add_argument("--data", help="dataset root (default: $AHE_DATA, ./data/ahe64, ../shared/data/ahe64)")
+    tu.add_argument("--preset", default="default", help="the recipe the search starts from")
+    tu.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="fix a value (it is not searched)")
+    tu.add_argument("--seed", type=int, help="training seed of every trial")
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.add_argument("--trials", type=int, help="finished trials the study should hold (a resumed study runs the rest)")
+    tu.add_argument("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///runs/tune.db)")
+    tu.add_argument("--study", default="heritagelens", help="study name (workers with the same name share it)")
+    tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tu.add_argument("--objective", choices=["accuracy", "accuracy-per-minute"], default="accuracy")
+    tu.add_argument("--runs", default="runs", help="folder for the default database and the --show figures")
+    tu.add_argument("--show", action="store_true", help="best trials, importances, plots and the best config")
+    tu.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("run", help="the main job: train, evaluate and write the run folder")
     recipe(r)
@@ -447,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     from .export import ExportError
     from .judges import JudgeError
     from .report import ReportError
+    from .tune import TuneError
 
     args = build_parser().parse_args(argv)
     try:
@@ -461,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         JudgeError,
         ReportError,
         ExportError,
+        TuneError,
     ) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -266,6 +266,15 @@ PRESETS: dict[str, list[str]] = {
 
 
 def preset(name: str) -> Config:
+    """A named recipe, or a config saved as JSON (a run's config.json, a study's best-config.json)."""
+    if name.endswith(".json"):
+        import json
+        from pathlib import Path
+
+        try:
+            return Config.from_dict(json.loads(Path(name).read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{name}: not a readable config file ({type(e).__name__}: {e})") from None
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))} or a config .json file")
     return Config().override(PRESETS[name])

@@ -389,6 +389,12 @@ def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[st
 
 
 def page(run: RunFolder, sections: list[Section]) -> str:
+    title = f"HeritageLens run {run.path.resolve().name}"
+    return html_page(title, str(run.path.resolve()), sections)
+
+
+def html_page(title: str, subtitle: str, sections: list[Section]) -> str:
+    """A whole page: title, navigation, the headlines, what is missing, then each section."""
     nav = " · ".join(f'<a href="#{s.id}">{html.escape(s.title.split(":")[0])}</a>' for s in sections)
     missing = [m for s in sections for m in s.missing]
     lines = "".join(f"<li>{html.escape(s.headline)}</li>" for s in sections if s.headline)
@@ -404,13 +410,12 @@ def page(run: RunFolder, sections: list[Section]) -> str:
         + "</section>"
         for s in sections
     )
-    title = f"HeritageLens run {run.path.resolve().name}"
     made = time.strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class="meta">{html.escape(str(run.path.resolve()))} · report made {made} by heritagelens {__version__}</p>
+<p class="meta">{html.escape(subtitle)} · report made {made} by heritagelens {__version__}</p>
 <nav>{nav}</nav>{warn}{body}</body></html>
 """
 

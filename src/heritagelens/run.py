@@ -57,10 +57,18 @@ class Prepared:
         }
 
 
+_GROUPS: dict[tuple, np.ndarray] = {}
+"""Groups already found in this process (the main job prepares the same split several times)."""
+
+
 def prepare(cfg: Config) -> Prepared:
     dc = cfg.data
     split = data.load_split(dc.root, "train", on_bad_file=dc.on_bad_file, cache_dir=dc.cache_dir or None)
-    groups = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
+    key = (tuple(split.files), dc.near_dup_corr, dc.flickr_id_window, int(split.images[..., ::8, ::8].sum()))
+    if key not in _GROUPS:
+        _GROUPS.clear()  # one split at a time is all a process needs
+        _GROUPS[key] = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
+    groups = _GROUPS[key]
     tr, va = data.group_split(split.labels.numpy(), groups, dc.val_folds, dc.val_fold, dc.split_seed)
     if cfg.train.limit_train:
         rng = np.random.default_rng(cfg.train.seed)
@@ -97,6 +105,16 @@ class RunDir:
         return max((float(row["val_acc"]) for row in self.rows), default=float("-inf"))
 
 
+def initial_state(cfg: Config, prep: Prepared) -> TrainState:
+    """A new model of `cfg` (seeded), its input normalization set from the training images, and its optimizer."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, len(prep.split.classes))
+    mean, std = data.channel_stats(prep.split.images[prep.train_idx])
+    model.normalize.mean.copy_(mean.reshape(1, 3, 1, 1))
+    model.normalize.std.copy_(std.reshape(1, 3, 1, 1))
+    return new_state(model, cfg.train)
+
+
 def train_run(
     cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True
 ) -> tuple[TrainState, Prepared]:
@@ -113,12 +131,7 @@ def train_run(
         state = resume_state(ckpt, cfg, last)
         run.log(f"resumed at epoch {state.epoch}")
     else:
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, len(s.classes))
-        mean, std = data.channel_stats(s.images[prep.train_idx])
-        model.normalize.mean.copy_(mean.reshape(1, 3, 1, 1))
-        model.normalize.std.copy_(std.reshape(1, 3, 1, 1))
-        state = new_state(model, cfg.train)
+        state = initial_state(cfg, prep)
         atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
         atomic_write_json({**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx]}, run.path / "split.json")
         run.log(f"config {json.dumps(cfg.to_dict())}")

@@ -1,0 +1,251 @@
+"""Hyperparameter and architecture search on Optuna: the recipe and the architecture family searched together,
+scored by group-aware validation accuracy, hopeless trials pruned from their per-epoch reports.
+
+A study lives in an Optuna storage: by default a SQLite file in the runs folder (embedded, nothing to start); any
+SQLAlchemy URL (PostgreSQL, MySQL) works the same, so workers on several machines join one study by pointing at
+one database. A killed worker's unfinished trial is noticed by its heartbeat going stale and tried again; finished
+trials are never lost. `--trials N` is the study's total of finished trials, so a resumed study runs only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+
+DEFAULT_STUDY = "heritagelens"
+OBJECTIVES = ("accuracy", "accuracy-per-minute")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config value: `kind` is 'int', 'float', 'log' (float on a log scale) or 'choice'."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    step: int | None = None
+
+
+SPACE: tuple[Param, ...] = (
+    Param("model.width", "choice", choices=(16, 32, 48, 64)),  # widths w, 2w, 4w, 8w
+    Param("model.depths", "choice", choices=("1,1,1,1", "1,2,2,2", "2,2,2,2", "1,2,3,3")),
+    Param("model.kernel_size", "choice", choices=(3, 5)),
+    Param("model.dropout", "float", 0.0, 0.5),
+    Param("model.head_pool", "choice", choices=("max", "avg")),
+    Param("train.lr", "log", 0.02, 0.3),
+    Param("train.weight_decay", "log", 1e-5, 2e-3),
+    Param("train.label_smoothing", "float", 0.0, 0.2),
+    Param("train.crop_pad", "int", 0, 8),
+    Param("train.cutout", "int", 0, 24, step=4),
+    Param("train.colour_jitter", "float", 0.0, 0.3),
+    Param("train.epochs", "int", 8, 28, step=4),
+)
+"""The search space. A key the user fixes with --set is not searched (model.widths fixes model.width)."""
+
+
+class TuneError(Exception):
+    """A storage that cannot be reached, or a study with nothing to show."""
+
+
+def searched(fixed: list[str]) -> list[Param]:
+    """The parameters of SPACE that the `--set` assignments in `fixed` leave free."""
+    keys = {a.partition("=")[0] for a in fixed}
+    keys |= {"model.width"} if "model.widths" in keys else set()
+    return [p for p in SPACE if p.key not in keys]
+
+
+def suggest(trial, params: list[Param]) -> list[str]:
+    """The trial's values for `params`, as config assignments."""
+    out = []
+    for p in params:
+        if p.kind == "choice":
+            v = trial.suggest_categorical(p.key, list(p.choices))
+        elif p.kind == "int":
+            v = trial.suggest_int(p.key, int(p.low), int(p.high), step=p.step or 1)
+        else:
+            v = trial.suggest_float(p.key, p.low, p.high, log=p.kind == "log")
+        if p.key == "model.width":
+            out.append(f"model.widths=[{v},{2 * v},{4 * v},{8 * v}]")
+        elif p.key == "model.depths":
+            out.append(f"model.depths=[{v}]")
+        else:
+            out.append(f"{p.key}={v}")
+    return out
+
+
+def default_storage(runs: Path | str = "runs") -> str:
+    Path(runs).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(runs).resolve() / 'tune.db'}"
+
+
+def open_study(storage: str, name: str, create: bool = True, attempts: int = 5):
+    """The study `name` in `storage` (created when `create`), with heartbeats so a killed trial is retried.
+    Workers that start together race to create the tables: the losers try again."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeats and grouped TPE are marked experimental
+                return _open_study(storage, name, create)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise TuneError(f"{storage}: cannot open the study storage (busy after {attempts} attempts)") from None
+            time.sleep(0.5 + random.random())
+        except KeyError:
+            raise TuneError(f"no study '{name}' in {storage}") from None
+        except Exception as e:  # SQLAlchemy's errors for a bad URL or an unreachable server
+            raise TuneError(f"{storage}: cannot open the study storage ({type(e).__name__}: {str(e)[:160]})") from None
+    raise AssertionError("unreachable")
+
+
+def _open_study(storage: str, name: str, create: bool):
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = RDBStorage(
+        storage, heartbeat_interval=30, grace_period=120,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None,
+    )  # fmt: skip
+    if not create:
+        return optuna.load_study(study_name=name, storage=rdb)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True)
+    return optuna.create_study(
+        storage=rdb, study_name=name, direction="maximize", load_if_exists=True, pruner=pruner, sampler=sampler
+    )
+
+
+def objective_fn(base: Config, fixed: list[str], objective: str, progress: bool = False):
+    """The function Optuna calls per trial: train the suggested config on the group-aware split, report the
+    validation accuracy of every epoch (for pruning), return the final one (or it per minute of training)."""
+    import optuna
+
+    from .run import initial_state, prepare
+    from .train import fit
+
+    prep = prepare(base)  # the split depends only on data.*, which is never searched
+    s = prep.split
+    xt, yt, xv, yv = s.images[prep.train_idx], s.labels[prep.train_idx], s.images[prep.val_idx], s.labels[prep.val_idx]
+    params = searched(fixed)
+
+    def run_trial(trial) -> float:
+        cfg = base.override(suggest(trial, params))
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        last = {}
+
+        def on_epoch(state, r) -> None:
+            last["acc"] = r.val_acc
+            trial.report(r.val_acc, r.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {r.epoch}: val accuracy {r.val_acc:.4f} below the median")
+
+        t0 = time.perf_counter()
+        fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+        minutes = (time.perf_counter() - t0) / 60
+        trial.set_user_attr("train_minutes", round(minutes, 3))
+        trial.set_user_attr("val_accuracy", last["acc"])
+        return last["acc"] / minutes if objective == "accuracy-per-minute" else last["acc"]
+
+    return run_trial
+
+
+def tune(
+    base: Config, fixed: list[str], storage: str, name: str, trials: int, timeout: float | None = None,
+    objective: str = "accuracy", progress: bool = False,
+):  # fmt: skip
+    """Run trials until the study holds `trials` finished (complete or pruned) trials or `timeout` seconds pass."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    study = open_study(storage, name)
+    study.set_user_attr("objective", objective)
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    remaining = trials - len(study.get_trials(deepcopy=False, states=done))
+    if remaining > 0:
+        study.optimize(
+            objective_fn(base, fixed, objective, progress), n_trials=remaining, timeout=timeout,
+            callbacks=[MaxTrialsCallback(trials, states=done)], catch=(optuna.exceptions.StorageInternalError,),
+        )  # fmt: skip
+    return study
+
+
+def summary(study, top: int = 5) -> str:
+    """The best trials and the parameters' importances, as text."""
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise TuneError(f"study '{study.study_name}' has no finished trial yet")
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    lines = [
+        f"study '{study.study_name}': " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))),
+        f"objective: {study.user_attrs.get('objective', 'accuracy')} on the group-aware validation split",
+        "best trials:",
+    ]
+    for t in sorted(complete, key=lambda t: -t.value)[:top]:
+        acc, minutes = t.user_attrs.get("val_accuracy"), t.user_attrs.get("train_minutes")
+        lines.append(f"  #{t.number}: {t.value:.4f} (val accuracy {acc:.4f}, {minutes:.1f} min)  {t.params}")
+    if len(complete) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # too few trials for the evaluator's quantiles: it says so, we show it
+            importances = optuna.importance.get_param_importances(study)
+        lines.append("parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
+    return "\n".join(lines)
+
+
+def best_config(study) -> dict:
+    """The config of the best finished trial, as saved with it."""
+    return study.best_trial.user_attrs["config"]
+
+
+def study_figures(study) -> dict:
+    """Optimization history and parameter importances (Optuna's matplotlib plots) as images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as oplt
+
+    from .figures import figure_image
+
+    figs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        figs["optimization history"] = figure_image(oplt.plot_optimization_history(study).figure)
+        if len(study.get_trials(deepcopy=False, states=(study.best_trial.state,))) >= 2:
+            figs["parameter importances"] = figure_image(oplt.plot_param_importances(study).figure)
+    return figs
+
+
+def write_study(study, runs: Path) -> list[Path]:
+    """`<runs>/tune-<study>/`: report.html (summary and plots), best-config.json (usable as `--preset FILE`)."""
+    import html
+    import json
+
+    from .figures import png_bytes
+    from .io import atomic_write_json, atomic_write_text
+    from .report import Section, html_page, img
+
+    out = runs / f"tune-{study.study_name}"
+    best = best_config(study)
+    sections = [Section("summary", "Study", f"<pre>{html.escape(summary(study))}</pre>")]
+    sections += [
+        Section(k.replace(" ", "-"), k.capitalize(), img(png_bytes(im), k)) for k, im in study_figures(study).items()
+    ]
+    sections.append(Section("best", "Best configuration", f"<pre>{html.escape(json.dumps(best, indent=2))}</pre>"))
+    page = html_page(f"HeritageLens study {study.study_name}", f"{len(study.trials)} trials", sections)
+    return [atomic_write_text(page, out / "report.html"), atomic_write_json(best, out / "best-config.json")]

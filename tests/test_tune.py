@@ -1,0 +1,117 @@
+"""The search: its space builds valid models, workers share one study, a killed study resumes, pruning fires."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import SETS, assert_one_line_error, cli, tiny_config
+
+optuna = pytest.importorskip("optuna")
+
+from heritagelens.config import Config  # noqa: E402
+from heritagelens.models import build_model  # noqa: E402
+from heritagelens.tune import SPACE, open_study, searched, suggest, tune  # noqa: E402
+
+FAST = [*SETS, "--set", "train.epochs=2", "--set", "model.widths=[8,16]", "--set", "model.depths=[1,1]"]
+
+
+def test_every_architecture_in_the_space_builds_and_runs():
+    choices = {p.key: p.choices for p in SPACE if p.kind == "choice"}
+    for width, depths, k, pool in itertools.product(*choices.values()):
+        values = {p.key: p.low for p in SPACE if p.kind != "choice"}
+        values |= dict(zip(choices, (width, depths, k, pool)))
+        cfg = Config().override(suggest(optuna.trial.FixedTrial(values), list(SPACE)))
+        assert cfg.model.widths == (width, 2 * width, 4 * width, 8 * width)
+        assert cfg.model.depths == tuple(int(d) for d in depths.split(","))
+        assert build_model(cfg.model, 10)(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_values_given_with_set_are_not_searched():
+    free = {p.key for p in searched(["model.widths=[8,16]", "train.lr=0.1"])}
+    assert "model.width" not in free and "train.lr" not in free and "train.epochs" in free
+    assert len(free) == len(SPACE) - 2
+
+
+def trials_in(db) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+
+
+def test_two_workers_share_one_sqlite_study(trained, tmp_path):
+    root, _ = trained
+    db = tmp_path / "study.db"
+    args = ["tune", "--trials", "6", "--storage", f"sqlite:///{db}", "--study", "shared", "--data", root, "--quiet"]
+    cmd = [sys.executable, "-m", "heritagelens", *map(str, args), *FAST]
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outs
+    study = open_study(f"sqlite:///{db}", "shared", create=False)
+    done = [t for t in study.trials if t.state.is_finished()]
+    assert len(done) >= 6 and len({t.number for t in study.trials}) == len(study.trials)
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes finished trials
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done)  # distinct configurations
+    assert "best trials:" in outs[0][0] and "val accuracy" in outs[0][0]
+
+
+def test_a_killed_study_resumes_without_losing_finished_trials(trained, tmp_path):
+    root, _ = trained
+    db = tmp_path / "study.db"
+    args = ["tune", "--trials", "100", "--storage", f"sqlite:///{db}", "--study", "s", "--data", root, "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "heritagelens", *map(str, args), *FAST])
+    deadline = time.time() + 240
+    while time.time() < deadline and (not db.exists() or sum(s == "COMPLETE" for _, s in trials_in(db)) < 2):
+        time.sleep(1)
+    proc.kill()
+    proc.wait()
+    before = {n for n, s in trials_in(db) if s == "COMPLETE"}
+    assert len(before) >= 2
+    p = cli("tune", "--trials", len(before) + 2, "--storage", f"sqlite:///{db}", "--study", "s", "--data", root,
+            "--quiet", *FAST)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    after = {n for n, s in trials_in(db) if s in ("COMPLETE", "PRUNED")}
+    assert before <= after and len(after) == len(before) + 2
+
+
+def test_pruning_stops_a_trial_that_is_made_to_be_bad(tiny_data, tmp_path):
+    base = tiny_config(tiny_data, "train.epochs=6")
+    fixed = ["model.widths=[8,16]", "model.depths=[1,1]", "train.epochs=6", "data.val_folds=4"]
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_study(storage, "p")
+    good = {"train.lr": 0.1, "model.dropout": 0.0, "train.cutout": 0, "train.label_smoothing": 0.0}
+    for _ in range(3):
+        study.enqueue_trial(good)
+    study.enqueue_trial({**good, "train.lr": 1e-7})  # learns nothing: chance accuracy every epoch
+    study = tune(base, fixed, storage, "p", trials=4)
+    states = [t.state.name for t in study.trials]
+    assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED"
+    assert len(study.trials[3].intermediate_values) < 6  # stopped before its last epoch
+
+
+def test_show_writes_the_study_report_and_a_best_config_train_accepts(trained, tmp_path):
+    root, _ = trained
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    p = cli("tune", "--trials", "2", "--storage", db, "--study", "x", "--data", root, "--quiet", *FAST)
+    assert p.returncode == 0, p.stderr
+    p = cli("tune", "--show", "--storage", db, "--study", "x", "--runs", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "parameter importances" in p.stdout
+    report = (tmp_path / "tune-x" / "report.html").read_text()
+    assert report.count('<img src="data:image/png;base64,') == 2  # history and importances
+    best = tmp_path / "tune-x" / "best-config.json"
+    p = cli("train", "--preset", best, "--data", root, "--out", tmp_path / "run", "--quiet", "--epochs", "1")
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"] == json.loads(best.read_text())["model"]
+
+
+def test_tune_bad_input_gives_one_line(tmp_path):
+    assert_one_line_error(cli("tune", "--show", "--storage", f"sqlite:///{tmp_path / 'none.db'}"), "no study")
+    assert_one_line_error(cli("tune", "--show", "--storage", "nosuchdb://x"), "cannot open the study storage")
+    assert_one_line_error(cli("tune", "--data", tmp_path), "--trials")
