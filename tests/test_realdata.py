@@ -12,7 +12,7 @@ pytestmark = pytest.mark.realdata
 # Quick judges for the pipeline (the real, robust judges are measured in bench/dream.py): not adversarial, since
 # 3 epochs of adversarial training leave them near chance.
 QUICK_JUDGES = (
-    'gallery.judge_overrides=["model.widths=[16,32,64,128]", "train.limit_train=3000", "train.epochs=8", '
+    'gallery.judge_overrides=["model.widths=[16,32,64,128]", "train.limit_train=3000", "train.epochs=5", '
     '"train.adv_eps=0"]'
 )
 
