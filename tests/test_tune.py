@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import os
+import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,15 +50,50 @@ def trials_in(db) -> list[tuple]:
         return c.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
 
 
-def test_two_workers_share_one_sqlite_study(trained, tmp_path):
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of our own on 127.0.0.1, from Debian's binaries (.ci/run installs them); its URL."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL missing: .ci/run installs Debian's postgresql for the shared-study test")
+        pytest.skip("shared-study test on PostgreSQL: apt-get install postgresql")
+    pytest.importorskip("psycopg")
+    bin_dir = bins[-1].parent
+    base = Path(tempfile.mkdtemp(prefix="heritagelens-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # the server refuses root
+    if as_postgres:
+        base.chmod(0o755)
+        shutil.chown(base, "postgres", "postgres")
+    port = free_port()
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run([*as_postgres, bin_dir / "initdb", "-D", base / "data", "-A", "trust", "-U", "heritagelens"])
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    run([*as_postgres, bin_dir / "pg_ctl", "-D", base / "data", "-o", options, "-l", base / "log", "-w", "start"])
+    try:
+        run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "heritagelens", "studies"])
+        yield f"postgresql://heritagelens@127.0.0.1:{port}/studies"
+    finally:
+        run([*as_postgres, bin_dir / "pg_ctl", "-D", base / "data", "-m", "fast", "-w", "stop"])
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_two_workers_share_one_study(trained, tmp_path, engine, request):
     root, _ = trained
-    db = tmp_path / "study.db"
-    args = ["tune", "--trials", "6", "--storage", f"sqlite:///{db}", "--study", "shared", "--data", root, "--quiet"]
+    url = f"sqlite:///{tmp_path / 'study.db'}" if engine == "sqlite" else request.getfixturevalue("postgres")
+    args = ["tune", "--trials", "6", "--storage", url, "--study", f"shared-{engine}", "--data", root, "--quiet"]
     cmd = [sys.executable, "-m", "heritagelens", *map(str, args), *FAST]
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), outs
-    study = open_study(f"sqlite:///{db}", "shared", create=False)
+    study = open_study(url, f"shared-{engine}", create=False)
     done = [t for t in study.trials if t.state.is_finished()]
     assert len(done) >= 6 and len({t.number for t in study.trials}) == len(study.trials)
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes finished trials
