@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-from conftest import assert_one_line_error, cli
+from conftest import assert_one_line_error, cli, need
 
 from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
 from heritagelens.export import OnnxClassifier, max_difference, to_onnx
 from heritagelens.models import build_model
 
-pytest.importorskip("onnxruntime")
+need("onnxruntime")
 
 
 @pytest.mark.realdata

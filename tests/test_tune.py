@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SETS, assert_one_line_error, cli, tiny_config
+from conftest import SETS, assert_one_line_error, cli, free_port, need, tiny_config
 
-optuna = pytest.importorskip("optuna")
+optuna = need("optuna")
 
 from heritagelens.config import Config  # noqa: E402
 from heritagelens.models import build_model  # noqa: E402
@@ -58,7 +57,7 @@ def postgres():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL missing: .ci/run installs Debian's postgresql for the shared-study test")
         pytest.skip("shared-study test on PostgreSQL: apt-get install postgresql")
-    pytest.importorskip("psycopg")
+    need("psycopg")
     bin_dir = bins[-1].parent
     base = Path(tempfile.mkdtemp(prefix="heritagelens-pg-"))
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # the server refuses root
@@ -76,12 +75,6 @@ def postgres():
     finally:
         run([*as_postgres, bin_dir / "pg_ctl", "-D", base / "data", "-m", "fast", "-w", "stop"])
         shutil.rmtree(base, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])

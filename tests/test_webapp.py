@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, need
 from PIL import Image
 
-pytest.importorskip("gradio")
+need("gradio")
 
 from heritagelens.webapp import Explorer  # noqa: E402
 
@@ -91,12 +91,6 @@ def test_concurrent_requests_get_the_answers_they_would_get_alone(explorer, trai
 
 
 # --------------------------------------------------------------------------------------------- in a browser
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def cmd_predict(args) -> int:
     from .data import DataError, decode
 
     if str(args.checkpoint).lower().endswith(".onnx"):
-        _need_export_extra()
+        _need_extra(*EXPORT_EXTRA)
         from .export import OnnxClassifier
 
         if args.tta:
@@ -154,7 +154,7 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
-    _need_export_extra()
+    _need_extra(*EXPORT_EXTRA)
     from .checkpoint import load_model, run_folder
     from .export import ExportError, OnnxClassifier, check_images, max_difference, to_onnx
     from .io import atomic_write_bytes
@@ -174,11 +174,15 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _need_export_extra() -> None:
+EXPORT_EXTRA = ("export", "ONNX export and .onnx files", ["onnx", "onnxruntime", "onnxscript"])
+
+
+def _need_extra(extra: str, what: str, modules: list[str]) -> None:
+    """One line naming the pip extra when `what` needs modules that are not installed."""
     import importlib.util
 
-    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")):
-        raise UsageError("ONNX export and .onnx files need the export extra: pip install 'heritagelens[export]'")
+    if any(importlib.util.find_spec(m) is None for m in modules):
+        raise UsageError(f"{what} needs the {extra} extra: pip install 'heritagelens[{extra}]'")
 
 
 def cmd_layers(args) -> int:
@@ -321,10 +325,7 @@ def cmd_run(args) -> int:
 
 def cmd_serve(args) -> int:
     """The explorer web app for a checkpoint, on 127.0.0.1 unless --host says otherwise."""
-    import importlib.util
-
-    if importlib.util.find_spec("gradio") is None:
-        raise UsageError("serve needs the web extra: pip install 'heritagelens[web]'")
+    _need_extra("web", "the web app", ["gradio"])
     from .webapp import serve
 
     serve(args.checkpoint, args.data, args.host, args.port)

@@ -116,16 +116,16 @@ def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.T
 def check_images(ckpt: dict, root: Path | str | None = None, n: int = 256) -> tuple[torch.Tensor, str]:
     """Up to `n` real images to compare an export on (from `root`, else the data the model was trained on), and
     what they are; 64 noise images when the model's data is gone."""
-    from .config import Config
-    from .data import DataError, load_split
+    from .data import DataError
+    from .visualize import train_split
 
-    cfg = Config.from_dict(ckpt["config"])
     try:
-        split = load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)
+        split = train_split(ckpt, root)
     except DataError:
         if root:
             raise
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (64, 3, 64, 64), generator=g, dtype=torch.uint8), "64 noise images (no data)"
     idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))[:n]
-    return split.images[idx], f"{len(idx)} images of {Path(root or cfg.data.root) / 'train'}"
+    where = Path(root or ckpt["config"]["data"]["root"]) / "train"
+    return split.images[idx], f"{len(idx)} images of {where}"

@@ -136,6 +136,11 @@ def para(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
+def eval_id(name: str) -> str:
+    """The anchor of an `eval-<split>.json` file's section: letters, digits, '_' and '-' only."""
+    return "eval-" + re.sub(r"[^\w-]", "_", name.removeprefix("eval-").removesuffix(".json"))
+
+
 def split_label(split: str) -> str:
     return f"{split} ({SPLIT_NAMES.get(split, split)})"
 
@@ -198,7 +203,7 @@ def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
     from .evaluate import EvalResult, Mistake, confusion_figure
 
     split = name.removeprefix("eval-").removesuffix(".json")
-    s = Section("eval-" + re.sub(r"[^\w-]", "_", split), f"Evaluation on {split_label(split)}")
+    s = Section(eval_id(name), f"Evaluation on {split_label(split)}")
     d = run.json(name, s)
     if d is None:
         return s
@@ -373,8 +378,7 @@ def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[st
     ]
     evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (f.stem != "eval-val", f.stem))
     for f in evals:
-        sid = "eval-" + re.sub(r"[^\w-]", "_", f.stem.removeprefix("eval-"))
-        sections.append(safely(f.name, sid, f"Evaluation ({f.name})", eval_section, run, f.name, root))
+        sections.append(safely(f.name, eval_id(f.name), f"Evaluation ({f.name})", eval_section, run, f.name, root))
     if not evals:
         sections.append(Section("eval-val", "Evaluation", missing=["eval-<split>.json: no split evaluated"]))
     sections += [
