@@ -22,7 +22,8 @@ optuna = need("optuna")
 
 from heritagelens.config import Config  # noqa: E402
 from heritagelens.models import build_model  # noqa: E402
-from heritagelens.tune import SPACE, open_study, searched, suggest, tune  # noqa: E402
+from heritagelens.run import prepare  # noqa: E402
+from heritagelens.tune import SPACE, estimated_minutes, open_study, searched, suggest, tune  # noqa: E402
 
 FAST = [*SETS, "--set", "train.epochs=2", "--set", "model.widths=[8,16]", "--set", "model.depths=[1,1]"]
 
@@ -125,7 +126,7 @@ def test_pruning_stops_a_trial_that_is_made_to_be_bad(tiny_data, tmp_path):
     study = tune(base, fixed, storage, "p", trials=4)
     states = [t.state.name for t in study.trials]
     assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED"
-    assert len(study.trials[3].intermediate_values) < 6  # stopped before its last epoch
+    assert max(study.trials[3].intermediate_values) < 100  # stopped before the end of its schedule
 
 
 def test_show_writes_the_study_report_and_a_best_config_train_accepts(trained, tmp_path):
@@ -149,3 +150,19 @@ def test_tune_bad_input_gives_one_line(tmp_path):
     assert_one_line_error(cli("tune", "--show", "--storage", f"sqlite:///{tmp_path / 'none.db'}"), "no study")
     assert_one_line_error(cli("tune", "--show", "--storage", "nosuchdb://x"), "cannot open the study storage")
     assert_one_line_error(cli("tune", "--data", tmp_path), "--trials")
+
+
+
+def test_a_trial_estimated_over_the_time_cap_is_pruned_before_it_trains(tiny_data, tmp_path):
+    fixed = ["model.widths=[8,16]", "model.depths=[1,1]", "train.epochs=2", "data.val_folds=4"]
+    base = tiny_config(tiny_data, *fixed)
+    prep = prepare(base)
+    small, large = (estimated_minutes(base.override([f"model.widths=[{w},{2 * w}]"]), prep) for w in (4, 64))
+    assert 0 < small < large  # 16x the channels costs more
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = tune(base, fixed, storage, "cap", trials=1, trial_minutes=1e-9)
+    (t,) = study.trials
+    assert t.state.name == "PRUNED" and not t.intermediate_values and t.user_attrs["estimated_minutes"] >= 0
+    study = tune(base, fixed, storage, "cap", trials=2, trial_minutes=60)
+    assert study.trials[1].state.name == "COMPLETE" and sorted(study.trials[1].intermediate_values) == [50, 100]

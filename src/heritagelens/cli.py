@@ -296,7 +296,10 @@ def cmd_tune(args) -> int:
         return 0
     cfg = _config(args)
     print(f"study '{args.study}' in {storage}; data: {cfg.data.root}", flush=True)
-    study = tune(cfg, args.set or [], storage, args.study, args.trials, args.timeout, args.objective, not args.quiet)
+    study = tune(
+        cfg, args.set or [], storage, args.study, args.trials, args.timeout, args.objective, not args.quiet,
+        args.trial_minutes,
+    )  # fmt: skip
     print(summary(study))
     return 0
 
@@ -381,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///runs/tune.db)")
     tu.add_argument("--study", default="heritagelens", help="study name (workers with the same name share it)")
     tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tu.add_argument(
+        "--trial-minutes", type=float, metavar="M", help="prune, before it starts, a trial estimated to train longer"
+    )
     tu.add_argument("--objective", choices=["accuracy", "accuracy-per-minute"], default="accuracy")
     tu.add_argument("--runs", default="runs", help="folder for the default database and the --show figures")
     tu.add_argument("--show", action="store_true", help="best trials, importances, plots and the best config")

@@ -5,6 +5,12 @@ A study lives in an Optuna storage: by default a SQLite file in the runs folder 
 SQLAlchemy URL (PostgreSQL, MySQL) works the same, so workers on several machines join one study by pointing at
 one database. A killed worker's unfinished trial is noticed by its heartbeat going stale and tried again; finished
 trials are never lost. `--trials N` is the study's total of finished trials, so a resumed study runs only the rest.
+
+Trials report their validation accuracy at each quarter of their own schedule (step 25, 50, 75, 100: percent of the
+epochs done), so a 28-epoch trial is compared with an 8-epoch one at the same point of its learning-rate schedule,
+not at the same epoch, where the shorter one would always look better. With `trial_minutes`, a configuration whose
+training is estimated (from timing a few steps) to take longer is pruned before it starts: a time budget then bounds
+every trial, so `--timeout` plus the cap bounds the study.
 """
 
 from __future__ import annotations
@@ -120,16 +126,35 @@ def _open_study(storage: str, name: str, create: bool):
     )  # fmt: skip
     if not create:
         return optuna.load_study(study_name=name, storage=rdb)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
-    sampler = optuna.samplers.TPESampler(multivariate=True, group=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50)  # from half of the schedule on
+    sampler = optuna.samplers.TPESampler(n_startup_trials=6, multivariate=True, group=True)  # budgets of ~12 trials
     return optuna.create_study(
         storage=rdb, study_name=name, direction="maximize", load_if_exists=True, pruner=pruner, sampler=sampler
     )
 
 
-def objective_fn(base: Config, fixed: list[str], objective: str, progress: bool = False):
+def estimated_minutes(cfg: Config, prep, steps: int = 3) -> float:
+    """Minutes `cfg` would train for on `prep`'s training part, from timing `steps` steps after one warm-up step."""
+    from .run import initial_state
+    from .train import fit
+
+    n, train = cfg.train.batch_size, prep.split.images[prep.train_idx]
+    labels, short = prep.split.labels[prep.train_idx], cfg.override(["train.epochs=1"])
+    state = initial_state(cfg, prep)
+    fit(short, state, train[:n], labels[:n], train[:1], labels[:1], progress=False)  # kernels chosen, caches warm
+    state.epoch = 0
+    t0 = time.perf_counter()
+    fit(short, state, train[: steps * n], labels[: steps * n], train[:1], labels[:1], progress=False)
+    per_step = (time.perf_counter() - t0) / min(steps, -(-len(train) // n))
+    return per_step * -(-len(train) // n) * cfg.train.epochs / 60
+
+
+def objective_fn(
+    base: Config, fixed: list[str], objective: str, progress: bool = False, trial_minutes: float | None = None
+):  # fmt: skip
     """The function Optuna calls per trial: train the suggested config on the group-aware split, report the
-    validation accuracy of every epoch (for pruning), return the final one (or it per minute of training)."""
+    validation accuracy at each quarter of the schedule (for pruning), return the final one (or it per minute of
+    training). A config estimated to train longer than `trial_minutes` is pruned before it starts."""
     import optuna
 
     from .run import initial_state, prepare
@@ -144,13 +169,21 @@ def objective_fn(base: Config, fixed: list[str], objective: str, progress: bool 
         cfg = base.override(suggest(trial, params))
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        last = {}
+        if trial_minutes:
+            minutes = estimated_minutes(cfg, prep)
+            trial.set_user_attr("estimated_minutes", round(minutes, 2))
+            if minutes > trial_minutes:
+                raise optuna.TrialPruned(f"estimated {minutes:.0f} min of training, over the {trial_minutes:g} min cap")
+        last = {"step": 0}
 
         def on_epoch(state, r) -> None:
             last["acc"] = r.val_acc
-            trial.report(r.val_acc, r.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {r.epoch}: val accuracy {r.val_acc:.4f} below the median")
+            step = 100 * r.epoch // cfg.train.epochs // 25 * 25  # percent of the schedule, in quarters
+            if step > last["step"]:
+                last["step"] = step
+                trial.report(r.val_acc, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {r.epoch}: val accuracy {r.val_acc:.4f} below the median")
 
         t0 = time.perf_counter()
         fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
@@ -164,7 +197,7 @@ def objective_fn(base: Config, fixed: list[str], objective: str, progress: bool 
 
 def tune(
     base: Config, fixed: list[str], storage: str, name: str, trials: int, timeout: float | None = None,
-    objective: str = "accuracy", progress: bool = False,
+    objective: str = "accuracy", progress: bool = False, trial_minutes: float | None = None,
 ):  # fmt: skip
     """Run trials until the study holds `trials` finished (complete or pruned) trials or `timeout` seconds pass."""
     import optuna
@@ -177,10 +210,20 @@ def tune(
     remaining = trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:
         study.optimize(
-            objective_fn(base, fixed, objective, progress), n_trials=remaining, timeout=timeout,
-            callbacks=[MaxTrialsCallback(trials, states=done)], catch=(optuna.exceptions.StorageInternalError,),
+            objective_fn(base, fixed, objective, progress, trial_minutes), n_trials=remaining, timeout=timeout,
+            callbacks=[MaxTrialsCallback(trials, states=done), _say], catch=(optuna.exceptions.StorageInternalError,),
         )  # fmt: skip
     return study
+
+
+def _say(study, trial) -> None:
+    """One line per finished trial, so a long study's log shows its progress."""
+    minutes = trial.user_attrs.get("train_minutes") or trial.user_attrs.get("estimated_minutes")
+    value = "" if trial.value is None else f" {trial.value:.4f}"
+    last = max(trial.intermediate_values, default=None)
+    where = f" at {last}% of its schedule" if trial.state.name == "PRUNED" and last else ""
+    print(f"trial {trial.number} {trial.state.name.lower()}{value}{where} ({minutes or 0:.1f} min) {trial.params}",
+          flush=True)  # fmt: skip
 
 
 def summary(study, top: int = 5) -> str:
