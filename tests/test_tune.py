@@ -152,7 +152,6 @@ def test_tune_bad_input_gives_one_line(tmp_path):
     assert_one_line_error(cli("tune", "--data", tmp_path), "--trials")
 
 
-
 def test_a_trial_estimated_over_the_time_cap_is_pruned_before_it_trains(tiny_data, tmp_path):
     fixed = ["model.widths=[8,16]", "model.depths=[1,1]", "train.epochs=2", "data.val_folds=4"]
     base = tiny_config(tiny_data, *fixed)
