@@ -46,6 +46,8 @@ def _config(args):
         cfg.train.seed = args.seed
     if getattr(args, "epochs", None) is not None:
         cfg = cfg.override([f"train.epochs={args.epochs}"])
+    if getattr(args, "device", None):
+        cfg.train.device = args.device
     return cfg
 
 
@@ -83,22 +85,30 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
+    from .distributed import close_world, launched_size
     from .run import train_run
 
+    main = int(os.environ.get("RANK", "0")) == 0
     if args.resume:
         run = Path(args.resume)
         if not (run / "last.pt").exists():
             raise UsageError(f"{run}: no last.pt to resume from")
-        state, _ = train_run(None, run, resume=True, progress=not args.quiet)
+    else:
+        cfg = _config(args)
+        run = _run_dir(args) if args.out or launched_size() == 1 else None
+        if run is None:
+            raise UsageError("under torchrun, train needs --out (every process must name the same run folder)")
+        if (run / "last.pt").exists():
+            raise UsageError(f"{run}: already holds a run; use --resume {run} or another --out")
+        if main:
+            print(cfg.to_json())
+    try:
+        train_run(None if args.resume else cfg, run, resume=bool(args.resume), progress=not args.quiet)
+    finally:
+        close_world()
+    if main:
         print(f"run folder: {run}")
-        return 0
-    cfg = _config(args)
-    run = _run_dir(args)
-    if (run / "last.pt").exists():
-        raise UsageError(f"{run}: already holds a run; use --resume {run} or another --out")
-    print(cfg.to_json())
-    train_run(cfg, run, progress=not args.quiet)
-    print(f"run folder: {run}")
     return 0
 
 
@@ -363,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--epochs", type=int)
         sp.add_argument("--out", help="run folder (default: runs/<date-time>)")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        sp.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
 
     d = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     c = d.add_parser("check", help="counts, sizes, modes, unreadable files and duplicates")
@@ -380,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="fix a value (it is not searched)")
     tu.add_argument("--seed", type=int, help="training seed of every trial")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
     tu.add_argument("--trials", type=int, help="finished trials the study should hold (a resumed study runs the rest)")
     tu.add_argument("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///runs/tune.db)")
     tu.add_argument("--study", default="heritagelens", help="study name (workers with the same name share it)")
@@ -485,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .deconvnet import DeconvError
+    from .distributed import launched_size
     from .dream import DreamError
     from .export import ExportError
     from .judges import JudgeError
@@ -493,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if launched_size() > 1 and args.func is not cmd_train:
+            raise UsageError("only 'train' runs under torchrun; tune in parallel by starting workers on one --storage")
         return args.func(args)
     except (
         UsageError,

@@ -115,7 +115,12 @@ class TrainConfig:
     tta: bool = True
     """Evaluate with test-time augmentation (flip and +-2 px shifts averaged)."""
     bf16: bool = True
-    """bfloat16 autocast on CPU (faster where the CPU has BF16 instructions)."""
+    """Mixed precision: bfloat16 autocast on CPU (faster where the CPU has BF16 instructions) and on GPUs that have
+    bfloat16; float16 with loss scaling on GPUs that do not. False trains in float32."""
+    fp16: bool = False
+    """With `bf16`, use float16 with loss scaling instead of bfloat16 (chosen by itself on GPUs without bfloat16)."""
+    device: str = "auto"
+    """'auto' (a CUDA GPU when PyTorch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:K'."""
     channels_last: bool = True
     compile: bool = False
     """torch.compile the model (slow to start, see BENCHMARKS.md)."""

@@ -21,6 +21,7 @@ import torch
 from . import data
 from .checkpoint import check_classes, load_model, read_checkpoint, resume_state, save_checkpoint
 from .config import ROBUST, Config
+from .distributed import init_world
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .figures import figure_image, png_bytes
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -78,11 +79,13 @@ def prepare(cfg: Config) -> Prepared:
 
 
 class RunDir:
-    """The one place a training run writes its files (all atomically)."""
+    """The one place a training run writes its files (all atomically); with `writes` False (the processes of a
+    distributed run other than rank 0) it writes nothing."""
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | str, writes: bool = True):
+        self.path, self.writes = Path(path), writes
+        if writes:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = self._read_metrics()
 
     def _read_metrics(self) -> list[dict]:
@@ -90,11 +93,15 @@ class RunDir:
         return list(csv.DictReader(f.open())) if f.exists() else []
 
     def log(self, line: str) -> None:
+        if not self.writes:
+            return
         with (self.path / "train.log").open("a") as f:  # append-only: a torn last line loses nothing earlier
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
     def add_epoch(self, r: EpochResult) -> None:
         self.rows = [row for row in self.rows if int(row["epoch"]) < r.epoch] + [asdict(r)]
+        if not self.writes:
+            return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(asdict(r)))
         w.writeheader()
@@ -118,8 +125,10 @@ def initial_state(cfg: Config, prep: Prepared) -> TrainState:
 def train_run(
     cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True
 ) -> tuple[TrainState, Prepared]:
-    """Train into `run_path`; with `resume`, continue the run saved there with the config saved there."""
-    run = RunDir(run_path)
+    """Train into `run_path`; with `resume`, continue the run saved there with the config saved there. Under torchrun
+    every process trains its share and only rank 0 writes (see `heritagelens.distributed`)."""
+    main = init_world(cfg.train.device if cfg is not None else "auto").main
+    run = RunDir(run_path, writes=main)
     if resume:
         last = run.path / "last.pt"
         ckpt = read_checkpoint(last)
@@ -132,11 +141,13 @@ def train_run(
         run.log(f"resumed at epoch {state.epoch}")
     else:
         state = initial_state(cfg, prep)
-        atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
-        atomic_write_json({**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx]}, run.path / "split.json")
+        if main:
+            atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
+            split = {**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx]}
+            atomic_write_json(split, run.path / "split.json")
         run.log(f"config {json.dumps(cfg.to_dict())}")
         run.log(f"split {json.dumps(prep.summary())}")
-    if s.bad:
+    if s.bad and main:
         run.log(f"skipped {len(s.bad)} unreadable file(s): " + "; ".join(f"{f}: {p}" for f, p in s.bad))
         print(
             f"heritagelens: warning: skipped {len(s.bad)} unreadable file(s), first {s.bad[0][0]}: {s.bad[0][1]} "
@@ -147,6 +158,8 @@ def train_run(
         torch.set_num_threads(cfg.train.threads)
 
     def on_epoch(st: TrainState, r: EpochResult) -> None:
+        if not main:
+            return
         is_best = r.val_acc > run.best_val()
         run.add_epoch(r)
         run.log(

@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import Config, TrainConfig
+from .distributed import Precision, all_sum, precision, share, world
 from .models import evaluating
 
 # ---------------------------------------------------------------------------------------------------- augmentation
@@ -93,12 +94,15 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
     return batch_cutout(x, cfg.cutout, g)
 
 
-def fgsm_example(forward, criterion, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator):
+def fgsm_example(
+    forward, criterion, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+    amp: Precision | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Fast FGSM with a random start (Wong et al. 2020): one signed-gradient step of `cfg.adv_alpha` from a uniform
     start in the L-inf ball of radius `cfg.adv_eps` (pixel units, 0..255), kept in the ball and in 0..255."""
-    eps = cfg.adv_eps
+    eps, amp = cfg.adv_eps, amp or precision(cfg, x.device)
     delta = ((torch.rand(x.shape, generator=g) * 2 - 1) * eps).to(x).requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and x.device.type == "cpu"):
+    with amp.autocast():
         loss = criterion(forward((x + delta).clamp(0, 255)).float(), y)
     (grad,) = torch.autograd.grad(loss, delta)
     delta = (delta.detach() + cfg.adv_alpha * grad.sign()).clamp(-eps, eps)
@@ -142,14 +146,17 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 def predict_logits(
     model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, bf16: bool = True
 ) -> torch.Tensor:
-    """Logits (N, classes) in float32 for uint8 images (N, 3, 64, 64), in eval mode; the model's mode is restored."""
+    """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
+    eval mode (bfloat16 autocast when `bf16` and the device has it); the model's mode is restored."""
     out = []
+    device = next(model.parameters()).device
+    amp = precision(TrainConfig(bf16=bf16), device)
     with evaluating(model):
         for s in range(0, len(images), batch_size):
-            x = images[s : s + batch_size].float().contiguous(memory_format=torch.channels_last)
+            x = images[s : s + batch_size].to(device).float().contiguous(memory_format=torch.channels_last)
             views = tta_views(x) if tta else [x]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
-                out.append(torch.stack([model(v).float() for v in views]).mean(0))
+            with amp.autocast():
+                out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -188,7 +195,8 @@ def memory_format(cfg: TrainConfig) -> torch.memory_format:
 
 
 def new_state(model: nn.Module, cfg: TrainConfig) -> TrainState:
-    model = model.to(memory_format=memory_format(cfg))
+    """The model on this process's device (see `heritagelens.distributed`) with a new optimizer."""
+    model = model.to(device=world().device, memory_format=memory_format(cfg))
     return TrainState(model, make_optimizer(model, cfg), make_ema(model, cfg))
 
 
@@ -207,45 +215,64 @@ def fit(
     on_epoch: Callable[[TrainState, EpochResult], None] = lambda s, r: None,
     progress: bool = True,
 ) -> TrainState:
-    """Train from `state.epoch` to `cfg.train.epochs`, calling `on_epoch` after each (it saves checkpoints)."""
-    tc = cfg.train
+    """Train from `state.epoch` to `cfg.train.epochs`, calling `on_epoch` after each (it saves checkpoints).
+
+    Images stay uint8 on the CPU and are augmented there, a global batch at a time; under torchrun every process
+    augments the same batch and trains on its share (see `heritagelens.distributed`)."""
+    tc, w = cfg.train, world()
     steps_per_epoch = math.ceil(len(train_images) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     model, opt = state.model, state.optimizer
+    device = next(model.parameters()).device
+    amp = precision(tc, device)
+    scaler = amp.scaler()
     forward = torch.compile(model) if tc.compile else model  # measured slower on CPU here: off by default
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     fmt = memory_format(tc)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    bar = _progress(total, state.epoch * steps_per_epoch, progress)
+    bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
     for epoch in range(state.epoch, tc.epochs):
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
-        torch.manual_seed(tc.seed * 100_003 + epoch)  # dropout
+        torch.manual_seed(tc.seed * 100_003 + epoch + 1_000_003 * w.rank)  # dropout: each process its own masks
         order = torch.randperm(len(train_images), generator=g)
         model.train()
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            x = augment(train_images[idx], tc, g).contiguous(memory_format=fmt)
+            x = augment(train_images[idx], tc, g)  # the whole global batch: the same random draws in every process
             y = train_labels[idx]
+            if len(idx) < w.size:  # a last batch smaller than the number of processes: skipped by all of them alike
+                continue
+            part = share(len(idx), w)
+            x = x[part].to(device, non_blocking=True).contiguous(memory_format=fmt)
+            y = y[part].to(device, non_blocking=True)
             lr = get_lr(epoch * steps_per_epoch + i, total, tc)
             for group in opt.param_groups:
                 group["lr"] = lr
             if tc.adv_eps > 0:
-                x = fgsm_example(forward, criterion, x, y, tc, g)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and x.device.type == "cpu"):
+                x = fgsm_example(model, criterion, x, y, tc, g, amp)
+            with amp.autocast():
                 logits = forward(x)
                 loss = criterion(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            # DDP averages the processes' gradients: weighting each share's mean by its size makes that average the
+            # gradient of the mean loss over the whole global batch.
+            scaler.scale(loss * (len(y) * w.size / len(idx))).backward()
+            scaler.step(opt)
+            scaler.update()
             if state.ema is not None:
                 state.ema.update_parameters(model)
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
-            seen = min((i + 1) * tc.batch_size, len(train_images))
+            seen = min((i + 1) * tc.batch_size, len(train_images)) / w.size
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
             bar.update(1)
         seconds = time.perf_counter() - t0
+        loss_sum, correct = all_sum([loss_sum, float(correct)], w)
         state.epoch = epoch + 1
         val_acc = accuracy(eval_model(state), val_images, val_labels)
         n = len(train_images)

@@ -157,9 +157,11 @@ def objective_fn(
     training). A config estimated to train longer than `trial_minutes` is pruned before it starts."""
     import optuna
 
+    from .distributed import init_world
     from .run import initial_state, prepare
     from .train import fit
 
+    init_world(base.train.device)
     prep = prepare(base)  # the split depends only on data.*, which is never searched
     s = prep.split
     xt, yt, xv, yv = s.images[prep.train_idx], s.labels[prep.train_idx], s.images[prep.val_idx], s.labels[prep.val_idx]

@@ -1,0 +1,142 @@
+"""Training past one process: DDP under torchrun keeps replicas identical and computes one process's gradient of the
+global batch; only rank 0 writes; device and mixed-precision choices, exercised on the CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SETS, assert_one_line_error, cli, tiny_config
+
+from heritagelens import distributed
+from heritagelens.config import Config, ConfigError
+from heritagelens.train import augment, fit, memory_format
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ddp_worker  # noqa: E402
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    p = subprocess.run([*TORCHRUN, Path(ddp_worker.__file__), out], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_two_processes_keep_identical_replicas(ddp_results):
+    r0, r1 = ddp_results
+    assert r0["size"] == r1["size"] == 2
+    params = [k for k in r0["four_steps"] if "running" not in k and "num_batches" not in k]
+    for k in params:  # weights and the last step's gradients, bit for bit
+        assert torch.equal(r0["four_steps"][k], r1["four_steps"][k]), k
+    start = ddp_worker.model(Config().override(ddp_worker.OVERRIDES)).state_dict()
+    assert not torch.equal(start["features.conv1_1.weight"], r0["four_steps"]["features.conv1_1.weight"])  # it trained
+
+
+def test_two_processes_compute_the_gradient_of_the_global_batch(ddp_results):
+    """One process's gradient of the mean loss over the same 16 augmented images, batch norm taken per half as each
+    process does (ghost batch norm), equals what both processes hold after their all-reduced step."""
+    cfg = Config().override(ddp_worker.OVERRIDES)
+    tc = cfg.train
+    images, labels = ddp_worker.data()
+    model = ddp_worker.model(cfg).to(memory_format=memory_format(tc)).train()
+    g = torch.Generator().manual_seed(tc.seed * 100_003)  # as fit draws the first batch of epoch 0
+    idx = torch.randperm(16, generator=g)[:16]
+    x, y = augment(images[idx], tc, g).contiguous(memory_format=memory_format(tc)), labels[idx]
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    loss = sum(criterion(model(x[h]), y[h]) * 8 / 16 for h in (slice(0, 8), slice(8, 16)))
+    loss.backward()
+    whole = ddp_worker.model(cfg).train()
+    criterion(whole(x), y).backward()
+    ref = torch.cat([p.grad.flatten() for p in model.parameters()])
+    for r in ddp_results:
+        got = torch.cat([r["one_step"][f"grad.{n}"].flatten() for n, _ in model.named_parameters()])
+        assert (got - ref).norm() / ref.norm() < 1e-5  # float32 rounding: the sums run in another order
+    # per-process batch norm is what the reference models: one batch norm over all 16 gives another gradient
+    full = torch.cat([p.grad.flatten() for p in whole.parameters()])
+    assert (full - ref).norm() / ref.norm() > 1e-2
+
+
+def test_share_splits_a_global_batch_into_near_equal_contiguous_parts():
+    for n in (1, 7, 16, 61):
+        for size in (1, 2, 3):
+            parts = [distributed.share(n, distributed.World(r, size)) for r in range(size)]
+            sizes = [s.stop - s.start for s in parts]
+            assert parts[0].start == 0 and parts[-1].stop == n and max(sizes) - min(sizes) <= 1
+            assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+
+
+def test_torchrun_train_writes_only_from_rank_0_and_learns_like_one_process(trained, tmp_path):
+    root, single = trained
+    run = tmp_path / "ddp"
+    args = ["train", "--data", root, "--epochs", "2", "--out", run, "--quiet", *SETS]
+    p = subprocess.run([*TORCHRUN, "-m", "heritagelens", *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("run folder:") == 1 and p.stdout.count('"data": {') == 1
+    log = (run / "train.log").read_text()
+    assert log.count(" epoch 1 ") == 1 and log.count(" epoch 2 ") == 1 and log.count(" config ") == 1
+    assert not list(run.glob(".*.tmp"))
+    ddp_acc = float((run / "metrics.csv").read_text().splitlines()[-1].split(",")[4])
+    one_acc = float((single / "metrics.csv").read_text().splitlines()[-1].split(",")[4])
+    assert one_acc > 0.6 and abs(ddp_acc - one_acc) <= 0.2, (ddp_acc, one_acc)
+    e = cli("evaluate", run)  # what it wrote is an ordinary run
+    assert e.returncode == 0, e.stderr
+
+
+def test_under_torchrun_other_commands_and_a_missing_out_are_refused(trained):
+    root, run = trained
+    env = {"WORLD_SIZE": "2", "RANK": "0"}
+    assert_one_line_error(cli("evaluate", run, env=env), "only 'train' runs under torchrun")
+    assert_one_line_error(cli("train", "--data", root, *SETS, env=env), "needs --out")
+
+
+def test_device_choice_on_a_machine_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        distributed.pick_device("cuda")
+    with pytest.raises(ConfigError, match="must be"):
+        distributed.pick_device("tpu")
+
+
+def test_device_choice_with_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.pick_device("auto", local_rank=3) == torch.device("cuda:1")
+    assert distributed.pick_device("cuda:0", local_rank=1) == torch.device("cuda:0")
+    tc = Config().train
+    for bf16_supported, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda b=bf16_supported: b)
+        assert distributed.precision(tc, torch.device("cuda:0")).dtype == dtype
+    tc.bf16 = False
+    assert distributed.precision(tc, torch.device("cuda:0")).dtype is None
+
+
+def test_train_device_cuda_here_is_one_clear_line(trained):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    root, _ = trained
+    assert_one_line_error(cli("train", "--data", root, "--device", "cuda", *SETS), "no CUDA GPU")
+
+
+def test_float16_with_loss_scaling_trains(tiny_data):
+    """The GPU's float16 path (autocast + GradScaler), run on the CPU."""
+    cfg = tiny_config(tiny_data, "train.fp16=true", "train.epochs=3", "train.lr=0.05")
+    amp = distributed.precision(cfg.train, torch.device("cpu"))
+    assert amp.dtype == torch.float16 and amp.scaler().is_enabled()
+    from heritagelens.run import initial_state, prepare
+
+    prep = prepare(cfg)
+    s = prep.split
+    losses = []
+    state = initial_state(cfg, prep)
+    fit(cfg, state, s.images[prep.train_idx], s.labels[prep.train_idx], s.images[prep.val_idx],
+        s.labels[prep.val_idx], on_epoch=lambda st, r: losses.append(r.train_loss), progress=False)  # fmt: skip
+    assert all(torch.isfinite(p).all() for p in state.model.parameters())
+    assert losses[-1] < losses[0]
