@@ -32,33 +32,40 @@ def ddp_results(tmp_path_factory):
 def test_two_processes_keep_identical_replicas(ddp_results):
     r0, r1 = ddp_results
     assert r0["size"] == r1["size"] == 2
-    params = [k for k in r0["four_steps"] if "running" not in k and "num_batches" not in k]
-    for k in params:  # weights and the last step's gradients, bit for bit
-        assert torch.equal(r0["four_steps"][k], r1["four_steps"][k]), k
+    for run in ("four_steps", "robust"):
+        params = [k for k in r0[run] if "running" not in k and "num_batches" not in k]
+        for k in params:  # weights and the last step's gradients, bit for bit
+            assert torch.equal(r0[run][k], r1[run][k]), (run, k)
     start = ddp_worker.model(Config().override(ddp_worker.OVERRIDES)).state_dict()
-    assert not torch.equal(start["features.conv1_1.weight"], r0["four_steps"]["features.conv1_1.weight"])  # it trained
+    assert not torch.equal(start["features.conv1_1.weight"], r0["four_steps"]["features.conv1_1.weight"])  # trained
+    assert not torch.equal(r0["robust"]["features.conv1_1.weight"], r0["four_steps"]["features.conv1_1.weight"])
 
 
 def test_two_processes_compute_the_gradient_of_the_global_batch(ddp_results):
-    """One process's gradient of the mean loss over the same 16 augmented images, batch norm taken per half as each
-    process does (ghost batch norm), equals what both processes hold after their all-reduced step."""
+    """One process's gradient of the mean loss over the same 15 augmented images, batch norm taken per share as each
+    process does (ghost batch norm: 8 and 7 images), equals what both processes hold after their all-reduced step."""
     cfg = Config().override(ddp_worker.OVERRIDES)
     tc = cfg.train
     images, labels = ddp_worker.data()
     model = ddp_worker.model(cfg).to(memory_format=memory_format(tc)).train()
     g = torch.Generator().manual_seed(tc.seed * 100_003)  # as fit draws the first batch of epoch 0
-    idx = torch.randperm(16, generator=g)[:16]
+    idx = torch.randperm(15, generator=g)
     x, y = augment(images[idx], tc, g).contiguous(memory_format=memory_format(tc)), labels[idx]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    loss = sum(criterion(model(x[h]), y[h]) * 8 / 16 for h in (slice(0, 8), slice(8, 16)))
+    loss = sum(criterion(model(x[h]), y[h]) * len(y[h]) / 15 for h in (slice(0, 8), slice(8, 15)))
     loss.backward()
-    whole = ddp_worker.model(cfg).train()
-    criterion(whole(x), y).backward()
     ref = torch.cat([p.grad.flatten() for p in model.parameters()])
     for r in ddp_results:
         got = torch.cat([r["one_step"][f"grad.{n}"].flatten() for n, _ in model.named_parameters()])
         assert (got - ref).norm() / ref.norm() < 1e-5  # float32 rounding: the sums run in another order
-    # per-process batch norm is what the reference models: one batch norm over all 16 gives another gradient
+    # what the reference models matters: an unweighted average of the two shares' means is another gradient ...
+    unweighted = ddp_worker.model(cfg).to(memory_format=memory_format(tc)).train()
+    sum(criterion(unweighted(x[h]), y[h]) / 2 for h in (slice(0, 8), slice(8, 15))).backward()
+    other = torch.cat([p.grad.flatten() for p in unweighted.parameters()])
+    assert (other - ref).norm() / ref.norm() > 1e-3
+    # ... and so is one batch norm over all 15 images
+    whole = ddp_worker.model(cfg).train()
+    criterion(whole(x), y).backward()
     full = torch.cat([p.grad.flatten() for p in whole.parameters()])
     assert (full - ref).norm() / ref.norm() > 1e-2
 
@@ -108,11 +115,16 @@ def test_device_choice_on_a_machine_without_cuda(monkeypatch):
 def test_device_choice_with_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="its own GPU"):
+        distributed.pick_device("cuda:0")
+    monkeypatch.delenv("WORLD_SIZE")
     assert distributed.pick_device("auto", local_rank=3) == torch.device("cuda:1")
     assert distributed.pick_device("cuda:0", local_rank=1) == torch.device("cuda:0")
     tc = Config().train
-    for bf16_supported, dtype in ((True, torch.bfloat16), (False, torch.float16)):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda b=bf16_supported: b)
+    for major, dtype in ((8, torch.bfloat16), (7, torch.float16)):  # Ampere and later; Volta and Turing
+        props = type("Props", (), {"major": major})
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, p=props: p)
         assert distributed.precision(tc, torch.device("cuda:0")).dtype == dtype
     tc.bf16 = False
     assert distributed.precision(tc, torch.device("cuda:0")).dtype is None

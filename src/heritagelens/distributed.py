@@ -54,6 +54,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device={name}: no CUDA GPU is visible to PyTorch here")
+        if ":" in name and launched_size() > 1:
+            raise ConfigError(f"train.device={name}: under torchrun each process takes its own GPU; use 'cuda'")
         return torch.device(name if ":" in name else f"cuda:{local_rank % torch.cuda.device_count()}")
     if name != "cpu":
         raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:K', not '{name}'")
@@ -74,11 +76,13 @@ def init_world(device: str = "auto") -> World:
     return _WORLD
 
 
-def close_world() -> None:
-    """Leave the process group (after every process has finished its last step)."""
+def close_world(ok: bool = True) -> None:
+    """Leave the process group: after every process has finished when `ok`; at once after a failure, so that this
+    process exits and torchrun stops the others instead of all of them waiting for the collective timeout."""
     global _WORLD
     if dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
     _WORLD = World()
 
@@ -94,7 +98,7 @@ def all_sum(values: list[float], w: World) -> list[float]:
     """The sums of `values` over all processes (the values themselves in one process)."""
     if w.size == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=w.device)  # NCCL reduces only GPU tensors
     dist.all_reduce(t)
     return t.tolist()
 
@@ -117,10 +121,15 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
 
 
+def has_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bfloat16 natively (Ampere, compute capability 8, and later; older ones emulate)."""
+    return torch.cuda.get_device_properties(device).major >= 8
+
+
 def precision(tc: TrainConfig, device: torch.device) -> Precision:
     """bfloat16 on CPUs and on GPUs that have it, float16 with loss scaling on older GPUs or when `train.fp16`."""
     if not tc.bf16:
         return Precision(device.type, None)
-    if tc.fp16 or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+    if tc.fp16 or (device.type == "cuda" and not has_bf16(device)):
         return Precision(device.type, torch.float16)
     return Precision(device.type, torch.bfloat16)

@@ -95,13 +95,15 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
 
 
 def fgsm_example(
-    forward, criterion, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
-    amp: Precision | None = None,
+    forward, criterion, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator | None = None,
+    amp: Precision | None = None, start: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Fast FGSM with a random start (Wong et al. 2020): one signed-gradient step of `cfg.adv_alpha` from a uniform
-    start in the L-inf ball of radius `cfg.adv_eps` (pixel units, 0..255), kept in the ball and in 0..255."""
+    start in the L-inf ball of radius `cfg.adv_eps` (pixel units, 0..255), kept in the ball and in 0..255. The start
+    is drawn from `g`, or given as `start`, uniform numbers in [0, 1) of x's shape."""
     eps, amp = cfg.adv_eps, amp or precision(cfg, x.device)
-    delta = ((torch.rand(x.shape, generator=g) * 2 - 1) * eps).to(x).requires_grad_(True)
+    start = torch.rand(x.shape, generator=g) if start is None else start
+    delta = ((start * 2 - 1) * eps).to(x).requires_grad_(True)
     with amp.autocast():
         loss = criterion(forward((x + delta).clamp(0, 255)).float(), y)
     (grad,) = torch.autograd.grad(loss, delta)
@@ -234,6 +236,7 @@ def fit(
     fmt = memory_format(tc)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
+    lr = 0.0
     for epoch in range(state.epoch, tc.epochs):
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
         torch.manual_seed(tc.seed * 100_003 + epoch + 1_000_003 * w.rank)  # dropout: each process its own masks
@@ -243,6 +246,7 @@ def fit(
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
             x = augment(train_images[idx], tc, g)  # the whole global batch: the same random draws in every process
+            start = torch.rand(x.shape, generator=g) if tc.adv_eps > 0 else None  # FGSM's, for the whole batch too
             y = train_labels[idx]
             if len(idx) < w.size:  # a last batch smaller than the number of processes: skipped by all of them alike
                 continue
@@ -253,7 +257,7 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = lr
             if tc.adv_eps > 0:
-                x = fgsm_example(model, criterion, x, y, tc, g, amp)
+                x = fgsm_example(model, criterion, x, y, tc, amp=amp, start=start[part])
             with amp.autocast():
                 logits = forward(x)
                 loss = criterion(logits.float(), y)

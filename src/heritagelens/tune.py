@@ -184,7 +184,7 @@ def objective_fn(
             if step > last["step"]:
                 last["step"] = step
                 trial.report(r.val_acc, step)
-                if trial.should_prune():
+                if r.epoch < cfg.train.epochs and trial.should_prune():  # a finished trial is complete, not pruned
                     raise optuna.TrialPruned(f"epoch {r.epoch}: val accuracy {r.val_acc:.4f} below the median")
 
         t0 = time.perf_counter()
