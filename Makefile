@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev,web,export,postgres]'
+	$(PY) -m pip install --quiet -e '.[dev,web,export,postgres,kaggle]'
 	touch $(STAMP)
 
 run: $(STAMP)

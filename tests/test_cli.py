@@ -93,7 +93,11 @@ def test_foreign_checkpoint_gives_one_line(tmp_path):
 def test_run_without_data_says_where_to_get_it(tmp_path):
     p = cli("run", cwd=tmp_path)
     assert_one_line_error(
-        p, "no AHE64 data found", "ikobzev/architectural-heritage-elements-image64-dataset", "AHE_DATA"
+        p,
+        "no AHE64 data found",
+        "heritagelens data fetch",
+        "ikobzev/architectural-heritage-elements-image64-dataset",
+        "AHE_DATA",
     )
 
 
@@ -109,7 +113,9 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     assert (run / "dream-gallery.png").read_bytes()[:4] == b"\x89PNG" and (run / "robust" / "eval-val.json").exists()
     assert "class images" in p.stdout and "real val (ceiling)" in p.stdout
     stages = summary["stages_seconds"]
-    assert list(stages) == ["train", "evaluate", "deconvnet figures", "robust model", "class images"]
+    assert list(stages) == ["train", "calibrate", "evaluate", "deconvnet figures", "robust model", "class images"]
+    assert summary["calibration"]["plain"]["temperature"] > 0 and summary["calibration"]["tta"]["tta"]
+    assert "expected calibration error on val" in p.stdout and (run / "reliability-val.png").exists()
     assert all(v > 0 for v in stages.values())
     assert f"report: {run / 'report.html'}" in p.stdout and (run / "report.html").exists()
 

@@ -39,10 +39,11 @@ def test_the_main_job_ends_with_a_complete_report(main_run):
     assert "accuracy on val (group-aware validation from train/)" in text
     assert "accuracy on test (official test split)" in text
     assert "naive ascent (floor)" in text and "real val (ceiling)" in text and "robust-resnet judge" in text
-    for stage in ("train", "evaluate", "deconvnet figures", "robust model", "class images"):
+    for stage in ("train", "calibrate", "evaluate", "deconvnet figures", "robust model", "class images"):
         assert f"<td>{stage}</td>" in text
+    assert "expected calibration error on val" in text and "expected calibration error on test" in text
     images = embedded_images(text)
-    assert len(images) >= 1 + 2 + 2 + 1  # curves, 2 confusion matrices, 2 figure-2 grids, gallery
+    assert len(images) >= 1 + 2 + 2 + 2 + 1  # curves, 2 confusion matrices, 2 reliability diagrams, 2 grids, gallery
     assert "http://" not in text and "https://" not in text  # nothing fetched when viewed
 
 

@@ -34,16 +34,22 @@ def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: l
     return atomic_save(ckpt, path)
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """The checkpoint dict, checked to be ours; raises `CheckpointError` otherwise."""
+def checkpoint_file(path: Path | str) -> Path:
+    """The file a checkpoint path names: itself, or a run folder's last.pt (else best.pt)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         for name in ("last.pt", "best.pt"):  # the final weights, as the main job reports them
             if (path / name).exists():
-                return read_checkpoint(path / name)
+                return path / name
         raise CheckpointError(f"{path}: run folder without best.pt or last.pt")
+    return path
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The checkpoint dict, checked to be ours; raises `CheckpointError` otherwise."""
+    path = checkpoint_file(path)
     try:
         ckpt = safe_load(path)
     except Exception as e:  # pickle errors, zip errors, refused globals: all mean "not a checkpoint we can read"
@@ -94,6 +100,12 @@ def resume_state(ckpt: dict[str, Any], cfg: Config, path: Path | str) -> TrainSt
         state.ema.load_state_dict(ckpt["ema"])
     state.epoch = int(ckpt["epoch"])
     return state
+
+
+def temperature(ckpt: dict[str, Any], tta: bool) -> float | None:
+    """The temperature `heritagelens calibrate` fitted for this way of predicting (None before calibration)."""
+    cal = (ckpt.get("calibration") or {}).get("tta" if tta else "plain")
+    return float(cal["temperature"]) if cal else None
 
 
 def check_classes(ckpt_classes: list[str], data_classes: list[str], path: Path | str) -> None:

@@ -28,8 +28,8 @@ def default_data_root() -> Path:
         if (p / "train").is_dir():
             return p
     raise UsageError(
-        "no AHE64 data found: put the dataset (Kaggle: " + KAGGLE + ") so that ./data/ahe64/train/<class>/*.jpg "
-        "exists, or set AHE_DATA=/path/to/ahe64, or pass --data"
+        "no AHE64 data found: run 'heritagelens data fetch' (Kaggle: " + KAGGLE + ", or --source URL of an archive) "
+        "to get it into ./data/ahe64, or set AHE_DATA=/path/to/ahe64, or pass --data"
     )
 
 
@@ -84,6 +84,19 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def cmd_data_fetch(args) -> int:
+    """Download the dataset (Kaggle or an archive URL), lay it out as DEST/train and DEST/test, check it."""
+    from .fetch import fetch
+
+    root = fetch(args.source, Path(args.dest), args.sha256, progress=not args.quiet, force=args.force)
+    print(f"dataset ready in {root}; 'heritagelens data check {root}' says:")
+    args.data = str(root)
+    status = cmd_data_check(args)
+    if status == 0 and root.resolve() != Path("data/ahe64").resolve():
+        print(f"use it with --data {root} or AHE_DATA={root}")
+    return status
+
+
 def cmd_train(args) -> int:
     """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
     from .distributed import close_world, launched_size
@@ -105,8 +118,10 @@ def cmd_train(args) -> int:
             print(cfg.to_json())
     try:
         train_run(None if args.resume else cfg, run, resume=bool(args.resume), progress=not args.quiet)
-    finally:
-        close_world()
+    except BaseException:
+        close_world(ok=False)
+        raise
+    close_world()
     if main:
         print(f"run folder: {run}")
     return 0
@@ -141,11 +156,12 @@ def cmd_predict(args) -> int:
         onnx_model = OnnxClassifier(args.checkpoint)
         classes, logits = onnx_model.classes, lambda x: torch.from_numpy(onnx_model.logits(x))
     else:
-        from .checkpoint import load_model
+        from .checkpoint import load_model, temperature
         from .train import predict_logits
 
-        model, classes, _ = load_model(args.checkpoint)
-        logits = lambda x: predict_logits(model, x, tta=args.tta)  # noqa: E731
+        model, classes, ckpt = load_model(args.checkpoint)
+        t = temperature(ckpt, args.tta) or 1.0  # calibrated probabilities when the checkpoint has a temperature
+        logits = lambda x: predict_logits(model, x, tta=args.tta) / t  # noqa: E731
     failed = 0
     for path in args.images:
         try:
@@ -160,6 +176,43 @@ def cmd_predict(args) -> int:
             f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
         )
     return EXIT_ERROR if failed else 0
+
+
+def cmd_calibrate(args) -> int:
+    """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
+    from .checkpoint import checkpoint_file
+    from .run import calibrate_checkpoint
+
+    cals = calibrate_checkpoint(args.checkpoint, Path(args.data) if args.data else None)
+    for c in cals.values():
+        print(c.line())
+    print(f"written into {checkpoint_file(args.checkpoint)}; predict, evaluate and sort use it")
+    return 0
+
+
+def cmd_sort(args) -> int:
+    """Classify every photo under a folder and copy (or hard-link) it into OUT/<class>/ or OUT/_uncertain/."""
+    from .sort import CSV_NAME, UNCERTAIN, sort_photos
+
+    s = sort_photos(args.checkpoint, args.photos, args.out, args.min_confidence, args.link, args.view,
+                    progress=not args.quiet)  # fmt: skip
+    print(f"sorted {s.sorted} photo(s) in {s.seconds:.1f} s ({s.images_per_s:.0f} images/s) into {args.out}")
+    for name, n in sorted(s.per_class.items(), key=lambda kv: (kv[0] == UNCERTAIN, kv[0])):
+        note = f" (top-class probability below {args.min_confidence})" if name == UNCERTAIN else ""
+        print(f"  {name:<18}{n:>7}{note}")
+    if s.skipped:
+        print(f"skipped {s.skipped} photo(s) sorted by an earlier run")
+    if s.moved:
+        print(f"moved {s.moved} earlier copies to the folders --min-confidence {args.min_confidence} gives them")
+    if s.unreadable:
+        print(f"{s.unreadable} file(s) could not be read: listed with the reason in {Path(args.out) / CSV_NAME}")
+    print(f"every photo, its class, probability and top 3: {Path(args.out) / CSV_NAME}")
+    if not s.calibrated:
+        print(f"note: {args.checkpoint} is not calibrated; 'heritagelens calibrate' makes its probabilities, and so "
+              "--min-confidence, mean what they say")  # fmt: skip
+    if s.sorted == 0 and s.skipped == 0:
+        raise UsageError(f"{args.photos}: none of the {s.unreadable} file(s) is an image that could be read")
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -379,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = d.add_parser("check", help="counts, sizes, modes, unreadable files and duplicates")
     c.add_argument("data", nargs="?", help="dataset root")
     c.set_defaults(func=cmd_data_check)
+    f = d.add_parser("fetch", help="download AHE64 (Kaggle or an archive URL) and lay it out as DEST/train, DEST/test")
+    f.add_argument("--source", default="kaggle", help="'kaggle' (needs your Kaggle API token), a URL or an archive")
+    f.add_argument("--dest", default="data/ahe64", help="dataset folder to create (default: data/ahe64)")
+    f.add_argument("--sha256", help="expected SHA-256 of the archive")
+    f.add_argument("--force", action="store_true", help="replace the splits already in DEST")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_data_fetch)
 
     t = sub.add_parser("train", help="train a model into a run folder")
     recipe(t)
@@ -477,6 +537,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", help="dataset root for mistake thumbnails (default: the one the run was trained on)")
     rp.set_defaults(func=cmd_report)
 
+    so = sub.add_parser("sort", help="sort a photo folder into OUT/<class>/ (copies; originals untouched)")
+    so.add_argument("checkpoint", help="checkpoint file or run folder")
+    so.add_argument("photos", help="folder of photos (nested folders, any size, format and orientation)")
+    so.add_argument("--out", required=True, help="output folder (new, empty, or one an earlier sort wrote)")
+    so.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
+                    help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)")  # fmt: skip
+    so.add_argument("--link", action="store_true", help="hard-link instead of copying (same file system)")
+    so.add_argument("--view", choices=["whole", "centre", "multi"], default="whole",
+                    help="how a photo becomes the 64 px input (default: whole, chosen by measurement)")  # fmt: skip
+    so.add_argument("--quiet", action="store_true", help="no progress bar")
+    so.set_defaults(func=cmd_sort)
+
+    ca = sub.add_parser("calibrate", help="fit the temperature of a checkpoint's probabilities (Guo et al. 2017)")
+    ca.add_argument("checkpoint", help="checkpoint file or run folder (its last.pt)")
+    ca.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    ca.set_defaults(func=cmd_calibrate)
+
     ex = sub.add_parser("export", help="the model as an ONNX file for onnxruntime, checked against PyTorch")
     ex.add_argument("checkpoint", help="checkpoint file or run folder")
     ex.add_argument("--format", choices=["onnx"], default="onnx")
@@ -500,8 +577,10 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import launched_size
     from .dream import DreamError
     from .export import ExportError
+    from .fetch import FetchError
     from .judges import JudgeError
     from .report import ReportError
+    from .sort import SortError
     from .tune import TuneError
 
     args = build_parser().parse_args(argv)
@@ -519,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         JudgeError,
         ReportError,
         ExportError,
+        FetchError,
+        SortError,
         TuneError,
     ) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)

@@ -100,6 +100,12 @@ def open_image(path: Path | str, size: int = IMAGE_SIZE) -> Image.Image:
 
     Raises `DataError` naming the file when it is empty, truncated, not an image or too large.
     """
+    return read_rgb(path, size).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def read_rgb(path: Path | str, at_least: int = IMAGE_SIZE) -> Image.Image:
+    """Any image Pillow reads, upright (EXIF rotation applied) and in RGB; a JPEG much larger than `at_least` px is
+    decoded at 1/2 to 1/8 scale, never below `at_least` on either side. Raises `DataError` naming the file."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -107,16 +113,17 @@ def open_image(path: Path | str, size: int = IMAGE_SIZE) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
             with Image.open(path) as im:
-                im.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale when much larger than needed
+                im.draft("RGB", (at_least, at_least))  # JPEG: decode at reduced scale when much larger than needed
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: image too large ({im.width}x{im.height} px)")
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_rgb(im).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+                return to_rgb(ImageOps.exif_transpose(im))
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot read this file (permission denied)") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not an image") from None
     except Image.UnidentifiedImageError:

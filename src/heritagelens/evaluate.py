@@ -35,6 +35,9 @@ class EvalResult:
     confusion: list[list[int]]
     """Rows are true classes, columns predicted classes."""
     mistakes: list[Mistake]
+    calibration: dict | None = None
+    """With a calibrated checkpoint: its temperature, where it was fitted, and the expected calibration error on
+    these images before and after dividing the logits by it (see `heritagelens.calibrate`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +52,8 @@ class EvalResult:
         for name, m in (("macro avg", self.macro), ("weighted avg", self.weighted)):
             lines.append(f"{name:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {self.n:7d}")
         lines.append(f"accuracy on {self.split} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
+        if self.calibration:
+            lines.append(calibration_line(self.calibration))
         return "\n".join(lines)
 
     def mistakes_table(self, k: int = 8) -> str:
@@ -64,6 +69,14 @@ class EvalResult:
         for c, row in zip(self.classes, self.confusion):
             lines.append(f"{c:<{w}}  " + " ".join(f"{v:6d}" for v in row))
         return "\n".join(lines)
+
+
+def calibration_line(c: dict) -> str:
+    held = f", {c['ece_held_out']:.2%} with T fitted on the other half" if c.get("ece_held_out") is not None else ""
+    return (
+        f"expected calibration error on {c['split']}: {c['ece_before']:.2%} -> {c['ece_after']:.2%} with temperature "
+        f"{c['temperature']:.3f} (fitted on {c['fitted_on']}{held})"
+    )
 
 
 def evaluate_logits(

@@ -200,7 +200,7 @@ def training_section(run: RunFolder) -> Section:
 
 
 def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
-    from .evaluate import EvalResult, Mistake, confusion_figure
+    from .evaluate import EvalResult, Mistake, calibration_line, confusion_figure
 
     split = name.removeprefix("eval-").removesuffix(".json")
     s = Section(eval_id(name), f"Evaluation on {split_label(split)}")
@@ -223,6 +223,10 @@ def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
         + img(png_bytes(figure_image(confusion_figure(r))), f"confusion matrix, {split}", 620)
         + mistakes_html(r, data_root, s)
     )
+    if r.calibration:
+        png = run.png(f"reliability-{split}.png", s)
+        s.html += "<h3>Calibration</h3>" + para(calibration_line(r.calibration))
+        s.html += img(png, f"reliability diagram, {split}", 760) if png else ""
     return s
 
 
@@ -339,7 +343,8 @@ def timing_section(run: RunFolder) -> Section:
 
 def other_figures_section(run: RunFolder, shown: set[str]) -> Section | None:
     """Figures written into the run folder by other commands (deconv --image, dream, evolution...)."""
-    files = [f for f in sorted(run.path.glob("*.png")) if f.name not in shown and not f.name.startswith("confusion-")]
+    own = ("confusion-", "reliability-")  # shown in their evaluation sections
+    files = [f for f in sorted(run.path.glob("*.png")) if f.name not in shown and not f.name.startswith(own)]
     if not files:
         return None
     s = Section("other", "Other figures in the run folder")

@@ -19,12 +19,21 @@ import numpy as np
 import torch
 
 from . import data
-from .checkpoint import check_classes, load_model, read_checkpoint, resume_state, save_checkpoint
+from .calibrate import Calibration, calibrate, ece, reliability_figure
+from .checkpoint import (
+    check_classes,
+    checkpoint_file,
+    load_model,
+    read_checkpoint,
+    resume_state,
+    save_checkpoint,
+    temperature,
+)  # fmt: skip
 from .config import ROBUST, Config
 from .distributed import init_world
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .figures import figure_image, png_bytes
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .io import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import build_model, conv_layer_names
 from .train import EpochResult, TrainState, fit, new_state, predict_logits
 
@@ -127,12 +136,12 @@ def train_run(
 ) -> tuple[TrainState, Prepared]:
     """Train into `run_path`; with `resume`, continue the run saved there with the config saved there. Under torchrun
     every process trains its share and only rank 0 writes (see `heritagelens.distributed`)."""
-    main = init_world(cfg.train.device if cfg is not None else "auto").main
-    run = RunDir(run_path, writes=main)
     if resume:
-        last = run.path / "last.pt"
+        last = Path(run_path) / "last.pt"
         ckpt = read_checkpoint(last)
         cfg = Config.from_dict(ckpt["config"])
+    main = init_world(cfg.train.device).main
+    run = RunDir(run_path, writes=main)
     prep = prepare(cfg)
     s = prep.split
     if resume:
@@ -203,9 +212,43 @@ def evaluate_checkpoint(
         images, labels, files = sp.images, sp.labels, sp.files
     logits = predict_logits(model, images, tta=tta, bf16=cfg.train.bf16)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
+    t = temperature(ckpt, tta)
+    if t is not None:
+        fitted = ckpt["calibration"]["tta" if tta else "plain"]
+        same = split == fitted["split"] and root is None
+        result.calibration = {
+            "temperature": t, "split": split, "fitted_on": fitted["split"],
+            "ece_before": ece(torch.softmax(logits.double(), 1), labels),
+            "ece_after": ece(torch.softmax(logits.double() / t, 1), labels),
+            "ece_held_out": fitted["ece_held_out"] if same else None,
+        }  # fmt: skip
     if out_dir is not None:
         write_eval(result, out_dir)
+        if t is not None:
+            title = f"{split} ({result.n} images{', TTA' if tta else ''}), temperature fitted on {fitted['split']}"
+            png = png_bytes(figure_image(reliability_figure(logits, labels, t, title)))
+            atomic_write_bytes(png, Path(out_dir) / f"reliability-{split}.png")
     return result
+
+
+def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None) -> dict[str, Calibration]:
+    """Fit the temperature of the checkpoint's predictions with and without TTA on its validation split and store
+    both in the checkpoint (rewritten atomically), so that every later prediction of it can use them."""
+    path = checkpoint_file(checkpoint)
+    model, classes, ckpt = load_model(path)
+    cfg = Config.from_dict(ckpt["config"])
+    if root is not None:
+        cfg.data.root = str(root)
+    prep = prepare(cfg)
+    check_classes(classes, prep.split.classes, path)
+    images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+    if len(labels) == 0:
+        raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
+    cals = {}
+    for name, tta in (("plain", False), ("tta", True)):
+        cals[name] = calibrate(predict_logits(model, images, tta=tta, bf16=cfg.train.bf16), labels, "val", tta)
+    atomic_save({**ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}, path)
+    return cals
 
 
 def write_eval(result: EvalResult, out_dir: Path | str) -> None:
@@ -238,6 +281,9 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     with stage(stages, "train"):
         train_run(cfg, run, progress=progress)
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
+    with stage(stages, "calibrate"):
+        cals = calibrate_checkpoint(run / "last.pt")
+    summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
     with stage(stages, "evaluate"):
         for split in ["val"] + (["test"] if data.has_split(cfg.data.root, "test") else []):
             r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)

@@ -188,9 +188,11 @@ def objective_fn(
                     raise optuna.TrialPruned(f"epoch {r.epoch}: val accuracy {r.val_acc:.4f} below the median")
 
         t0 = time.perf_counter()
-        fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
-        minutes = (time.perf_counter() - t0) / 60
-        trial.set_user_attr("train_minutes", round(minutes, 3))
+        try:
+            fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+        finally:  # a pruned trial too says how long it trained
+            minutes = (time.perf_counter() - t0) / 60
+            trial.set_user_attr("train_minutes", round(minutes, 3))
         trial.set_user_attr("val_accuracy", last["acc"])
         return last["acc"] / minutes if objective == "accuracy-per-minute" else last["acc"]
 
@@ -220,12 +222,12 @@ def tune(
 
 def _say(study, trial) -> None:
     """One line per finished trial, so a long study's log shows its progress."""
-    minutes = trial.user_attrs.get("train_minutes") or trial.user_attrs.get("estimated_minutes")
+    trained, estimated = trial.user_attrs.get("train_minutes"), trial.user_attrs.get("estimated_minutes")
     value = "" if trial.value is None else f" {trial.value:.4f}"
     last = max(trial.intermediate_values, default=None)
     where = f" at {last}% of its schedule" if trial.state.name == "PRUNED" and last else ""
-    print(f"trial {trial.number} {trial.state.name.lower()}{value}{where} ({minutes or 0:.1f} min) {trial.params}",
-          flush=True)  # fmt: skip
+    took = f"{trained:.1f} min" if trained else f"estimated {estimated:.1f} min, not trained" if estimated else ""
+    print(f"trial {trial.number} {trial.state.name.lower()}{value}{where} ({took}) {trial.params}", flush=True)
 
 
 def summary(study, top: int = 5) -> str:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import data
-from .checkpoint import check_classes, load_model, run_folder
+from .checkpoint import check_classes, load_model, run_folder, temperature
 from .config import Config
 from .deconvnet import DeconvError, TopK, top_activations
 from .dream import DreamError, class_images, dream_preset, image_stats
@@ -52,6 +52,7 @@ class Explorer:
     def __init__(self, checkpoint: Path | str, root: Path | str | None = None):
         self.checkpoint = Path(checkpoint)
         self.model, self.classes, ckpt = load_model(self.checkpoint)
+        self.temperature = temperature(ckpt, tta=False) or 1.0  # calibrated probabilities once calibrated
         self.layers = conv_layer_names(self.model)
         self.explainer = copy.deepcopy(self.model)
         robust = run_folder(self.checkpoint) / "robust" / "last.pt"
@@ -98,7 +99,7 @@ class Explorer:
         x, why = self.image(path, picked)
         if x is None:
             return Classified(None, None, None, why)
-        probs = torch.softmax(predict_logits(self.model, x[None], bf16=False), 1)[0]
+        probs = torch.softmax(predict_logits(self.model, x[None], bf16=False) / self.temperature, 1)[0]
         top = probs.topk(min(5, len(self.classes)))
         fig, _ = image_view(self.model, x, self.layers, n=6)
         top5 = {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}

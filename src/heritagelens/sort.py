@@ -1,0 +1,426 @@
+"""Sorting a photo collection: every image under a folder is classified and copied (or hard-linked) into
+`OUT/<class>/`, those the model is unsure of into `OUT/_uncertain/`. Originals are only ever read.
+
+The run streams: photos are decoded a batch at a time, and each batch's outcome is appended to a journal in OUT
+(`.heritagelens-sort.jsonl`) once its files are in place, so an interrupted run (a full disk, Ctrl-C) loses nothing
+and running the command again skips what is done: photos unchanged since, whose copy is still there. A photo changed
+since is sorted again (its old copy removed); a new --min-confidence moves the earlier copies it concerns. A copy
+never replaces another: two photos with one flat name get `name~2.ext`. `sort.csv` (file, class, probability, top 3,
+where it went, any error) is rewritten from the journal at the end of every run. Probabilities are the checkpoint's
+calibrated ones when `heritagelens calibrate` has fitted its temperature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import IMAGE_SIZE, DataError, read_rgb
+from .train import predict_logits
+
+UNCERTAIN = "_uncertain"
+JOURNAL = ".heritagelens-sort.jsonl"
+META = ".heritagelens-sort.json"
+"""The settings of the first run into an output folder (photo folder, model, calibration, view): later runs into it
+must match them."""
+CSV_NAME = "sort.csv"
+COLUMNS = ("file", "class", "probability", "top3", "copied_to", "error")
+VIEWS = ("whole", "centre", "multi")
+"""How a photo becomes the 64 px input: 'whole' resizes the whole frame (as the dataset's images were made),
+'centre' crops the central square first, 'multi' averages the probabilities of the whole frame and five crops of
+80% of it (centre and corners). Chosen by measurement: see BENCHMARKS.md."""
+DEFAULT_VIEW = "whole"
+
+
+class SortError(Exception):
+    """Nothing could be sorted, or the run had to stop; one line naming the path and the problem."""
+
+
+@dataclass
+class SortSummary:
+    sorted: int = 0
+    skipped: int = 0
+    """Already done by an earlier run."""
+    unreadable: int = 0
+    moved: int = 0
+    """Copies of earlier runs moved because --min-confidence changed."""
+    per_class: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    csv: Path | None = None
+    calibrated: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.sorted + self.unreadable
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------- views
+
+
+def views(im: Image.Image, how: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The model inputs (V, 3, size, size) uint8 for one upright RGB photo."""
+    w, h = im.size
+
+    def box(fw: float, fh: float, ax: float, ay: float) -> tuple[int, int, int, int]:
+        """A box `fw` x `fh` of the frame, its left/top at fraction `ax`/`ay` of the free space."""
+        bw, bh = max(1, round(w * fw)), max(1, round(h * fh))
+        x0, y0 = round((w - bw) * ax), round((h - bh) * ay)
+        return x0, y0, x0 + bw, y0 + bh
+
+    if how == "whole":
+        boxes = [(0, 0, w, h)]
+    elif how == "centre":
+        side = min(w, h)
+        boxes = [box(side / w, side / h, 0.5, 0.5)]
+    elif how == "multi":
+        boxes = [(0, 0, w, h)] + [box(0.8, 0.8, ax, ay) for ax, ay in ((0.5, 0.5), (0, 0), (1, 0), (0, 1), (1, 1))]
+    else:
+        raise ValueError(f"unknown view '{how}'; known: {', '.join(VIEWS)}")
+    out = [im.resize((size, size), Image.Resampling.BICUBIC, box=b, reducing_gap=2.0) for b in boxes]
+    return np.stack([np.asarray(v, dtype=np.uint8).transpose(2, 0, 1) for v in out])
+
+
+def load(path: Path, how: str) -> np.ndarray:
+    """`views` of the photo at `path` (decoded at reduced scale when large); raises `DataError`."""
+    return views(read_rgb(path, at_least=2 * IMAGE_SIZE), how)
+
+
+# --------------------------------------------------------------------------------------------------------- folders
+
+
+def check_folders(photos: Path, out: Path) -> None:
+    """Refuse a photo folder that cannot be read, an output folder inside it (or holding it), and an output folder
+    holding files an earlier sort did not write."""
+    if not photos.exists():
+        raise SortError(f"{photos}: no such folder")
+    if not photos.is_dir():
+        raise SortError(f"{photos}: not a folder")
+    if not os.access(photos, os.R_OK | os.X_OK):
+        raise SortError(f"{photos}: cannot read this folder (permission denied)")
+    p, o = photos.resolve(), out.resolve()
+    if o == p or p in o.parents or (out.exists() and os.path.samefile(out, photos)):
+        raise SortError(f"{out}: the output folder must not be inside the photo folder {photos}")
+    if o in p.parents:
+        raise SortError(f"{out}: the output folder must not hold the photo folder {photos}")
+    if out.exists() and not out.is_dir():
+        raise SortError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not (out / META).exists() and any(out.iterdir()):
+        raise SortError(f"{out}: already holds other files; give an empty or new output folder")
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """An output folder an earlier sort wrote must have been sorted from the same folder, model and view."""
+    f = out / META
+    if not f.exists():
+        return
+    try:
+        before = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise SortError(f"{f}: unreadable; give a new output folder") from None
+    for key, what in (("photos", "photo folder"), ("checkpoint", "model"), ("temperature", "calibration"),
+                      ("view", "--view")):  # fmt: skip
+        if before.get(key) != settings[key]:
+            raise SortError(
+                f"{out}: sorted earlier with another {what} ({before.get(key)}, now {settings[key]}); "
+                "give a new output folder"
+            )
+
+
+def photo_files(photos: Path, problems: list[tuple[str, str]]) -> Iterator[Path]:
+    """Every regular file under `photos`, nested folders included, in a stable order; hidden files and folders
+    (a leading dot) are left out. Folders that cannot be read and symbolic links (not followed) go to `problems`."""
+
+    def unreadable(e: OSError) -> None:
+        problems.append((Path(e.filename).relative_to(photos).as_posix() + "/", "cannot read this folder"))
+
+    for folder, dirs, files in os.walk(photos, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            path = Path(folder) / f
+            if f.startswith("."):
+                continue
+            if path.is_symlink():
+                problems.append((path.relative_to(photos).as_posix(), "symbolic link, not followed"))
+            elif path.is_file():
+                yield path
+
+
+def flat_name(rel: Path) -> str:
+    """The name a photo gets in OUT/<class>/: its path below the photo folder, folders joined by '__' (a very long
+    one shortened, made unique by a hash of the path)."""
+    name = "__".join(rel.parts)
+    if len(name.encode()) > 200:
+        digest = hashlib.sha1(rel.as_posix().encode()).hexdigest()[:12]
+        name = f"{rel.stem[:120]}-{digest}{rel.suffix[:20]}"
+    return name
+
+
+def free_name(dest: Path) -> Path:
+    """`dest`, or `name~2.ext`, `name~3.ext`... when taken (two photos with one flat name, or names that differ only
+    in case on a file system that ignores it): a copy never replaces another."""
+    k, candidate = 1, dest
+    while candidate.exists() or candidate.is_symlink():
+        k += 1
+        candidate = dest.with_name(f"{dest.stem}~{k}{dest.suffix}")
+    return candidate
+
+
+def identity(path: Path) -> list[int]:
+    """Size and modification time: a photo changed since it was sorted is sorted again."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def read_journal(out: Path) -> dict[str, dict]:
+    """The rows of earlier runs by file, the last one of each file winning; a line torn by a crash is ignored."""
+    rows = {}
+    f = out / JOURNAL
+    if f.exists():
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                rows[row["file"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return rows
+
+
+def place(src: Path, dest: Path, link: bool) -> None:
+    """Copy (or hard-link) `src` to `dest` through a temporary name, so `dest` is whole or absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{secrets.token_hex(6)}.tmp")
+    try:
+        if link:
+            os.link(src, tmp)
+        else:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_csv(out: Path, rows: dict[str, dict]) -> Path:
+    from .io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows[k] for k in sorted(rows))
+    return atomic_write_text(buf.getvalue(), out / CSV_NAME)
+
+
+# ------------------------------------------------------------------------------------------------------------- run
+
+STOPS = (errno.ENOSPC, errno.EDQUOT, errno.EXDEV, errno.EROFS)
+"""Placement errors that would fail for every photo: the run stops. Any other fails only that photo (a CSV row)."""
+
+
+def sort_photos(
+    checkpoint: Path | str, photos: Path | str, out: Path | str, min_confidence: float = 0.5, link: bool = False,
+    how: str = DEFAULT_VIEW, batch_size: int = 64, progress: bool = True,
+) -> SortSummary:  # fmt: skip
+    """Sort every photo under `photos` into `out` (see the module docstring); returns the counts."""
+    from .checkpoint import checkpoint_file, load_model, temperature
+    from .config import Config
+    from .io import atomic_write_json
+
+    photos, out = Path(photos), Path(out)
+    if how not in VIEWS:
+        raise SortError(f"unknown view '{how}'; known: {', '.join(VIEWS)}")
+    if not 0 <= min_confidence <= 1:
+        raise SortError(f"--min-confidence {min_confidence}: must be between 0 and 1")
+    check_folders(photos, out)
+    if next(photo_files(photos, []), None) is None:
+        raise SortError(f"{photos}: no files to sort")
+    model, classes, ckpt = load_model(checkpoint)
+    t = temperature(ckpt, tta=False)
+    settings = {"photos": str(photos.resolve()), "checkpoint": str(checkpoint_file(checkpoint).resolve()),
+                "temperature": t, "view": how}  # fmt: skip
+    check_settings(out, settings)
+    run = _Run(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.bf16, photos, out, min_confidence,
+               link, how)  # fmt: skip
+    run.summary.calibrated = t is not None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / META).exists():
+            atomic_write_json(settings, out / META)
+        return run.go(batch_size, progress)
+    except OSError as e:  # a full disk while writing the journal or the CSV, a folder that cannot be made
+        raise SortError(_disk_message(e, out, run.summary)) from None
+
+
+class _Run:
+    """One sort: the decoding pool, the journal, the counts."""
+
+    def __init__(self, model, classes, t, bf16, photos, out, min_confidence, link, how):
+        self.model, self.classes, self.t, self.bf16 = model, classes, t, bf16
+        self.photos, self.out, self.min_confidence, self.link, self.how = photos, out, min_confidence, link, how
+        self.done = read_journal(out)
+        self.summary = SortSummary()
+        self.journal = None
+
+    def go(self, batch_size: int, progress: bool) -> SortSummary:
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        self.journal = (self.out / JOURNAL).open("a", encoding="utf-8")
+        try:
+            if self.journal.tell() and not (self.out / JOURNAL).read_bytes().endswith(b"\n"):
+                self.journal.write("\n")  # after a line torn by a crash
+            self.rethreshold()
+            problems: list[tuple[str, str]] = []
+            bar = tqdm(unit="img", disable=not progress, dynamic_ncols=True, desc="sorting")
+            with ThreadPoolExecutor(2) as pool:
+                pending = None
+                for chunk in _batches(self.todo(problems), batch_size):
+                    decoded = pool.map(self.decode, chunk)  # decodes while the previous batch is placed
+                    if pending is not None:
+                        self.finish(*pending)
+                        bar.update(len(pending[0]))
+                        bar.set_postfix(img_s=f"{self.summary.done / (time.perf_counter() - t0):.0f}")
+                    pending = (chunk, list(decoded))
+                if pending is not None:
+                    self.finish(*pending)
+                    bar.update(len(pending[0]))
+            bar.close()
+            for rel, problem in problems:
+                self.record({"file": rel, "error": problem, "identity": None})
+            self.sync()
+        finally:
+            with contextlib.suppress(OSError):
+                self.journal.close()
+        self.summary.seconds = time.perf_counter() - t0
+        self.summary.csv = write_csv(self.out, self.done)
+        return self.summary
+
+    def todo(self, problems: list) -> Iterator[tuple[Path, str, list[int]]]:
+        """The photos not yet sorted as they are now (new, changed, failed before, or whose copy is gone)."""
+        for path in photo_files(self.photos, problems):
+            rel = path.relative_to(self.photos).as_posix()
+            try:
+                ident = identity(path)
+            except OSError:
+                continue  # gone since the walk listed it
+            row = self.done.get(rel)
+            if row and not row.get("error") and row.get("identity") == ident and (self.out / row["copied_to"]).exists():
+                self.summary.skipped += 1
+                continue
+            yield path, rel, ident
+
+    def decode(self, item: tuple[Path, str, list[int]]) -> np.ndarray | str:
+        try:
+            return load(item[0], self.how)
+        except DataError as e:
+            return str(e).removeprefix(f"{item[0]}: ")
+
+    def folder(self, cls: str, p: float) -> str:
+        return cls if p >= self.min_confidence else UNCERTAIN
+
+    def finish(self, chunk: list, decoded: list) -> None:
+        """Classify a decoded batch, place its photos, journal them."""
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+        if good:
+            x = torch.from_numpy(np.concatenate([decoded[i] for i in good]))
+            logits = predict_logits(self.model, x, bf16=self.bf16).double() / self.t
+            probs = torch.softmax(logits, 1).reshape(len(good), -1, len(self.classes)).mean(1)
+        for j, i in enumerate(good):
+            path, rel, ident = chunk[i]
+            top = probs[j].topk(min(3, len(self.classes)))
+            best, p = self.classes[int(top.indices[0])], float(top.values[0])
+            top3 = "; ".join(f"{self.classes[int(k)]} {float(v):.3f}" for v, k in zip(top.values, top.indices))
+            row = {"file": rel, "class": best, "probability": f"{p:.4f}", "top3": top3, "identity": ident, "p": p}
+            self.drop_old_copy(rel)
+            dest = free_name(self.out / self.folder(best, p) / flat_name(Path(rel)))
+            try:
+                place(path, dest, self.link)
+                row["copied_to"] = dest.relative_to(self.out).as_posix()
+            except OSError as e:
+                if e.errno in STOPS:
+                    raise
+                row["error"] = f"cannot copy into {self.out}: {e.strerror or e}"
+            self.record(row)
+        for item, d in zip(chunk, decoded):
+            if isinstance(d, str):
+                self.drop_old_copy(item[1])
+                self.record({"file": item[1], "error": d, "identity": item[2]})
+        self.sync()
+
+    def drop_old_copy(self, rel: str) -> None:
+        """Remove the copy an earlier run made of a photo that changed since (it may belong in another folder)."""
+        old = self.done.get(rel, {}).get("copied_to")
+        if old:
+            (self.out / old).unlink(missing_ok=True)
+
+    def rethreshold(self) -> None:
+        """Move the copies of earlier runs whose folder a new --min-confidence changes."""
+        for row in list(self.done.values()):
+            old = row.get("copied_to")
+            if not old or row.get("error"):
+                continue
+            want = self.folder(row["class"], float(row.get("p", row["probability"])))
+            if old.split("/")[0] != want and (self.out / old).exists():
+                dest = free_name(self.out / want / flat_name(Path(row["file"])))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.out / old, dest)
+                self.record({**row, "copied_to": dest.relative_to(self.out).as_posix()}, count=False)
+                self.summary.moved += 1
+        self.sync()
+
+    def record(self, row: dict, count: bool = True) -> None:
+        row = {c: "" for c in COLUMNS} | row
+        self.journal.write(json.dumps(row) + "\n")
+        self.done[row["file"]] = row
+        if not count:
+            return
+        if row["error"]:
+            self.summary.unreadable += 1
+        else:
+            self.summary.sorted += 1
+            self.summary.per_class[row["copied_to"].split("/")[0]] += 1
+
+    def sync(self) -> None:
+        self.journal.flush()
+        os.fsync(self.journal.fileno())
+
+
+def _batches(items: Iterator, n: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _disk_message(e: OSError, out: Path, s: SortSummary) -> str:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up", errno.EROFS:
+            "the output folder is on a read-only file system", errno.EXDEV:
+            "cannot hard-link across file systems (drop --link)"}  # fmt: skip
+    problem = what.get(e.errno, e.strerror or type(e).__name__)
+    return (
+        f"{e.filename or out}: {problem}; stopped after sorting {s.sorted} photo(s) this run, each recorded in "
+        f"{out / JOURNAL}; run the command again to continue"
+    )

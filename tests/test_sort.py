@@ -1,0 +1,247 @@
+"""`heritagelens sort`: a nested folder of photos of any size, format and orientation sorted into class folders,
+originals untouched, re-runs skipping what is done, a full disk stopping cleanly, and every bad input in one line."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, cli
+from PIL import Image
+
+from heritagelens import sort
+from heritagelens.sort import JOURNAL, SortError, load, sort_photos, views
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture
+def photos(trained, tmp_path) -> tuple[Path, dict[str, str]]:
+    """The tiny test images as 'photos': nested folders, 64 to 400 px, JPEG, PNG and WebP, one rotated by EXIF,
+    plus a text file and a truncated JPEG. Returns (folder, true class by relative path)."""
+    root, _ = trained
+    out, truth = tmp_path / "photos", {}
+    rng = np.random.default_rng(0)
+    for i, f in enumerate(sorted((root / "test").rglob("*.jpg"))):
+        im = Image.open(f).convert("RGB")
+        size = int(rng.choice([64, 150, 400]))
+        im = im.resize((size, size * 3 // 4 if i % 2 else size), Image.Resampling.BICUBIC)
+        sub = out / f"day{i % 3}" / ("close-ups" if i % 4 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = [".jpg", ".png", ".webp"][i % 3]
+        name = f"IMG_{i:04d}{ext}"
+        if i == 0:  # stored lying on its side, with the EXIF tag that puts it upright
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            im.transpose(Image.Transpose.ROTATE_90).save(sub / name, exif=exif.tobytes())
+        else:
+            im.save(sub / name)
+        truth[(sub / name).relative_to(out).as_posix()] = f.parent.name
+    (out / "day0" / "notes.txt").write_text("not a photo")
+    (out / "day1" / "broken.jpg").write_bytes(next((root / "test" / "arch").glob("*.jpg")).read_bytes()[:300])
+    return out, truth
+
+
+def rows(out: Path) -> dict[str, dict]:
+    with (out / "sort.csv").open() as f:
+        return {r["file"]: r for r in csv.DictReader(f)}
+
+
+def test_sort_files_every_photo_and_lists_it(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    before = digest(folder)
+    out = tmp_path / "sorted"
+    p = cli("sort", run, folder, "--out", out, "--min-confidence", "0", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "2 file(s) could not be read" in p.stdout
+    assert float(p.stdout.split(" images/s")[0].rsplit("(", 1)[1]) > 0
+    assert digest(folder) == before  # originals untouched
+    r = rows(out)
+    assert set(r) == set(truth) | {"day0/notes.txt", "day1/broken.jpg"}
+    assert r["day0/notes.txt"]["error"] and not r["day0/notes.txt"]["copied_to"]
+    assert "truncated" in r["day1/broken.jpg"]["error"] or "corrupt" in r["day1/broken.jpg"]["error"]
+    right = 0
+    for rel, cls in truth.items():
+        row = r[rel]
+        copied = out / row["copied_to"]
+        assert copied.read_bytes() == (folder / rel).read_bytes()  # a true copy, in its class folder
+        assert row["copied_to"] == f"{row['class']}/{rel.replace('/', '__')}"
+        assert len(row["top3"].split(";")) == 3 and 0 < float(row["probability"]) <= 1
+        right += row["class"] == cls
+    assert right >= 0.8 * len(truth)  # the tiny model knows its classes, the EXIF-rotated one included
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_rerun_skips_what_is_done_and_redoes_what_changed(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "sorted"
+    assert cli("sort", run, folder, "--out", out, "--quiet").returncode == 0
+    first = rows(out)
+    again = cli("sort", run, folder, "--out", out, "--quiet")
+    assert (
+        again.returncode == 0 and f"skipped {len(truth)} photo(s)" in again.stdout and "sorted 0 photo" in again.stdout
+    )
+    assert rows(out) == first
+    changed = next(iter(truth))
+    (folder / changed).write_bytes((folder / changed).read_bytes() + b"\0")  # a photo edited since
+    third = cli("sort", run, folder, "--out", out, "--quiet")
+    assert "sorted 1 photo(s)" in third.stdout and f"skipped {len(truth) - 1}" in third.stdout  # unreadable: retried
+
+
+def test_confidence_threshold_and_hard_links(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "unsure"
+    assert cli("sort", run, folder, "--out", out, "--min-confidence", "1", "--link", "--quiet").returncode == 0
+    r = rows(out)
+    assert all(r[rel]["copied_to"].startswith("_uncertain/") for rel in truth)
+    for rel in truth:
+        assert (out / r[rel]["copied_to"]).stat().st_ino == (folder / rel).stat().st_ino  # a link, not a copy
+
+
+def test_views_apply_exif_rotation_and_crop_as_named(tmp_path):
+    im = Image.new("RGB", (120, 60), (200, 10, 10))
+    im.paste((10, 10, 200), (0, 0, 30, 60))  # a blue band on the left quarter
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    im.save(tmp_path / "side.jpg", exif=exif.tobytes(), quality=95)
+    whole = load(tmp_path / "side.jpg", "whole")[0]
+    assert whole.shape == (3, 64, 64)
+    assert whole[2, :12].mean() > 150 and whole[2, -12:].mean() < 60  # upright: the band is now at the top
+    centre = views(im, "centre")[0]
+    assert centre[2].mean() < 30  # the central 60 px square misses the band
+    assert views(im, "multi").shape == (6, 3, 64, 64)
+
+
+def test_a_full_disk_stops_cleanly_and_the_next_run_continues(trained, photos, tmp_path, monkeypatch):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "sorted"
+    real, calls = shutil.copy2, []
+
+    def filling(src, dst, **kw):
+        calls.append(src)
+        if len(calls) > 5:
+            Path(dst).write_bytes(b"partial")  # half-written, as a full disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(sort.shutil, "copy2", filling)
+    with pytest.raises(SortError, match="the disk is full") as e:
+        sort_photos(run, folder, out, progress=False)
+    assert "run the command again" in str(e.value) and "\n" not in str(e.value)
+    copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    assert not list(out.rglob("*.tmp")) and len(copies) == 5  # no half-written copy left
+    assert len((out / JOURNAL).read_text().splitlines()) == 5
+    monkeypatch.setattr(sort.shutil, "copy2", real)  # space freed
+    s = sort_photos(run, folder, out, progress=False)
+    assert s.skipped == 5 and s.sorted == len(truth) - 5 and s.unreadable == 2
+    assert len(rows(out)) == len(truth) + 2
+
+
+def test_bad_input_is_one_line_and_touches_nothing(trained, photos, tmp_path):
+    _, run = trained
+    folder, _ = photos
+    before = digest(folder)
+    assert_one_line_error(cli("sort", run, tmp_path / "none", "--out", tmp_path / "o1"), "no such folder")
+    assert_one_line_error(cli("sort", run, folder / "day0" / "notes.txt", "--out", tmp_path / "o2"), "not a folder")
+    assert_one_line_error(cli("sort", run, folder, "--out", folder / "sorted"), "must not be inside")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.doc").write_text("the user's")
+    assert_one_line_error(cli("sort", run, folder, "--out", busy), "already holds other files")
+    assert (busy / "mine.doc").read_text() == "the user's" and len(list(busy.iterdir())) == 1
+    (tmp_path / "x.pt").write_bytes(b"junk")
+    assert_one_line_error(cli("sort", tmp_path / "x.pt", folder, "--out", tmp_path / "o3"), "not a HeritageLens")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(cli("sort", run, empty, "--out", tmp_path / "o4"), "no files to sort")
+    assert_one_line_error(cli("sort", run, folder, "--out", tmp_path / "o5", "--min-confidence", "2"), "between 0")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+    assert digest(folder) == before
+
+
+def test_names_that_collide_keep_both_copies(trained, tmp_path):
+    _, run = trained
+    folder = tmp_path / "photos"
+    (folder / "a").mkdir(parents=True)
+    im = Image.new("RGB", (80, 80), (120, 60, 200))
+    im.save(folder / "a__b.png")  # flat name of a/b.png too
+    Image.new("RGB", (80, 80), (10, 200, 10)).save(folder / "a" / "b.png")
+    out = tmp_path / "sorted"
+    s = sort_photos(run, folder, out, min_confidence=1, progress=False)  # both into _uncertain/
+    assert s.sorted == 2
+    r = rows(out)
+    copies = {r[f]["copied_to"] for f in ("a__b.png", "a/b.png")}
+    assert len(copies) == 2 and any("~2" in c for c in copies)
+    for f in ("a__b.png", "a/b.png"):
+        assert (out / r[f]["copied_to"]).read_bytes() == (folder / f).read_bytes()
+
+
+def test_a_new_threshold_moves_earlier_copies_and_a_deleted_copy_is_made_again(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "sorted"
+    sort_photos(run, folder, out, min_confidence=1, progress=False)
+    unsure = [f for f, r in rows(out).items() if r["copied_to"].startswith("_uncertain/")]
+    assert unsure  # the tiny model is not certain of everything
+    s = sort_photos(run, folder, out, min_confidence=0, progress=False)  # now nothing is uncertain
+    assert s.moved == len(unsure) and s.sorted == 0
+    r = rows(out)
+    assert all(r[f]["copied_to"].split("/")[0] == r[f]["class"] and (out / r[f]["copied_to"]).exists() for f in truth)
+    assert not any((out / "_uncertain").iterdir())
+    gone = next(iter(truth))
+    (out / r[gone]["copied_to"]).unlink()
+    s = sort_photos(run, folder, out, min_confidence=0, progress=False)
+    assert s.sorted == 1 and (out / rows(out)[gone]["copied_to"]).exists()
+
+
+def test_other_settings_or_another_photo_folder_are_refused(trained, photos, tmp_path):
+    _, run = trained
+    folder, _ = photos
+    out = tmp_path / "sorted"
+    sort_photos(run, folder, out, progress=False)
+    with pytest.raises(SortError, match="another --view"):
+        sort_photos(run, folder, out, how="centre", progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    with pytest.raises(SortError, match="another photo folder"):
+        sort_photos(run, other, out, progress=False)
+    inner = out / "inner"
+    inner.mkdir()
+    shutil.copy(next(folder.rglob("*.png")), inner)
+    with pytest.raises(SortError, match="must not hold the photo folder"):
+        sort_photos(run, inner, out, progress=False)
+
+
+def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos, tmp_path, monkeypatch):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "sorted"
+    real_fsync, calls = sort.os.fsync, []
+
+    def failing(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the journal of the first batch
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(sort.os, "fsync", failing)
+    with pytest.raises(SortError, match="the disk is full") as e:
+        sort_photos(run, folder, out, progress=False)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(sort.os, "fsync", real_fsync)
+    s = sort_photos(run, folder, out, progress=False)
+    assert s.sorted + s.skipped == len(truth) and len(rows(out)) == len(truth) + 2
+    copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != "sort.csv"]
+    assert len(copies) == len(truth)  # each photo copied once, whatever the first run left
