@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import assert_one_line_error, cli, need
 
-from heritagelens.checkpoint import load_model
+from heritagelens.checkpoint import load_model, read_checkpoint
 from heritagelens.config import Config
 from heritagelens.export import OnnxClassifier, max_difference, to_onnx
 from heritagelens.models import build_model
@@ -43,7 +44,11 @@ def test_a_residual_network_exports_too(tmp_path):
 
 
 def test_export_and_predict_through_the_cli(trained, tmp_path):
-    root, run = trained
+    """Of a calibrated model: the .onnx file carries the temperature, and both predict the same probabilities."""
+    root, trained_run = trained
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert cli("calibrate", run).returncode == 0
     out = tmp_path / "model.onnx"
     p = cli("export", run, "--out", out)
     assert p.returncode == 0, p.stderr
@@ -59,6 +64,8 @@ def test_export_and_predict_through_the_cli(trained, tmp_path):
         pa, pb = float(a.split()[2].rstrip(",")), float(b.split()[2].rstrip(","))
         assert abs(pa - pb) < 0.02  # PyTorch's predict runs in bfloat16 on the CPU
     assert len(by_onnx.stdout.splitlines()) == 4
+    t = read_checkpoint(run)["calibration"]["plain"]["temperature"]
+    assert OnnxClassifier(out).temperature == pytest.approx(t)
 
 
 def test_export_refuses_a_graph_that_disagrees_and_writes_nothing(trained, tmp_path):

@@ -154,7 +154,8 @@ def cmd_predict(args) -> int:
         if args.tta:
             raise UsageError("--tta does not apply to an .onnx file: export it with 'heritagelens export --tta'")
         onnx_model = OnnxClassifier(args.checkpoint)
-        classes, logits = onnx_model.classes, lambda x: torch.from_numpy(onnx_model.logits(x))
+        t = onnx_model.temperature  # calibrated probabilities when the exported checkpoint was calibrated
+        classes, logits = onnx_model.classes, lambda x: torch.from_numpy(onnx_model.logits(x)) / t
     else:
         from .checkpoint import load_model, temperature
         from .train import predict_logits
@@ -218,14 +219,14 @@ def cmd_sort(args) -> int:
 def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
     _need_extra(*EXPORT_EXTRA)
-    from .checkpoint import load_model, run_folder
+    from .checkpoint import load_model, run_folder, temperature
     from .export import ExportError, OnnxClassifier, check_images, max_difference, to_onnx
     from .io import atomic_write_bytes
 
     ckpt = Path(args.checkpoint)
     model, classes, checkpoint = load_model(ckpt)
     out = Path(args.out) if args.out else run_folder(ckpt) / "model.onnx"
-    blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt))
+    blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt), temperature=temperature(checkpoint, args.tta))
     images, what = check_images(checkpoint, args.data)
     diff = max_difference(model, OnnxClassifier(out, blob), images)
     if not diff <= args.tolerance:

@@ -40,8 +40,11 @@ class WithTTA(nn.Module):
         return torch.stack([self.model(v) for v in tta_views(x)]).mean(0)
 
 
-def to_onnx(model: nn.Module, classes: list[str], tta: bool = False, source: str = "") -> bytes:
-    """The model (eval mode, float32) as ONNX bytes with a dynamic batch axis and our metadata."""
+def to_onnx(
+    model: nn.Module, classes: list[str], tta: bool = False, source: str = "", temperature: float | None = None
+) -> bytes:
+    """The model (eval mode, float32) as ONNX bytes with a dynamic batch axis and our metadata (the calibration
+    temperature among it, when there is one: the graph outputs raw logits, as the checks compare)."""
     import onnx
 
     net = WithTTA(model) if tta else model  # the caller's model, in eval mode and float32 as loaded
@@ -64,6 +67,8 @@ def to_onnx(model: nn.Module, classes: list[str], tta: bool = False, source: str
         "heritagelens.version": __version__,
         "heritagelens.source": source,
     }
+    if temperature is not None:
+        meta["heritagelens.temperature"] = json.dumps(temperature)
     onnx.helper.set_model_props(proto, meta)
     return proto.SerializeToString()
 
@@ -88,6 +93,7 @@ class OnnxClassifier:
         try:
             self.classes: list[str] = [str(c) for c in json.loads(props["heritagelens.classes"])]
             self.tta: bool = bool(json.loads(props.get("heritagelens.tta", "false")))
+            self.temperature: float = float(json.loads(props.get("heritagelens.temperature", "1.0")))
         except (ValueError, TypeError):
             raise ExportError(f"{path}: its HeritageLens metadata is unreadable") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
