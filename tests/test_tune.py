@@ -23,7 +23,16 @@ optuna = need("optuna")
 from heritagelens.config import Config  # noqa: E402
 from heritagelens.models import build_model  # noqa: E402
 from heritagelens.run import prepare  # noqa: E402
-from heritagelens.tune import SPACE, estimated_minutes, open_study, searched, suggest, tune  # noqa: E402
+from heritagelens.tune import (  # noqa: E402
+    SPACE,
+    baseline,
+    estimated_minutes,
+    open_study,
+    searched,
+    suggest,
+    summary,
+    tune,
+)
 
 FAST = [*SETS, "--set", "train.epochs=2", "--set", "model.widths=[8,16]", "--set", "model.depths=[1,1]"]
 
@@ -165,3 +174,15 @@ def test_a_trial_estimated_over_the_time_cap_is_pruned_before_it_trains(tiny_dat
     assert t.state.name == "PRUNED" and not t.intermediate_values and t.user_attrs["estimated_minutes"] >= 0
     study = tune(base, fixed, storage, "cap", trials=2, trial_minutes=60)
     assert study.trials[1].state.name == "COMPLETE" and sorted(study.trials[1].intermediate_values) == [50, 100]
+
+
+def test_a_new_study_starts_with_the_base_recipe(tiny_data, tmp_path):
+    fixed = ["model.widths=[8,16]", "model.depths=[1,1]", "train.epochs=2", "data.val_folds=4"]
+    base = tiny_config(tiny_data, *fixed, "train.lr=0.05", "train.cutout=8")
+    study = tune(base, fixed, f"sqlite:///{tmp_path / 's.db'}", "b", trials=2)
+    first = study.trials[0]
+    assert first.user_attrs["base_recipe"] and first.params["train.lr"] == 0.05 and first.params["train.cutout"] == 8
+    assert Config.from_dict(first.user_attrs["config"]) == base
+    assert not study.trials[1].user_attrs.get("base_recipe")
+    assert "the base recipe (#0) ranks" in summary(study)
+    assert baseline(base.override(["train.lr=5"]), searched(fixed)) is None  # outside the space: not enqueued

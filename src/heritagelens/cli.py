@@ -362,7 +362,7 @@ def cmd_tune(args) -> int:
     print(f"study '{args.study}' in {storage}; data: {cfg.data.root}", flush=True)
     study = tune(
         cfg, args.set or [], storage, args.study, args.trials, args.timeout, args.objective, not args.quiet,
-        args.trial_minutes,
+        args.trial_minutes, not args.no_base,
     )  # fmt: skip
     print(summary(study))
     return 0
@@ -462,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tu.add_argument("--objective", choices=["accuracy", "accuracy-per-minute"], default="accuracy")
     tu.add_argument("--runs", default="runs", help="folder for the default database and the --show figures")
+    tu.add_argument("--no-base", action="store_true", help="do not start a new study with the base recipe itself")
     tu.add_argument("--show", action="store_true", help="best trials, importances, plots and the best config")
     tu.set_defaults(func=cmd_tune)
 

@@ -199,17 +199,42 @@ def objective_fn(
     return run_trial
 
 
+def baseline(base: Config, params: list[Param]) -> dict | None:
+    """The base recipe as values of `params`, or None when it lies outside the space."""
+    values = {}
+    for p in params:
+        section, key = p.key.split(".")
+        if p.key == "model.width":
+            w = base.model.widths
+            v = w[0] if w == (w[0], 2 * w[0], 4 * w[0], 8 * w[0]) else None
+        elif p.key == "model.depths":
+            v = ",".join(map(str, base.model.depths))
+        else:
+            v = getattr(getattr(base, section), key)
+        inside = v in p.choices if p.kind == "choice" else v is not None and p.low <= v <= p.high
+        if not inside or (p.step and (v - p.low) % p.step):
+            return None
+        values[p.key] = v
+    return values
+
+
 def tune(
     base: Config, fixed: list[str], storage: str, name: str, trials: int, timeout: float | None = None,
-    objective: str = "accuracy", progress: bool = False, trial_minutes: float | None = None,
+    objective: str = "accuracy", progress: bool = False, trial_minutes: float | None = None, with_base: bool = True,
 ):  # fmt: skip
-    """Run trials until the study holds `trials` finished (complete or pruned) trials or `timeout` seconds pass."""
+    """Run trials until the study holds `trials` finished (complete or pruned) trials or `timeout` seconds pass.
+    With `with_base`, a new study's first trial is the base recipe itself (when it lies in the space), so the study
+    holds the figure to beat and the sampler starts from a good point."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     study = open_study(storage, name)
     study.set_user_attr("objective", objective)
+    start = baseline(base, searched(fixed)) if with_base else None
+    if start and not study.trials and not study.user_attrs.get("base_enqueued"):
+        study.set_user_attr("base_enqueued", True)
+        study.enqueue_trial(start, user_attrs={"base_recipe": True})
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:
@@ -244,9 +269,14 @@ def summary(study, top: int = 5) -> str:
         f"objective: {study.user_attrs.get('objective', 'accuracy')} on the group-aware validation split",
         "best trials:",
     ]
-    for t in sorted(complete, key=lambda t: -t.value)[:top]:
+    ranked = sorted(complete, key=lambda t: -t.value)
+    for t in ranked[:top]:
         acc, minutes = t.user_attrs.get("val_accuracy"), t.user_attrs.get("train_minutes")
-        lines.append(f"  #{t.number}: {t.value:.4f} (val accuracy {acc:.4f}, {minutes:.1f} min)  {t.params}")
+        base = "the base recipe, " if t.user_attrs.get("base_recipe") else ""
+        lines.append(f"  #{t.number}: {t.value:.4f} ({base}val accuracy {acc:.4f}, {minutes:.1f} min)  {t.params}")
+    base = [t for t in ranked if t.user_attrs.get("base_recipe")]
+    if base:
+        lines.append(f"the base recipe (#{base[0].number}) ranks {ranked.index(base[0]) + 1} of {len(ranked)}")
     if len(complete) >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # too few trials for the evaluator's quantiles: it says so, we show it
