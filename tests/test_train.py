@@ -196,3 +196,14 @@ def test_robust_preset_trains(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, *PRESETS["robust"], "train.epochs=1")
     state, _ = train_run(cfg, tmp_path / "run", progress=False)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["adv_eps"] == 4
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "robust", "tuned"])
+def test_every_named_preset_builds_a_model_that_runs(name):
+    from heritagelens.config import preset
+    from heritagelens.models import build_model
+
+    cfg = preset(name)
+    assert build_model(cfg.model, 10)(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    if name == "tuned":  # the study's best trial: a 5x5 kernel, one conv per stage
+        assert cfg.model.kernel_size == 5 and cfg.model.depths == (1, 1, 1, 1) and cfg.train.crop_pad == 1
