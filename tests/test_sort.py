@@ -245,3 +245,15 @@ def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos,
     assert s.sorted + s.skipped == len(truth) and len(rows(out)) == len(truth) + 2
     copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != "sort.csv"]
     assert len(copies) == len(truth)  # each photo copied once, whatever the first run left
+
+
+def test_an_unreadable_photo_folder_is_one_line(trained, tmp_path, monkeypatch):
+    """Permissions do not stop root, who runs CI: the check is made to see a folder it may not read."""
+    _, run = trained
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    Image.new("RGB", (64, 64)).save(folder / "a.png")
+    monkeypatch.setattr(sort.os, "access", lambda path, mode: Path(path) != folder)
+    with pytest.raises(SortError, match="cannot read this folder"):
+        sort_photos(run, folder, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
