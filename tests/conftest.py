@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_cli
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,11 +90,17 @@ TINY_JUDGES = ["--set", 'gallery.judge_overrides=["model.widths=[8,16]", "model.
 
 
 def cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m heritagelens ARGS` in a subprocess, without the caller's AHE_DATA unless `env` gives it."""
+    """`python -m heritagelens ARGS` in a new process, without the caller's AHE_DATA unless `env` gives it.
+
+    The process is forked from one that has imported the package already (`forked_cli`); `HERITAGELENS_TEST_EXEC=1`
+    runs every command through a fresh interpreter instead."""
     e = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
     e.update(env or {})
+    argv = [str(a) for a in args]
+    if os.environ.get("HERITAGELENS_TEST_EXEC") != "1":
+        return forked_cli.run(argv, e, cwd, timeout)
     return subprocess.run(
-        [sys.executable, "-m", "heritagelens", *map(str, args)],
+        [sys.executable, "-m", "heritagelens", *argv],
         capture_output=True,
         text=True,
         cwd=cwd,

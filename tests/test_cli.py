@@ -1,8 +1,11 @@
-"""The real command, run as a user runs it: in a subprocess, reading its output and exit code."""
+"""The real command, run as a user runs it: in a process of its own, reading its output and exit code."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli
@@ -77,6 +80,15 @@ def test_refuses_to_overwrite_a_run(trained):
 )
 def test_bad_input_gives_one_line(args, needles, tmp_path):
     assert_one_line_error(cli(*args, cwd=tmp_path), *needles)
+
+
+def test_the_installed_command_starts_in_a_fresh_interpreter(tmp_path):
+    """The tests' `cli` forks a warm process; this one is the console script a user types, started cold."""
+    exe = Path(sys.executable).with_name("heritagelens")
+    p = subprocess.run([exe, "layers", tmp_path / "no.pt"], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(p, "no.pt: no such file")
+    p = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "usage: heritagelens" in p.stdout and "sort" in p.stdout
 
 
 def test_data_check_on_unusable_layout(tmp_path):

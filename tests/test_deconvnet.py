@@ -17,6 +17,7 @@ from heritagelens.deconvnet import (
     record,
     strongest_channels,
     top_activations,
+    top_activations_of,
 )
 from heritagelens.figures import figure2
 from heritagelens.models import build_model, conv_layer_names
@@ -201,6 +202,19 @@ def test_top_activations_match_a_brute_force_ranking():
         torch.testing.assert_close(top.values[c], peak[expected, c])
         r, q = top.positions[c, 0].tolist()
         assert fmap[top.indices[c, 0], c, r, q] == peak[top.indices[c, 0], c]
+
+
+def test_one_pass_over_several_layers_ranks_as_one_pass_each():
+    model = _random_model()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    tops = top_activations_of(model, images, ["conv3_1", "conv1_1"], k=5, batch_size=16, bf16=False)
+    assert list(tops) == ["conv3_1", "conv1_1"]
+    for layer, top in tops.items():
+        alone = top_activations(model, images, layer, k=5, batch_size=16, bf16=False)
+        assert top.layer == layer and torch.equal(top.indices, alone.indices)
+        assert torch.equal(top.positions, alone.positions) and torch.equal(top.values, alone.values)
+    with pytest.raises(DeconvError, match="unknown layer 'conv9_1'"):
+        top_activations_of(model, images, ["conv1_1", "conv9_1"])
 
 
 def test_receptive_field_sizes_follow_the_architecture():

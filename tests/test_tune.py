@@ -101,6 +101,7 @@ def test_two_workers_share_one_study(trained, tmp_path, engine, request):
     assert len(done) >= 6 and len({t.number for t in study.trials}) == len(study.trials)
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes finished trials
     assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done)  # distinct configurations
+    assert sum(bool(t.user_attrs.get("base_recipe")) for t in study.trials) == 1  # enqueued once, by the creator
     assert "best trials:" in outs[0][0] and "val accuracy" in outs[0][0]
 
 
@@ -109,18 +110,19 @@ def test_a_killed_study_resumes_without_losing_finished_trials(trained, tmp_path
     db = tmp_path / "study.db"
     args = ["tune", "--trials", "100", "--storage", f"sqlite:///{db}", "--study", "s", "--data", root, "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "heritagelens", *map(str, args), *FAST])
+    finished = ("COMPLETE", "PRUNED")  # what --trials counts
     deadline = time.time() + 240
     while time.time() < deadline and (not db.exists() or sum(s == "COMPLETE" for _, s in trials_in(db)) < 2):
         time.sleep(1)
     proc.kill()
     proc.wait()
-    before = {n for n, s in trials_in(db) if s == "COMPLETE"}
-    assert len(before) >= 2
+    before = {n: s for n, s in trials_in(db) if s in finished}
+    assert sum(s == "COMPLETE" for s in before.values()) >= 2
     p = cli("tune", "--trials", len(before) + 2, "--storage", f"sqlite:///{db}", "--study", "s", "--data", root,
             "--quiet", *FAST)  # fmt: skip
     assert p.returncode == 0, p.stderr
-    after = {n for n, s in trials_in(db) if s in ("COMPLETE", "PRUNED")}
-    assert before <= after and len(after) == len(before) + 2
+    after = {n: s for n, s in trials_in(db) if s in finished}
+    assert before.items() <= after.items() and len(after) == len(before) + 2  # kept as they were, two more
 
 
 def test_pruning_stops_a_trial_that_is_made_to_be_bad(tiny_data, tmp_path):

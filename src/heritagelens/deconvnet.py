@@ -203,22 +203,41 @@ def top_activations(
 ) -> TopK:
     """For every channel of `layer`, the `k` images (rows of `images`) with the largest activation anywhere, found in
     one pass over `images` (N, 3, H, W) uint8; the ranking uses bfloat16 autocast on CPU for speed by default."""
-    layers_up_to(model, layer)  # validates the name before the long pass
-    best_v = best_i = best_p = None
-    for s in range(0, len(images), batch_size):
-        x = images[s : s + batch_size].float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
-            fmap = record(model, x, layer).feature_map.float()  # (B, C, H, W)
-        B, C, H, W = fmap.shape
-        v, flat = fmap.reshape(B, C, H * W).max(2)  # (B, C)
-        pos = torch.stack([flat // W, flat % W], 2)  # (B, C, 2)
-        idx = torch.arange(s, s + B)[:, None].expand(B, C)
-        if best_v is not None:
-            v, idx, pos = torch.cat([best_v, v]), torch.cat([best_i, idx]), torch.cat([best_p, pos])
-        top = v.topk(min(k, len(v)), dim=0)  # (k, C)
-        best_v, best_i = top.values, idx.gather(0, top.indices)
-        best_p = pos.gather(0, top.indices[..., None].expand(-1, -1, 2))
-    return TopK(layer, best_v.T.contiguous(), best_i.T.contiguous(), best_p.permute(1, 0, 2).contiguous())
+    return top_activations_of(model, images, [layer], k, batch_size, bf16)[layer]
+
+
+@torch.no_grad()
+def top_activations_of(
+    model: HeritageCNN, images: torch.Tensor, layers: list[str], k: int = 9, batch_size: int = 512, bf16: bool = True
+) -> dict[str, TopK]:
+    """`top_activations` of several layers, all from one forward pass over `images` (the deepest layer's)."""
+    ends = {layer: len(layers_up_to(model, layer)) - 1 for layer in layers}  # validates names before the long pass
+    modules = [m for _, m in layers_up_to(model, max(ends, key=ends.get))]
+    best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    with evaluating(model):
+        for s in range(0, len(images), batch_size):
+            x = images[s : s + batch_size].float()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+                h, maps = model.normalize(x.to(model.normalize.std.dtype)), {}
+                for i, m in enumerate(modules):  # no pooling switches: only the ranking is needed here
+                    h = m(h)
+                    maps.update({layer: h.float() for layer, end in ends.items() if end == i})
+            for layer, fmap in maps.items():  # (B, C, H, W)
+                B, C, H, W = fmap.shape
+                v, flat = fmap.reshape(B, C, H * W).max(2)  # (B, C)
+                pos = torch.stack([flat // W, flat % W], 2)  # (B, C, 2)
+                idx = torch.arange(s, s + B)[:, None].expand(B, C)
+                if layer in best:
+                    bv, bi, bp = best[layer]
+                    v, idx, pos = torch.cat([bv, v]), torch.cat([bi, idx]), torch.cat([bp, pos])
+                top = v.topk(min(k, len(v)), dim=0)  # (k, C)
+                at = top.indices
+                best[layer] = top.values, idx.gather(0, at), pos.gather(0, at[..., None].expand(-1, -1, 2))
+    out = {}
+    for layer in layers:  # in the order asked for
+        v, i, p = best[layer]
+        out[layer] = TopK(layer, v.T.contiguous(), i.T.contiguous(), p.permute(1, 0, 2).contiguous())
+    return out
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ every trial, so `--timeout` plus the cap bounds the study.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -94,8 +95,13 @@ def default_storage(runs: Path | str = "runs") -> str:
 
 
 def open_study(storage: str, name: str, create: bool = True, attempts: int = 5):
-    """The study `name` in `storage` (created when `create`), with heartbeats so a killed trial is retried.
-    Workers that start together race to create the tables: the losers try again."""
+    """The study `name` in `storage` (created when `create`), with heartbeats so a killed trial is retried."""
+    return open_or_create_study(storage, name, create, attempts)[0]
+
+
+def open_or_create_study(storage: str, name: str, create: bool = True, attempts: int = 5):
+    """(study, whether this call created it). Workers that start together race to create the tables: the losers
+    try again; of workers creating one new study, the database's unique name lets exactly one be its creator."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(attempts):
@@ -124,13 +130,16 @@ def _open_study(storage: str, name: str, create: bool):
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
         engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None,
     )  # fmt: skip
-    if not create:
-        return optuna.load_study(study_name=name, storage=rdb)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50)  # from half of the schedule on
     sampler = optuna.samplers.TPESampler(n_startup_trials=6, multivariate=True, group=True)  # budgets of ~12 trials
-    return optuna.create_study(
-        storage=rdb, study_name=name, direction="maximize", load_if_exists=True, pruner=pruner, sampler=sampler
-    )
+    load = functools.partial(optuna.load_study, study_name=name, storage=rdb, sampler=sampler, pruner=pruner)
+    if not create:
+        return load(), False
+    try:
+        study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", pruner=pruner, sampler=sampler)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return load(), False
 
 
 def estimated_minutes(cfg: Config, prep, steps: int = 3) -> float:
@@ -229,11 +238,10 @@ def tune(
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    study = open_study(storage, name)
+    study, created = open_or_create_study(storage, name)
     study.set_user_attr("objective", objective)
     start = baseline(base, searched(fixed)) if with_base else None
-    if start and not study.trials and not study.user_attrs.get("base_enqueued"):
-        study.set_user_attr("base_enqueued", True)
+    if start and created:  # only the creator: workers starting together on a new study enqueue it once
         study.enqueue_trial(start, user_attrs={"base_recipe": True})
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = trials - len(study.get_trials(deepcopy=False, states=done))

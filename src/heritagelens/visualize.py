@@ -22,6 +22,7 @@ from .deconvnet import (
     receptive_box,
     strongest_channels,
     top_activations,
+    top_activations_of,
 )
 from .dream import DreamError, image_stats
 from .figures import (
@@ -103,9 +104,10 @@ def write_top9(
     model, classes, ckpt = load_model(checkpoint)
     split = train_split(ckpt, root)
     check_classes(classes, split.classes, checkpoint)
+    tops = top_activations_of(model, split.images, layers)  # one pass over the split for every layer
     written = []
     for layer in layers:
-        fig, index = top9_figure(model, split, layer, channels)
+        fig, index = top9_figure(model, split, layer, channels, top=tops[layer])
         out = Path(out_dir) / f"deconv-top9-{layer}.png"
         atomic_write_bytes(png_bytes(fig), out)
         atomic_write_json(index, out.with_suffix(".json"))
@@ -248,7 +250,7 @@ def write_dream(
     floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
     `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`. With
     `init_image`, every image starts from that photograph instead of noise. The floor is naive ascent on the same
-    model; `standard_model` adds naive ascent on that (non-robust) model as a second floor."""
+    model with as many steps; `standard_model` adds naive ascent on that (non-robust) model as a second floor."""
     from .dream import class_images, dream_preset
     from .figures import gallery
     from .judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
@@ -296,7 +298,8 @@ def write_dream(
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
         for name, m in floors.items():
             m = load_model(m)[0] if isinstance(m, (str, Path)) else m
-            sets[name] = (class_images(m, ks, samples, dream_preset("naive"), stats, seed).images, targets)
+            naive = dream_preset("naive", steps=dream_cfg.steps)  # the same budget of steps as the gallery
+            sets[name] = (class_images(m, ks, samples, naive, stats, seed).images, targets)
         meta["scores"] = scores = gallery_scores(sets, real, panel, classes)
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = scores[f"{label} (this gallery)"]
