@@ -216,7 +216,7 @@ def top_activations_of(
     best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     with evaluating(model):
         for s in range(0, len(images), batch_size):
-            x = images[s : s + batch_size].float()
+            x = images[s : s + batch_size].float().contiguous(memory_format=torch.channels_last)  # ~30% faster here
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
                 h, maps = model.normalize(x.to(model.normalize.std.dtype)), {}
                 for i, m in enumerate(modules):  # no pooling switches: only the ranking is needed here
