@@ -53,8 +53,10 @@ def _child(argv: list[str], env: dict[str, str], cwd: str | None, out: str, err:
         os.close(f)
     sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
-    sys.argv = [str(Path(__import__("heritagelens").__file__).parent / "__main__.py"), *argv]
+    import heritagelens
     from heritagelens.cli import main
+
+    sys.argv = [str(Path(heritagelens.__file__).with_name("__main__.py")), *argv]  # as `python -m` sets it
 
     try:
         code = main(argv)

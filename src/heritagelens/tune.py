@@ -15,7 +15,6 @@ every trial, so `--timeout` plus the cap bounds the study.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
@@ -132,14 +131,13 @@ def _open_study(storage: str, name: str, create: bool):
     )  # fmt: skip
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50)  # from half of the schedule on
     sampler = optuna.samplers.TPESampler(n_startup_trials=6, multivariate=True, group=True)  # budgets of ~12 trials
-    load = functools.partial(optuna.load_study, study_name=name, storage=rdb, sampler=sampler, pruner=pruner)
-    if not create:
-        return load(), False
-    try:
-        study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", pruner=pruner, sampler=sampler)
-        return study, True
-    except optuna.exceptions.DuplicatedStudyError:
-        return load(), False
+    if create:
+        try:
+            kw = dict(storage=rdb, study_name=name, direction="maximize", pruner=pruner, sampler=sampler)
+            return optuna.create_study(**kw), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another worker created it: join
+    return optuna.load_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner), False
 
 
 def estimated_minutes(cfg: Config, prep, steps: int = 3) -> float:

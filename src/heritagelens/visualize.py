@@ -296,9 +296,9 @@ def write_dream(
         targets = torch.tensor(ks).repeat_interleave(samples)
         sets = {f"{label} (this gallery)": (result.images, targets)}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
+        naive = dream_preset("naive", steps=dream_cfg.steps)  # the same budget of steps as the gallery
         for name, m in floors.items():
             m = load_model(m)[0] if isinstance(m, (str, Path)) else m
-            naive = dream_preset("naive", steps=dream_cfg.steps)  # the same budget of steps as the gallery
             sets[name] = (class_images(m, ks, samples, naive, stats, seed).images, targets)
         meta["scores"] = scores = gallery_scores(sets, real, panel, classes)
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
