@@ -20,13 +20,16 @@ from conftest import SETS, assert_one_line_error, cli, free_port, need, tiny_con
 
 optuna = need("optuna")
 
+import heritagelens.tune as tune_module  # noqa: E402
 from heritagelens.config import Config  # noqa: E402
 from heritagelens.models import build_model  # noqa: E402
 from heritagelens.run import prepare  # noqa: E402
 from heritagelens.tune import (  # noqa: E402
     SPACE,
+    TuneError,
     baseline,
     estimated_minutes,
+    open_or_create_study,
     open_study,
     searched,
     suggest,
@@ -87,15 +90,66 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
+OPEN_AT = """
+import sys, time
+import optuna.storages, sqlalchemy  # imported before the start, so the race is on the database
+from heritagelens.tune import open_or_create_study
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+print(open_or_create_study(sys.argv[1], "race")[1])
+"""
+
+
+def test_workers_racing_on_a_new_database_all_open_one_study(postgres):
+    """Workers started at once (or nearly) on an empty database race to create its tables and the study: all open
+    it and exactly one is its creator, the one that enqueues the base recipe."""
+    for n, spacing in enumerate((0.0, 0.05)):
+        with need("psycopg").connect(postgres, autocommit=True) as db:
+            db.execute(f"CREATE DATABASE race{n}")
+        url, at = f"{postgres.rpartition('/')[0]}/race{n}", time.time() + 2.5  # after every process's imports
+        procs = [
+            subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(at + i * spacing)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(4)
+        ]  # fmt: skip
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+        assert sorted(out.strip() for out, _ in outs) == ["False", "False", "False", "True"]
+
+
+def test_a_table_that_another_worker_just_created_is_tried_again(tmp_path, monkeypatch):
+    """PostgreSQL's 'relation already exists' (a worker that checked for the tables before another's creation was
+    committed, and created them after) is a lost race, tried again; a storage failing every time is one line."""
+    from sqlalchemy.exc import ProgrammingError
+
+    real, calls = tune_module._open_study, []
+
+    def lose_the_race_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ProgrammingError("CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+        return real(*args)
+
+    monkeypatch.setattr(tune_module, "_open_study", lose_the_race_once)
+    study, created = open_or_create_study(f"sqlite:///{tmp_path / 's.db'}", "s")
+    assert len(calls) == 2 and created and study.study_name == "s"
+
+    def always_fail(*args):
+        raise ProgrammingError("CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+
+    monkeypatch.setattr(tune_module, "_open_study", always_fail)
+    monkeypatch.setattr(tune_module.time, "sleep", lambda s: None)
+    with pytest.raises(TuneError, match=r"after 5 attempts \(relation \"studies\" already exists\)$"):
+        open_or_create_study("postgresql://nowhere/db", "s")
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_two_workers_share_one_study(trained, tmp_path, engine, request):
     root, _ = trained
     url = f"sqlite:///{tmp_path / 'study.db'}" if engine == "sqlite" else request.getfixturevalue("postgres")
     args = ["tune", "--trials", "6", "--storage", url, "--study", f"shared-{engine}", "--data", root, "--quiet"]
-    cmd = [sys.executable, "-m", "heritagelens", *map(str, args), *FAST]
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "heritagelens", *map(str, args), *FAST]
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), outs
+    assert all(w.returncode == 0 for w in workers), [(w.returncode, err[-3000:]) for w, (_, err) in zip(workers, outs)]
     study = open_study(url, f"shared-{engine}", create=False)
     done = [t for t in study.trials if t.state.is_finished()]
     assert len(done) >= 6 and len({t.number for t in study.trials}) == len(study.trials)

@@ -99,18 +99,20 @@ def open_study(storage: str, name: str, create: bool = True, attempts: int = 5):
 
 
 def open_or_create_study(storage: str, name: str, create: bool = True, attempts: int = 5):
-    """(study, whether this call created it). Workers that start together race to create the tables: the losers
-    try again; of workers creating one new study, the database's unique name lets exactly one be its creator."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    """(study, whether this call created it). Workers that start together on a new database race to create its
+    tables (the losers see a duplicate table, type or row, or a locked file) and try again; of workers creating one
+    new study, the database's unique name lets exactly one be its creator."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats and grouped TPE are marked experimental
                 return _open_study(storage, name, create)
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError) as e:
             if attempt == attempts - 1:
-                raise TuneError(f"{storage}: cannot open the study storage (busy after {attempts} attempts)") from None
+                why = str(e.orig or e).splitlines()[0][:160]
+                raise TuneError(f"{storage}: cannot open the study storage after {attempts} attempts ({why})") from None
             time.sleep(0.5 + random.random())
         except KeyError:
             raise TuneError(f"no study '{name}' in {storage}") from None
