@@ -120,12 +120,13 @@ def test_a_table_that_another_worker_just_created_is_tried_again(tmp_path, monke
     committed, and created them after) is a lost race, tried again; a storage failing every time is one line."""
     from sqlalchemy.exc import ProgrammingError
 
+    lost = ProgrammingError("CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
     real, calls = tune_module._open_study, []
 
     def lose_the_race_once(*args):
         calls.append(args)
         if len(calls) == 1:
-            raise ProgrammingError("CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+            raise lost
         return real(*args)
 
     monkeypatch.setattr(tune_module, "_open_study", lose_the_race_once)
@@ -133,7 +134,7 @@ def test_a_table_that_another_worker_just_created_is_tried_again(tmp_path, monke
     assert len(calls) == 2 and created and study.study_name == "s"
 
     def always_fail(*args):
-        raise ProgrammingError("CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+        raise lost
 
     monkeypatch.setattr(tune_module, "_open_study", always_fail)
     monkeypatch.setattr(tune_module.time, "sleep", lambda s: None)
