@@ -126,11 +126,14 @@ def _open_study(storage: str, name: str, create: bool):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sqlite = storage.startswith("sqlite")
     rdb = RDBStorage(
         storage, heartbeat_interval=30, grace_period=120,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None,
+        engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None,
     )  # fmt: skip
+    if sqlite:
+        _serialize_sqlite_transactions(rdb.engine)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50)  # from half of the schedule on
     sampler = optuna.samplers.TPESampler(n_startup_trials=6, multivariate=True, group=True)  # budgets of ~12 trials
     if create:
@@ -140,6 +143,18 @@ def _open_study(storage: str, name: str, create: bool):
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another worker created it: join
     return optuna.load_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner), False
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Make each of Optuna's transactions on a SQLite file take the write lock when it begins. Optuna claims a queued
+    trial by reading that it is waiting and then marking it running, in one transaction that is atomic on a server
+    (SELECT ... FOR UPDATE) but not on SQLite, where Python's driver starts the transaction only at the write: two
+    workers both read 'waiting' and both ran the same trial, and the second to finish failed on a finished trial.
+    With the driver's own transactions off (`isolation_level=None`), each begins with BEGIN IMMEDIATE instead, so the
+    read and the write are one step for the other workers, who wait (up to the connection's timeout) for the lock."""
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def estimated_minutes(cfg: Config, prep, steps: int = 3) -> float:
