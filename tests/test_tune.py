@@ -90,11 +90,24 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def run_together(script: str, url: str, n: int, spacing: float = 0.0) -> list[str]:
+    """The outputs of `n` processes running `script` on `url`, each let go `spacing` seconds after the one before
+    once all have imported, so they race on the database, not on their start-up; each must succeed."""
+    at = time.time() + 3.0  # after every process's imports
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, url, str(at + i * spacing)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True) for i in range(n)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [err[-2000:] for _, err in outs]
+    return [out for out, _ in outs]
+
+
 OPEN_AT = """
 import sys, time
 import optuna.storages, sqlalchemy  # imported before the start, so the race is on the database
 from heritagelens.tune import open_or_create_study
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 print(open_or_create_study(sys.argv[1], "race")[1])
 """
 
@@ -105,21 +118,15 @@ def test_workers_racing_on_a_new_database_all_open_one_study(postgres):
     for n, spacing in enumerate((0.0, 0.05)):
         with need("psycopg").connect(postgres, autocommit=True) as db:
             db.execute(f"CREATE DATABASE race{n}")
-        url, at = f"{postgres.rpartition('/')[0]}/race{n}", time.time() + 2.5  # after every process's imports
-        procs = [
-            subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(at + i * spacing)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(4)
-        ]  # fmt: skip
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
-        assert sorted(out.strip() for out, _ in outs) == ["False", "False", "False", "True"]
+        outs = run_together(OPEN_AT, f"{postgres.rpartition('/')[0]}/race{n}", 4, spacing)
+        assert sorted(out.strip() for out in outs) == ["False", "False", "False", "True"]
 
 
 ASK_AT = """
 import sys, time
 from heritagelens.tune import open_study
 study = open_study(sys.argv[1], "queue", create=False)
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 print(*(study.ask().number for _ in range(20)))
 """
 
@@ -133,16 +140,10 @@ def test_workers_on_one_sqlite_file_never_claim_the_same_queued_trial(tmp_path):
     study = open_study(url, "queue")
     for x in range(30):
         study.enqueue_trial({"x": x})
-    at = time.time() + 3.0  # after both processes' imports
-    procs = [
-        subprocess.Popen([sys.executable, "-c", ASK_AT, url, str(at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True) for _ in range(2)
-    ]  # fmt: skip
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    claimed = [int(n) for out, _ in outs for n in out.split()]
+    outs = run_together(ASK_AT, url, 2)
+    claimed = [int(n) for out in outs for n in out.split()]
     assert len(claimed) == 40 and len(set(claimed)) == 40, sorted(claimed)
-    assert all(out.split() for out, _ in outs)  # both asked
+    assert all(out.split() for out in outs)  # both asked
 
 
 def test_a_table_that_another_worker_just_created_is_tried_again(tmp_path, monkeypatch):
