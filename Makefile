@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
 bench: $(STAMP)
-	$(PY) bench/throughput.py --modes fp32,cl,cl-bf16
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -16,6 +16,8 @@ from PIL import Image
 from heritagelens.config import Config
 
 TINY_MODEL = ["model.widths=[8,16]", "model.depths=[1,1]"]
+FP32 = ["train.precision=fp32"]
+"""Tests not about precision run in float32, without timing the modes (tests/test_precision.py covers 'auto')."""
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -60,7 +62,7 @@ def tiny_data(tmp_path) -> Path:
 
 
 def tiny_config(root: Path, *extra: str) -> Config:
-    cfg = Config().override(TINY_MODEL + ["train.epochs=2", "train.batch_size=16", "data.val_folds=4", *extra])
+    cfg = Config().override(TINY_MODEL + ["train.epochs=2", "train.batch_size=16", "data.val_folds=4", *FP32, *extra])
     cfg.data.root = str(root)
     return cfg
 
@@ -85,8 +87,12 @@ def ahe_train(ahe_root):
 
 # ------------------------------------------------------------------------------- the command, run as a user runs it
 
-SETS = [a for s in TINY_MODEL + ["data.val_folds=4", "train.batch_size=16"] for a in ("--set", s)]
-TINY_JUDGES = ["--set", 'gallery.judge_overrides=["model.widths=[8,16]", "model.depths=[1,1]", "train.batch_size=16"]']
+SETS = [a for s in TINY_MODEL + ["data.val_folds=4", "train.batch_size=16", *FP32] for a in ("--set", s)]
+TINY_JUDGES = [
+    "--set",
+    'gallery.judge_overrides=["model.widths=[8,16]", "model.depths=[1,1]", "train.batch_size=16", '
+    '"train.precision=fp32"]',
+]
 
 
 def cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

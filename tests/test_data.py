@@ -237,7 +237,7 @@ def test_real_split_keeps_every_known_near_duplicate_together(ahe_root, ahe_trai
     side = np.zeros(len(s.files), dtype=int)
     side[va] = 1
     index = {f: i for i, f in enumerate(s.files)}
-    rows = list(csv.DictReader(open(ahe_root.parent / "ahe64_train_near_duplicates.csv")))
+    rows = list(csv.DictReader(open(Path(__file__).parent / "data" / "ahe64_train_near_duplicates.csv")))
     assert len(rows) == 42
     for r in rows:
         a, b = index[r["path_a"]], index[r["path_b"]]

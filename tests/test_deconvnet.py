@@ -193,7 +193,7 @@ def _random_model(seed=0, cfg=None):
 def test_top_activations_match_a_brute_force_ranking():
     model = _random_model()
     images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
-    top = top_activations(model, images, "conv2_1", k=9, batch_size=16, bf16=False)
+    top = top_activations(model, images, "conv2_1", k=9, batch_size=16, precision="fp32")
     fmap = record(model, images.float(), "conv2_1").feature_map  # (N, C, H, W)
     peak = fmap.flatten(2).max(2).values  # (N, C)
     for c in range(fmap.shape[1]):
@@ -207,10 +207,10 @@ def test_top_activations_match_a_brute_force_ranking():
 def test_one_pass_over_several_layers_ranks_as_one_pass_each():
     model = _random_model()
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
-    tops = top_activations_of(model, images, ["conv3_1", "conv1_1"], k=5, batch_size=16, bf16=False)
+    tops = top_activations_of(model, images, ["conv3_1", "conv1_1"], k=5, batch_size=16, precision="fp32")
     assert list(tops) == ["conv3_1", "conv1_1"]
     for layer, top in tops.items():
-        alone = top_activations(model, images, layer, k=5, batch_size=16, bf16=False)
+        alone = top_activations(model, images, layer, k=5, batch_size=16, precision="fp32")
         assert top.layer == layer and torch.equal(top.indices, alone.indices)
         assert torch.equal(top.positions, alone.positions) and torch.equal(top.values, alone.values)
     with pytest.raises(DeconvError, match="unknown layer 'conv9_1'"):

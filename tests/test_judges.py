@@ -12,7 +12,7 @@ from heritagelens import judges
 from heritagelens.checkpoint import CheckpointError
 from heritagelens.config import DataConfig
 
-TINY_JUDGES = [*TINY_MODEL, "train.batch_size=16", "train.epochs=3", "train.bf16=false"]
+TINY_JUDGES = [*TINY_MODEL, "train.batch_size=16", "train.epochs=3", "train.precision=fp32"]
 
 
 @pytest.fixture(scope="module")

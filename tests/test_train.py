@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import SETS, cli, tiny_config
 
 from heritagelens import run as run_module
 from heritagelens import train
@@ -127,9 +128,9 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_data, tmp_path):
     state, prep = train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
     model, classes, ckpt = load_model(tmp_path / "run" / "last.pt")
     x = prep.split.images[:8]
-    expected = train.predict_logits(state.model, x, bf16=False)
+    expected = train.predict_logits(state.model, x, precision="fp32")
     assert classes == ["arch", "bell", "dome"] and list(ckpt["config"]["model"]["widths"]) == [8, 16]
-    assert torch.equal(train.predict_logits(model, x, bf16=False), expected)
+    assert torch.equal(train.predict_logits(model, x, precision="fp32"), expected)
     # the file holds only plain values: it loads with weights_only=True (read_checkpoint uses nothing else)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["format"] == "heritagelens-checkpoint"
 
@@ -183,7 +184,7 @@ def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
     model = build_model(ModelConfig(widths=(8, 16), depths=(1, 1)), 3).eval()
     x = torch.rand(16, 3, 32, 32) * 255
     y = torch.randint(0, 3, (16,))
-    cfg = TrainConfig(adv_eps=4.0, adv_alpha=5.0, bf16=False)
+    cfg = TrainConfig(adv_eps=4.0, adv_alpha=5.0)
     crit = torch.nn.CrossEntropyLoss()
     adv = train.fgsm_example(model, crit, x, y, cfg, _g())
     assert (adv - x).abs().max() <= 4.0 + 1e-4 and adv.min() >= 0 and adv.max() <= 255
@@ -207,3 +208,58 @@ def test_every_named_preset_builds_a_model_that_runs(name):
     assert build_model(cfg.model, 10)(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
     if name == "tuned":  # the study's best trial: a 5x5 kernel, one conv per stage
         assert cfg.model.kernel_size == 5 and cfg.model.depths == (1, 1, 1, 1) and cfg.train.crop_pad == 1
+
+
+# --------------------------------------------------------------------------------------------------- time budget
+@pytest.mark.parametrize("minutes, per_step", [(0.2, 0.5), (0.05, 0.5), (10.0, 0.5), (0.01, 3.0)])
+def test_time_budget_trains_the_most_epochs_that_fit(tiny_data, minutes, per_step):
+    cfg = tiny_config(tiny_data, "train.epochs=20", f"train.minutes={minutes}")
+    prep = run_module.prepare(cfg)
+    epochs, why = run_module.budget_epochs(cfg, prep, per_step=per_step)
+    steps = -(-len(prep.train_idx) // 16)
+    per_epoch = per_step * (steps + len(prep.val_idx) / 16 / 3)  # training steps plus a third for validation
+    planned = minutes * 60 * run_module.BUDGET_MARGIN
+    if epochs == 20:  # the recipe's own schedule fits: a budget never lengthens it
+        assert 20 * per_epoch <= planned
+    elif epochs == 1 and per_epoch > planned:
+        assert "does not fit" in why
+    else:
+        assert epochs * per_epoch <= planned < (epochs + 1) * per_epoch
+    assert f"{epochs} of the recipe's 20 epochs" in why and f"{16 / per_step:.0f} training images/s" in why
+
+
+def test_time_budget_is_applied_by_the_command(trained, tmp_path):
+    root, _ = trained
+    p = cli("train", "--data", root, "--epochs", "40", "--minutes", "0.1", "--out", tmp_path / "run", "--quiet", *SETS)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if "time budget 0.1 min" in ln)
+    epochs = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"]
+    assert f": {epochs} of the recipe's 40 epochs" in line and 1 <= epochs <= 40
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == epochs + 1
+    assert line.split("heritagelens: ", 1)[1] in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_negative_time_budget_is_refused():
+    with pytest.raises(ConfigError, match="train.minutes"):
+        Config().override(["train.minutes=-1"])
+
+
+# ---------------------------------------------------------------------------------------------------- fine-tuning
+def test_fine_tuning_starts_from_the_checkpoint_weights(tiny_data, tmp_path):
+    train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "a", progress=False)
+    start = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    cfg = tiny_config(tiny_data, "train.epochs=1", "train.lr=1e-9", f"train.init_from={tmp_path / 'a' / 'last.pt'}")
+    state, _ = train_run(cfg, tmp_path / "b", progress=False)
+    tuned = state.model.state_dict()
+    for k, v in start.items():  # a learning rate of 1e-9 leaves the weights where they started
+        if k.endswith("weight") or k.endswith("bias") or k.startswith("normalize"):
+            assert torch.allclose(tuned[k].float(), v.float(), atol=1e-6), k
+    fresh, _ = train_run(tiny_config(tiny_data, "train.epochs=1", "train.lr=1e-9"), tmp_path / "c", progress=False)
+    assert not torch.allclose(fresh.model.state_dict()["features.conv1_1.weight"], start["features.conv1_1.weight"])
+
+
+def test_fine_tuning_refuses_another_model(tiny_data, tmp_path):
+    train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "a", progress=False)
+    other = tiny_config(tiny_data, "model.widths=[8,32]", f"train.init_from={tmp_path / 'a' / 'last.pt'}")
+    with pytest.raises(CheckpointError, match="another model"):
+        train_run(other, tmp_path / "b", progress=False)

@@ -46,6 +46,8 @@ def _config(args):
         cfg.train.seed = args.seed
     if getattr(args, "epochs", None) is not None:
         cfg = cfg.override([f"train.epochs={args.epochs}"])
+    if getattr(args, "minutes", None) is not None:
+        cfg = cfg.override([f"train.minutes={args.minutes}"])
     if getattr(args, "device", None):
         cfg.train.device = args.device
     return cfg
@@ -425,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
         sp.add_argument("--seed", type=int)
         sp.add_argument("--epochs", type=int)
+        sp.add_argument("--minutes", type=float, help="time budget of the training: as many epochs as fit here")
         sp.add_argument("--out", help="run folder (default: runs/<date-time>)")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
         sp.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")

@@ -8,6 +8,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "fp16", "fp16-cl")
+"""Values of `train.precision` (see `heritagelens.precision`)."""
+
 SPLIT_NAMES = {"val": "group-aware validation from train/", "test": "official test split"}
 """What each split name an accuracy is printed with means."""
 
@@ -114,14 +117,12 @@ class TrainConfig:
     """Weights averaged with this decay per step and used for evaluation (0 turns it off)."""
     tta: bool = True
     """Evaluate with test-time augmentation (flip and +-2 px shifts averaged)."""
-    bf16: bool = True
-    """Mixed precision: bfloat16 autocast on CPU (faster where the CPU has BF16 instructions) and on GPUs that have
-    bfloat16; float16 with loss scaling on GPUs that do not. False trains in float32."""
-    fp16: bool = False
-    """With `bf16`, use float16 with loss scaling instead of bfloat16 (chosen by itself on GPUs without bfloat16)."""
+    precision: str = "auto"
+    """Number format and memory layout of every computation with the model: 'auto' times each mode this hardware
+    offers once per machine and keeps the fastest (see `heritagelens.precision`); or one of 'fp32', 'fp32-cl'
+    (channels-last), 'bf16', 'bf16-cl' (bfloat16 autocast), 'fp16', 'fp16-cl' (float16 with loss scaling)."""
     device: str = "auto"
     """'auto' (a CUDA GPU when PyTorch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:K'."""
-    channels_last: bool = True
     compile: bool = False
     """torch.compile the model (slow to start, see BENCHMARKS.md)."""
     threads: int = 0
@@ -129,6 +130,12 @@ class TrainConfig:
     seed: int = 0
     snapshot_epochs: tuple[int, ...] = (1, 2, 5, 10, 20)
     """Extra checkpoints saved at these epochs (for feature-evolution figures)."""
+    minutes: float = 0.0
+    """Time budget of the training, minutes: the recipe's epochs cut to as many as train within it at the speed
+    measured on this machine (0 = no budget: all of `epochs`)."""
+    init_from: str = ""
+    """A checkpoint whose (averaged) weights start this run, for fine-tuning: the same model and classes; the
+    optimizer and the schedule start afresh (empty: random initial weights)."""
     limit_train: int = 0
     """Use only the first N training images after shuffling (0 = all); for quick checks."""
 
@@ -148,6 +155,10 @@ class TrainConfig:
             raise ConfigError("train.zoom_min_area must be in (0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
+        if not (self.minutes >= 0 and math.isfinite(self.minutes)):
+            raise ConfigError("train.minutes must be a finite number of minutes, 0 or more")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
 
 
 @dataclass
@@ -172,8 +183,6 @@ class DreamConfig:
     """Weight of the diversity term among the samples of one class (0 turns it off)."""
     diversity_layer: str = ""
     """Conv layer the diversity term compares (empty: the model's second-deepest)."""
-    bf16: bool = True
-    """Run the model under bfloat16 autocast while optimizing (see BENCHMARKS.md for speed and quality)."""
 
     def __post_init__(self):
         self.scales, self.degrees = tuple(self.scales), tuple(self.degrees)
@@ -197,6 +206,12 @@ class GalleryConfig:
     'robust' preset, whose class images people recognise) or 'self' (the standard model itself)."""
     robust_epochs: int = 16
     """Epochs of the robust model trained beside the standard one when `model` is 'robust'."""
+    robust_from: str = "scratch"
+    """How the robust model starts: 'scratch' (random weights) or 'standard' (adversarial fine-tuning of the run's
+    trained standard model, at `robust_lr`)."""
+    robust_lr: float = 0.02
+    """Peak learning rate of the adversarial fine-tuning (a quarter of the default recipe's: it adjusts trained
+    weights rather than building them)."""
     samples: int = 8
     """Images per class."""
     seed: int = 0
@@ -209,6 +224,10 @@ class GalleryConfig:
 
     def __post_init__(self):
         self.judge_overrides = tuple(self.judge_overrides)
+        if self.robust_from not in ("scratch", "standard"):
+            raise ConfigError("gallery.robust_from must be 'scratch' or 'standard'")
+        if not self.robust_lr > 0:
+            raise ConfigError("gallery.robust_lr must be positive")
         if self.model not in ("robust", "self"):
             raise ConfigError("gallery.model must be 'robust' or 'self'")
         if self.samples < 1 or self.robust_epochs < 1:
@@ -230,6 +249,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        d = _upgrade(d)
         try:
             return cls(
                 data=DataConfig(**d.get("data", {})),
@@ -250,6 +270,10 @@ class Config:
         for a in assignments:
             key, sep, raw = a.partition("=")
             section, _, name = key.partition(".")
+            if section in d and name in _REPLACED.get(section, ()):
+                raise ConfigError(
+                    f"bad setting '{a}': {section}.{name} was replaced by train.precision (fp32, bf16...)"
+                )
             if not sep or section not in d or name not in d[section]:
                 raise ConfigError(f"bad setting '{a}': expected section.key=value with a known key")
             try:
@@ -257,6 +281,25 @@ class Config:
             except json.JSONDecodeError:
                 d[section][name] = raw
         return Config.from_dict(d)
+
+
+_REPLACED = {"train": ("bf16", "fp16", "channels_last"), "dream": ("bf16",)}
+"""Settings of earlier versions that `train.precision` replaced."""
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config of an earlier version (a checkpoint's, a run's config.json) in today's terms: its bf16, fp16 and
+    channels_last flags become `train.precision` (the old default, bf16, becomes 'auto')."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    train, dream = d.get("train"), d.get("dream")
+    if isinstance(train, dict) and any(k in train for k in _REPLACED["train"]):
+        bf16, fp16, cl = train.pop("bf16", True), train.pop("fp16", False), train.pop("channels_last", True)
+        layout = "-cl" if cl else ""
+        old = ("fp16" + layout) if bf16 and fp16 else "auto" if bf16 else "fp32" + layout
+        train.setdefault("precision", old)
+    if isinstance(dream, dict):
+        dream.pop("bf16", None)
+    return d
 
 
 ROBUST = ["train.adv_eps=4", "train.adv_alpha=5", "train.cutout=0", "train.colour_jitter=0"]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import HeritageCNN, conv_layer_names, evaluating
+from .precision import resolve
 
 MIRRORED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
 
@@ -199,25 +200,32 @@ class TopK:
 
 @torch.no_grad()
 def top_activations(
-    model: HeritageCNN, images: torch.Tensor, layer: str, k: int = 9, batch_size: int = 512, bf16: bool = True
+    model: HeritageCNN, images: torch.Tensor, layer: str, k: int = 9, batch_size: int = 512, precision: str = "auto"
 ) -> TopK:
     """For every channel of `layer`, the `k` images (rows of `images`) with the largest activation anywhere, found in
-    one pass over `images` (N, 3, H, W) uint8; the ranking uses bfloat16 autocast on CPU for speed by default."""
-    return top_activations_of(model, images, [layer], k, batch_size, bf16)[layer]
+    one pass over `images` (N, 3, H, W) uint8, ranked in the mode `precision` resolves to (`heritagelens.precision`;
+    the projections themselves are always computed in float32)."""
+    return top_activations_of(model, images, [layer], k, batch_size, precision)[layer]
 
 
 @torch.no_grad()
 def top_activations_of(
-    model: HeritageCNN, images: torch.Tensor, layers: list[str], k: int = 9, batch_size: int = 512, bf16: bool = True
+    model: HeritageCNN,
+    images: torch.Tensor,
+    layers: list[str],
+    k: int = 9,
+    batch_size: int = 512,
+    precision: str = "auto",
 ) -> dict[str, TopK]:
     """`top_activations` of several layers, all from one forward pass over `images` (the deepest layer's)."""
     ends = {layer: len(layers_up_to(model, layer)) - 1 for layer in layers}  # validates names before the long pass
     modules = [m for _, m in layers_up_to(model, max(ends, key=ends.get))]
     best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    amp = resolve(precision, next(model.parameters()).device).precision
     with evaluating(model):
         for s in range(0, len(images), batch_size):
-            x = images[s : s + batch_size].float().contiguous(memory_format=torch.channels_last)  # ~30% faster here
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+            x = amp.input(images[s : s + batch_size].float())
+            with amp.autocast():
                 h, maps = model.normalize(x.to(model.normalize.std.dtype)), {}
                 for i, m in enumerate(modules):  # no pooling switches: only the ranking is needed here
                     h = m(h)

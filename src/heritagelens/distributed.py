@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -103,33 +103,10 @@ def all_sum(values: list[float], w: World) -> list[float]:
     return t.tolist()
 
 
-# ------------------------------------------------------------------------------------------------ mixed precision
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast settings of a device: `dtype` None runs in float32; float16 also needs a gradient scaler."""
-
-    device_type: str
-    dtype: torch.dtype | None
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    def scaler(self) -> torch.amp.GradScaler:
-        """Loss scaling for float16 (bfloat16 has float32's range and needs none); a pass-through otherwise."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
-
-
-def has_bf16(device: torch.device) -> bool:
-    """Whether the GPU computes in bfloat16 natively (Ampere, compute capability 8, and later; older ones emulate)."""
-    return torch.cuda.get_device_properties(device).major >= 8
-
-
-def precision(tc: TrainConfig, device: torch.device) -> Precision:
-    """bfloat16 on CPUs and on GPUs that have it, float16 with loss scaling on older GPUs or when `train.fp16`."""
-    if not tc.bf16:
-        return Precision(device.type, None)
-    if tc.fp16 or (device.type == "cuda" and not has_bf16(device)):
-        return Precision(device.type, torch.float16)
-    return Precision(device.type, torch.bfloat16)
+def from_main(value, w: World):
+    """`value` as the main process has it, in every process (the value itself in one process)."""
+    if w.size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=w.device if w.device.type == "cuda" else None)
+    return box[0]

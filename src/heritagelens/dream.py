@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DreamConfig
+from .precision import resolve
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -320,17 +321,19 @@ def render(
     blur_every: int = 0,
     blur_sigma: float = 0.0,
     seed: int = 0,
-    bf16: bool = False,
+    precision: str = "auto",
 ) -> RenderResult:
     """Maximize `objective` over `param`'s images by Adam, each step through a random `transform`.
 
     The model is used in eval mode with its weights frozen for the duration and left as it was. Stops with
-    `DreamError` if the objective becomes NaN or infinite. `bf16` runs the model under bfloat16 autocast (faster on
-    CPUs with BF16 instructions; the parameters and the optimizer stay in float32).
+    `DreamError` if the objective becomes NaN or infinite. The model runs in the mode `precision` resolves to
+    (`heritagelens.precision`: bfloat16 autocast only where that is fastest; the parameters and the optimizer stay in
+    float32).
     """
     if steps < 1 or not lr > 0:
         raise DreamError(f"steps must be at least 1 and lr positive (got steps={steps}, lr={lr})")
     g = torch.Generator().manual_seed(seed)
+    amp = resolve(precision, next(model.parameters()).device).precision
     opt = torch.optim.Adam(param.params, lr=lr)
     transform = transform or (lambda x, g: x)
     was_training = model.training
@@ -341,8 +344,8 @@ def render(
         with recording(model, objective.layers) as acts:
             for step in range(steps):
                 images = param.image()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(transform(images, g)).float()
+                with amp.autocast():
+                    logits = model(amp.input(transform(images, g))).float()
                 score = objective(Recording(images, logits, acts))
                 if not torch.isfinite(score).all():
                     raise DreamError(f"the optimization diverged at step {step} (objective {objective.name} is NaN)")
@@ -464,7 +467,7 @@ def dream(
     param = make_param(cfg, seeds, stats, init)
     transform = compose([jitter(cfg.jitter), random_affine(cfg.scales, cfg.degrees)])
     objective = regularized(objective, cfg, model, len(groups), samples)
-    return render(model, objective, param, transform, cfg.steps, cfg.lr, cfg.blur_every, cfg.blur_sigma, seed, cfg.bf16)
+    return render(model, objective, param, transform, cfg.steps, cfg.lr, cfg.blur_every, cfg.blur_sigma, seed)
 
 
 def class_images(

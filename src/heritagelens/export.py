@@ -112,10 +112,14 @@ class OnnxClassifier:
 
 
 def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.Tensor) -> float:
-    """Largest absolute difference between the PyTorch model's float32 logits and onnxruntime's on `images`."""
+    """Largest absolute difference between the PyTorch model's float32 logits and onnxruntime's on `images` (float32
+    whatever the machine's chosen precision, as the graph is; in the memory layout chosen for this machine)."""
+    from .precision import resolve
+
     net = WithTTA(model) if classifier.tta else model
+    layout = resolve("auto", next(model.parameters()).device).precision.memory_format
     with torch.no_grad():
-        ref = net.eval().float()(images.float()).numpy()
+        ref = net.eval().float()(images.float().contiguous(memory_format=layout)).numpy()
     return float(np.abs(classifier.logits(images) - ref).max())
 
 

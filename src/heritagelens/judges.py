@@ -33,6 +33,7 @@ from . import data
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import ROBUST, Config, DataConfig
 from .models import evaluating
+from .precision import resolve
 from .quality import frechet_distance, relative_diversity, spectrum_distance
 
 JUDGES: dict[str, list[str]] = {
@@ -138,11 +139,14 @@ def ensure_judges(
 
 @torch.no_grad()
 def judge_outputs(model: nn.Module, images: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (N, K), penultimate features (N, D)) of uint8 or 0..255 float images (N, 3, H, W)."""
+    """(probabilities (N, K), penultimate features (N, D)) of uint8 or 0..255 float images (N, 3, H, W). Always in
+    float32, so that scores compare across machines, in the memory layout chosen for this one."""
     probs, feats = [], []
+    layout = resolve("auto", next(model.parameters()).device).precision.memory_format
     with evaluating(model):
         for i in range(0, len(images), batch):
-            f = model.head.flatten(model.head.pool(model.features(model.normalize(images[i : i + batch].float()))))
+            x = images[i : i + batch].float().contiguous(memory_format=layout)
+            f = model.head.flatten(model.head.pool(model.features(model.normalize(x))))
             probs.append(model.head.fc(f).softmax(1))
             feats.append(f)
     return torch.cat(probs), torch.cat(feats)

@@ -338,6 +338,10 @@ def timing_section(run: RunFolder) -> Section:
     s.html = table(["stage", "minutes", "seconds"], rows, "timing") + para(
         "'class images' includes training the judges the first time they are needed (they are cached afterwards)."
     )
+    chosen = summary.get("precision")
+    if isinstance(chosen, dict) and {"mode", "device", "reason"} <= set(chosen):
+        s.html += para(f"Precision: {chosen['mode']} on {chosen['device']}: {chosen['reason']}.")
+        s.headline = f"ran in {chosen['mode']} on {chosen['device']}, {sum(stages.values()) / 60:.1f} min in all"
     return s
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -21,20 +22,23 @@ import torch
 from . import data
 from .calibrate import Calibration, calibrate, ece, reliability_figure
 from .checkpoint import (
+    CheckpointError,
     check_classes,
     checkpoint_file,
     load_model,
+    model_from_checkpoint,
     read_checkpoint,
     resume_state,
     save_checkpoint,
     temperature,
 )  # fmt: skip
 from .config import ROBUST, Config
-from .distributed import init_world
+from .distributed import from_main, init_world, world
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .figures import figure_image, png_bytes
 from .io import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import build_model, conv_layer_names
+from .precision import resolve
 from .train import EpochResult, TrainState, fit, new_state, predict_logits
 
 
@@ -117,18 +121,83 @@ class RunDir:
         w.writerows(self.rows)
         atomic_write_text(buf.getvalue(), self.path / "metrics.csv")
 
+    def record_precision(self, choice: dict) -> None:
+        """`precision.json`: the mode training runs in and why (train.log keeps every earlier one of a resumed run)."""
+        if self.writes:
+            atomic_write_json(choice, self.path / "precision.json")
+
     def best_val(self) -> float:
         return max((float(row["val_acc"]) for row in self.rows), default=float("-inf"))
 
 
 def initial_state(cfg: Config, prep: Prepared) -> TrainState:
-    """A new model of `cfg` (seeded), its input normalization set from the training images, and its optimizer."""
+    """A new model of `cfg` (seeded), its input normalization set from the training images, and its optimizer; or,
+    with `train.init_from`, that checkpoint's model (the same model and classes) with a new optimizer."""
     torch.manual_seed(cfg.train.seed)
+    if cfg.train.init_from:
+        return new_state(starting_model(cfg, prep.split.classes), cfg.train)
     model = build_model(cfg.model, len(prep.split.classes))
     mean, std = data.channel_stats(prep.split.images[prep.train_idx])
     model.normalize.mean.copy_(mean.reshape(1, 3, 1, 1))
     model.normalize.std.copy_(std.reshape(1, 3, 1, 1))
     return new_state(model, cfg.train)
+
+
+def starting_model(cfg: Config, classes: list[str]):
+    """The model `train.init_from` names, checked to be the model `cfg` describes and to know `classes`."""
+    path = cfg.train.init_from
+    ckpt = read_checkpoint(path)
+    check_classes(ckpt["classes"], classes, path)
+    if Config.from_dict(ckpt["config"]).model != cfg.model:
+        raise CheckpointError(f"{path}: train.init_from holds another model than this run's (model.* settings differ)")
+    return model_from_checkpoint(ckpt, path).train()
+
+
+_SAID: set[str] = set()
+"""Precision lines already printed by this process."""
+
+
+def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3) -> float:
+    """Seconds one training step of `cfg` takes here (augmentation, attack and averaging included), from timing
+    `steps` steps on `prep`'s training images after one warm-up step."""
+    n, train = cfg.train.batch_size, prep.split.images[prep.train_idx]
+    labels, short = prep.split.labels[prep.train_idx], cfg.override(["train.epochs=1"])
+    state = initial_state(cfg, prep)
+    fit(short, state, train[:n], labels[:n], train[:1], labels[:1], progress=False)  # kernels chosen, caches warm
+    state.epoch = 0
+    t0 = time.perf_counter()
+    fit(short, state, train[: steps * n], labels[: steps * n], train[:1], labels[:1], progress=False)
+    return (time.perf_counter() - t0) / min(steps, math.ceil(len(train) / n))
+
+
+def estimated_minutes(cfg: Config, prep: Prepared, steps: int = 3) -> float:
+    """Minutes `cfg` would train for on `prep`'s training part, from timing `steps` steps after one warm-up step."""
+    return (
+        seconds_per_step(cfg, prep, steps)
+        * math.ceil(len(prep.train_idx) / cfg.train.batch_size)
+        * cfg.train.epochs
+        / 60
+    )
+
+
+BUDGET_MARGIN = 0.95
+"""Fraction of a time budget planned for: the rest absorbs checkpoints, logging and the speed's drift."""
+
+
+def budget_epochs(cfg: Config, prep: Prepared, per_step: float | None = None) -> tuple[int, str]:
+    """The most epochs of `cfg`'s recipe (at most its own) that train within `cfg.train.minutes` at the speed measured
+    here, each epoch's validation pass included (about a third of a training step per image); and why, in words."""
+    tc = cfg.train
+    per_step = seconds_per_step(cfg, prep) if per_step is None else per_step
+    steps = math.ceil(len(prep.train_idx) / tc.batch_size)
+    per_epoch = per_step * (steps + len(prep.val_idx) / tc.batch_size / 3)
+    fits = int(tc.minutes * 60 * BUDGET_MARGIN // per_epoch)
+    epochs = max(1, min(tc.epochs, fits))
+    why = (
+        f"time budget {tc.minutes:g} min: {epochs} of the recipe's {tc.epochs} epochs at "
+        f"{tc.batch_size / per_step:.0f} training images/s measured here ({per_epoch:.0f} s an epoch)"
+    )
+    return epochs, why + (" (one epoch does not fit: training one anyway)" if fits < 1 else "")
 
 
 def train_run(
@@ -140,10 +209,25 @@ def train_run(
         last = Path(run_path) / "last.pt"
         ckpt = read_checkpoint(last)
         cfg = Config.from_dict(ckpt["config"])
-    main = init_world(cfg.train.device).main
+    w = init_world(cfg.train.device)
+    main = w.main
     run = RunDir(run_path, writes=main)
+    if main:  # chosen (timed once per machine) before the data is loaded, so the line comes first
+        choice = resolve(cfg.train.precision, w.device)
+        if choice.line not in _SAID:  # once per process: the main job trains up to four models
+            print(f"heritagelens: {choice.line}", flush=True)
+            _SAID.add(choice.line)
+        run.log(choice.line)
+        run.record_precision(choice.to_dict())
     prep = prepare(cfg)
     s = prep.split
+    if cfg.train.minutes and not resume:  # every process measures (fit is collective), the main one decides
+        epochs, why = budget_epochs(cfg, prep)
+        epochs = from_main(epochs, w)
+        cfg = cfg.override([f"train.epochs={epochs}"])
+        if main:
+            print(f"heritagelens: {why}", flush=True)
+        run.log(why)
     if resume:
         check_classes(ckpt["classes"], s.classes, last)
         state = resume_state(ckpt, cfg, last)
@@ -210,7 +294,7 @@ def evaluate_checkpoint(
         check_classes(classes, data_classes, checkpoint)
         sp = data.load_split(cfg.data.root, split, classes=classes, cache_dir=cfg.data.cache_dir or None)
         images, labels, files = sp.images, sp.labels, sp.files
-    logits = predict_logits(model, images, tta=tta, bf16=cfg.train.bf16)
+    logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
     t = temperature(ckpt, tta)
     if t is not None:
@@ -246,7 +330,8 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
         raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
     cals = {}
     for name, tta in (("plain", False), ("tta", True)):
-        cals[name] = calibrate(predict_logits(model, images, tta=tta, bf16=cfg.train.bf16), labels, "val", tta)
+        logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
+        cals[name] = calibrate(logits, labels, "val", tta)
     atomic_save({**ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}, path)
     return cals
 
@@ -281,6 +366,7 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     with stage(stages, "train"):
         train_run(cfg, run, progress=progress)
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
+    summary["precision"] = resolve(cfg.train.precision, world().device).to_dict()
     with stage(stages, "calibrate"):
         cals = calibrate_checkpoint(run / "last.pt")
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
@@ -307,9 +393,12 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     return summary
 
 
-def robust_config(cfg: Config) -> Config:
-    """The robust model trained beside the standard one: the same data, model and seed, the robust recipe."""
-    return cfg.override([*ROBUST, f"train.epochs={cfg.gallery.robust_epochs}"])
+def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
+    """The robust model trained beside the standard one: the same data, model and seed, the robust recipe; with
+    `gallery.robust_from='standard'`, fine-tuned from the `standard` checkpoint (no time budget: its epochs are few)."""
+    g = cfg.gallery
+    extra = [f"train.init_from={standard}", f"train.lr={g.robust_lr}"] if g.robust_from == "standard" else []
+    return cfg.override([*ROBUST, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
 
 
 def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None) -> dict:
@@ -323,7 +412,7 @@ def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str,
     out: dict = {"model": cfg.gallery.model}
     if cfg.gallery.model == "robust":
         with stage(stages, "robust model"):
-            train_run(robust_config(cfg), run / "robust", progress=progress)
+            train_run(robust_config(cfg, run / "last.pt"), run / "robust", progress=progress)
             source = run / "robust" / "last.pt"
             r = evaluate_checkpoint(source, "val", out_dir=run / "robust")
         out["robust_val_accuracy"] = r.accuracy

@@ -258,7 +258,7 @@ def sort_photos(
     settings = {"photos": str(photos.resolve()), "checkpoint": str(checkpoint_file(checkpoint).resolve()),
                 "temperature": t, "view": how}  # fmt: skip
     check_settings(out, settings)
-    run = _Run(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.bf16, photos, out, min_confidence,
+    run = _Run(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out, min_confidence,
                link, how)  # fmt: skip
     run.summary.calibrated = t is not None
     try:
@@ -273,8 +273,8 @@ def sort_photos(
 class _Run:
     """One sort: the decoding pool, the journal, the counts."""
 
-    def __init__(self, model, classes, t, bf16, photos, out, min_confidence, link, how):
-        self.model, self.classes, self.t, self.bf16 = model, classes, t, bf16
+    def __init__(self, model, classes, t, precision, photos, out, min_confidence, link, how):
+        self.model, self.classes, self.t, self.precision = model, classes, t, precision
         self.photos, self.out, self.min_confidence, self.link, self.how = photos, out, min_confidence, link, how
         self.done = read_journal(out)
         self.summary = SortSummary()
@@ -342,7 +342,7 @@ class _Run:
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         if good:
             x = torch.from_numpy(np.concatenate([decoded[i] for i in good]))
-            logits = predict_logits(self.model, x, bf16=self.bf16).double() / self.t
+            logits = predict_logits(self.model, x, precision=self.precision).double() / self.t
             probs = torch.softmax(logits, 1).reshape(len(good), -1, len(self.classes)).mean(1)
         for j, i in enumerate(good):
             path, rel, ident = chunk[i]

@@ -17,8 +17,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import Config, TrainConfig
-from .distributed import Precision, all_sum, precision, share, world
+from .distributed import all_sum, share, world
 from .models import evaluating
+from .precision import FP32, Precision, resolve
 
 # ---------------------------------------------------------------------------------------------------- augmentation
 
@@ -100,15 +101,16 @@ def fgsm_example(
 ) -> torch.Tensor:  # fmt: skip
     """Fast FGSM with a random start (Wong et al. 2020): one signed-gradient step of `cfg.adv_alpha` from a uniform
     start in the L-inf ball of radius `cfg.adv_eps` (pixel units, 0..255), kept in the ball and in 0..255. The start
-    is drawn from `g`, or given as `start`, uniform numbers in [0, 1) of x's shape."""
-    eps, amp = cfg.adv_eps, amp or precision(cfg, x.device)
+    is drawn from `g`, or given as `start`, uniform numbers in [0, 1) of x's shape. `amp` is the precision of the
+    forward pass (float32 when not given)."""
+    eps, amp = cfg.adv_eps, amp or FP32
     start = torch.rand(x.shape, generator=g) if start is None else start
     delta = ((start * 2 - 1) * eps).to(x).requires_grad_(True)
     with amp.autocast():
         loss = criterion(forward((x + delta).clamp(0, 255)).float(), y)
     (grad,) = torch.autograd.grad(loss, delta)
     delta = (delta.detach() + cfg.adv_alpha * grad.sign()).clamp(-eps, eps)
-    return (x + delta).clamp(0, 255).contiguous(memory_format=memory_format(cfg))
+    return amp.input((x + delta).clamp(0, 255))
 
 
 # -------------------------------------------------------------------------------------------------------- schedule
@@ -146,26 +148,28 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, bf16: bool = True
+    model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, precision: str = "auto"
 ) -> torch.Tensor:
     """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
-    eval mode (bfloat16 autocast when `bf16` and the device has it); the model's mode is restored."""
+    eval mode and in the mode `precision` resolves to there (`heritagelens.precision`); the model's mode is restored."""
     out = []
     device = next(model.parameters()).device
-    amp = precision(TrainConfig(bf16=bf16), device)
+    amp = resolve(precision, device).precision
     with evaluating(model):
         for s in range(0, len(images), batch_size):
-            x = images[s : s + batch_size].to(device).float().contiguous(memory_format=torch.channels_last)
+            x = amp.input(images[s : s + batch_size].to(device).float())
             views = tta_views(x) if tta else [x]
             with amp.autocast():
                 out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool = False) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool = False, precision: str = "auto"
+) -> float:
     if len(images) == 0:
         return float("nan")
-    return (predict_logits(model, images, tta).argmax(1) == labels).float().mean().item()
+    return (predict_logits(model, images, tta, precision=precision).argmax(1) == labels).float().mean().item()
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
@@ -192,13 +196,19 @@ class TrainState:
     epoch: int = 0
 
 
-def memory_format(cfg: TrainConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+def chosen_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """The mode `cfg.precision` resolves to on `device`; under torchrun, the main process's choice for all."""
+    from .distributed import from_main
+
+    w = world()
+    return from_main(resolve(cfg.precision, device).precision if w.main else None, w)
 
 
 def new_state(model: nn.Module, cfg: TrainConfig) -> TrainState:
-    """The model on this process's device (see `heritagelens.distributed`) with a new optimizer."""
-    model = model.to(device=world().device, memory_format=memory_format(cfg))
+    """The model on this process's device (see `heritagelens.distributed`), in the memory layout of the chosen
+    precision, with a new optimizer."""
+    device = world().device
+    model = model.to(device=device, memory_format=chosen_precision(cfg, device).memory_format)
     return TrainState(model, make_optimizer(model, cfg), make_ema(model, cfg))
 
 
@@ -226,14 +236,13 @@ def fit(
     total = steps_per_epoch * tc.epochs
     model, opt = state.model, state.optimizer
     device = next(model.parameters()).device
-    amp = precision(tc, device)
+    amp = chosen_precision(tc, device)
     scaler = amp.scaler()
     forward = torch.compile(model) if tc.compile else model  # measured slower on CPU here: off by default
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
-    fmt = memory_format(tc)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
     lr = 0.0
@@ -251,7 +260,7 @@ def fit(
             if len(idx) < w.size:  # a last batch smaller than the number of processes: skipped by all of them alike
                 continue
             part = share(len(idx), w)
-            x = x[part].to(device, non_blocking=True).contiguous(memory_format=fmt)
+            x = amp.input(x[part].to(device, non_blocking=True))
             y = y[part].to(device, non_blocking=True)
             lr = get_lr(epoch * steps_per_epoch + i, total, tc)
             for group in opt.param_groups:
@@ -278,7 +287,7 @@ def fit(
         seconds = time.perf_counter() - t0
         loss_sum, correct = all_sum([loss_sum, float(correct)], w)
         state.epoch = epoch + 1
-        val_acc = accuracy(eval_model(state), val_images, val_labels)
+        val_acc = accuracy(eval_model(state), val_images, val_labels, precision=amp.name)
         n = len(train_images)
         result = EpochResult(epoch + 1, lr, loss_sum / n, correct / n, val_acc, seconds, n / seconds)
         bar.set_postfix(loss=f"{result.train_loss:.3f}", train_acc=f"{result.train_acc:.3f}", val_acc=f"{val_acc:.3f}")

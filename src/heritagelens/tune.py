@@ -157,22 +157,6 @@ def _serialize_sqlite_transactions(engine) -> None:
     event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
-def estimated_minutes(cfg: Config, prep, steps: int = 3) -> float:
-    """Minutes `cfg` would train for on `prep`'s training part, from timing `steps` steps after one warm-up step."""
-    from .run import initial_state
-    from .train import fit
-
-    n, train = cfg.train.batch_size, prep.split.images[prep.train_idx]
-    labels, short = prep.split.labels[prep.train_idx], cfg.override(["train.epochs=1"])
-    state = initial_state(cfg, prep)
-    fit(short, state, train[:n], labels[:n], train[:1], labels[:1], progress=False)  # kernels chosen, caches warm
-    state.epoch = 0
-    t0 = time.perf_counter()
-    fit(short, state, train[: steps * n], labels[: steps * n], train[:1], labels[:1], progress=False)
-    per_step = (time.perf_counter() - t0) / min(steps, -(-len(train) // n))
-    return per_step * -(-len(train) // n) * cfg.train.epochs / 60
-
-
 def objective_fn(
     base: Config, fixed: list[str], objective: str, progress: bool = False, trial_minutes: float | None = None
 ):  # fmt: skip
@@ -182,7 +166,7 @@ def objective_fn(
     import optuna
 
     from .distributed import init_world
-    from .run import initial_state, prepare
+    from .run import estimated_minutes, initial_state, prepare
     from .train import fit
 
     init_world(base.train.device)

@@ -180,7 +180,7 @@ def comparison(
 ) -> tuple[Image.Image, dict]:
     """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion for one image (3, H, W) uint8, all
     for `target` (default: the predicted class) at `layer` (its strongest channel)."""
-    probs = torch.softmax(predict_logits(model, image[None], bf16=False), 1)[0]
+    probs = torch.softmax(predict_logits(model, image[None]), 1)[0]
     target = int(probs.argmax()) if target is None else target
     channels, _, proj, _ = strongest_channels(model, image, layer, 1)
     maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}

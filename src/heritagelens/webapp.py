@@ -99,7 +99,7 @@ class Explorer:
         x, why = self.image(path, picked)
         if x is None:
             return Classified(None, None, None, why)
-        probs = torch.softmax(predict_logits(self.model, x[None], bf16=False) / self.temperature, 1)[0]
+        probs = torch.softmax(predict_logits(self.model, x[None]) / self.temperature, 1)[0]
         top = probs.topk(min(5, len(self.classes)))
         fig, _ = image_view(self.model, x, self.layers, n=6)
         top5 = {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}
