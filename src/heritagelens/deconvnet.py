@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import HeritageCNN, conv_layer_names, evaluating
-from .precision import resolve
+from .precision import for_model
 
 MIRRORED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
 
@@ -221,7 +221,7 @@ def top_activations_of(
     ends = {layer: len(layers_up_to(model, layer)) - 1 for layer in layers}  # validates names before the long pass
     modules = [m for _, m in layers_up_to(model, max(ends, key=ends.get))]
     best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    amp = resolve(precision, next(model.parameters()).device).precision
+    amp = for_model(model, precision)
     with evaluating(model):
         for s in range(0, len(images), batch_size):
             x = amp.input(images[s : s + batch_size].float())

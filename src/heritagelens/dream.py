@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DreamConfig
-from .precision import resolve
+from .precision import for_model
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -333,7 +333,7 @@ def render(
     if steps < 1 or not lr > 0:
         raise DreamError(f"steps must be at least 1 and lr positive (got steps={steps}, lr={lr})")
     g = torch.Generator().manual_seed(seed)
-    amp = resolve(precision, next(model.parameters()).device).precision
+    amp = for_model(model, precision)
     opt = torch.optim.Adam(param.params, lr=lr)
     transform = transform or (lambda x, g: x)
     was_training = model.training

@@ -114,10 +114,10 @@ class OnnxClassifier:
 def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.Tensor) -> float:
     """Largest absolute difference between the PyTorch model's float32 logits and onnxruntime's on `images` (float32
     whatever the machine's chosen precision, as the graph is; in the memory layout chosen for this machine)."""
-    from .precision import resolve
+    from .precision import for_model
 
     net = WithTTA(model) if classifier.tta else model
-    layout = resolve("auto", next(model.parameters()).device).precision.memory_format
+    layout = for_model(model).memory_format
     with torch.no_grad():
         ref = net.eval().float()(images.float().contiguous(memory_format=layout)).numpy()
     return float(np.abs(classifier.logits(images) - ref).max())

@@ -33,7 +33,7 @@ from . import data
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import ROBUST, Config, DataConfig
 from .models import evaluating
-from .precision import resolve
+from .precision import for_model
 from .quality import frechet_distance, relative_diversity, spectrum_distance
 
 JUDGES: dict[str, list[str]] = {
@@ -142,7 +142,7 @@ def judge_outputs(model: nn.Module, images: torch.Tensor, batch: int = 512) -> t
     """(probabilities (N, K), penultimate features (N, D)) of uint8 or 0..255 float images (N, 3, H, W). Always in
     float32, so that scores compare across machines, in the memory layout chosen for this one."""
     probs, feats = [], []
-    layout = resolve("auto", next(model.parameters()).device).precision.memory_format
+    layout = for_model(model).memory_format
     with evaluating(model):
         for i in range(0, len(images), batch):
             x = images[i : i + batch].float().contiguous(memory_format=layout)

@@ -247,6 +247,11 @@ def resolve(setting: str, device: torch.device, probe: Probe = time_steps) -> Ch
     return _CHOSEN[key]
 
 
+def for_model(model: torch.nn.Module, setting: str = "auto") -> Precision:
+    """The mode `setting` resolves to on the device `model`'s weights are on."""
+    return resolve(setting, next(model.parameters()).device).precision
+
+
 def forget() -> None:
     """Drop the choices made in this process (the file cache stays)."""
     _CHOSEN.clear()

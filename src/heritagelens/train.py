@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .config import Config, TrainConfig
 from .distributed import all_sum, share, world
 from .models import evaluating
-from .precision import FP32, Precision, resolve
+from .precision import FP32, Precision, for_model, resolve
 
 # ---------------------------------------------------------------------------------------------------- augmentation
 
@@ -153,8 +153,7 @@ def predict_logits(
     """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
     eval mode and in the mode `precision` resolves to there (`heritagelens.precision`); the model's mode is restored."""
     out = []
-    device = next(model.parameters()).device
-    amp = resolve(precision, device).precision
+    device, amp = next(model.parameters()).device, for_model(model, precision)
     with evaluating(model):
         for s in range(0, len(images), batch_size):
             x = amp.input(images[s : s + batch_size].to(device).float())
