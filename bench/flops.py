@@ -3,7 +3,8 @@
     python bench/flops.py [--preset default] [--set section.key=value ...] [--train-images 8683] [--peak 106]
 
 Counts the FLOPs of one training step (forward and backward; fast-FGSM's extra pass when the recipe is adversarial)
-per image, multiplies by the training images and epochs, and prints the total in TFLOP beside the time it would take
+per image at each side the recipe trains at (progressive resizing), sums them over the epochs, multiplies by the
+training images, and prints the total in TFLOP beside the time it would take
 at a given sustained rate (`--peak`, GFLOP/s: 106 is the fp32 matmul peak of a 2-core AVX2 machine, 189 of a 2-core
 AVX-512 BF16 machine in fp32, 419 in bf16). 8,683 is the training part of the AHE64 train split (seed 0).
 """
@@ -18,13 +19,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from heritagelens.config import Config, preset
 from heritagelens.models import build_model
+from heritagelens.train import epoch_side
 
 
-def step_flops(cfg: Config, batch: int = 8, classes: int = 10) -> float:
-    """FLOPs per image of one training step of `cfg`'s model at 64 px (the attack's pass included)."""
+def step_flops(cfg: Config, side: int = 64, batch: int = 8, classes: int = 10) -> float:
+    """FLOPs per image of one training step of `cfg`'s model at `side` px (the attack's pass included)."""
     torch.manual_seed(0)
     model = build_model(cfg.model, classes)
-    x = torch.rand(batch, 3, 64, 64) * 255
+    x = torch.rand(batch, 3, side, side) * 255
     y = torch.randint(0, classes, (batch,))
     passes = 2 if cfg.train.adv_eps > 0 else 1  # fast FGSM: one more forward and backward per step
     with FlopCounterMode(display=False) as fc:
@@ -41,12 +43,18 @@ def main():
     p.add_argument("--peak", type=float, nargs="+", default=[106.0, 189.0, 419.0])
     a = p.parse_args()
     cfg = preset(a.preset).override(a.set)
-    per_image = step_flops(cfg)
-    total = per_image * a.train_images * cfg.train.epochs
+    tc = cfg.train
+    sides = [epoch_side(e, tc.epochs, tc) for e in range(tc.epochs)]
+    per_side = {side: step_flops(cfg, side) for side in set(sides)}
+    per_image = per_side[64] if 64 in per_side else step_flops(cfg)
+    total = sum(per_side[side] for side in sides) * a.train_images
     print(f"recipe: --preset {a.preset} {' '.join('--set ' + s for s in a.set)}")
     print(f"model widths {cfg.model.widths} depths {cfg.model.depths} kernel {cfg.model.kernel_size}")
     print(f"per training image: {per_image / 1e9:.3f} GFLOP (forward + backward)")
-    print(f"{cfg.train.epochs} epochs x {a.train_images:,} images: {total / 1e12:.1f} TFLOP of training")
+    if any(side < 64 for side in sides):
+        print("epochs at each side: " + ", ".join(f"{sides.count(s)} at {s} px" for s in sorted(per_side)))
+        print(f"  {sum(per_side[s] for s in sides) / per_image:.2f} epochs' worth at 64 px")
+    print(f"{tc.epochs} epochs x {a.train_images:,} images: {total / 1e12:.1f} TFLOP of training")
     for peak in a.peak:
         print(f"  at {peak:g} GFLOP/s sustained: {total / peak / 1e9 / 60:.1f} minutes")
 

@@ -10,7 +10,7 @@ from conftest import TINY_MODEL, make_dataset
 
 from heritagelens import judges
 from heritagelens.checkpoint import CheckpointError
-from heritagelens.config import DataConfig
+from heritagelens.config import Config, DataConfig
 
 TINY_JUDGES = [*TINY_MODEL, "train.batch_size=16", "train.epochs=3", "train.precision=fp32"]
 
@@ -117,3 +117,25 @@ def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
     panel = judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=messages.append)
     assert messages == [f"training judge 'robust-cnn' into {folder} (once per dataset)"]
     assert safe_load(folder / "last.pt")["epoch"] == 2 and panel["robust-cnn"].path == folder / "last.pt"
+
+
+def test_a_shipped_panel_is_used_when_its_keys_match_and_never_trained(panel, data_cfg, tmp_path, monkeypatch):
+    p, _ = panel
+    keys = {n: judges.panel_key(n, data_cfg, TINY_JUDGES) for n in p}
+    judges.write_panel(p, {n: 0.5 for n in p}, keys, tmp_path / "ship", command="bench/panel.py", machine="here")
+    monkeypatch.setattr(judges, "PANEL_DIR", tmp_path / "ship")
+    messages = []
+    shipped = judges.ensure_judges(data_cfg, tmp_path / "empty", extra=TINY_JUDGES, train=False, log=messages.append)
+    assert messages == [] and {j.path.name for j in shipped.values()} == {f"{n}.safetensors" for n in p}
+    x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    for name, judge in shipped.items():  # the same network as the one trained: the same outputs
+        assert torch.equal(judges.judge_outputs(judge.model, x)[0], judges.judge_outputs(p[name].model, x)[0])
+        assert judge.classes == p[name].classes and Config.from_dict(judge.config) == Config.from_dict(p[name].config)
+    card = judges.panel_card()
+    assert card["command"] == "bench/panel.py" and card["judges"]["robust-cnn"]["val_accuracy"] == 0.5
+    with pytest.raises(judges.JudgeError, match="not trained yet"):  # another recipe: the shipped panel is not it
+        judges.ensure_judges(data_cfg, tmp_path / "empty", extra=[*TINY_JUDGES, "train.epochs=4"], train=False)
+    weights = tmp_path / "ship" / "robust-cnn.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(judges.JudgeError, match=r"robust-cnn\.safetensors: .*SHA-256 differs"):
+        judges.ensure_judges(data_cfg, tmp_path / "empty", extra=TINY_JUDGES, train=False)

@@ -215,7 +215,7 @@ def test_every_named_preset_builds_a_model_that_runs(name):
 def test_time_budget_trains_the_most_epochs_that_fit(tiny_data, minutes, per_step):
     cfg = tiny_config(tiny_data, "train.epochs=20", f"train.minutes={minutes}")
     prep = run_module.prepare(cfg)
-    epochs, why = run_module.budget_epochs(cfg, prep, per_step=per_step)
+    epochs, why = run_module.budget_epochs(cfg, prep, times=(per_step, per_step))
     steps = -(-len(prep.train_idx) // 16)
     per_epoch = per_step * (steps + len(prep.val_idx) / 16 / 3)  # training steps plus a third for validation
     planned = minutes * 60 * run_module.BUDGET_MARGIN
@@ -263,3 +263,59 @@ def test_fine_tuning_refuses_another_model(tiny_data, tmp_path):
     other = tiny_config(tiny_data, "model.widths=[8,32]", f"train.init_from={tmp_path / 'a' / 'last.pt'}")
     with pytest.raises(CheckpointError, match="another model"):
         train_run(other, tmp_path / "b", progress=False)
+
+
+# ------------------------------------------------------------------------------------------ progressive resizing
+def test_progressive_resizing_grows_the_side_from_res_min_to_full_over_the_ramp():
+    tc = TrainConfig(epochs=20, res_min=32, res_ramp=(0.5, 0.75))
+    sides = [train.epoch_side(e, 20, tc) for e in range(20)]
+    assert sides[:10] == [32] * 10 and sides[15:] == [64] * 5  # before the ramp, and from its end
+    assert sides[10:15] == [32, 40, 48, 48, 56]  # 32 + 32 x (e/20 - 0.5)/0.25, to the nearest 8 px
+    assert [train.epoch_side(e, 20, TrainConfig(epochs=20)) for e in range(20)] == [64] * 20  # off by default
+    step = TrainConfig(epochs=4, res_min=16, res_ramp=(0.5, 0.5))  # an equal start and end: one jump
+    assert [train.epoch_side(e, 4, step) for e in range(4)] == [16, 16, 64, 64]
+
+
+def test_resize_downscales_smoothly_and_leaves_full_size_alone():
+    x = torch.rand(3, 3, 64, 64) * 255
+    assert train.batch_resize(x, 64) is x
+    small = train.batch_resize(x, 32)
+    assert small.shape == (3, 3, 32, 32)
+    pooled = torch.nn.functional.avg_pool2d(x, 2)  # antialiased bilinear at half size is close to a 2x2 mean
+    assert (small - pooled).abs().mean() < 0.25 * (x - x.mean()).abs().mean()
+    assert small.min() >= 0 and small.max() <= 255
+
+
+def test_bad_progressive_resizing_is_refused():
+    for bad in ("train.res_min=30", "train.res_min=72", "train.res_ramp=[0.8,0.2]", "train.res_ramp=[0.5]"):
+        with pytest.raises(ConfigError):
+            Config().override([bad])
+    with pytest.raises(ConfigError, match="too small for 4 pooling stages"):
+        Config().override(["train.res_min=8"])
+
+
+def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_data, "train.epochs=4", "train.res_min=32", "train.res_ramp=[0.5,0.5]")
+    seen = []
+    forward = train.batch_resize
+    monkeypatch.setattr(train, "batch_resize", lambda x, side: seen.append(side) or forward(x, side))
+    state, prep = train_run(cfg, tmp_path / "run", progress=False)
+    steps = -(-len(prep.train_idx) // 16)
+    assert seen == [32] * (2 * steps) + [64] * (2 * steps)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[-1] for r in rows] == ["side", "32", "32", "64", "64"]
+    assert evaluate_checkpoint(tmp_path / "run" / "last.pt", "val").accuracy > 0.5  # evaluated at 64 px
+
+
+def test_time_budget_counts_low_resolution_epochs_at_their_measured_speed(tiny_data):
+    cfg = tiny_config(tiny_data, "train.epochs=10", "train.res_min=32", "train.res_ramp=[0.5,0.5]")
+    prep = run_module.prepare(cfg)
+    steps, val = -(-len(prep.train_idx) // 16), len(prep.val_idx) / 16 / 3
+    full, low = 1.0, 0.25
+    # 10 epochs: 5 at 32 px, 5 at 64 px; each epoch's validation runs at 64 px
+    assert run_module.schedule_seconds(cfg, prep, (full, low)) == pytest.approx(
+        5 * low * steps + 5 * full * steps + 10 * full * val
+    )
+    budget = run_module.schedule_seconds(cfg, prep, (full, low), 6) / 60 / run_module.BUDGET_MARGIN
+    cut = cfg.override([f"train.minutes={budget + 1e-6}"])
+    assert run_module.budget_epochs(cut, prep, times=(full, low))[0] == 6  # 3 epochs at 32 px and 3 at 64

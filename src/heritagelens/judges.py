@@ -15,6 +15,11 @@ Real validation images (the ceiling) and naive gradient ascent (the floor) go th
 
 Judges are trained once per dataset and split and cached by a content key: the hash of their recipe and of the
 training files' names and sizes. A cached judge is a run folder; `last.pt` is read with `weights_only=True`.
+
+For the AHE64 train split with the default validation split, the package ships the panel (`heritagelens/panel/`:
+safetensors weights and `panel.json`, the card that says which command trained them, on which data key, and how
+accurate they are), the way FID ships one fixed Inception network: scores then compare across runs and machines, and
+no judge is trained. A judge is taken from there only when its content key is the one the card records.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 from . import data
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import ROBUST, Config, DataConfig
+from .io import atomic_write_bytes, atomic_write_json
 from .models import evaluating
 from .precision import for_model
 from .quality import frechet_distance, relative_diversity, spectrum_distance
@@ -52,6 +58,13 @@ HEADLINE_JUDGE = "robust-resnet"
 """The judge whose verdict headlines a gallery: robust, and of another architecture than the CNNs visualized."""
 
 
+PANEL_DIR = Path(__file__).parent / "panel"
+"""The shipped panel: `panel.json` and one `<judge>.safetensors` per judge."""
+
+PANEL_VERSION = 1
+"""Version of the shipped panel; scores made with different versions do not compare."""
+
+
 class JudgeError(Exception):
     """Judges that are missing and may not be trained, or a judge folder that does not hold a usable judge."""
 
@@ -62,6 +75,8 @@ class Judge:
     model: nn.Module
     classes: list[str]
     path: Path
+    config: dict
+    """The judge's recipe (`Config.to_dict()`)."""
 
 
 def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Config:
@@ -71,12 +86,25 @@ def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Conf
 
 
 def judge_key(cfg: Config) -> str:
-    """Content key: the recipe (without where the data or cache sit) and the training files' names and sizes."""
+    """Content key of a judge trained here: its whole recipe (without where the data or cache sit) and the training
+    files' names and sizes."""
     d = cfg.to_dict()
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("root", "cache_dir")}
     d.pop("dream"), d.pop("gallery")
-    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
-    root = Path(cfg.data.root)
+    return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), cfg.data)
+
+
+def panel_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
+    """Content key of a shipped judge: its name and overrides, the split settings and the training files' names and
+    sizes. Unlike `judge_key` it leaves out the defaults the overrides apply to: those may move on without changing a
+    shipped judge, whose card holds its whole recipe."""
+    split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in ("root", "cache_dir")}
+    d = {"panel": PANEL_VERSION, "judge": name, "recipe": [*JUDGES[name], *extra], "split": split}
+    return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), data_cfg)
+
+
+def _with_files(h, data_cfg: DataConfig) -> str:
+    root = Path(data_cfg.root)
     files, labels = data.list_files(root, "train", data.list_classes(root, "train"))
     for f, y in zip(files, labels):
         h.update(f"{f.relative_to(root)}|{y}|{f.stat().st_size}\n".encode())
@@ -99,7 +127,61 @@ def load_judge(name: str, folder: Path | str) -> Judge:
     cfg = Config.from_dict(ckpt["config"])
     if ckpt["epoch"] < cfg.train.epochs:
         raise JudgeError(f"{path}: judge '{name}' stopped at epoch {ckpt['epoch']} of {cfg.train.epochs}")
-    return Judge(name, model_from_checkpoint(ckpt, path), list(ckpt["classes"]), path)
+    return Judge(name, model_from_checkpoint(ckpt, path), list(ckpt["classes"]), path, ckpt["config"])
+
+
+def panel_card(panel_dir: Path | str | None = None) -> dict:
+    """The card of the shipped panel, or of the one in `panel_dir` (empty when there is none)."""
+    path = Path(panel_dir or PANEL_DIR) / "panel.json"
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise JudgeError(f"{path}: unreadable panel card ({type(e).__name__}: {e})") from None
+    return card if isinstance(card, dict) and card.get("version") == PANEL_VERSION else {}
+
+
+def shipped_judge(name: str, key: str, panel_dir: Path | str | None = None) -> Judge | None:
+    """Judge `name` from the shipped panel when the card records content `key` (`panel_key`) for it, else None."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    entry = panel_card(panel_dir).get("judges", {}).get(name)
+    if not entry or entry.get("key") != key:
+        return None
+    path = Path(panel_dir or PANEL_DIR) / entry["file"]
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
+            raise JudgeError(f"{path}: shipped judge '{name}' is not the file its card records (SHA-256 differs)")
+        weights = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise JudgeError(f"{path}: shipped judge '{name}' unreadable ({type(e).__name__}: {e})") from None
+    ckpt = {"config": entry["config"], "classes": entry["classes"], "model": weights}
+    return Judge(name, model_from_checkpoint(ckpt, path), list(entry["classes"]), path, entry["config"])
+
+
+def write_panel(panel: dict[str, Judge], accuracy: dict[str, float], key: dict[str, str], out: Path | str,
+                command: str, machine: str) -> Path:  # fmt: skip
+    """Ship `panel`: each judge's weights as `<name>.safetensors` and the card `panel.json` beside them (written last,
+    so that a card never names weights not yet written), with its content `key`, validation `accuracy`, the
+    `command` that trained it and the `machine` it ran on."""
+    from safetensors.torch import save
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    judges = {}
+    for name, judge in panel.items():
+        weights = {k: v.detach().cpu().contiguous() for k, v in judge.model.state_dict().items()}
+        file = f"{name}.safetensors"
+        blob = save(weights)
+        atomic_write_bytes(blob, out / file)
+        judges[name] = {
+            "file": file, "sha256": hashlib.sha256(blob).hexdigest(), "key": key[name], "classes": judge.classes,
+            "config": judge.config, "val_accuracy": accuracy[name],
+        }  # fmt: skip
+    card = {"version": PANEL_VERSION, "command": command, "machine": machine, "judges": judges}
+    return atomic_write_json(card, out / "panel.json")
 
 
 def ensure_judges(
@@ -110,14 +192,19 @@ def ensure_judges(
     progress: bool = True,
     log=print,
 ) -> dict[str, Judge]:
-    """The panel for this dataset and split: loaded from `judges_dir` when cached, else trained there (an
-    interrupted judge training resumes), or `JudgeError` when `train` is false."""
+    """The panel for this dataset and split: the shipped one when its content keys match, else loaded from
+    `judges_dir` when cached, else trained there (an interrupted judge training resumes), or `JudgeError` when
+    `train` is false."""
     from .run import train_run
 
     judges_dir = Path(judges_dir) if judges_dir else default_judges_dir(data_cfg)
     panel = {}
     for name in JUDGES:
         cfg = judge_config(name, data_cfg, extra)
+        judge = shipped_judge(name, panel_key(name, data_cfg, extra))
+        if judge is not None:
+            panel[name] = judge
+            continue
         folder = judge_folder(name, cfg, judges_dir)
         last = folder / "last.pt"
         if last.exists():

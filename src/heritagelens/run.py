@@ -39,7 +39,7 @@ from .figures import figure_image, png_bytes
 from .io import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import build_model, conv_layer_names
 from .precision import resolve
-from .train import EpochResult, TrainState, fit, new_state, predict_logits
+from .train import EpochResult, TrainState, epoch_side, fit, new_state, predict_logits
 
 
 @dataclass
@@ -157,11 +157,12 @@ _SAID: set[str] = set()
 """Precision lines already printed by this process."""
 
 
-def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3) -> float:
-    """Seconds one training step of `cfg` takes here (augmentation, attack and averaging included), from timing
-    `steps` steps on `prep`'s training images after one warm-up step."""
+def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3, side: int = 64) -> float:
+    """Seconds one training step of `cfg` at `side` px takes here (augmentation, attack and averaging included), from
+    timing `steps` steps on `prep`'s training images after one warm-up step."""
     n, train = cfg.train.batch_size, prep.split.images[prep.train_idx]
-    labels, short = prep.split.labels[prep.train_idx], cfg.override(["train.epochs=1"])
+    labels = prep.split.labels[prep.train_idx]
+    short = cfg.override(["train.epochs=1", f"train.res_min={side}", "train.res_ramp=[1,1]"])
     state = initial_state(cfg, prep)
     fit(short, state, train[:n], labels[:n], train[:1], labels[:1], progress=False)  # kernels chosen, caches warm
     state.epoch = 0
@@ -170,32 +171,51 @@ def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3) -> float:
     return (time.perf_counter() - t0) / min(steps, math.ceil(len(train) / n))
 
 
+def step_times(cfg: Config, prep: Prepared, steps: int = 3) -> tuple[float, float]:
+    """Seconds a training step takes here at 64 px and at `train.res_min` px (the same when there is no resizing)."""
+    full = seconds_per_step(cfg, prep, steps)
+    low = cfg.train.res_min
+    return full, (full if low >= 64 else seconds_per_step(cfg, prep, steps, side=low))
+
+
+def schedule_seconds(cfg: Config, prep: Prepared, times: tuple[float, float], epochs: int | None = None) -> float:
+    """Seconds `epochs` epochs of `cfg`'s recipe (its own number when None) train for here, each epoch's validation
+    pass included (about a third of a training step per image), from the step `times` at 64 px and at `res_min` px:
+    a step at a side in between is taken as linear in its pixel count."""
+    tc = cfg.train
+    epochs = tc.epochs if epochs is None else epochs
+    steps = math.ceil(len(prep.train_idx) / tc.batch_size)
+    full, low = times
+    lo2 = tc.res_min**2
+
+    def step(side: int) -> float:
+        return full if side >= 64 else low + (full - low) * (side**2 - lo2) / max(1, 64**2 - lo2)
+
+    val = full * len(prep.val_idx) / tc.batch_size / 3
+    return sum(step(epoch_side(e, epochs, tc)) * steps + val for e in range(epochs))
+
+
 def estimated_minutes(cfg: Config, prep: Prepared, steps: int = 3) -> float:
     """Minutes `cfg` would train for on `prep`'s training part, from timing `steps` steps after one warm-up step."""
-    return (
-        seconds_per_step(cfg, prep, steps)
-        * math.ceil(len(prep.train_idx) / cfg.train.batch_size)
-        * cfg.train.epochs
-        / 60
-    )
+    return schedule_seconds(cfg, prep, step_times(cfg, prep, steps)) / 60
 
 
 BUDGET_MARGIN = 0.95
 """Fraction of a time budget planned for: the rest absorbs checkpoints, logging and the speed's drift."""
 
 
-def budget_epochs(cfg: Config, prep: Prepared, per_step: float | None = None) -> tuple[int, str]:
-    """The most epochs of `cfg`'s recipe (at most its own) that train within `cfg.train.minutes` at the speed measured
-    here, each epoch's validation pass included (about a third of a training step per image); and why, in words."""
+def budget_epochs(cfg: Config, prep: Prepared, times: tuple[float, float] | None = None) -> tuple[int, str]:
+    """The most epochs of `cfg`'s recipe (at most its own, the schedule and any progressive resizing stretched over
+    them) that train within `cfg.train.minutes` at the step times measured here (`step_times`); and why, in words."""
     tc = cfg.train
-    per_step = seconds_per_step(cfg, prep) if per_step is None else per_step
-    steps = math.ceil(len(prep.train_idx) / tc.batch_size)
-    per_epoch = per_step * (steps + len(prep.val_idx) / tc.batch_size / 3)
-    fits = int(tc.minutes * 60 * BUDGET_MARGIN // per_epoch)
-    epochs = max(1, min(tc.epochs, fits))
+    times = step_times(cfg, prep) if times is None else times
+    budget = tc.minutes * 60 * BUDGET_MARGIN
+    fits = max((e for e in range(1, tc.epochs + 1) if schedule_seconds(cfg, prep, times, e) <= budget), default=0)
+    epochs = max(1, fits)
     why = (
         f"time budget {tc.minutes:g} min: {epochs} of the recipe's {tc.epochs} epochs at "
-        f"{tc.batch_size / per_step:.0f} training images/s measured here ({per_epoch:.0f} s an epoch)"
+        f"{tc.batch_size / times[0]:.0f} training images/s measured here "
+        f"({schedule_seconds(cfg, prep, times, epochs) / epochs:.0f} s an epoch)"
     )
     return epochs, why + (" (one epoch does not fit: training one anyway)" if fits < 1 else "")
 
@@ -257,7 +277,7 @@ def train_run(
         run.add_epoch(r)
         run.log(
             f"epoch {r.epoch} loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} val_acc {r.val_acc:.4f} "
-            f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s"
+            f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s" + (f" at {r.side} px" if r.side < 64 else "")
         )
         save_checkpoint(run.path / "last.pt", st, cfg, s.classes)
         if is_best:

@@ -84,6 +84,25 @@ def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
     return ((x - m) * c + m * b).clamp(0, 255)
 
 
+def epoch_side(epoch: int, epochs: int, cfg: TrainConfig, full: int = 64) -> int:
+    """Side (px) of the training images in epoch `epoch` (0-based) of `epochs` under progressive resizing:
+    `cfg.res_min` until the fraction `cfg.res_ramp[0]` of the epochs, `full` from `cfg.res_ramp[1]`, growing
+    linearly between them in steps of 8 px."""
+    if cfg.res_min >= full:
+        return full
+    start, end = cfg.res_ramp
+    t = epoch / epochs
+    grown = 1.0 if t >= end else 0.0 if t < start else (t - start) / (end - start)
+    return min(full, cfg.res_min + 8 * round((full - cfg.res_min) * grown / 8))
+
+
+def batch_resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Images downscaled to `side` x `side` (bilinear with antialiasing); unchanged at their own size."""
+    if side == x.shape[-1]:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
     """The training augmentation of one batch. x: (B, 3, 64, 64) uint8 -> float 0..255."""
     x = x.float()
@@ -183,6 +202,8 @@ class EpochResult:
     val_acc: float
     seconds: float
     images_per_s: float
+    side: int = 64
+    """Side (px) the epoch trained at (see `epoch_side`)."""
 
 
 @dataclass
@@ -244,16 +265,18 @@ def fit(
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
-    lr = 0.0
+    lr, full = 0.0, train_images.shape[-1]
     for epoch in range(state.epoch, tc.epochs):
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
         torch.manual_seed(tc.seed * 100_003 + epoch + 1_000_003 * w.rank)  # dropout: each process its own masks
         order = torch.randperm(len(train_images), generator=g)
+        side = epoch_side(epoch, tc.epochs, tc, full)
         model.train()
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
             x = augment(train_images[idx], tc, g)  # the whole global batch: the same random draws in every process
+            x = batch_resize(x, side)
             start = torch.rand(x.shape, generator=g) if tc.adv_eps > 0 else None  # FGSM's, for the whole batch too
             y = train_labels[idx]
             if len(idx) < w.size:  # a last batch smaller than the number of processes: skipped by all of them alike
@@ -279,7 +302,7 @@ def fit(
                 state.ema.update_parameters(model)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
-            bar.set_description(f"epoch {epoch + 1}/{tc.epochs}")
+            bar.set_description(f"epoch {epoch + 1}/{tc.epochs}" + (f" at {side} px" if side < full else ""))
             seen = min((i + 1) * tc.batch_size, len(train_images)) / w.size
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
             bar.update(1)
@@ -288,7 +311,7 @@ def fit(
         state.epoch = epoch + 1
         val_acc = accuracy(eval_model(state), val_images, val_labels, precision=amp.name)
         n = len(train_images)
-        result = EpochResult(epoch + 1, lr, loss_sum / n, correct / n, val_acc, seconds, n / seconds)
+        result = EpochResult(epoch + 1, lr, loss_sum / n, correct / n, val_acc, seconds, n / seconds, side)
         bar.set_postfix(loss=f"{result.train_loss:.3f}", train_acc=f"{result.train_acc:.3f}", val_acc=f"{val_acc:.3f}")
         on_epoch(state, result)
     bar.close()
