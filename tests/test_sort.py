@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -264,3 +265,50 @@ def test_an_unreadable_photo_folder_is_one_line(trained, tmp_path, monkeypatch):
     with pytest.raises(SortError, match="cannot read this folder"):
         sort_photos(run, folder, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        {"copied_to": "../victim/victim.txt"},  # up and out of the output folder
+        {"copied_to": "arch/../../victim/victim.txt"},
+        {"class": "../victim", "copied_to": "arch/{name}"},  # a class that is a path: a re-threshold would move there
+        {"copied_to": "linked/victim.txt"},  # a folder of the output that links outside it
+    ],
+)
+def test_a_crafted_journal_never_touches_a_file_outside_the_output_folder(trained, photos, tmp_path, crafted, capfd):
+    _, run = trained
+    folder, truth = photos
+    out, victim = tmp_path / "sorted", tmp_path / "victim" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("not yours")
+    sort_photos(run, folder, out, min_confidence=0, progress=False)
+    (out / "linked").symlink_to(victim.parent)
+    first = next(iter(sorted(truth)))
+    row = json.loads((out / JOURNAL).read_text().splitlines()[0]) | {"file": first}
+    row = row | {k: v.format(name=Path(row["copied_to"]).name) for k, v in crafted.items()}
+    row["identity"] = [0, 0]  # as if the photo changed since: its old copy would be dropped
+    line = len((out / JOURNAL).read_text().splitlines()) + 1
+    with (out / JOURNAL).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    capfd.readouterr()
+    s = sort_photos(run, folder, out, min_confidence=0.99, progress=False)  # also moves copies (a new threshold)
+    assert victim.read_text() == "not yours"
+    err = capfd.readouterr().err.strip()
+    assert "\n" not in err and f"{out / JOURNAL}: line {line} refused" in err
+    assert s.sorted + s.skipped == len(truth)
+    copies = [p for p in out.rglob("*") if p.parent.parent == out and "linked" not in p.parts]
+    assert len(copies) == len(truth) and (out / "linked" / "victim.txt").exists()
+
+
+def test_a_journal_of_garbage_is_one_warning_and_the_photos_are_sorted_again(trained, photos, tmp_path, capfd):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "sorted"
+    sort_photos(run, folder, out, progress=False)
+    (out / JOURNAL).write_bytes(bytes(range(256)) * 8 + b"\n\xff\xfe{not json\n[1, 2]\n")
+    capfd.readouterr()
+    s = sort_photos(run, folder, out, progress=False)
+    err = capfd.readouterr().err.strip()
+    assert "\n" not in err and "refused" in err and "sorted again" in err
+    assert s.sorted == len(truth) and s.skipped == 0

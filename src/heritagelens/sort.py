@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -192,18 +193,59 @@ def identity(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def read_journal(out: Path) -> dict[str, dict]:
-    """The rows of earlier runs by file, the last one of each file winning; a line torn by a crash is ignored."""
-    rows = {}
+def read_journal(out: Path, classes: list[str]) -> dict[str, dict]:
+    """The rows of earlier runs by file, the last one of each file winning. A line torn by a crash (the last, without
+    its newline) is ignored; any other line that is not a row of this sort is refused with one warning: a journal is
+    data from disk, so a row whose copy lies outside `out`'s class folders, or whose class is not one of `classes`,
+    is never acted on."""
     f = out / JOURNAL
-    if f.exists():
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                rows[row["file"]] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+    if not f.exists():
+        return {}
+    rows, refused = {}, []
+    lines = f.read_bytes().split(b"\n")
+    for n, raw in enumerate(lines, 1):
+        row = _journal_row(raw, out, classes)
+        if row is not None:
+            rows[row["file"]] = row
+        elif raw.strip() and n < len(lines):
+            refused.append(n)
+    if refused:
+        shown = ", ".join(map(str, refused[:5])) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        print(f"heritagelens: warning: {f}: line {shown} refused (not a row of this sort, or a path outside {out}); "
+              "those photos are sorted again", file=sys.stderr)  # fmt: skip
     return rows
+
+
+def _journal_row(raw: bytes, out: Path, classes: list[str]) -> dict | None:
+    """The journal row in `raw` when it is one this sort wrote, else None."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("file"), str):
+        return None
+    copied, cls = row.get("copied_to") or "", row.get("class") or ""
+    if not (isinstance(copied, str) and isinstance(cls, str)) or cls and cls not in classes:
+        return None
+    if copied and not _inside(out, copied, [*classes, UNCERTAIN]):
+        return None
+    if cls and not copied and not row.get("error"):
+        return None
+    try:
+        float(row.get("p", row.get("probability", 0)) or 0)
+    except (TypeError, ValueError):
+        return None
+    return row
+
+
+def _inside(out: Path, rel: str, folders: list[str]) -> bool:
+    """Whether `rel` names a file directly in one of `out`'s `folders`, and resolves there (no '..', no link out)."""
+    parts = rel.split("/")
+    if len(parts) != 2 or parts[0] not in folders or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
+        return False
+    return (out / rel).resolve().parent == (out / parts[0]).resolve() and (out / parts[0]).resolve().parent == (
+        out.resolve()
+    )
 
 
 def place(src: Path, dest: Path, link: bool) -> None:
@@ -276,7 +318,7 @@ class _Run:
     def __init__(self, model, classes, t, precision, photos, out, min_confidence, link, how):
         self.model, self.classes, self.t, self.precision = model, classes, t, precision
         self.photos, self.out, self.min_confidence, self.link, self.how = photos, out, min_confidence, link, how
-        self.done = read_journal(out)
+        self.done = read_journal(out, classes)
         self.summary = SortSummary()
         self.journal = None
 
