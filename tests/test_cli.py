@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli
 from PIL import Image
 
@@ -288,3 +289,28 @@ def test_dream_without_scores_trains_no_judges(trained, tmp_path):
 )
 def test_dream_bad_input_gives_one_line(trained, tmp_path, args, needles):
     assert_one_line_error(cli("dream", trained[1], "--out", tmp_path, *args), *needles)
+
+
+@pytest.mark.parametrize(
+    "craft, needles",
+    [
+        (lambda c: c.pop("model"), ["no 'model' entry"]),
+        (lambda c: c.update(classes="altar"), ["class names are not a list"]),
+        (lambda c: c["calibration"]["plain"].update(temperature=-1.0), ["temperature (plain) is -1.0", "refused"]),
+        (lambda c: c["calibration"]["tta"].update(temperature=float("nan")), ["temperature (tta) is nan"]),
+        (lambda c: c["calibration"]["plain"].update(temperature=0), ["temperature (plain) is 0,"]),
+        (lambda c: c["config"]["model"].update(widths=[10**5, 10**5]), ["do not fit", "shape"]),  # 360 GB if built
+        (lambda c: c["config"]["model"].update(widths=[10**9, 10**9]), ["a model that cannot be built"]),
+        (lambda c: c["model"].pop(next(iter(c["model"]))), ["do not fit", "missing"]),
+    ],
+)
+def test_a_crafted_checkpoint_is_one_line_and_builds_nothing(trained, tmp_path, craft, needles):
+    from heritagelens.io import safe_load
+
+    root, run = trained
+    ckpt = safe_load(run / "last.pt")
+    ckpt["calibration"] = {"plain": {"temperature": 1.5}, "tta": {"temperature": 1.4}}
+    craft(ckpt)
+    torch.save(ckpt, tmp_path / "crafted.pt")
+    image = next((root / "test").rglob("*.jpg"))
+    assert_one_line_error(cli("predict", tmp_path / "crafted.pt", image), "crafted.pt: ", *needles)

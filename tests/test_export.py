@@ -113,3 +113,13 @@ def test_export_metadata_names_the_contract(trained, tmp_path):
     assert "0..255" in props["heritagelens.input"]
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["logits"]
+
+
+@pytest.mark.parametrize("t", [0.0, -1.3, float("nan"), float("inf")])
+def test_an_onnx_file_whose_temperature_is_not_finite_and_positive_is_refused(trained, tmp_path, t):
+    root, run = trained
+    model, classes, _ = load_model(run)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(to_onnx(model, classes, temperature=t))
+    image = next((root / "test").rglob("*.jpg"))
+    assert_one_line_error(cli("predict", path, image), str(path), "not a finite positive number: refused")

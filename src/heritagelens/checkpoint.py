@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .config import Config, ConfigError
 from .io import atomic_save, safe_load
@@ -58,7 +61,32 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a HeritageLens checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: checkpoint format {ckpt['version']} is newer than this HeritageLens reads")
+    for key in ("config", "classes", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: not a usable HeritageLens checkpoint (no '{key}' entry)")
+    classes = ckpt["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise CheckpointError(f"{path}: its class names are not a list of names")
+    check_calibration(ckpt.get("calibration"), path)
     return ckpt
+
+
+def check_calibration(calibration: Any, path: Path | str) -> None:
+    """Refuse stored temperatures that would make probabilities NaN or invert the ranking."""
+    if calibration is None:
+        return
+    if not isinstance(calibration, dict):
+        raise CheckpointError(f"{path}: its calibration entry is unreadable")
+    for name, cal in calibration.items():
+        t = cal.get("temperature") if isinstance(cal, dict) else None
+        if not valid_temperature(t):
+            raise CheckpointError(
+                f"{path}: calibration temperature ({name}) is {t!r}, not a finite positive number: file refused"
+            )
+
+
+def valid_temperature(t: Any) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint", averaged: bool = True) -> HeritageCNN:
@@ -67,16 +95,38 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint",
         cfg = Config.from_dict(ckpt["config"])
     except (ConfigError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: checkpoint config unreadable ({e})") from None
-    model = build_model(cfg.model, len(ckpt["classes"]))
     weights = ckpt["model"]
     if averaged and ckpt.get("ema"):
         weights = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
     try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({first})") from None
+        with torch.device("meta"):  # the shapes the config implies, allocating nothing: a config may be hostile
+            skeleton = build_model(cfg.model, len(ckpt["classes"])).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{path}: its config describes a model that cannot be built ({str(e)[:80]})") from None
+    problem = shape_mismatch(skeleton, weights)
+    if problem:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({problem})")
+    model = build_model(cfg.model, len(ckpt["classes"]))
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def shape_mismatch(expected: dict[str, torch.Tensor], weights: Any) -> str:
+    """The first way `weights` differ from `expected` in names or shapes ('' when they fit)."""
+    if not isinstance(weights, dict):
+        return "the weights are not a table of tensors"
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing:
+        return f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    if unexpected:
+        return f"unexpected {unexpected[0]}" + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+    for k, v in expected.items():
+        w = weights[k]
+        if not isinstance(w, torch.Tensor):
+            return f"{k} is not a tensor"
+        if w.shape != v.shape:
+            return f"{k}: shape {tuple(w.shape)} in the file, {tuple(v.shape)} in the model"
+    return ""
 
 
 def run_folder(path: Path | str) -> Path:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .checkpoint import valid_temperature
 from .train import tta_views
 
 INPUT = "images"
@@ -96,6 +97,9 @@ class OnnxClassifier:
             self.temperature: float = float(json.loads(props.get("heritagelens.temperature", "1.0")))
         except (ValueError, TypeError):
             raise ExportError(f"{path}: its HeritageLens metadata is unreadable") from None
+        if not valid_temperature(self.temperature):
+            t = self.temperature
+            raise ExportError(f"{path}: its calibration temperature is {t!r}, not a finite positive number: refused")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if (
             [i.name for i in inputs] != [INPUT]
