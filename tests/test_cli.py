@@ -314,3 +314,62 @@ def test_a_crafted_checkpoint_is_one_line_and_builds_nothing(trained, tmp_path, 
     torch.save(ckpt, tmp_path / "crafted.pt")
     image = next((root / "test").rglob("*.jpg"))
     assert_one_line_error(cli("predict", tmp_path / "crafted.pt", image), "crafted.pt: ", *needles)
+
+
+@pytest.mark.parametrize("top", ["-1", "0"])
+def test_predict_top_below_one_is_one_line(trained, top):
+    root, run = trained
+    image = next((root / "test").rglob("*.jpg"))
+    assert_one_line_error(cli("predict", run, image, "--top", top), f"--top {top}: must be at least 1")
+
+
+@pytest.mark.parametrize(
+    "setting, needles",
+    [
+        ("train.epochs=abc", ["'train.epochs=abc'", "takes a whole number, not 'abc'"]),
+        ("train.lr=nan", ["'train.lr=nan'", "takes a finite number"]),
+        ("train.flip=yes", ["'train.flip=yes'", "takes true or false"]),
+        ('model.widths=[8,"x"]', ["model.widths", "takes a list like [32, 64, 128, 256]"]),
+    ],
+)
+def test_a_setting_of_the_wrong_type_names_key_and_value(trained, tmp_path, setting, needles):
+    root, _ = trained
+    p = cli("train", "--data", root, "--out", tmp_path / "r", "--set", setting)
+    assert_one_line_error(p, "bad setting", *needles)
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_into_an_existing_folder_is_one_line(trained, tmp_path):
+    _, run = trained
+    assert_one_line_error(cli("export", run, "--out", tmp_path), f"{tmp_path}: is a folder", "model.onnx")
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(trained):
+    """`heritagelens predict MANY | head -1`: no BrokenPipeError, as `ls | head` has none."""
+    root, run = trained
+    images = [str(p) for p in sorted((root / "test").rglob("*.jpg"))] * 40
+    p = subprocess.Popen([sys.executable, "-m", "heritagelens", "predict", str(run), *images],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert p.stdout.readline().startswith(images[0].encode())
+    p.stdout.close()  # as `head -1` does after its line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.parametrize(
+    "command, advice",
+    [("cmd_sort", "run the same sort command again"), ("cmd_train", "train --resume RUN"), ("cmd_layers", "")],
+)
+def test_ctrl_c_gives_the_advice_of_the_command_interrupted(command, advice, monkeypatch, capsys):
+    from heritagelens import cli as cli_module
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    interrupted.__name__ = command
+    monkeypatch.setattr(cli_module, command, interrupted)
+    args = {"cmd_sort": ["sort", "m.pt", "photos", "--out", "o"], "cmd_train": ["train"], "cmd_layers": ["layers", "m"]}
+    assert cli_module.main(args[command]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("heritagelens: interrupted") and advice in err and "\n" not in err
+    assert command == "cmd_train" or "--resume" not in err

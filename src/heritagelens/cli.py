@@ -149,6 +149,9 @@ def cmd_predict(args) -> int:
 
     from .data import DataError, decode
 
+    if args.top < 1:
+        raise UsageError(f"--top {args.top}: must be at least 1 (classes to show per image)")
+
     if str(args.checkpoint).lower().endswith(".onnx"):
         _need_extra(*EXPORT_EXTRA)
         from .export import OnnxClassifier
@@ -228,6 +231,8 @@ def cmd_export(args) -> int:
     ckpt = Path(args.checkpoint)
     model, classes, checkpoint = load_model(ckpt)
     out = Path(args.out) if args.out else run_folder(ckpt) / "model.onnx"
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; give the file to write, such as {out / 'model.onnx'}")
     blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt), temperature=temperature(checkpoint, args.tta))
     images, what = check_images(checkpoint, args.data)
     diff = max_difference(model, OnnxClassifier(out, blob), images)
@@ -610,10 +615,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(
-            "heritagelens: interrupted; a run can be continued with 'heritagelens train --resume RUN'", file=sys.stderr
-        )
+        print(f"heritagelens: interrupted{INTERRUPTED.get(args.func.__name__, '')}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (`| head`) has gone: stop quietly, as `ls | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141
+
+
+INTERRUPTED = {
+    "cmd_train": "; continue with 'heritagelens train --resume RUN'",
+    "cmd_run": "; its training continues with 'heritagelens train --resume RUN' (the later stages need a new run)",
+    "cmd_sort": "; what was sorted is kept: run the same sort command again to finish it",
+    "cmd_tune": "; finished trials are kept in the study: run the same command again to add more",
+}
+"""What to do after Ctrl-C, by command (other commands keep nothing half-done: run them again)."""
 
 
 if __name__ == "__main__":

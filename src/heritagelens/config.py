@@ -293,11 +293,53 @@ class Config:
                 )
             if not sep or section not in d or name not in d[section]:
                 raise ConfigError(f"bad setting '{a}': expected section.key=value with a known key")
-            try:
-                d[section][name] = json.loads(raw)
-            except json.JSONDecodeError:
-                d[section][name] = raw
+            d[section][name] = _typed(a, raw, d[section][name])
         return Config.from_dict(d)
+
+
+def _typed(assignment: str, raw: str, current: Any) -> Any:
+    """`raw` parsed as JSON into the type of the setting's `current` value (text settings take it as it is), or
+    `ConfigError` naming the assignment and what the setting takes."""
+    if isinstance(current, str):
+        return raw
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    kind = _kind(current)
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif isinstance(current, (list, tuple)):
+        ok = isinstance(value, list) and (not current or all(_same_kind(v, current[0]) for v in value))
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"bad setting '{assignment}': takes {kind}, not {raw!r}")
+    return float(value) if isinstance(current, float) else value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a finite number"
+    if isinstance(value, (list, tuple)):
+        return f"a list like {json.dumps(list(value))}"
+    return "a value"
+
+
+def _same_kind(v: Any, example: Any) -> bool:
+    if isinstance(example, bool) or isinstance(v, bool):
+        return isinstance(v, bool) and isinstance(example, bool)
+    if isinstance(example, (int, float)):
+        return isinstance(v, (int, float)) and math.isfinite(v) and (isinstance(v, int) or isinstance(example, float))
+    return isinstance(v, type(example))
 
 
 _REPLACED = {"train": ("bf16", "fp16", "channels_last"), "dream": ("bf16",)}
