@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import class_image, make_dataset
+from conftest import class_image, cli, make_dataset
 from PIL import Image
 
 from heritagelens import data
@@ -185,6 +186,24 @@ def test_check_reports_unusable_layout(tiny_data):
     assert not r.usable
     assert any("class 'gazebo' is not in train/" in p for p in r.problems)
     assert any("gazebo: empty class folder" in p for p in r.problems)
+
+
+def test_check_names_a_decompression_bomb_and_every_entry_it_ignores(tiny_data):
+    Image.new("1", (15000, 15000)).save(tiny_data / "train" / "dome" / "bomb.png")  # 225 MP in a small file
+    (tiny_data / "train" / "notes.txt").write_text("a stray file beside the class folders")
+    (tiny_data / "train" / "arch" / "sub").mkdir()
+    os.mkfifo(tiny_data / "train" / "bell" / "pipe.jpg")  # read, it would block forever
+    r = data.check(tiny_data)
+    assert r.usable and [(Path(f).name, why.split(" (")[0]) for f, why in r.bad] == [("bomb.png", "image too large")]
+    assert r.ignored == [
+        f"{tiny_data / 'train' / 'notes.txt'}: not a class folder, ignored",
+        f"{tiny_data / 'train' / 'arch' / 'sub'}: a folder, ignored",
+        f"{tiny_data / 'train' / 'bell' / 'pipe.jpg'}: not a regular file, ignored",
+    ]
+    p = cli("data", "check", tiny_data)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"ignored: {tiny_data / 'train' / 'notes.txt'}: not a class folder, ignored" in p.stdout
+    assert "bomb.png: image too large" in p.stdout
 
 
 # ----------------------------------------------------------------------------------------------------- the split

@@ -78,6 +78,8 @@ def cmd_data_check(args) -> int:
     print(f"exact duplicate groups: {len(r.duplicates)} ({len(r.cross_class)} filed under more than one class)")
     for g in r.duplicates:
         print(("  CROSS-CLASS " if g in r.cross_class else "  ") + "  ==  ".join(g))
+    for p in r.ignored:
+        print(f"ignored: {p}")
     for p in r.problems:
         print(f"problem: {p}")
     if not r.usable:

@@ -271,6 +271,7 @@ class CheckReport:
     duplicates: list[list[str]]  # groups of byte-identical files
     cross_class: list[list[str]]  # duplicate groups that span classes
     problems: list[str]  # layout problems that make the data unusable
+    ignored: list[str] = field(default_factory=list)  # "path: why" of entries that are neither class nor image
 
     @property
     def usable(self) -> bool:
@@ -286,30 +287,37 @@ def check(root: Path | str) -> CheckReport:
     modes: Counter = Counter()
     bad: list[tuple[str, str]] = []
     problems: list[str] = []
+    ignored: list[str] = []
     by_hash: dict[str, list[str]] = {}
     for split in SPLITS:
         if not has_split(root, split):
             continue
         counts[split] = {}
-        for c in sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        entries = sorted(p for p in (root / split).iterdir() if not p.name.startswith("."))
+        ignored += [f"{p}: not a class folder, ignored" for p in entries if not p.is_dir()]
+        for c in [p.name for p in entries if p.is_dir()]:
             if c not in classes:
                 problems.append(f"{root / split / c}: class '{c}' is not in train/")
-            members = sorted(p for p in (root / split / c).iterdir() if p.is_file() and not p.name.startswith("."))
+            inside = sorted(p for p in (root / split / c).iterdir() if not p.name.startswith("."))
+            members = [p for p in inside if p.is_file()]
+            ignored += [f"{p}: {'a folder' if p.is_dir() else 'not a regular file'}, ignored" for p in inside
+                        if not p.is_file()]  # fmt: skip
             counts[split][c] = len(members)
             if not members:
                 problems.append(f"{root / split / c}: empty class folder")
             for p in members:
                 by_hash.setdefault(file_sha256(p), []).append(str(p.relative_to(root)))
                 try:
-                    with Image.open(p) as im:
+                    open_image(p)  # first: it refuses what is too large to open (a decompression bomb)
+                    with warnings.catch_warnings(), Image.open(p) as im:
+                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                         sizes[f"{im.width}x{im.height}"] += 1
                         modes[im.mode] += 1
-                    open_image(p)
                 except (DataError, OSError, Image.UnidentifiedImageError) as e:
                     bad.append((str(p), str(e).removeprefix(f"{p}: ")))
     dups = sorted(g for g in by_hash.values() if len(g) > 1)
     cross = [g for g in dups if len({Path(f).parts[-2] for f in g}) > 1]
-    return CheckReport(str(root), classes, counts, sizes, modes, bad, dups, cross, problems)
+    return CheckReport(str(root), classes, counts, sizes, modes, bad, dups, cross, problems, ignored)
 
 
 # ------------------------------------------------------------------------------------------------- group-aware split
