@@ -312,3 +312,15 @@ def test_a_journal_of_garbage_is_one_warning_and_the_photos_are_sorted_again(tra
     err = capfd.readouterr().err.strip()
     assert "\n" not in err and "refused" in err and "sorted again" in err
     assert s.sorted == len(truth) and s.skipped == 0
+
+
+def test_a_fifo_among_the_photos_is_listed_not_read(trained, photos, tmp_path):
+    import os
+
+    _, run = trained
+    folder, truth = photos
+    os.mkfifo(folder / "day2" / "pipe.jpg")  # reading it would block for ever
+    s = sort_photos(run, folder, tmp_path / "sorted", progress=False)
+    r = rows(tmp_path / "sorted")
+    assert r["day2/pipe.jpg"]["error"] == "not a regular file, not read" and not r["day2/pipe.jpg"]["copied_to"]
+    assert s.sorted == len(truth) and len(r) == len(truth) + 3

@@ -150,7 +150,8 @@ def check_settings(out: Path, settings: dict) -> None:
 
 def photo_files(photos: Path, problems: list[tuple[str, str]]) -> Iterator[Path]:
     """Every regular file under `photos`, nested folders included, in a stable order; hidden files and folders
-    (a leading dot) are left out. Folders that cannot be read and symbolic links (not followed) go to `problems`."""
+    (a leading dot) are left out. Folders that cannot be read, symbolic links (not followed) and entries that are not
+    regular files (FIFOs, sockets, devices) go to `problems`."""
 
     def unreadable(e: OSError) -> None:
         problems.append((Path(e.filename).relative_to(photos).as_posix() + "/", "cannot read this folder"))
@@ -165,6 +166,8 @@ def photo_files(photos: Path, problems: list[tuple[str, str]]) -> Iterator[Path]
                 problems.append((path.relative_to(photos).as_posix(), "symbolic link, not followed"))
             elif path.is_file():
                 yield path
+            else:  # a FIFO, socket or device: reading it could block or never end
+                problems.append((path.relative_to(photos).as_posix(), "not a regular file, not read"))
 
 
 def flat_name(rel: Path) -> str:
