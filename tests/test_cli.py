@@ -373,3 +373,27 @@ def test_ctrl_c_gives_the_advice_of_the_command_interrupted(command, advice, mon
     err = capsys.readouterr().err.strip()
     assert err.startswith("heritagelens: interrupted") and advice in err and "\n" not in err
     assert command == "cmd_train" or "--resume" not in err
+
+
+def test_evaluate_names_the_test_files_it_could_not_read_or_stops(trained, tmp_path):
+    import shutil
+
+    root, run = trained
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".heritagelens-cache"))
+    good = sorted((copy / "test" / "arch").glob("*.jpg"))
+    (copy / "test" / "arch" / "zero.jpg").write_bytes(b"")
+    (copy / "test" / "bell" / "half.jpg").write_bytes(good[0].read_bytes()[:200])
+    p = cli("evaluate", run, "--split", "test", "--data", copy, "--out", tmp_path / "e", "--no-tta")
+    assert p.returncode == 0, p.stderr
+    assert "accuracy on test (15 images)" in p.stdout and "2 file(s) of test could not be read" in p.stdout
+    assert "zero.jpg: empty file" in p.stdout and "half.jpg: corrupt or truncated" in p.stdout
+    unreadable = json.loads((tmp_path / "e" / "eval-test.json").read_text())["unreadable"]
+    assert sorted(Path(f).name for f, _ in unreadable) == ["half.jpg", "zero.jpg"]
+    p = cli(
+        "evaluate", run, "--split", "test", "--data", copy, "--out", tmp_path / "s", "--set", "data.on_bad_file=stop"
+    )
+    assert_one_line_error(p, "2 unreadable file(s)", "data check")
+    assert not (tmp_path / "s").exists()
+    p = cli("evaluate", run, "--data", copy, "--set", "train.epochs=3")
+    assert_one_line_error(p, "evaluate --set takes data.* settings only")

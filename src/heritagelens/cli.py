@@ -138,7 +138,10 @@ def cmd_evaluate(args) -> int:
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else run_folder(ckpt)
     root = Path(args.data) if args.data else None
-    r = evaluate_checkpoint(ckpt, args.split, root=root, tta=args.tta, out_dir=out)
+    sets = args.set or []
+    if any(not a.startswith("data.") for a in sets):
+        raise UsageError("evaluate --set takes data.* settings only: the model and its recipe are the checkpoint's")
+    r = evaluate_checkpoint(ckpt, args.split, root=root, tta=args.tta, out_dir=out, data_overrides=sets)
     print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
     print((out / f"eval-{r.split}.txt").read_text())
     print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
@@ -486,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset root (default: the one the model was trained on)")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
     e.add_argument("--out", help="folder for eval JSON and PNG (default: beside the checkpoint)")
+    e.add_argument("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="top-k classes of images of any size and format")

@@ -5,7 +5,7 @@ Metrics come from scikit-learn; this module only arranges them. Every result nam
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,8 @@ class EvalResult:
     calibration: dict | None = None
     """With a calibrated checkpoint: its temperature, where it was fitted, and the expected calibration error on
     these images before and after dividing the logits by it (see `heritagelens.calibrate`)."""
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    """(file, problem) of the split's files that could not be read: not counted in any figure."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +54,9 @@ class EvalResult:
         for name, m in (("macro avg", self.macro), ("weighted avg", self.weighted)):
             lines.append(f"{name:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {self.n:7d}")
         lines.append(f"accuracy on {self.split} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
+        if self.unreadable:
+            lines.append(f"{len(self.unreadable)} file(s) of {self.split} could not be read and are not counted:")
+            lines += [f"  {f}: {problem}" for f, problem in self.unreadable]
         if self.calibration:
             lines.append(calibration_line(self.calibration))
         return "\n".join(lines)

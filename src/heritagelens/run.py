@@ -297,10 +297,12 @@ def evaluate_checkpoint(
     root: Path | str | None = None,
     tta: bool | None = None,
     out_dir: Path | str | None = None,
+    data_overrides: list[str] = (),
 ) -> EvalResult:
-    """Evaluate a checkpoint on 'val' (its own group-aware validation split) or 'test' (the data root's test/)."""
+    """Evaluate a checkpoint on 'val' (its own group-aware validation split) or 'test' (the data root's test/), with
+    `data_overrides` (`data.*` assignments) applied to its config; the test split's unreadable files are listed."""
     model, classes, ckpt = load_model(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
+    cfg = Config.from_dict(ckpt["config"]).override(list(data_overrides))
     if root is not None:
         cfg.data.root = str(root)
     tta = cfg.train.tta if tta is None else tta
@@ -312,10 +314,12 @@ def evaluate_checkpoint(
     else:
         data_classes = data.list_classes(cfg.data.root, "train") if data.has_split(cfg.data.root, "train") else classes
         check_classes(classes, data_classes, checkpoint)
-        sp = data.load_split(cfg.data.root, split, classes=classes, cache_dir=cfg.data.cache_dir or None)
+        sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
         images, labels, files = sp.images, sp.labels, sp.files
     logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
+    if split != "val":
+        result.unreadable = [(str(f), problem) for f, problem in sp.bad]
     t = temperature(ckpt, tta)
     if t is not None:
         fitted = ckpt["calibration"]["tta" if tta else "plain"]
