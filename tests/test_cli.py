@@ -397,3 +397,21 @@ def test_evaluate_names_the_test_files_it_could_not_read_or_stops(trained, tmp_p
     assert not (tmp_path / "s").exists()
     p = cli("evaluate", run, "--data", copy, "--set", "train.epochs=3")
     assert_one_line_error(p, "evaluate --set takes data.* settings only")
+
+
+def test_serve_where_it_cannot_listen_is_one_line_before_the_model_loads(trained):
+    import socket
+
+    _, run = trained
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = cli("serve", run, "--port", port, timeout=60)
+        assert_one_line_error(p, f"127.0.0.1:{port}: cannot listen there (the port is in use by another program)")
+    p = cli("serve", run, "--host", "192.0.2.7", "--port", port, timeout=60)  # TEST-NET-1: no machine's address
+    assert_one_line_error(p, "192.0.2.7", "not an address of this machine")
+    assert_one_line_error(
+        cli("serve", run, "--host", "no-such-host.invalid", timeout=60), "no-such-host.invalid: not a"
+    )
+    assert "serving" not in p.stdout

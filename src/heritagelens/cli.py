@@ -405,8 +405,11 @@ def cmd_run(args) -> int:
 def cmd_serve(args) -> int:
     """The explorer web app for a checkpoint, on 127.0.0.1 unless --host says otherwise."""
     _need_extra("web", "the web app", ["gradio"])
-    from .webapp import serve
+    from .webapp import address_problem, serve
 
+    problem = address_problem(args.host, args.port)
+    if problem:
+        raise UsageError(problem)
     serve(args.checkpoint, args.data, args.host, args.port)
     return 0
 

@@ -229,6 +229,29 @@ def class_images_tab(gr, ex: Explorer) -> None:
     make.click(ex.dream, [cls, samples, seed], [dreamed, status], api_name="dream", concurrency_limit=1)
 
 
+def address_problem(host: str, port: int) -> str:
+    """Why the web app could not listen on `host`:`port` ('' when it can): checked by binding before the model loads,
+    so that a busy port or a host that is not this machine's is one line, not a traceback after the start."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        return f"port {port}: must be 1 to 65535"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            if os.name != "nt":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no obstacle
+            s.bind(address)
+    except socket.gaierror as e:
+        return f"{host}: not a host name or address this machine knows ({e.strerror})"
+    except OSError as e:
+        why = {errno.EADDRINUSE: "the port is in use by another program", errno.EACCES: "not allowed for this user",
+               errno.EADDRNOTAVAIL: "not an address of this machine"}  # fmt: skip
+        return f"{host}:{port}: cannot listen there ({why.get(e.errno, e.strerror)})"
+    return ""
+
+
 def serve(checkpoint: Path | str, root: Path | str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Load the model and serve the explorer until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
