@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -415,3 +416,51 @@ def test_serve_where_it_cannot_listen_is_one_line_before_the_model_loads(trained
         cli("serve", run, "--host", "no-such-host.invalid", timeout=60), "no-such-host.invalid: not a"
     )
     assert "serving" not in p.stdout
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder the test fills, then `freeze()` makes read-only: a read-only filesystem when the tests run as root
+    (whom permissions do not stop), else mode 555."""
+    import os
+    import shutil
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", folder]).returncode == 0
+    )
+    if os.geteuid() == 0 and not mounted:
+        pytest.skip("running as root where no read-only filesystem can be mounted: nothing is read-only to root")
+
+    def freeze():
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
+        else:
+            folder.chmod(0o555)
+
+    yield folder, freeze
+    if mounted:
+        subprocess.run(["umount", folder], check=True)
+    else:
+        folder.chmod(0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_read_only_folder_is_one_line_before_any_work(trained, read_only):
+    import shutil
+
+    root, run = trained
+    folder, freeze = read_only
+    shutil.copyfile(run / "last.pt", folder / "last.pt")
+    before = (folder / "last.pt").read_bytes()
+    freeze()
+    image = next((root / "test").rglob("*.jpg"))
+    why = "cannot write into this folder (Read-only file system)" if os.geteuid() == 0 else "cannot write into this"
+    assert_one_line_error(cli("evaluate", run, "--out", folder), f"{folder}: {why}")
+    assert_one_line_error(cli("calibrate", folder / "last.pt"), f"{folder}: {why}")
+    assert_one_line_error(cli("deconv", run, "--image", image, "--out", folder), f"{folder}: {why}")
+    assert_one_line_error(cli("export", run, "--out", folder / "m.onnx"), f"{folder}: {why}")
+    assert_one_line_error(cli("train", "--data", root, "--out", folder / "run", *SETS), f"{folder / 'run'}: cannot")
+    assert (folder / "last.pt").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["last.pt"]

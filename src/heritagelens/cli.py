@@ -104,6 +104,7 @@ def cmd_data_fetch(args) -> int:
 def cmd_train(args) -> int:
     """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
     from .distributed import close_world, launched_size
+    from .io import writable_folder
     from .run import train_run
 
     main = int(os.environ.get("RANK", "0")) == 0
@@ -120,6 +121,8 @@ def cmd_train(args) -> int:
             raise UsageError(f"{run}: already holds a run; use --resume {run} or another --out")
         if main:
             print(cfg.to_json())
+    if main:
+        writable_folder(run)
     try:
         train_run(None if args.resume else cfg, run, resume=bool(args.resume), progress=not args.quiet)
     except BaseException:
@@ -133,10 +136,11 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import run_folder
+    from .io import writable_folder
     from .run import evaluate_checkpoint
 
     ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else run_folder(ckpt)
+    out = writable_folder(Path(args.out) if args.out else run_folder(ckpt))
     root = Path(args.data) if args.data else None
     sets = args.set or []
     if any(not a.startswith("data.") for a in sets):
@@ -192,8 +196,10 @@ def cmd_predict(args) -> int:
 def cmd_calibrate(args) -> int:
     """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
     from .checkpoint import checkpoint_file
+    from .io import writable_folder
     from .run import calibrate_checkpoint
 
+    writable_folder(checkpoint_file(args.checkpoint).parent)  # the checkpoint is rewritten beside itself
     cals = calibrate_checkpoint(args.checkpoint, Path(args.data) if args.data else None)
     for c in cals.values():
         print(c.line())
@@ -231,13 +237,14 @@ def cmd_export(args) -> int:
     _need_extra(*EXPORT_EXTRA)
     from .checkpoint import load_model, run_folder, temperature
     from .export import ExportError, OnnxClassifier, check_images, max_difference, to_onnx
-    from .io import atomic_write_bytes
+    from .io import atomic_write_bytes, writable_folder
 
     ckpt = Path(args.checkpoint)
     model, classes, checkpoint = load_model(ckpt)
     out = Path(args.out) if args.out else run_folder(ckpt) / "model.onnx"
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; give the file to write, such as {out / 'model.onnx'}")
+    writable_folder(out.parent)
     blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt), temperature=temperature(checkpoint, args.tta))
     images, what = check_images(checkpoint, args.data)
     diff = max_difference(model, OnnxClassifier(out, blob), images)
@@ -278,11 +285,12 @@ def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
     from .checkpoint import load_model, run_folder
     from .deconvnet import layers_up_to
+    from .io import writable_folder
     from .visualize import write_evolution, write_image_view, write_top9
 
     ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else run_folder(ckpt)
     model, _, _ = load_model(ckpt)
+    out = writable_folder(Path(args.out) if args.out else run_folder(ckpt))
     layers = args.layer or []
     for layer in layers:
         layers_up_to(model, layer)  # an unknown name fails now, listing the valid ones
@@ -382,10 +390,11 @@ def cmd_tune(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
+    from .io import writable_folder
     from .run import main_job
 
     cfg = _config(args)
-    run = _run_dir(args)
+    run = writable_folder(_run_dir(args))
     print(f"data: {cfg.data.root}\nrun folder: {run}")
     summary = main_job(cfg, run, progress=not args.quiet)
     for split in summary["splits"]:
@@ -597,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     from .dream import DreamError
     from .export import ExportError
     from .fetch import FetchError
+    from .io import WriteError
     from .judges import JudgeError
     from .report import ReportError
     from .sort import SortError
@@ -620,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         FetchError,
         SortError,
         TuneError,
+        WriteError,
     ) as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR

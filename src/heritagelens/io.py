@@ -12,6 +12,26 @@ from typing import Any
 import torch
 
 
+class WriteError(Exception):
+    """A folder a command must write into cannot be written; the message names it."""
+
+
+def writable_folder(folder: Path | str) -> Path:
+    """`folder`, made when missing, once a file could be created and removed in it: a command checks where it will
+    write before its work starts, so that a read-only folder costs one line, not the work done before the write."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".heritagelens-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise WriteError(f"{folder}: is a file, not a folder to write into") from None
+    except OSError as e:
+        raise WriteError(f"{folder}: cannot write into this folder ({e.strerror or e})") from None
+    return folder
+
+
 def atomic_write_bytes(data: bytes, path: Path | str) -> Path:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
     path = Path(path)
