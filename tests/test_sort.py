@@ -7,7 +7,12 @@ import csv
 import errno
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -315,8 +320,6 @@ def test_a_journal_of_garbage_is_one_warning_and_the_photos_are_sorted_again(tra
 
 
 def test_a_fifo_among_the_photos_is_listed_not_read(trained, photos, tmp_path):
-    import os
-
     _, run = trained
     folder, truth = photos
     os.mkfifo(folder / "day2" / "pipe.jpg")  # reading it would block for ever
@@ -324,3 +327,97 @@ def test_a_fifo_among_the_photos_is_listed_not_read(trained, photos, tmp_path):
     r = rows(tmp_path / "sorted")
     assert r["day2/pipe.jpg"]["error"] == "not a regular file, not read" and not r["day2/pipe.jpg"]["copied_to"]
     assert s.sorted == len(truth) and len(r) == len(truth) + 3
+
+
+# ------------------------------------------------------------------------------ interruptions, with real processes
+
+
+@pytest.fixture
+def many(trained, tmp_path) -> Path:
+    """1,200 small photos in 12 folders: enough batches (64 each) for a sort to be stopped in the middle."""
+    root, _ = trained
+    sources = sorted((root / "test").rglob("*.jpg"))
+    folder = tmp_path / "many"
+    for i in range(1200):
+        sub = folder / f"roll{i % 12:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"IMG_{i:05d}.jpg").write_bytes(sources[i % len(sources)].read_bytes())
+    return folder
+
+
+def start_sort(run: Path, photos: Path, out: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "heritagelens", "sort", run, photos, "--out", out, "--quiet", "--min-confidence", "0"]
+    return subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_journal(out: Path, lines: int, p: subprocess.Popen, timeout: float = 120) -> None:
+    t = time.monotonic()
+    while time.monotonic() - t < timeout and p.poll() is None:
+        if (out / JOURNAL).exists() and (out / JOURNAL).read_bytes().count(b"\n") >= lines:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the sort ended or stalled before {lines} journal lines: {p.poll()} {p.stderr.read()}")
+
+
+def wait_for_unrecorded_copies(out: Path, p: subprocess.Popen, timeout: float = 120) -> None:
+    """Until copies exist that the journal does not record yet (the moment a kill can orphan them)."""
+    t = time.monotonic()
+    while time.monotonic() - t < timeout and p.poll() is None:
+        lines = (out / JOURNAL).read_bytes().count(b"\n") if (out / JOURNAL).exists() else 0
+        copies = [f.name for f in out.glob("*/*")]
+        if lines and (len(copies) > lines or any(n.startswith(".") for n in copies)):
+            return
+    raise AssertionError(f"the sort ended or stalled before the moment looked for: {p.poll()} {p.stderr.read()}")
+
+
+def assert_one_copy_per_photo(out: Path, photos: int) -> None:
+    copies = sorted(p for p in out.glob("*/*") if p.is_file() and not p.name.startswith("."))
+    pending = [p for p in out.glob("*/.*") if p.is_file()]
+    listed = rows(out)
+    assert len(listed) == photos and not pending, (len(listed), pending[:3])
+    assert sorted(out / r["copied_to"] for r in listed.values()) == copies  # each copy listed once, nothing else
+
+
+@pytest.mark.parametrize("sig, after", [(signal.SIGKILL, 100), (signal.SIGKILL, 420), (signal.SIGINT, 250)])
+def test_an_interrupted_sort_leaves_exactly_one_copy_per_photo(trained, many, tmp_path, sig, after):
+    _, run = trained
+    out = tmp_path / "sorted"
+    p = start_sort(run, many, out)
+    wait_for_journal(out, after, p)
+    wait_for_unrecorded_copies(out, p)
+    p.send_signal(sig)
+    code = p.wait(timeout=60)
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), p.stderr.read()
+    if sig == signal.SIGINT:
+        assert "run the same sort command again" in p.stderr.read()
+    again = cli("sort", run, many, "--out", out, "--quiet", "--min-confidence", "0")
+    assert again.returncode == 0, again.stderr
+    assert_one_copy_per_photo(out, 1200)
+
+
+def test_two_sorts_into_one_folder_the_second_refused_in_one_line(trained, many, tmp_path):
+    _, run = trained
+    out = tmp_path / "sorted"
+    first = start_sort(run, many, out)
+    wait_for_journal(out, 1, first)
+    assert_one_line_error(cli("sort", run, many, "--out", out), f"{out}: another sort is writing into this folder")
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert_one_copy_per_photo(out, 1200)
+
+
+def test_a_full_filesystem_stops_in_one_line_and_the_rerun_completes(trained, many, tmp_path):
+    _, run = trained
+    out = tmp_path / "small"
+    out.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", out]).returncode:
+        pytest.skip("needs root and tmpfs to make a small filesystem")
+    try:
+        assert_one_line_error(cli("sort", run, many, "--out", out, "--quiet"), f"{out}", "the disk is full")
+        done = len(rows(out)) if (out / "sort.csv").exists() else 0
+        assert done < 1200
+        subprocess.run(["mount", "-o", "remount,size=64m", out], check=True)  # space freed
+        again = cli("sort", run, many, "--out", out, "--quiet", "--min-confidence", "0.5")
+        assert again.returncode == 0, again.stderr
+        assert_one_copy_per_photo(out, 1200)
+    finally:
+        subprocess.run(["umount", out], check=True)

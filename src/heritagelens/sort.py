@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -39,6 +40,9 @@ from .train import predict_logits
 UNCERTAIN = "_uncertain"
 JOURNAL = ".heritagelens-sort.jsonl"
 META = ".heritagelens-sort.json"
+LOCK = ".heritagelens-sort.lock"
+PENDING = re.compile(r"^\.[0-9a-f]{12}\.(pending|tmp)$")
+"""Names of copies placed but not yet recorded in the journal: removed when a sort starts (a killed run's)."""
 """The settings of the first run into an output folder (photo folder, model, calibration, view): later runs into it
 must match them."""
 CSV_NAME = "sort.csv"
@@ -126,7 +130,7 @@ def check_folders(photos: Path, out: Path) -> None:
         raise SortError(f"{out}: the output folder must not hold the photo folder {photos}")
     if out.exists() and not out.is_dir():
         raise SortError(f"{out}: exists and is not a folder")
-    if out.is_dir() and not (out / META).exists() and any(out.iterdir()):
+    if out.is_dir() and not (out / META).exists() and any(p.name != LOCK for p in out.iterdir()):
         raise SortError(f"{out}: already holds other files; give an empty or new output folder")
 
 
@@ -180,16 +184,6 @@ def flat_name(rel: Path) -> str:
     return name
 
 
-def free_name(dest: Path) -> Path:
-    """`dest`, or `name~2.ext`, `name~3.ext`... when taken (two photos with one flat name, or names that differ only
-    in case on a file system that ignores it): a copy never replaces another."""
-    k, candidate = 1, dest
-    while candidate.exists() or candidate.is_symlink():
-        k += 1
-        candidate = dest.with_name(f"{dest.stem}~{k}{dest.suffix}")
-    return candidate
-
-
 def identity(path: Path) -> list[int]:
     """Size and modification time: a photo changed since it was sorted is sorted again."""
     st = path.stat()
@@ -230,7 +224,8 @@ def _journal_row(raw: bytes, out: Path, classes: list[str]) -> dict | None:
     copied, cls = row.get("copied_to") or "", row.get("class") or ""
     if not (isinstance(copied, str) and isinstance(cls, str)) or cls and cls not in classes:
         return None
-    if copied and not _inside(out, copied, [*classes, UNCERTAIN]):
+    moved = row.get("moved_from") or ""
+    if not isinstance(moved, str) or any(p and not _inside(out, p, [*classes, UNCERTAIN]) for p in (copied, moved)):
         return None
     if cls and not copied and not row.get("error"):
         return None
@@ -251,18 +246,31 @@ def _inside(out: Path, rel: str, folders: list[str]) -> bool:
     )
 
 
-def place(src: Path, dest: Path, link: bool) -> None:
-    """Copy (or hard-link) `src` to `dest` through a temporary name, so `dest` is whole or absent."""
+def stage(src: Path, dest: Path, link: bool) -> Path:
+    """Copy (or hard-link) `src` beside `dest` under a hidden pending name, returned; it becomes `dest` only once the
+    journal records it (`_Run.finish`), so a sort killed at any moment leaves no copy that the journal does not know."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{secrets.token_hex(6)}.tmp")
+    tmp = dest.with_name(f".{secrets.token_hex(6)}.pending")
     try:
         if link:
             os.link(src, tmp)
         else:
             shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def free_name(dest: Path, taken: set[Path] = frozenset(), mine: Path | None = None) -> Path:
+    """`dest`, or `name~2.ext`, `name~3.ext`... when taken on disk or in `taken` (two photos with one flat name, or
+    names that differ only in case on a file system that ignores it): a copy never replaces another; `mine`, the
+    photo's own earlier copy (about to be replaced), does not count as taken."""
+    k, candidate = 1, dest
+    while (candidate.exists() or candidate.is_symlink()) and candidate != mine or candidate in taken:
+        k += 1
+        candidate = dest.with_name(f"{dest.stem}~{k}{dest.suffix}")
+    return candidate
 
 
 def write_csv(out: Path, rows: dict[str, dict]) -> Path:
@@ -302,17 +310,40 @@ def sort_photos(
     t = temperature(ckpt, tta=False)
     settings = {"photos": str(photos.resolve()), "checkpoint": str(checkpoint_file(checkpoint).resolve()),
                 "temperature": t, "view": how}  # fmt: skip
-    check_settings(out, settings)
-    run = _Run(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out, min_confidence,
-               link, how)  # fmt: skip
-    run.summary.calibrated = t is not None
+    run = None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / META).exists():
-            atomic_write_json(settings, out / META)
-        return run.go(batch_size, progress)
+        with folder_lock(out):
+            check_settings(out, settings)
+            run = _Run(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out,
+                       min_confidence, link, how)  # fmt: skip
+            run.summary.calibrated = t is not None
+            if not (out / META).exists():
+                atomic_write_json(settings, out / META)
+            return run.go(batch_size, progress)
     except OSError as e:  # a full disk while writing the journal or the CSV, a folder that cannot be made
-        raise SortError(_disk_message(e, out, run.summary)) from None
+        raise SortError(_disk_message(e, out, run.summary if run else SortSummary())) from None
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    """Hold the output folder for this sort: a second sort into it stops with one line instead of copying every
+    photo again beside the first one's copies. The lock is the kernel's (`flock`): a killed sort leaves none."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded
+        yield
+        return
+    f = (out / LOCK).open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SortError(f"{out}: another sort is writing into this folder; run this one again when it ends") from None
+    try:
+        yield
+    finally:
+        f.close()
 
 
 class _Run:
@@ -333,6 +364,7 @@ class _Run:
         try:
             if self.journal.tell() and not (self.out / JOURNAL).read_bytes().endswith(b"\n"):
                 self.journal.write("\n")  # after a line torn by a crash
+            self.reconcile()
             self.rethreshold()
             problems: list[tuple[str, str]] = []
             bar = tqdm(unit="img", disable=not progress, dynamic_ncols=True, desc="sorting")
@@ -383,33 +415,62 @@ class _Run:
         return cls if p >= self.min_confidence else UNCERTAIN
 
     def finish(self, chunk: list, decoded: list) -> None:
-        """Classify a decoded batch, place its photos, journal them."""
+        """Classify a decoded batch and place its photos in two phases: each is copied under a pending name, the
+        batch's rows are journaled and synced, and only then do the copies take their names. Whatever stops the
+        batch (a full disk, Ctrl-C), the photos placed so far are recorded and named first."""
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         if good:
             x = torch.from_numpy(np.concatenate([decoded[i] for i in good]))
             logits = predict_logits(self.model, x, precision=self.precision).double() / self.t
             probs = torch.softmax(logits, 1).reshape(len(good), -1, len(self.classes)).mean(1)
-        for j, i in enumerate(good):
-            path, rel, ident = chunk[i]
-            top = probs[j].topk(min(3, len(self.classes)))
-            best, p = self.classes[int(top.indices[0])], float(top.values[0])
-            top3 = "; ".join(f"{self.classes[int(k)]} {float(v):.3f}" for v, k in zip(top.values, top.indices))
-            row = {"file": rel, "class": best, "probability": f"{p:.4f}", "top3": top3, "identity": ident, "p": p}
-            self.drop_old_copy(rel)
-            dest = free_name(self.out / self.folder(best, p) / flat_name(Path(rel)))
-            try:
-                place(path, dest, self.link)
-                row["copied_to"] = dest.relative_to(self.out).as_posix()
-            except OSError as e:
-                if e.errno in STOPS:
-                    raise
-                row["error"] = f"cannot copy into {self.out}: {e.strerror or e}"
+        rows, staged = [], {}
+        try:
+            for j, i in enumerate(good):
+                path, rel, ident = chunk[i]
+                top = probs[j].topk(min(3, len(self.classes)))
+                best, p = self.classes[int(top.indices[0])], float(top.values[0])
+                top3 = "; ".join(f"{self.classes[int(k)]} {float(v):.3f}" for v, k in zip(top.values, top.indices))
+                row = {"file": rel, "class": best, "probability": f"{p:.4f}", "top3": top3, "identity": ident, "p": p}
+                old = self.done.get(rel, {}).get("copied_to")
+                dest = self.out / self.folder(best, p) / flat_name(Path(rel))
+                dest = free_name(dest, set(staged.values()), self.out / old if old else None)
+                try:
+                    tmp = stage(path, dest, self.link)
+                    staged[tmp] = dest
+                    row["copied_to"] = dest.relative_to(self.out).as_posix()
+                except OSError as e:
+                    if e.errno in STOPS:
+                        raise
+                    row["error"] = f"cannot copy into {self.out}: {e.strerror or e}"
+                rows.append(row)
+            for item, d in zip(chunk, decoded):
+                if isinstance(d, str):
+                    rows.append({"file": item[1], "error": d, "identity": item[2]})
+        finally:
+            self.commit(rows, staged)
+
+    def commit(self, rows: list[dict], staged: dict[Path, Path]) -> None:
+        """Journal `rows` (dropping the earlier copies they replace), sync, then give the staged copies their names."""
+        for row in rows:
+            self.drop_old_copy(row["file"])
             self.record(row)
-        for item, d in zip(chunk, decoded):
-            if isinstance(d, str):
-                self.drop_old_copy(item[1])
-                self.record({"file": item[1], "error": d, "identity": item[2]})
         self.sync()
+        for tmp, dest in staged.items():
+            os.replace(tmp, dest)
+
+    def reconcile(self) -> None:
+        """Undo what a killed run left half-done: copies staged but never recorded are removed, and a move the
+        journal records but that had not happened yet is made."""
+        for folder in (self.out / f for f in [*self.classes, UNCERTAIN]):
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    if PENDING.match(f.name):
+                        f.unlink(missing_ok=True)
+        held = {row.get("copied_to") for row in self.done.values()}
+        for row in self.done.values():
+            old, new = row.get("moved_from"), row.get("copied_to")
+            if old and new and old not in held and not (self.out / new).exists() and (self.out / old).exists():
+                os.replace(self.out / old, self.out / new)
 
     def drop_old_copy(self, rel: str) -> None:
         """Remove the copy an earlier run made of a photo that changed since (it may belong in another folder)."""
@@ -418,19 +479,23 @@ class _Run:
             (self.out / old).unlink(missing_ok=True)
 
     def rethreshold(self) -> None:
-        """Move the copies of earlier runs whose folder a new --min-confidence changes."""
+        """Move the copies of earlier runs whose folder a new --min-confidence changes: each move is journaled
+        (with where it came from) and synced before it is made, so `reconcile` can finish it after a kill."""
+        moves = []
         for row in list(self.done.values()):
             old = row.get("copied_to")
             if not old or row.get("error"):
                 continue
             want = self.folder(row["class"], float(row.get("p", row["probability"])))
             if old.split("/")[0] != want and (self.out / old).exists():
-                dest = free_name(self.out / want / flat_name(Path(row["file"])))
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.out / old, dest)
-                self.record({**row, "copied_to": dest.relative_to(self.out).as_posix()}, count=False)
-                self.summary.moved += 1
+                dest = free_name(self.out / want / flat_name(Path(row["file"])), {d for _, d in moves})
+                self.record({**row, "copied_to": dest.relative_to(self.out).as_posix(), "moved_from": old}, count=False)
+                moves.append((self.out / old, dest))
         self.sync()
+        for src, dest in moves:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            self.summary.moved += 1
 
     def record(self, row: dict, count: bool = True) -> None:
         row = {c: "" for c in COLUMNS} | row
