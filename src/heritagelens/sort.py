@@ -1,9 +1,12 @@
 """Sorting a photo collection: every image under a folder is classified and copied (or hard-linked) into
 `OUT/<class>/`, those the model is unsure of into `OUT/_uncertain/`. Originals are only ever read.
 
-The run streams: photos are decoded a batch at a time, and each batch's outcome is appended to a journal in OUT
-(`.heritagelens-sort.jsonl`) once its files are in place, so an interrupted run (a full disk, Ctrl-C) loses nothing
-and running the command again skips what is done: photos unchanged since, whose copy is still there. A photo changed
+The run streams: photos are decoded a batch at a time; each batch's copies are made under hidden pending names, its
+outcome is appended to a journal in OUT (`.heritagelens-sort.jsonl`) and synced, and only then do the copies take
+their names. So an interrupted run (a full disk, Ctrl-C, a kill) loses nothing and leaves exactly one copy per photo:
+running the command again removes what was staged but not recorded and skips what is done (photos unchanged since,
+whose copy is still there). One sort at a time holds OUT (a lock); the journal is acted on only where its paths lie
+in OUT's class folders. A photo changed
 since is sorted again (its old copy removed); a new --min-confidence moves the earlier copies it concerns. A copy
 never replaces another: two photos with one flat name get `name~2.ext`. `sort.csv` (file, class, probability, top 3,
 where it went, any error) is rewritten from the journal at the end of every run. Probabilities are the checkpoint's
