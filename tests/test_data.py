@@ -279,3 +279,34 @@ def test_make_dataset_helper_is_learnable_by_colour(tmp_path):
     s = data.load_split(root, "train")
     means = torch.stack([s.images[s.labels == k].float().mean((0, 2, 3)) for k in range(3)])
     assert torch.cdist(means, means).fill_diagonal_(1e9).min() > 5
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGB", "P", "1"])
+def test_a_large_image_is_reduced_before_conversion_and_still_decodes_right(tmp_path, mode):
+    """Large non-JPEG images are box-reduced as decoded (memory: bench/decode_memory.py); the 64 px result is the
+    one the full-size conversion gives, and an EXIF rotation still puts the image upright."""
+    y, x = np.mgrid[0:1200, 0:1800]
+    if mode == "I;16":
+        im = Image.fromarray((x * 30 + y * 5).astype(np.uint16))
+    else:
+        im = Image.fromarray(np.stack([x * 255 // 1800, y * 255 // 1200, (x + y) % 256 // 2], -1).astype(np.uint8))
+        im = im.convert(mode) if mode != "RGB" else im
+    im.save(tmp_path / "big.png")
+    assert Image.open(tmp_path / "big.png").mode == mode
+    full = np.asarray(data.to_rgb(im).resize((64, 64), Image.Resampling.BICUBIC, reducing_gap=2.0), dtype=float)
+    got = data.decode(tmp_path / "big.png").transpose(1, 2, 0).astype(float)
+    assert np.abs(got - full).mean() < 4.0  # the same picture, up to resampling
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: rotate 270 to show upright
+    im.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png", exif=exif.tobytes())
+    turned = data.decode(tmp_path / "turned.png").transpose(1, 2, 0).astype(float)
+    assert np.abs(turned - got).mean() < 4.0
+
+
+def test_conversion_sees_the_reduced_image_never_the_full_one(tmp_path, monkeypatch):
+    Image.fromarray(np.full((3000, 4000), 40000, np.uint16)).save(tmp_path / "big16.png")
+    seen, real = [], data.to_rgb
+    monkeypatch.setattr(data, "to_rgb", lambda im: seen.append(im.size) or real(im))
+    x = data.decode(tmp_path / "big16.png")
+    assert seen and max(seen[0]) <= 4 * 64 * 4 / 3 and min(seen[0]) >= 2 * 64  # 3000 px reduced by 23: 173 x 130
+    assert abs(x.mean() - 40000 / 65535 * 255) <= 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .io import atomic_save, safe_load
 
@@ -116,8 +116,9 @@ def read_rgb(path: Path | str, at_least: int = IMAGE_SIZE) -> Image.Image:
                 im.draft("RGB", (at_least, at_least))  # JPEG: decode at reduced scale when much larger than needed
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: image too large ({im.width}x{im.height} px)")
-                im.load()
-                return to_rgb(ImageOps.exif_transpose(im))
+                turn = _ORIENTATION.get(im.getexif().get(0x0112))
+                small = to_rgb(shrink(im, at_least))
+                return small.transpose(turn) if turn is not None else small
     except DataError:
         raise
     except FileNotFoundError:
@@ -132,6 +133,32 @@ def read_rgb(path: Path | str, at_least: int = IMAGE_SIZE) -> Image.Image:
         raise DataError(f"{path}: image too large (decompression bomb limit)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+"""EXIF orientation tag -> the transpose that puts the image upright."""
+
+
+def shrink(im: Image.Image, at_least: int) -> Image.Image:
+    """`im` decoded and, when it is more than twice as large as needed on its short side, reduced by an integer
+    factor (box averages) before any conversion, never below 2 x `at_least`: a 100-megapixel 16-bit PNG then costs
+    its own decoded size once (200 MB), not the float copies a conversion at full size would make (3 GB and more)."""
+    im.load()
+    k = min(im.width, im.height) // (2 * at_least)
+    if k < 2:
+        return im
+    if im.mode in ("1", "P"):
+        return im.convert("L" if im.mode == "1" else "RGBA").reduce(k)
+    if im.mode.startswith("I;16"):  # Pillow cannot reduce it: box averages a band of rows at a time
+        h, w, step = im.height // k * k, im.width // k * k, 32 * k
+        bands = (np.asarray(im.crop((0, top, w, min(top + step, h)))) for top in range(0, h, step))
+        rows = [b.reshape(-1, k, w // k, k).mean(axis=(1, 3), dtype=np.float32) for b in bands]
+        return Image.fromarray(np.rint(np.concatenate(rows)).astype(np.uint16))  # mode I;16
+    return im.reduce(k)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
