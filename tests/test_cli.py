@@ -280,7 +280,7 @@ def test_dream_without_scores_trains_no_judges(trained, tmp_path):
         (["--all", "--preset", "pretty"], ["unknown dream preset 'pretty'"]),
         (["--all", "--samples", "0"], ["--samples must be at least 1"]),
         (["--all", "--set", "dream.steps=-3"], ["dream.steps must be at least 1"]),
-        (["--all", "--set", "dream.tv=NaN"], ["dream.* settings must be finite numbers"]),
+        (["--all", "--set", "dream.tv=NaN"], ["bad setting 'dream.tv=NaN': takes a finite number"]),
         ([], ["exactly one of --class NAME, --all or --channel LAYER:C"]),
         (["--channel", "conv9_1:0"], ["unknown layer 'conv9_1'; conv layers: conv1_1, conv2_1"]),
         (["--channel", "conv2_1:99"], ["channel 99 out of range: layer 'conv2_1' has channels 0..15"]),

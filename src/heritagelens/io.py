@@ -17,16 +17,17 @@ class WriteError(Exception):
 
 
 def writable_folder(folder: Path | str) -> Path:
-    """`folder`, made when missing, once a file could be created and removed in it: a command checks where it will
-    write before its work starts, so that a read-only folder costs one line, not the work done before the write."""
+    """`folder` once a file could be created and removed in it, or, when it does not exist yet, in the nearest folder
+    above it that does (nothing is made): a command checks where it will write before its work starts, so that a
+    read-only folder costs one line, not the work done before the write."""
     folder = Path(folder)
+    probe_in = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if probe_in is None or not probe_in.is_dir():
+        raise WriteError(f"{folder}: cannot be made ({probe_in} is a file, not a folder)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".heritagelens-probe.", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".heritagelens-probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
-    except FileExistsError:
-        raise WriteError(f"{folder}: is a file, not a folder to write into") from None
     except OSError as e:
         raise WriteError(f"{folder}: cannot write into this folder ({e.strerror or e})") from None
     return folder
