@@ -11,6 +11,7 @@ from heritagelens import run as run_module
 from heritagelens import train
 from heritagelens.checkpoint import CheckpointError, load_model, read_checkpoint
 from heritagelens.config import Config, ConfigError, TrainConfig
+from heritagelens.models import build_model
 from heritagelens.run import evaluate_checkpoint, train_run
 
 
@@ -34,6 +35,33 @@ def test_flip_mirrors_about_half():
     out = train.batch_flip(x, _g())
     flipped = (out[:, 0, 0, 0] == 7).sum().item()
     assert 60 < flipped < 140 and torch.all((out[:, 0, 0, 0] == 0) | (out[:, 0, 0, 0] == 7))
+
+
+def test_alternating_flips_show_every_image_both_ways_every_two_epochs(monkeypatch):
+    base = train.alternate_flips(1000, seed=3)
+    assert torch.equal(base, train.alternate_flips(1000, seed=3)) and 400 < int(base.sum()) < 600
+    idx = torch.randperm(1000)[:64]
+    even, odd = (base[idx] + 4) % 2 == 1, (base[idx] + 5) % 2 == 1
+    assert torch.equal(even, ~odd)
+    cfg = TrainConfig(crop_pad=0, cutout=0, colour_jitter=0.0, flip_alternate=True)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = train.augment(x, cfg, _g(), even)
+    assert torch.equal(out[even], x[even].float().flip(3)) and torch.equal(out[~even], x[~even].float())
+    seen = []  # in a training, each image is mirrored in exactly one of two consecutive epochs
+    real = train.augment
+
+    def spy(x, cfg, g, flips=None):
+        seen.append(dict(zip(x[:, 0, 0, 0].tolist(), flips.tolist())))  # pixel (0, 0) of image i holds i
+        return real(x, cfg, g, flips)
+
+    monkeypatch.setattr(train, "augment", spy)
+    xt, yt = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8), torch.arange(40) % 2
+    xt[:, 0, 0, 0] = torch.arange(40, dtype=torch.uint8)
+    cfg = Config().override(["model.widths=[4,8]", "model.depths=[1,1]", "train.epochs=2", "train.batch_size=40",
+                             "train.flip_alternate=true", "train.precision=fp32"])  # fmt: skip
+    state = train.new_state(build_model(cfg.model, 2), cfg.train)
+    train.fit(cfg, state, xt, yt, xt[:4], yt[:4], progress=False)
+    assert len(seen) == 2 and all(seen[0][i] != seen[1][i] for i in range(40))
 
 
 def test_cutout_blanks_one_square_with_the_mean():

@@ -105,6 +105,9 @@ class TrainConfig:
     """Random translation of up to this many pixels (reflect padding), per image."""
     flip: bool = True
     """Random horizontal flips (architecture is left-right symmetric; vertical flips would not be)."""
+    flip_alternate: bool = False
+    """With `flip`: each image is mirrored on every other epoch (a random half of them first, fixed by the seed)
+    instead of by a coin each time, so that every two epochs see every image both ways (as airbench does)."""
     cutout: int = 16
     """Side of a random square zeroed in each image (0 turns it off)."""
     colour_jitter: float = 0.1

@@ -103,15 +103,21 @@ def batch_resize(x: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
 
 
-def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    """The training augmentation of one batch. x: (B, 3, 64, 64) uint8 -> float 0..255."""
+def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+    """The training augmentation of one batch. x: (B, 3, 64, 64) uint8 -> float 0..255. `flips` (B,) bool, when
+    given, says which images are mirrored instead of a coin (`alternate_flips`)."""
     x = x.float()
     x = batch_zoom(x, cfg.zoom_min_area, g)
     x = batch_translate(x, cfg.crop_pad, g)
     if cfg.flip:
-        x = batch_flip(x, g)
+        x = batch_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
     x = batch_colour(x, cfg.colour_jitter, g)
     return batch_cutout(x, cfg.cutout, g)
+
+
+def alternate_flips(n: int, seed: int) -> torch.Tensor:
+    """(n,) 0 or 1 per image, fixed by `seed`: image i is mirrored in epoch e when (base[i] + e) is odd."""
+    return torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed + 7_919))
 
 
 def fgsm_example(
@@ -266,6 +272,7 @@ def fit(
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
     lr, full = 0.0, train_images.shape[-1]
+    base = alternate_flips(len(train_images), tc.seed) if tc.flip_alternate else None
     for epoch in range(state.epoch, tc.epochs):
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
         torch.manual_seed(tc.seed * 100_003 + epoch + 1_000_003 * w.rank)  # dropout: each process its own masks
@@ -275,7 +282,8 @@ def fit(
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            x = augment(train_images[idx], tc, g)  # the whole global batch: the same random draws in every process
+            flips = (base[idx] + epoch) % 2 == 1 if base is not None else None
+            x = augment(train_images[idx], tc, g, flips)  # the whole global batch: the same draws in every process
             x = batch_resize(x, side)
             start = torch.rand(x.shape, generator=g) if tc.adv_eps > 0 else None  # FGSM's, for the whole batch too
             y = train_labels[idx]
