@@ -427,3 +427,18 @@ def test_a_full_filesystem_stops_in_one_line_and_the_rerun_completes(trained, ma
         assert_one_copy_per_photo(out, 1200)
     finally:
         subprocess.run(["umount", out], check=True)
+
+
+def test_a_line_torn_by_a_crash_is_cut_off_and_never_warned_about(trained, photos, tmp_path, capfd):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "sorted"
+    sort_photos(run, folder, out, progress=False)
+    lines = (out / JOURNAL).read_bytes().splitlines(keepends=True)
+    (out / JOURNAL).write_bytes(b"".join(lines[:-1]) + lines[-1][:40])  # the last row half-written
+    capfd.readouterr()
+    for _ in range(2):  # the rerun sorts that photo again; the run after it finds nothing to say
+        sort_photos(run, folder, out, progress=False)
+        assert capfd.readouterr().err == ""
+    assert all(json.loads(line) for line in (out / JOURNAL).read_bytes().splitlines())
+    assert len(rows(out)) == len(truth) + 2

@@ -363,10 +363,13 @@ class _Run:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
-        self.journal = (self.out / JOURNAL).open("a", encoding="utf-8")
+        journal = self.out / JOURNAL
+        if journal.exists():  # a line torn by a crash (the last, without its newline) is cut off
+            whole = journal.read_bytes()
+            if whole and not whole.endswith(b"\n"):
+                os.truncate(journal, whole.rfind(b"\n") + 1)
+        self.journal = journal.open("a", encoding="utf-8")
         try:
-            if self.journal.tell() and not (self.out / JOURNAL).read_bytes().endswith(b"\n"):
-                self.journal.write("\n")  # after a line torn by a crash
             self.reconcile()
             self.rethreshold()
             problems: list[tuple[str, str]] = []
