@@ -38,7 +38,7 @@ def main():
     p.add_argument("--out", default=str(judges.PANEL_DIR))
     a = p.parse_args()
     data_cfg = DataConfig(root=os.environ.get("AHE_DATA", "data/ahe64"))
-    keys = {n: judges.panel_key(n, data_cfg) for n in judges.JUDGES}
+    keys = {n: judges.judge_key(n, data_cfg) for n in judges.JUDGES}
     if a.check:
         card = judges.panel_card(a.out)
         bad = 0

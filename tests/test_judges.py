@@ -27,17 +27,20 @@ def panel(data_cfg, tmp_path_factory):
     return judges.ensure_judges(data_cfg, folder, extra=TINY_JUDGES, progress=False, log=lambda s: None), folder
 
 
-def test_key_follows_recipe_and_files_not_location(data_cfg, tmp_path):
-    cfg = judges.judge_config("robust-cnn", data_cfg, TINY_JUDGES)
-    key = judges.judge_key(cfg)
-    assert key != judges.judge_key(judges.judge_config("robust-resnet", data_cfg, TINY_JUDGES))
-    assert key != judges.judge_key(judges.judge_config("robust-cnn", data_cfg, [*TINY_JUDGES, "train.epochs=4"]))
+def test_key_follows_recipe_and_files_not_location(data_cfg, tmp_path, monkeypatch):
+    key = judges.judge_key("robust-cnn", data_cfg, TINY_JUDGES)
+    assert key != judges.judge_key("robust-resnet", data_cfg, TINY_JUDGES)
+    assert key != judges.judge_key("robust-cnn", data_cfg, [*TINY_JUDGES, "train.epochs=4"])
+    assert key != judges.judge_key("robust-cnn", DataConfig(root=data_cfg.root, val_folds=5), TINY_JUDGES)
+    monkeypatch.setattr(judges, "PANEL_VERSION", judges.PANEL_VERSION + 1)
+    assert key != judges.judge_key("robust-cnn", data_cfg, TINY_JUDGES)  # a new panel version: new judges
+    monkeypatch.undo()
     moved = shutil.copytree(data_cfg.root, tmp_path / "elsewhere")
-    cfg_moved = judges.judge_config("robust-cnn", DataConfig(root=str(moved), val_folds=4), TINY_JUDGES)
-    assert judges.judge_key(cfg_moved) == key  # where the data sits is not part of the key
+    data_moved = DataConfig(root=str(moved), val_folds=4)
+    assert judges.judge_key("robust-cnn", data_moved, TINY_JUDGES) == key  # where the data sits is not part of it
     victim = next((moved / "train" / "bell").iterdir())
     victim.write_bytes(victim.read_bytes() + b"\0")
-    assert judges.judge_key(cfg_moved) != key  # a changed file is
+    assert judges.judge_key("robust-cnn", data_moved, TINY_JUDGES) != key  # a changed file is
 
 
 def test_panel_is_trained_once_then_read_from_the_cache(panel, data_cfg):
@@ -108,7 +111,7 @@ def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
 
     extra = [*TINY_JUDGES, "train.epochs=2"]
     judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=lambda s: None)
-    folder = judges.judge_folder("robust-cnn", judges.judge_config("robust-cnn", data_cfg, extra), tmp_path)
+    folder = judges.judge_folder("robust-cnn", data_cfg, tmp_path, extra)
     ckpt = safe_load(folder / "last.pt")
     atomic_save({**ckpt, "epoch": 1}, folder / "last.pt")  # as if stopped after the first epoch
     with pytest.raises(judges.JudgeError, match="stopped at epoch 1 of 2"):
@@ -121,7 +124,7 @@ def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
 
 def test_a_shipped_panel_is_used_when_its_keys_match_and_never_trained(panel, data_cfg, tmp_path, monkeypatch):
     p, _ = panel
-    keys = {n: judges.panel_key(n, data_cfg, TINY_JUDGES) for n in p}
+    keys = {n: judges.judge_key(n, data_cfg, TINY_JUDGES) for n in p}
     judges.write_panel(p, {n: 0.5 for n in p}, keys, tmp_path / "ship", command="bench/panel.py", machine="here")
     monkeypatch.setattr(judges, "PANEL_DIR", tmp_path / "ship")
     messages = []

@@ -85,19 +85,11 @@ def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Conf
     return Config(data=dataclasses.replace(data_cfg)).override([*JUDGES[name], "train.snapshot_epochs=[]", *extra])
 
 
-def judge_key(cfg: Config) -> str:
-    """Content key of a judge trained here: its whole recipe (without where the data or cache sit) and the training
-    files' names and sizes."""
-    d = cfg.to_dict()
-    d["data"] = {k: v for k, v in d["data"].items() if k not in ("root", "cache_dir")}
-    d.pop("dream"), d.pop("gallery")
-    return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), cfg.data)
-
-
-def panel_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
-    """Content key of a shipped judge: its name and overrides, the split settings and the training files' names and
-    sizes. Unlike `judge_key` it leaves out the defaults the overrides apply to: those may move on without changing a
-    shipped judge, whose card holds its whole recipe."""
+def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
+    """Content key of a judge, for the cache and the shipped panel alike: its name and overrides, the split settings
+    and the training files' names and sizes (not where they sit). It leaves out the defaults the overrides apply to:
+    those may move on (a new setting, a new default recipe) without retraining a judge, whose checkpoint or card
+    holds its whole recipe; a deliberate change of the judges is a new `PANEL_VERSION`."""
     split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in ("root", "cache_dir")}
     d = {"panel": PANEL_VERSION, "judge": name, "recipe": [*JUDGES[name], *extra], "split": split}
     return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), data_cfg)
@@ -116,8 +108,8 @@ def default_judges_dir(data_cfg: DataConfig) -> Path:
     return base / "judges"
 
 
-def judge_folder(name: str, cfg: Config, judges_dir: Path | str) -> Path:
-    return Path(judges_dir) / f"{name}-{judge_key(cfg)}"
+def judge_folder(name: str, data_cfg: DataConfig, judges_dir: Path | str, extra: list[str] = ()) -> Path:
+    return Path(judges_dir) / f"{name}-{judge_key(name, data_cfg, extra)}"
 
 
 def load_judge(name: str, folder: Path | str) -> Judge:
@@ -143,7 +135,7 @@ def panel_card(panel_dir: Path | str | None = None) -> dict:
 
 
 def shipped_judge(name: str, key: str, panel_dir: Path | str | None = None) -> Judge | None:
-    """Judge `name` from the shipped panel when the card records content `key` (`panel_key`) for it, else None."""
+    """Judge `name` from the shipped panel when the card records content `key` (`judge_key`) for it, else None."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -201,11 +193,11 @@ def ensure_judges(
     panel = {}
     for name in JUDGES:
         cfg = judge_config(name, data_cfg, extra)
-        judge = shipped_judge(name, panel_key(name, data_cfg, extra))
+        judge = shipped_judge(name, judge_key(name, data_cfg, extra))
         if judge is not None:
             panel[name] = judge
             continue
-        folder = judge_folder(name, cfg, judges_dir)
+        folder = judge_folder(name, data_cfg, judges_dir, extra)
         last = folder / "last.pt"
         if last.exists():
             try:
