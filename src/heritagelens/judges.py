@@ -108,8 +108,9 @@ def default_judges_dir(data_cfg: DataConfig) -> Path:
     return base / "judges"
 
 
-def judge_folder(name: str, data_cfg: DataConfig, judges_dir: Path | str, extra: list[str] = ()) -> Path:
-    return Path(judges_dir) / f"{name}-{judge_key(name, data_cfg, extra)}"
+def judge_folder(name: str, data_cfg: DataConfig, judges_dir: Path | str, extra: list[str] = (), key: str = "") -> Path:
+    """Where judge `name` is cached; `key` when already computed (`judge_key` lists every training file)."""
+    return Path(judges_dir) / f"{name}-{key or judge_key(name, data_cfg, extra)}"
 
 
 def load_judge(name: str, folder: Path | str) -> Judge:
@@ -192,12 +193,12 @@ def ensure_judges(
     judges_dir = Path(judges_dir) if judges_dir else default_judges_dir(data_cfg)
     panel = {}
     for name in JUDGES:
-        cfg = judge_config(name, data_cfg, extra)
-        judge = shipped_judge(name, judge_key(name, data_cfg, extra))
+        key = judge_key(name, data_cfg, extra)
+        judge = shipped_judge(name, key)
         if judge is not None:
             panel[name] = judge
             continue
-        folder = judge_folder(name, data_cfg, judges_dir, extra)
+        folder = judge_folder(name, data_cfg, judges_dir, extra, key)
         last = folder / "last.pt"
         if last.exists():
             try:
@@ -208,7 +209,7 @@ def ensure_judges(
         if not train:
             raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once, 12-24 minutes here)")
         log(f"training judge '{name}' into {folder} (once per dataset)")
-        train_run(cfg, folder, resume=last.exists(), progress=progress)
+        train_run(judge_config(name, data_cfg, extra), folder, resume=last.exists(), progress=progress)
         panel[name] = load_judge(name, folder)
     return panel
 

@@ -6,11 +6,11 @@ outcome is appended to a journal in OUT (`.heritagelens-sort.jsonl`) and synced,
 their names. So an interrupted run (a full disk, Ctrl-C, a kill) loses nothing and leaves exactly one copy per photo:
 running the command again removes what was staged but not recorded and skips what is done (photos unchanged since,
 whose copy is still there). One sort at a time holds OUT (a lock); the journal is acted on only where its paths lie
-in OUT's class folders. A photo changed
-since is sorted again (its old copy removed); a new --min-confidence moves the earlier copies it concerns. A copy
-never replaces another: two photos with one flat name get `name~2.ext`. `sort.csv` (file, class, probability, top 3,
-where it went, any error) is rewritten from the journal at the end of every run. Probabilities are the checkpoint's
-calibrated ones when `heritagelens calibrate` has fitted its temperature.
+in OUT's class folders. A photo changed since is sorted again (its old copy removed); a new --min-confidence moves
+the earlier copies it concerns. A copy never replaces another: two photos with one flat name get `name~2.ext`.
+`sort.csv` (file, class, probability, top 3, where it went, any error) is rewritten from the journal at the end of
+every run. Probabilities are the checkpoint's calibrated ones when `heritagelens calibrate` has fitted its
+temperature.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +43,11 @@ from .train import predict_logits
 UNCERTAIN = "_uncertain"
 JOURNAL = ".heritagelens-sort.jsonl"
 META = ".heritagelens-sort.json"
+"""The settings of the first run into an output folder (photo folder, model, calibration, view): later runs into it
+must match them."""
 LOCK = ".heritagelens-sort.lock"
 PENDING = re.compile(r"^\.[0-9a-f]{12}\.(pending|tmp)$")
 """Names of copies placed but not yet recorded in the journal: removed when a sort starts (a killed run's)."""
-"""The settings of the first run into an output folder (photo folder, model, calibration, view): later runs into it
-must match them."""
 CSV_NAME = "sort.csv"
 COLUMNS = ("file", "class", "probability", "top3", "copied_to", "error")
 VIEWS = ("whole", "centre", "multi")
@@ -265,7 +265,7 @@ def stage(src: Path, dest: Path, link: bool) -> Path:
     return tmp
 
 
-def free_name(dest: Path, taken: set[Path] = frozenset(), mine: Path | None = None) -> Path:
+def free_name(dest: Path, taken: Collection[Path] = frozenset(), mine: Path | None = None) -> Path:
     """`dest`, or `name~2.ext`, `name~3.ext`... when taken on disk or in `taken` (two photos with one flat name, or
     names that differ only in case on a file system that ignores it): a copy never replaces another; `mine`, the
     photo's own earlier copy (about to be replaced), does not count as taken."""
@@ -429,7 +429,7 @@ class _Run:
             x = torch.from_numpy(np.concatenate([decoded[i] for i in good]))
             logits = predict_logits(self.model, x, precision=self.precision).double() / self.t
             probs = torch.softmax(logits, 1).reshape(len(good), -1, len(self.classes)).mean(1)
-        rows, staged = [], {}
+        rows, staged = [], {}  # staged: destination -> pending copy
         try:
             for j, i in enumerate(good):
                 path, rel, ident = chunk[i]
@@ -439,10 +439,9 @@ class _Run:
                 row = {"file": rel, "class": best, "probability": f"{p:.4f}", "top3": top3, "identity": ident, "p": p}
                 old = self.done.get(rel, {}).get("copied_to")
                 dest = self.out / self.folder(best, p) / flat_name(Path(rel))
-                dest = free_name(dest, set(staged.values()), self.out / old if old else None)
+                dest = free_name(dest, staged.keys(), self.out / old if old else None)
                 try:
-                    tmp = stage(path, dest, self.link)
-                    staged[tmp] = dest
+                    staged[dest] = stage(path, dest, self.link)
                     row["copied_to"] = dest.relative_to(self.out).as_posix()
                 except OSError as e:
                     if e.errno in STOPS:
@@ -461,7 +460,7 @@ class _Run:
             self.drop_old_copy(row["file"])
             self.record(row)
         self.sync()
-        for tmp, dest in staged.items():
+        for dest, tmp in staged.items():
             os.replace(tmp, dest)
 
     def reconcile(self) -> None:
@@ -487,18 +486,18 @@ class _Run:
     def rethreshold(self) -> None:
         """Move the copies of earlier runs whose folder a new --min-confidence changes: each move is journaled
         (with where it came from) and synced before it is made, so `reconcile` can finish it after a kill."""
-        moves = []
+        moves: dict[Path, Path] = {}  # destination -> source
         for row in list(self.done.values()):
             old = row.get("copied_to")
             if not old or row.get("error"):
                 continue
             want = self.folder(row["class"], float(row.get("p", row["probability"])))
             if old.split("/")[0] != want and (self.out / old).exists():
-                dest = free_name(self.out / want / flat_name(Path(row["file"])), {d for _, d in moves})
+                dest = free_name(self.out / want / flat_name(Path(row["file"])), moves.keys())
                 self.record({**row, "copied_to": dest.relative_to(self.out).as_posix(), "moved_from": old}, count=False)
-                moves.append((self.out / old, dest))
+                moves[dest] = self.out / old
         self.sync()
-        for src, dest in moves:
+        for dest, src in moves.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dest)
             self.summary.moved += 1
