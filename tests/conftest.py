@@ -67,6 +67,13 @@ def tiny_config(root: Path, *extra: str) -> Config:
     return cfg
 
 
+def skip_outside_ci(reason: str) -> None:
+    """Skip a test this machine cannot run; in CI (`CI` set) fail instead: nothing is skipped there unseen."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: this test must run in CI")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def ahe_root() -> Path:
     """The real AHE64 data at $AHE_DATA. In CI its absence is a failure, never a skip."""

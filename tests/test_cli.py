@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli
+from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli, skip_outside_ci
 from PIL import Image
 
 
@@ -432,7 +432,7 @@ def read_only(tmp_path):
         and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", folder]).returncode == 0
     )
     if os.geteuid() == 0 and not mounted:
-        pytest.skip("running as root where no read-only filesystem can be mounted: nothing is read-only to root")
+        skip_outside_ci("running as root where no read-only filesystem can be mounted: nothing is read-only to root")
 
     def freeze():
         if mounted:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli
+from conftest import assert_one_line_error, cli, skip_outside_ci
 from PIL import Image
 
 from heritagelens import sort
@@ -416,7 +416,7 @@ def test_a_full_filesystem_stops_in_one_line_and_the_rerun_completes(trained, ma
     out = tmp_path / "small"
     out.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", out]).returncode:
-        pytest.skip("needs root and tmpfs to make a small filesystem")
+        skip_outside_ci("needs root and tmpfs to make a small filesystem")
     try:
         assert_one_line_error(cli("sort", run, many, "--out", out, "--quiet"), f"{out}", "the disk is full")
         done = len(rows(out)) if (out / "sort.csv").exists() else 0
