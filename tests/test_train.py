@@ -115,8 +115,11 @@ def test_training_learns_the_synthetic_classes(tiny_data, tmp_path):
     assert evaluate_checkpoint(tmp_path / "run", "test").n == 18
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
-    cfg = tiny_config(tiny_data, "train.epochs=3", "train.ema_decay=0.9", "model.dropout=0.3")
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, optimizer):
+    cfg = tiny_config(
+        tiny_data, "train.epochs=3", "train.ema_decay=0.9", "model.dropout=0.3", f"train.optimizer={optimizer}"
+    )
     train_run(cfg, tmp_path / "full", progress=False)
 
     def interrupted_fit(cfg, state, *args, on_epoch, **kw):  # Ctrl-C right after epoch 2 was saved

@@ -92,10 +92,16 @@ class TrainConfig:
     batch_size: int = 128
     """Images per optimizer step."""
     lr: float = 0.08
-    """Peak learning rate (SGD with Nesterov momentum), reached after the warm-up."""
+    """Peak learning rate (SGD with Nesterov momentum; with Muon, of the parameters other than conv filters), reached
+    after the warm-up."""
     momentum: float = 0.9
     weight_decay: float = 5e-4
     """L2 penalty on conv and linear weights (not on biases or batch norm)."""
+    optimizer: str = "sgd"
+    """'sgd' (Nesterov momentum) or 'muon': Muon on the conv filters (see `heritagelens.optim`), SGD on the rest."""
+    muon_lr: float = 0.24
+    """With 'muon': the conv filters' peak learning rate (their norm is held fixed, so this is how far they turn)."""
+    muon_momentum: float = 0.6
     warmup_frac: float = 0.15
     """Fraction of the steps over which the learning rate rises linearly from 0; it then falls linearly to 0."""
     label_smoothing: float = 0.1
@@ -153,6 +159,10 @@ class TrainConfig:
             raise ConfigError("train.epochs and train.batch_size must be positive")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
+        if self.optimizer not in ("sgd", "muon"):
+            raise ConfigError(f"train.optimizer must be 'sgd' or 'muon', not '{self.optimizer}'")
+        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError("train.muon_lr must be positive and train.muon_momentum in [0, 1)")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ConfigError("train.warmup_frac must be in [0, 1)")
         if self.adv_eps < 0 or self.adv_alpha < 0:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from . import optim
 from .config import Config, TrainConfig
 from .distributed import all_sum, share, world
 from .models import evaluating
@@ -150,10 +151,9 @@ def get_lr(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return optim.make_optimizer(
+        model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.muon_lr, cfg.muon_momentum
+    )
 
 
 def make_ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
@@ -294,7 +294,7 @@ def fit(
             y = y[part].to(device, non_blocking=True)
             lr = get_lr(epoch * steps_per_epoch + i, total, tc)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if tc.adv_eps > 0:
                 x = fgsm_example(model, criterion, x, y, tc, amp=amp, start=start[part])
             with amp.autocast():
