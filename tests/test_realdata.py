@@ -84,3 +84,19 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     assert set(rows) == set(truth)
     right = sum(rows[f]["class"] == c for f, c in truth.items())
     assert right / len(truth) > 0.4  # chance is 0.1; the quick model gets about 0.7 on the 64 px originals
+
+
+def test_shipped_panel_serves_the_real_split_without_training_a_judge(ahe_root, tmp_path):
+    from heritagelens import judges
+    from heritagelens.config import DataConfig
+
+    card = judges.panel_card()
+    assert set(card["judges"]) == set(judges.JUDGES)  # the panel ships with the package
+    data_cfg = DataConfig(root=str(ahe_root))
+    for name, entry in card["judges"].items():
+        assert judges.judge_key(name, data_cfg) == entry["key"], f"{name}: the real split no longer matches the card"
+        assert entry["val_accuracy"] > 0.6 and entry["config"]["train"]["adv_eps"] > 0  # robust, and well trained
+    said = []
+    panel = judges.ensure_judges(data_cfg, judges_dir=tmp_path / "judges", train=False, log=said.append)
+    assert said == [] and not (tmp_path / "judges").exists()  # nothing trained, nothing cached
+    assert {n: j.path.parent for n, j in panel.items()} == {n: judges.PANEL_DIR for n in judges.JUDGES}
