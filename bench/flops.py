@@ -14,35 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from heritagelens.config import Config, preset
-from heritagelens.models import build_model
-from heritagelens.optim import orthogonalize_flops
-from heritagelens.train import epoch_side
-
-
-def step_flops(cfg: Config, side: int = 64, batch: int = 8, classes: int = 10) -> float:
-    """FLOPs per image of one training step of `cfg`'s model at `side` px (the attack's pass included)."""
-    torch.manual_seed(0)
-    model = build_model(cfg.model, classes)
-    x = torch.rand(batch, 3, side, side) * 255
-    y = torch.randint(0, classes, (batch,))
-    passes = 2 if cfg.train.adv_eps > 0 else 1  # fast FGSM: one more forward and backward per step
-    with FlopCounterMode(display=False) as fc:
-        for _ in range(passes):
-            nn.functional.cross_entropy(model(x.requires_grad_(passes == 2)), y).backward()
-    return fc.get_total_flops() / batch
-
-
-def optimizer_flops(cfg: Config, classes: int = 10) -> float:
-    """FLOPs of one optimizer step beyond the elementwise: Muon's Newton-Schulz iterations on each conv filter bank."""
-    if cfg.train.optimizer != "muon":
-        return 0.0
-    model = build_model(cfg.model, classes)
-    return float(sum(orthogonalize_flops(p.shape) for p in model.parameters() if p.ndim == 4))
+from heritagelens.config import preset
+from heritagelens.flops import training_flops
 
 
 def main():
@@ -53,22 +26,16 @@ def main():
     p.add_argument("--peak", type=float, nargs="+", default=[106.0, 189.0, 419.0])
     a = p.parse_args()
     cfg = preset(a.preset).override(a.set)
-    tc = cfg.train
-    sides = [epoch_side(e, tc.epochs, tc) for e in range(tc.epochs)]
-    per_side = {side: step_flops(cfg, side) for side in set(sides)}
-    per_image = per_side[64] if 64 in per_side else step_flops(cfg)
-    total = sum(per_side[side] for side in sides) * a.train_images
-    steps = tc.epochs * -(-a.train_images // tc.batch_size)
-    total += optimizer_flops(cfg) * steps
+    f = training_flops(cfg, a.train_images)
+    total, sides = f["tflop"] * 1e12, f["epochs_per_side"]
     print(f"recipe: --preset {a.preset} {' '.join('--set ' + s for s in a.set)}")
     print(f"model widths {cfg.model.widths} depths {cfg.model.depths} kernel {cfg.model.kernel_size}")
-    print(f"per training image: {per_image / 1e9:.3f} GFLOP (forward + backward)")
-    if any(side < 64 for side in sides):
-        print("epochs at each side: " + ", ".join(f"{sides.count(s)} at {s} px" for s in sorted(per_side)))
-        print(f"  {sum(per_side[s] for s in sides) / per_image:.2f} epochs' worth at 64 px")
-    if optimizer_flops(cfg):
-        print(f"Muon's orthogonalization: {optimizer_flops(cfg) / 1e9:.2f} GFLOP per step, {steps:,} steps")
-    print(f"{tc.epochs} epochs x {a.train_images:,} images: {total / 1e12:.1f} TFLOP of training")
+    print(f"per training image: {f['gflop_per_image']:.3f} GFLOP at 64 px (forward + backward)")
+    if list(sides) != [64]:
+        print("epochs at each side: " + ", ".join(f"{n} at {side} px" for side, n in sides.items()))
+    if f["optimizer_gflop_per_step"]:
+        print(f"Muon's orthogonalization: {f['optimizer_gflop_per_step']:.2f} GFLOP per step, {f['steps']:,} steps")
+    print(f"{cfg.train.epochs} epochs x {a.train_images:,} images: {f['tflop']:.1f} TFLOP of training")
     for peak in a.peak:
         print(f"  at {peak:g} GFLOP/s sustained: {total / peak / 1e9 / 60:.1f} minutes")
 

@@ -132,6 +132,10 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     assert "expected calibration error on val" in p.stdout and (run / "reliability-val.png").exists()
     assert all(v > 0 for v in stages.values())
     assert f"report: {run / 'report.html'}" in p.stdout and (run / "report.html").exists()
+    compute, n = summary["train_compute"], json.loads((run / "split.json").read_text())["train_images"]
+    assert compute["epochs_per_side"] == {"64": 2} and compute["steps"] == 2 * -(-n // 16)  # 2 epochs, batch 16
+    assert compute["tflop"] * 1e3 == pytest.approx(2 * n * compute["gflop_per_image"], rel=0.01)
+    assert "Training compute: " in (run / "report.html").read_text()
 
 
 def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):

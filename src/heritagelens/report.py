@@ -338,6 +338,13 @@ def timing_section(run: RunFolder) -> Section:
     s.html = table(["stage", "minutes", "seconds"], rows, "timing") + para(
         "'class images' includes training the judges the first time they are needed (they are cached afterwards)."
     )
+    compute = summary.get("train_compute")
+    if isinstance(compute, dict) and "tflop" in compute:
+        sides = ", ".join(f"{n} at {side} px" for side, n in compute["epochs_per_side"].items())
+        s.html += para(
+            f"Training compute: {compute['tflop']:.1f} TFLOP ({compute['gflop_per_image']:.2f} GFLOP per image at "
+            f"full size, forward and backward; epochs {sides}; counted with {compute['counted_with']})."
+        )
     chosen = summary.get("precision")
     if isinstance(chosen, dict) and {"mode", "device", "reason"} <= set(chosen):
         s.html += para(f"Precision: {chosen['mode']} on {chosen['device']}: {chosen['reason']}.")

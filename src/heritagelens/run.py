@@ -36,6 +36,7 @@ from .config import ROBUST, Config
 from .distributed import from_main, init_world, world
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .figures import figure_image, png_bytes
+from .flops import training_flops
 from .io import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models import build_model, conv_layer_names
 from .precision import resolve
@@ -388,8 +389,10 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     run = Path(run_path)
     stages: dict[str, float] = {}
     with stage(stages, "train"):
-        train_run(cfg, run, progress=progress)
+        _, prep = train_run(cfg, run, progress=progress)
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
+    trained = Config.from_dict(read_checkpoint(run / "last.pt")["config"])  # the epochs a time budget left
+    summary["train_compute"] = training_flops(trained, len(prep.train_idx), len(prep.split.classes))
     summary["precision"] = resolve(cfg.train.precision, world().device).to_dict()
     with stage(stages, "calibrate"):
         cals = calibrate_checkpoint(run / "last.pt")
