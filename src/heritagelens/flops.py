@@ -46,13 +46,13 @@ def training_flops(cfg: Config, images: int, classes: int = 10) -> dict:
     tc = cfg.train
     sides = [epoch_side(e, tc.epochs, tc) for e in range(tc.epochs)]
     per_side = {side: step_flops(cfg, side, classes) for side in sorted(set(sides) | {IMAGE_SIZE})}
-    steps = tc.epochs * math.ceil(images / tc.batch_size)
-    total = sum(per_side[side] for side in sides) * images + optimizer_flops(cfg, classes) * steps
+    steps, per_step = tc.epochs * math.ceil(images / tc.batch_size), optimizer_flops(cfg, classes)
+    total = sum(per_side[side] for side in sides) * images + per_step * steps
     return {
         "tflop": _significant(total / 1e12),
         "gflop_per_image": _significant(per_side[IMAGE_SIZE] / 1e9),
         "epochs_per_side": {side: sides.count(side) for side in sorted(set(sides))},
-        "optimizer_gflop_per_step": _significant(optimizer_flops(cfg, classes) / 1e9),
+        "optimizer_gflop_per_step": _significant(per_step / 1e9),
         "steps": steps,
         "counted_with": "torch.utils.flop_counter",
     }

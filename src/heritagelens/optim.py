@@ -3,10 +3,10 @@
 Muon moves each conv filter bank, seen as a matrix (output channels x inputs), along the semi-orthogonal matrix
 nearest its Nesterov momentum, found by a few Newton-Schulz iterations: every direction of the bank then learns at
 the same rate, which is what lets short schedules train far. `torch.optim.Muon` takes 2-D parameters only (and works
-in bfloat16, emulated on CPUs without it), hence this one: 4-D filters, float32. Every conv here is followed by batch
-norm, which makes the network blind to a filter bank's scale; Muon fixes that scale (the bank's norm is held at
-sqrt(output channels)) so that the learning rate alone sets how far a step turns it. The other parameters (batch
-norm, the linear head) take SGD steps in the same optimizer.
+in bfloat16, emulated on CPUs without it), hence this one: 4-D filters, float32. Batch norm after a conv makes the
+network blind to that filter bank's scale (every conv of the plain CNN; in the ResNet, all but the 1x1 shortcuts);
+Muon fixes that scale (the bank's norm is held at sqrt(output channels)) so that the learning rate alone sets how
+far a step turns it. The other parameters (batch norm, the linear head) take SGD steps in the same optimizer.
 """
 
 from __future__ import annotations
