@@ -66,7 +66,7 @@ def main() -> None:
     cfg = Config.from_dict(read_checkpoint(standard)["config"])
     points = {f"finetune-{e}": ["gallery.robust_from=standard", f"gallery.robust_epochs={e}"] for e in a.epochs}
     if a.scratch:
-        points["scratch"] = ["gallery.robust_from=scratch"]
+        points["scratch"] = ["gallery.robust_from=scratch", "gallery.robust_epochs=16"]
     rows = {}
     print("point          robust val  minutes  " + "  ".join(f"{j:>14}" for j in ("robust-resnet", "robust-cnn")) +
           "      FD  diversity  bar")  # fmt: skip

@@ -146,7 +146,8 @@ def main_run(trained, tmp_path_factory):
     """`heritagelens run` end to end on the tiny data, robust model and scored gallery included; (process, run)."""
     root, _ = trained
     base = tmp_path_factory.mktemp("main")
-    gallery = ["gallery.robust_epochs=2", "gallery.samples=2", "dream.steps=16", f"gallery.judges_dir={base / 'j'}"]
+    gallery = ["gallery.robust_epochs=2", "gallery.samples=2", "gallery.floor_samples=1", "dream.steps=16"]
+    gallery.append(f"gallery.judges_dir={base / 'j'}")
     sets = [*SETS, *(a for g in gallery for a in ("--set", g)), *TINY_JUDGES]
     p = cli("run", "--data", root, "--epochs", "2", "--out", base / "run", "--quiet", *sets)
     assert p.returncode == 0, p.stderr

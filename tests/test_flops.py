@@ -5,7 +5,10 @@ import pytest
 from heritagelens.config import Config
 from heritagelens.flops import training_flops
 
-ONE_CONV = Config().override(["model.widths=[8]", "model.depths=[1]", "train.epochs=4", "train.batch_size=10"])
+ONE_CONV = Config().override(
+    ["model.widths=[8]", "model.depths=[1]", "train.epochs=4", "train.batch_size=10"]
+    + ["train.optimizer=sgd", "train.res_min=64"]  # SGD at full size throughout; each test adds what it counts
+)
 
 
 def test_training_compute_matches_a_hand_count():

@@ -31,6 +31,14 @@ def test_frechet_distance_of_identical_sets_is_zero_and_of_shifted_means_is_the_
     assert quality.frechet_distance(a, a + np.array([3.0, 0, 0, 4.0])) == pytest.approx(25.0, rel=1e-6)
 
 
+def test_frechet_distance_from_a_single_image_is_its_distance_to_the_mean_plus_the_spread():
+    rng = np.random.default_rng(2)
+    b = rng.normal(size=(50, 3))
+    one = np.array([[1.0, -2.0, 0.5]])  # one sample: a Gaussian with no spread (numpy's covariance would be NaN)
+    expected = ((one[0] - b.mean(0)) ** 2).sum() + np.trace(np.cov(b, rowvar=False))
+    assert quality.frechet_distance(one, b) == pytest.approx(expected, rel=1e-6)
+
+
 def test_radial_power_spectrum_of_a_pure_frequency():
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
     wave = torch.cos(2 * torch.pi * 4 * xx / 16)  # 4 cycles across: all power at radius 4

@@ -279,13 +279,14 @@ def test_a_negative_time_budget_is_refused():
 def test_fine_tuning_starts_from_the_checkpoint_weights(tiny_data, tmp_path):
     train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "a", progress=False)
     start = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
-    cfg = tiny_config(tiny_data, "train.epochs=1", "train.lr=1e-9", f"train.init_from={tmp_path / 'a' / 'last.pt'}")
+    still = ["train.lr=1e-9", "train.muon_lr=1e-9"]
+    cfg = tiny_config(tiny_data, "train.epochs=1", *still, f"train.init_from={tmp_path / 'a' / 'last.pt'}")
     state, _ = train_run(cfg, tmp_path / "b", progress=False)
     tuned = state.model.state_dict()
     for k, v in start.items():  # a learning rate of 1e-9 leaves the weights where they started
         if k.endswith("weight") or k.endswith("bias") or k.startswith("normalize"):
             assert torch.allclose(tuned[k].float(), v.float(), atol=1e-6), k
-    fresh, _ = train_run(tiny_config(tiny_data, "train.epochs=1", "train.lr=1e-9"), tmp_path / "c", progress=False)
+    fresh, _ = train_run(tiny_config(tiny_data, "train.epochs=1", *still), tmp_path / "c", progress=False)
     assert not torch.allclose(fresh.model.state_dict()["features.conv1_1.weight"], start["features.conv1_1.weight"])
 
 
@@ -302,9 +303,13 @@ def test_progressive_resizing_grows_the_side_from_res_min_to_full_over_the_ramp(
     sides = [train.epoch_side(e, 20, tc) for e in range(20)]
     assert sides[:10] == [32] * 10 and sides[15:] == [64] * 5  # before the ramp, and from its end
     assert sides[10:15] == [32, 40, 48, 48, 56]  # 32 + 32 x (e/20 - 0.5)/0.25, to the nearest 8 px
-    assert [train.epoch_side(e, 20, TrainConfig(epochs=20)) for e in range(20)] == [64] * 20  # off by default
+    off = TrainConfig(epochs=20, res_min=64)
+    assert [train.epoch_side(e, 20, off) for e in range(20)] == [64] * 20  # res_min=64 turns it off
     step = TrainConfig(epochs=4, res_min=16, res_ramp=(0.5, 0.5))  # an equal start and end: one jump
     assert [train.epoch_side(e, 4, step) for e in range(4)] == [16, 16, 64, 64]
+    short = TrainConfig(epochs=3, res_min=32, res_ramp=(0.55, 0.8))  # a ramp that would end after the last epoch
+    assert [train.epoch_side(e, 3, short) for e in range(3)] == [32, 32, 64]  # the last epoch is always at 64 px
+    assert [train.epoch_side(e, 1, short) for e in range(1)] == [64]
 
 
 def test_resize_downscales_smoothly_and_leaves_full_size_alone():

@@ -218,7 +218,7 @@ def test_pruning_stops_a_trial_that_is_made_to_be_bad(tiny_data, tmp_path):
     good = {"train.lr": 0.1, "model.dropout": 0.0, "train.cutout": 0, "train.label_smoothing": 0.0}
     for _ in range(3):
         study.enqueue_trial(good)
-    study.enqueue_trial({**good, "train.lr": 1e-7})  # learns nothing: chance accuracy every epoch
+    study.enqueue_trial({**good, "train.lr": 1e-7, "train.muon_lr": 1e-7})  # learns nothing: chance every epoch
     study = tune(base, fixed, storage, "p", trials=4)
     states = [t.state.name for t in study.trials]
     assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED"

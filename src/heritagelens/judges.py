@@ -36,7 +36,7 @@ from torch import nn
 
 from . import data
 from .checkpoint import model_from_checkpoint, read_checkpoint
-from .config import ROBUST, Config, DataConfig
+from .config import ROBUST, SGD, Config, DataConfig
 from .io import atomic_write_bytes, atomic_write_json
 from .models import evaluating
 from .precision import for_model
@@ -82,7 +82,8 @@ class Judge:
 def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Config:
     """The recipe of judge `name` on the data and validation split of `data_cfg` (so that the validation images
     the ceiling is measured on are unseen by every judge); `extra` overrides come last (tests use tiny judges)."""
-    return Config(data=dataclasses.replace(data_cfg)).override([*JUDGES[name], "train.snapshot_epochs=[]", *extra])
+    overrides = [*SGD, *JUDGES[name], "train.snapshot_epochs=[]", *extra]  # SGD: a default since moved, see ROBUST
+    return Config(data=dataclasses.replace(data_cfg)).override(overrides)
 
 
 def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:

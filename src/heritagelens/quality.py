@@ -18,7 +18,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    s_a, s_b = _covariance(a), _covariance(b)
     with warnings.catch_warnings():  # few samples give singular covariances: expected, and handled below
         warnings.simplefilter("ignore")
         covmean = sqrtm(s_a @ s_b)
@@ -28,6 +28,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     covmean = np.real(covmean)
     d = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
     return max(d, 0.0)
+
+
+def _covariance(x: np.ndarray) -> np.ndarray:
+    """Sample covariance of rows `x` (n, d); a single row spreads nowhere: zeros (numpy would give NaN)."""
+    return np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
 
 
 def radial_power_spectrum(images: torch.Tensor, bins: int | None = None) -> torch.Tensor:

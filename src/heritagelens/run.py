@@ -32,7 +32,7 @@ from .checkpoint import (
     save_checkpoint,
     temperature,
 )  # fmt: skip
-from .config import ROBUST, Config
+from .config import ROBUST, SGD, Config
 from .distributed import from_main, init_world, world
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .figures import figure_image, png_bytes
@@ -425,7 +425,7 @@ def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
     `gallery.robust_from='standard'`, fine-tuned from the `standard` checkpoint (no time budget: its epochs are few)."""
     g = cfg.gallery
     extra = [f"train.init_from={standard}", f"train.lr={g.robust_lr}"] if g.robust_from == "standard" else []
-    return cfg.override([*ROBUST, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
+    return cfg.override([*ROBUST, *SGD, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
 
 
 def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None) -> dict:
@@ -449,7 +449,7 @@ def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str,
         png = write_dream(
             source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
             judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
-            standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None,
+            standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None, floor_samples=g.floor_samples,
         )  # fmt: skip
     meta = json.loads(png.with_suffix(".json").read_text())
     out["figure"] = png.name

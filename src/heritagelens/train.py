@@ -88,8 +88,9 @@ def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
 def epoch_side(epoch: int, epochs: int, cfg: TrainConfig, full: int = 64) -> int:
     """Side (px) of the training images in epoch `epoch` (0-based) of `epochs` under progressive resizing:
     `cfg.res_min` until the fraction `cfg.res_ramp[0]` of the epochs, `full` from `cfg.res_ramp[1]`, growing
-    linearly between them in steps of 8 px."""
-    if cfg.res_min >= full:
+    linearly between them in steps of 8 px. The last epoch is always at `full`, the side the model is evaluated at,
+    however short the schedule (a time budget's few epochs, the `quick` preset)."""
+    if cfg.res_min >= full or epoch >= epochs - 1:
         return full
     start, end = cfg.res_ramp
     t = epoch / epochs

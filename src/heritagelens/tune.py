@@ -48,6 +48,7 @@ SPACE: tuple[Param, ...] = (
     Param("model.dropout", "float", 0.0, 0.5),
     Param("model.head_pool", "choice", choices=("max", "avg")),
     Param("train.lr", "log", 0.02, 0.3),
+    Param("train.muon_lr", "log", 0.02, 0.2),  # searched whatever the optimizer; unused with train.optimizer=sgd
     Param("train.weight_decay", "log", 1e-5, 2e-3),
     Param("train.label_smoothing", "float", 0.0, 0.2),
     Param("train.crop_pad", "int", 0, 8),

@@ -245,12 +245,14 @@ def write_dream(
     init_image: Path | str | None = None,
     standard_model: Path | str | None = None,
     progress: bool = True,
+    floor_samples: int | None = None,
 ) -> Path:
     """A gallery of `samples` class images per class and, with `score`, its quality report beside the naive-ascent
     floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
     `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`. With
     `init_image`, every image starts from that photograph instead of noise. The floor is naive ascent on the same
-    model with as many steps; `standard_model` adds naive ascent on that (non-robust) model as a second floor."""
+    model with as many steps, `floor_samples` images per class (default: `samples`); `standard_model` adds naive
+    ascent on that (non-robust) model as a second floor."""
     from .dream import class_images, dream_preset
     from .figures import gallery
     from .judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
@@ -297,9 +299,11 @@ def write_dream(
         sets = {f"{label} (this gallery)": (result.images, targets)}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
         naive = dream_preset("naive", steps=dream_cfg.steps)  # the same budget of steps as the gallery
+        n_floor = floor_samples or samples
         for name, m in floors.items():
             m = load_model(m)[0] if isinstance(m, (str, Path)) else m
-            sets[name] = (class_images(m, ks, samples, naive, stats, seed).images, targets)
+            floor = class_images(m, ks, n_floor, naive, stats, seed).images
+            sets[name] = (floor, torch.tensor(ks).repeat_interleave(n_floor))
         meta["scores"] = scores = gallery_scores(sets, real, panel, classes)
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = scores[f"{label} (this gallery)"]
