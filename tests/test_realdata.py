@@ -11,6 +11,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.realdata
 
+
 def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     p = cli(
         "run",
