@@ -310,6 +310,8 @@ def test_progressive_resizing_grows_the_side_from_res_min_to_full_over_the_ramp(
     short = TrainConfig(epochs=3, res_min=32, res_ramp=(0.55, 0.8))  # a ramp that would end after the last epoch
     assert [train.epoch_side(e, 3, short) for e in range(3)] == [32, 32, 64]  # the last epoch is always at 64 px
     assert [train.epoch_side(e, 1, short) for e in range(1)] == [64]
+    low = TrainConfig(epochs=2, res_min=32, res_ramp=(1.0, 1.0))  # a ramp ending at 1: the whole schedule low
+    assert [train.epoch_side(e, 2, low) for e in range(2)] == [32, 32]
 
 
 def test_resize_downscales_smoothly_and_leaves_full_size_alone():
@@ -341,6 +343,15 @@ def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, t
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[-1] for r in rows] == ["side", "32", "32", "64", "64"]
     assert evaluate_checkpoint(tmp_path / "run" / "last.pt", "val").accuracy > 0.5  # evaluated at 64 px
+
+
+def test_the_speed_probe_times_steps_at_the_side_it_is_asked_for(tiny_data, monkeypatch):
+    cfg = tiny_config(tiny_data, "train.res_min=32")
+    prep = run_module.prepare(cfg)
+    sides, resize = [], train.batch_resize
+    monkeypatch.setattr(train, "batch_resize", lambda x, side: sides.append(side) or resize(x, side))
+    run_module.seconds_per_step(cfg, prep, steps=2, side=32)
+    assert sides and set(sides) == {32}  # a one-epoch probe is not pulled up to full size like a last epoch
 
 
 def test_time_budget_counts_low_resolution_epochs_at_their_measured_speed(tiny_data):

@@ -88,11 +88,11 @@ def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
 def epoch_side(epoch: int, epochs: int, cfg: TrainConfig, full: int = 64) -> int:
     """Side (px) of the training images in epoch `epoch` (0-based) of `epochs` under progressive resizing:
     `cfg.res_min` until the fraction `cfg.res_ramp[0]` of the epochs, `full` from `cfg.res_ramp[1]`, growing
-    linearly between them in steps of 8 px. The last epoch is always at `full`, the side the model is evaluated at,
-    however short the schedule (a time budget's few epochs, the `quick` preset)."""
-    if cfg.res_min >= full or epoch >= epochs - 1:
-        return full
+    linearly between them in steps of 8 px. The last epoch is at `full`, the side the model is evaluated at, however
+    short the schedule (a time budget's few epochs, the `quick` preset), unless the ramp ends at 1: all at `res_min`."""
     start, end = cfg.res_ramp
+    if cfg.res_min >= full or (epoch >= epochs - 1 and end < 1):
+        return full
     t = epoch / epochs
     grown = 1.0 if t >= end else 0.0 if t < start else (t - start) / (end - start)
     return min(full, cfg.res_min + 8 * round((full - cfg.res_min) * grown / 8))
