@@ -359,12 +359,15 @@ def wait_for_journal(out: Path, lines: int, p: subprocess.Popen, timeout: float 
     raise AssertionError(f"the sort ended or stalled before {lines} journal lines: {p.poll()} {p.stderr.read()}")
 
 
-def caught_unrecorded_copies(out: Path, p: subprocess.Popen, timeout: float = 120) -> bool:
-    """Wait for copies that the journal does not record yet (the moment a kill can orphan them): False when the sort
-    ended first."""
+def caught_unrecorded_copies(out: Path, p: subprocess.Popen, timeout: float = 120, before: int = 1000) -> bool:
+    """Wait for copies that the journal does not record yet (the moment a kill can orphan them) while at least
+    `before` journal lines are still to come, so that the sort is still running when the signal arrives: False
+    when the sort got that far first."""
     t = time.monotonic()
     while time.monotonic() - t < timeout and p.poll() is None:
         lines = (out / JOURNAL).read_bytes().count(b"\n") if (out / JOURNAL).exists() else 0
+        if lines >= before:
+            return False
         names = [e.name for d in os.scandir(out) if d.is_dir() for e in os.scandir(d.path)]
         if lines and (len(names) > lines or any(n.startswith(".") for n in names)):
             return True
