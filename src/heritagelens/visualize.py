@@ -295,15 +295,15 @@ def write_dream(
     if score:
         panel = ensure_judges(cfg.data, judges_dir, extra=judge_extra, progress=progress)
         real = real_images(prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], samples, ks, seed)
-        targets = torch.tensor(ks).repeat_interleave(samples)
-        sets = {f"{label} (this gallery)": (result.images, targets)}
+        intended = torch.tensor(ks).repeat_interleave  # the class of each image, `n` per class
+        sets = {f"{label} (this gallery)": (result.images, intended(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
         naive = dream_preset("naive", steps=dream_cfg.steps)  # the same budget of steps as the gallery
         n_floor = floor_samples or samples
         for name, m in floors.items():
             m = load_model(m)[0] if isinstance(m, (str, Path)) else m
             floor = class_images(m, ks, n_floor, naive, stats, seed).images
-            sets[name] = (floor, torch.tensor(ks).repeat_interleave(n_floor))
+            sets[name] = (floor, intended(n_floor))
         meta["scores"] = scores = gallery_scores(sets, real, panel, classes)
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = scores[f"{label} (this gallery)"]
