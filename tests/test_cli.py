@@ -144,6 +144,12 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     full = n * compute["gflop_per_image"]
     assert 1.2 * full < compute["tflop"] * 1e3 < 1.5 * full  # a 32 px epoch: about a quarter of a 64 px one
     assert "Training compute: " in (run / "report.html").read_text()
+    split = json.loads((run / "split.json").read_text())
+    source, val = set(split["source_files"]), set(split["val_files"])
+    assert split["source_held_out"] == "flickr-newest" and len(source) == split["source_images"] > 0
+    assert not source & val  # two validations, neither trained on
+    assert set(summary["splits"]) >= {"val", "source"} and summary["splits"]["source"]["n"] == len(source)
+    assert "accuracy on source (source-held-out validation" in (run / "report.html").read_text()
 
 
 def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):

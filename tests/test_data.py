@@ -246,6 +246,49 @@ def test_group_split_keeps_groups_whole_and_is_deterministic():
     assert not np.array_equal(va, data.group_split(labels, groups, folds=5, fold=0, seed=4)[1])
 
 
+def _flickr(i: int) -> str:
+    return f"{i:011d}_abcdef12.jpg"
+
+
+def test_source_holdout_takes_each_class_newest_flickr_photos_with_their_groups():
+    ids = [10_000_000_000 + 1_000_000 * k for k in range(20)]  # class 0: ids 0..9, class 1: ids 10..19 (x 1e6)
+    files = [_flickr(i) for i in ids] + ["Notre-Dame_(1).jpg", "Notre-Dame_(2).jpg"]
+    labels = np.array([0] * 10 + [1] * 10 + [1, 1])
+    groups = np.arange(22)
+    groups[3] = groups[9]  # an old class-0 photo linked (a near-duplicate) to the newest one
+    held = data.source_holdout(files, labels, groups, "flickr-newest", 0.2)
+    assert sorted(held) == [3, 8, 9, 18, 19]  # two newest per class (a share of 0.2) and the whole group of #9
+    assert sorted(data.source_holdout(files, labels, groups, "flickr-range-0", 0.2)) == [0, 1, 10, 11]
+    assert sorted(data.source_holdout(files, labels, groups, "wikimedia", 0.2)) == [20, 21]
+    assert len(data.source_holdout(files, labels, groups, "none", 0.2)) == 0
+
+
+def test_source_ranges_partition_the_flickr_photos():
+    rng = np.random.default_rng(0)
+    ids = rng.choice(10**9, 300, replace=False) + 10**10
+    files, labels, groups = [_flickr(i) for i in ids], rng.integers(0, 3, 300), np.arange(300)
+    folds = [data.source_holdout(files, labels, groups, f"flickr-range-{k}", 0.25) for k in range(4)]
+    assert sorted(np.concatenate(folds)) == list(range(300))
+    assert np.array_equal(folds[3], data.source_holdout(files, labels, groups, "flickr-newest", 0.25))
+    for c in range(3):  # within a class, every photo of a later range was uploaded after every one of an earlier
+        newest, oldest = folds[3][labels[folds[3]] == c], folds[0][labels[folds[0]] == c]
+        assert ids[newest].min() > ids[oldest].max()
+
+
+def test_a_config_saved_before_the_source_split_keeps_the_split_it_trained_on():
+    from heritagelens.config import Config, ConfigError
+
+    saved = Config().to_dict()
+    del saved["data"]["source_val"], saved["data"]["source_share"], saved["train"]["muon_ns_steps"]
+    old = Config.from_dict(saved)
+    assert old.data.source_val == "none" and old.train.muon_ns_steps == 5  # what such a run held out and ran
+    assert Config.from_dict({"data": {"root": "x"}}).data.source_val == "flickr-newest"  # a partial config: defaults
+    for bad in ("data.source_val=elsewhere", "data.source_share=0", "data.source_val=flickr-range-10"):
+        with pytest.raises(ConfigError, match="source_"):
+            Config().override([bad])
+    assert Config().override(["data.source_val=flickr-range-4", "data.source_share=0.2"]).data.source_share == 0.2
+
+
 # ----------------------------------------------------------------------------------------------------- real data
 @pytest.mark.realdata
 def test_real_split_keeps_every_known_near_duplicate_together(ahe_root, ahe_train):

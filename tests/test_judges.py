@@ -32,6 +32,9 @@ def test_key_follows_recipe_and_files_not_location(data_cfg, tmp_path, monkeypat
     assert key != judges.judge_key("robust-resnet", data_cfg, TINY_JUDGES)
     assert key != judges.judge_key("robust-cnn", data_cfg, [*TINY_JUDGES, "train.epochs=4"])
     assert key != judges.judge_key("robust-cnn", DataConfig(root=data_cfg.root, val_folds=5), TINY_JUDGES)
+    held = DataConfig(root=data_cfg.root, val_folds=4, source_val="wikimedia", source_share=0.2)
+    assert judges.judge_key("robust-cnn", held, TINY_JUDGES) == key  # judges never hold a source out
+    assert judges.judge_config("robust-cnn", held).data.source_val == "none"
     monkeypatch.setattr(judges, "PANEL_VERSION", judges.PANEL_VERSION + 1)
     assert key != judges.judge_key("robust-cnn", data_cfg, TINY_JUDGES)  # a new panel version: new judges
     monkeypatch.undo()

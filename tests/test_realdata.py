@@ -34,6 +34,9 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     result = json.loads((tmp_path / "run" / "eval-val.json").read_text())
     assert result["split"] == "val" and result["n"] == 750 and len(result["classes"]) == 10
     assert result["accuracy"] > 0.5  # chance is 0.1, the largest class 0.19; measured here: 0.71
+    source = json.loads((tmp_path / "run" / "eval-source.json").read_text())  # the newest Flickr uploads, held out
+    assert "== source (source-held-out validation" in p.stdout and source["n"] == 750 and source["accuracy"] > 0.4
+    assert "accuracy on source [each class's newest 10% of Flickr uploads]" in p.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["figures"] == ["deconv-top9-conv4_1.png", "deconv-top9-conv4_2.png"]
     assert all((tmp_path / "run" / f).read_bytes()[:4] == b"\x89PNG" for f in summary["figures"])
@@ -51,6 +54,7 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     assert set(gallery) >= {"gallery (this gallery)", "naive ascent (floor)", "naive, standard model"}
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["groups"] > 7000 and split["images"] == 10130
+    assert split["source_held_out"] == "flickr-newest" and not set(split["source_files"]) & set(split["val_files"])
     report = (tmp_path / "run" / "report.html").read_text()
     assert report.count('<figure class="thumb">') == 12 and "image not found" not in report  # real photos shown
     assert "lacks" not in report and "accuracy on val (group-aware validation from train/)" in report

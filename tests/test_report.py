@@ -15,7 +15,7 @@ from PIL import Image
 
 from heritagelens.report import build
 
-SECTIONS = ["config", "data", "training", "eval-val", "eval-test", "deconvnet", "gallery", "timing"]
+SECTIONS = ["config", "data", "training", "eval-val", "eval-source", "eval-test", "deconvnet", "gallery", "timing"]
 
 
 def embedded_images(text: str) -> list[Image.Image]:

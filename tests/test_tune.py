@@ -272,4 +272,10 @@ def test_a_new_study_starts_with_the_base_recipe(tiny_data, tmp_path):
     assert Config.from_dict(first.user_attrs["config"]) == base
     assert not study.trials[1].user_attrs.get("base_recipe")
     assert "the base recipe (#0) ranks" in summary(study)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert complete
+    for t in complete:  # scored on both validations: the tiny data holds its newest Flickr ids out as a source
+        val, source = t.user_attrs["val_accuracy"], t.user_attrs["source_accuracy"]
+        assert 0 <= source <= 1 and t.value == pytest.approx((val + source) / 2)
+    assert "source accuracy" in summary(study)
     assert baseline(base.override(["train.lr=5"]), searched(fixed)) is None  # outside the space: not enqueued

@@ -137,7 +137,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .checkpoint import run_folder
     from .io import writable_folder
-    from .run import evaluate_checkpoint
+    from .run import evaluate_checkpoint, validation_splits
 
     ckpt = Path(args.checkpoint)
     out = writable_folder(Path(args.out) if args.out else run_folder(ckpt))
@@ -145,10 +145,14 @@ def cmd_evaluate(args) -> int:
     sets = args.set or []
     if any(not a.startswith("data.") for a in sets):
         raise UsageError("evaluate --set takes data.* settings only: the model and its recipe are the checkpoint's")
-    r = evaluate_checkpoint(ckpt, args.split, root=root, tta=args.tta, out_dir=out, data_overrides=sets)
-    print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
-    print((out / f"eval-{r.split}.txt").read_text())
-    print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
+    splits = validation_splits(ckpt, root, sets) if args.split == "val" else [args.split]  # source beside val
+    results = [evaluate_checkpoint(ckpt, s, root=root, tta=args.tta, out_dir=out, data_overrides=sets) for s in splits]
+    for r in results:
+        print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
+        print((out / f"eval-{r.split}.txt").read_text())
+        print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
+    if len(results) > 1:
+        print("  ".join(f"accuracy on {r.name}: {r.accuracy:.4f}" for r in results))
     return 0
 
 
@@ -497,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     e.add_argument("checkpoint", help="checkpoint file or run folder")
-    e.add_argument("--split", choices=["val", "test"], default="val")
+    e.add_argument("--split", choices=["val", "source", "test"], default="val")
     e.add_argument("--data", help="dataset root (default: the one the model was trained on)")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
     e.add_argument("--out", help="folder for eval JSON and PNG (default: beside the checkpoint)")

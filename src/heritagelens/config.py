@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "fp16", "fp16-cl")
 """Values of `train.precision` (see `heritagelens.precision`)."""
 
-SPLIT_NAMES = {"val": "group-aware validation from train/", "test": "official test split"}
+SPLIT_NAMES = {
+    "val": "group-aware validation from train/",
+    "source": "source-held-out validation from train/: photos of sources kept out of training",
+    "test": "official test split",
+}
 """What each split name an accuracy is printed with means."""
 
 
@@ -35,6 +40,12 @@ class DataConfig:
     """Pearson correlation of 16x16 RGB thumbnails at or above which two images are one group."""
     flickr_id_window: int = 100_000
     """Flickr photos whose numeric ids differ by at most this are taken as one burst (same photographer, same day)."""
+    source_val: str = "flickr-newest"
+    """The source-held-out validation, kept out of training beside the group-aware one (see
+    `heritagelens.data.source_holdout`): 'flickr-newest' (each class's latest Flickr uploads), 'flickr-range-K'
+    (the K-th range of Flickr ids, for cross-source folds), 'wikimedia' (the non-Flickr files) or 'none'."""
+    source_share: float = 0.1
+    """Share of each class's Flickr photos in a 'flickr-*' source hold-out."""
     on_bad_file: str = "skip"
     """What loading does with an unreadable file: 'skip' (warn with a count) or 'stop'."""
     cache_dir: str = ""
@@ -47,6 +58,14 @@ class DataConfig:
             raise ConfigError(f"data.val_fold must be in 0..{self.val_folds - 1}")
         if self.on_bad_file not in ("skip", "stop"):
             raise ConfigError("data.on_bad_file must be 'skip' or 'stop'")
+        ranges = re.fullmatch(r"flickr-range-(\d+)", self.source_val)
+        if self.source_val not in ("none", "flickr-newest", "wikimedia") and not ranges:
+            raise ConfigError("data.source_val must be 'flickr-newest', 'flickr-range-K', 'wikimedia' or 'none'")
+        if not 0 < self.source_share <= 0.5:
+            raise ConfigError("data.source_share must be in (0, 0.5]")
+        if ranges and int(ranges[1]) >= round(1 / self.source_share):
+            raise ConfigError(f"data.source_val: a share of {self.source_share} makes {round(1 / self.source_share)} "
+                              f"Flickr ranges, numbered from 0")  # fmt: skip
 
 
 @dataclass
@@ -103,6 +122,9 @@ class TrainConfig:
     muon_lr: float = 0.06
     """With 'muon': the conv filters' peak learning rate (their norm is held fixed, so this is how far they turn)."""
     muon_momentum: float = 0.6
+    muon_ns_steps: int = 3
+    """With 'muon': Newton-Schulz iterations per step (airbench94_muon's 3; 5 brings the singular values closer to 1
+    at two thirds more optimizer cost, see BENCHMARKS.md)."""
     warmup_frac: float = 0.15
     """Fraction of the steps over which the learning rate rises linearly from 0; it then falls linearly to 0."""
     label_smoothing: float = 0.1
@@ -162,8 +184,10 @@ class TrainConfig:
             raise ConfigError("train.lr must be positive")
         if self.optimizer not in ("sgd", "muon"):
             raise ConfigError(f"train.optimizer must be 'sgd' or 'muon', not '{self.optimizer}'")
-        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError("train.muon_lr must be positive and train.muon_momentum in [0, 1)")
+        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0 or self.muon_ns_steps < 1:
+            raise ConfigError(
+                "train.muon_lr must be positive, train.muon_momentum in [0, 1) and train.muon_ns_steps at least 1"
+            )
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ConfigError("train.warmup_frac must be in [0, 1)")
         if self.adv_eps < 0 or self.adv_alpha < 0:
@@ -367,9 +391,15 @@ _REPLACED = {"train": ("bf16", "fp16", "channels_last"), "dream": ("bf16",)}
 
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     """A config of an earlier version (a checkpoint's, a run's config.json) in today's terms: its bf16, fp16 and
-    channels_last flags become `train.precision` (the old default, bf16, becomes 'auto')."""
+    channels_last flags become `train.precision` (the old default, bf16, becomes 'auto'); a whole data section
+    saved before the source-held-out validation existed keeps the split it trained on (`data.source_val='none'`);
+    Muon saved before its iterations were a setting ran 5."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    train, dream = d.get("train"), d.get("dream")
+    train, dream, data = d.get("train"), d.get("dream"), d.get("data")
+    if isinstance(data, dict) and "val_folds" in data and "source_val" not in data:
+        data["source_val"] = "none"
+    if isinstance(train, dict) and "muon_lr" in train:
+        train.setdefault("muon_ns_steps", 5)
     if isinstance(train, dict) and any(k in train for k in _REPLACED["train"]):
         bf16, fp16, cl = train.pop("bf16", True), train.pop("fp16", False), train.pop("channels_last", True)
         layout = "-cl" if cl else ""

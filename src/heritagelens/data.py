@@ -433,6 +433,43 @@ def group_split(
     raise AssertionError("unreachable")
 
 
+def source_holdout(files: list[str], labels: np.ndarray, groups: np.ndarray, source: str, share: float) -> np.ndarray:
+    """Indices held out of training as photos from another source, whole groups at a time (so that no burst,
+    series or near-duplicate spans training and the held-out set):
+
+    - 'flickr-newest': in each class, the `share` of its Flickr photos with the highest ids (the latest uploads:
+      other years, cameras and photographers than most of training);
+    - 'flickr-range-K': in each class, the K-th of round(1 / `share`) equal ranges of its Flickr photos by id
+      (folds of a cross-source estimate; the last is 'flickr-newest');
+    - 'wikimedia': every file not named by a Flickr id (the Wikimedia Commons series, most of them apses and
+      flying buttresses);
+    - 'none': nothing.
+    """
+    if source == "none":
+        return np.zeros(0, dtype=np.int64)
+    keys = [name_key(f) for f in files]
+    if source == "wikimedia":
+        chosen = [i for i, (kind, _) in enumerate(keys) if kind == "name"]
+    else:
+        ranges = max(1, round(1 / share))
+        k = ranges - 1 if source == "flickr-newest" else int(source.rsplit("-", 1)[1])
+        chosen = []
+        for c in np.unique(labels):
+            ids = sorted((keys[i][1], i) for i in np.flatnonzero(labels == c) if keys[i][0] == "flickr")
+            chosen += [i for _, i in ids[len(ids) * k // ranges : len(ids) * (k + 1) // ranges]]
+    return np.flatnonzero(np.isin(groups, groups[chosen]))
+
+
+def source_description(source: str, share: float) -> str:
+    """What a source hold-out holds out, in words (printed beside every accuracy measured on it)."""
+    ranges = max(1, round(1 / share))
+    if source == "flickr-newest":
+        return f"each class's newest {1 / ranges:.0%} of Flickr uploads"
+    if source.startswith("flickr-range-"):
+        return f"Flickr id range {int(source.rsplit('-', 1)[1]) + 1} of {ranges} in each class"
+    return {"wikimedia": "the files not named by a Flickr id (Wikimedia Commons)", "none": "nothing"}[source]
+
+
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images (N, 3, H, W), in 0..255 units."""
     x = images.float()

@@ -40,6 +40,13 @@ class EvalResult:
     these images before and after dividing the logits by it (see `heritagelens.calibrate`)."""
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     """(file, problem) of the split's files that could not be read: not counted in any figure."""
+    held_out: str = ""
+    """For the source-held-out split: what it holds out, in words."""
+
+    @property
+    def name(self) -> str:
+        """The split's name with what it holds out, as every printed accuracy says it."""
+        return f"{self.split} [{self.held_out}]" if self.held_out else self.split
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +60,7 @@ class EvalResult:
             lines.append(f"{c:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
         for name, m in (("macro avg", self.macro), ("weighted avg", self.weighted)):
             lines.append(f"{name:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {self.n:7d}")
-        lines.append(f"accuracy on {self.split} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
+        lines.append(f"accuracy on {self.name} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} file(s) of {self.split} could not be read and are not counted:")
             lines += [f"  {f}: {problem}" for f, problem in self.unreadable]

@@ -37,7 +37,7 @@ def optimizer_flops(cfg: Config, classes: int = 10) -> float:
     if cfg.train.optimizer != "muon":
         return 0.0
     model = build_model(cfg.model, classes)
-    return float(sum(orthogonalize_flops(p.shape) for p in model.parameters() if p.ndim == 4))
+    return float(sum(orthogonalize_flops(p.shape, cfg.train.muon_ns_steps) for p in model.parameters() if p.ndim == 4))
 
 
 def training_flops(cfg: Config, images: int, classes: int = 10) -> dict:

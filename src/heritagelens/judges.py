@@ -83,7 +83,13 @@ def judge_config(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> Conf
     """The recipe of judge `name` on the data and validation split of `data_cfg` (so that the validation images
     the ceiling is measured on are unseen by every judge); `extra` overrides come last (tests use tiny judges)."""
     overrides = [*SGD, *JUDGES[name], "train.snapshot_epochs=[]", *extra]  # SGD: a default since moved, see ROBUST
-    return Config(data=dataclasses.replace(data_cfg)).override(overrides)
+    return Config(data=judge_data(data_cfg)).override(overrides)
+
+
+def judge_data(data_cfg: DataConfig) -> DataConfig:
+    """The split the judges train on: the group-aware one alone, over all of train/ (no source hold-out, as the
+    shipped panel was made); its validation images are the real images galleries are scored beside."""
+    return dataclasses.replace(data_cfg, source_val="none")
 
 
 def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
@@ -91,7 +97,8 @@ def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
     and the training files' names and sizes (not where they sit). It leaves out the defaults the overrides apply to:
     those may move on (a new setting, a new default recipe) without retraining a judge, whose checkpoint or card
     holds its whole recipe; a deliberate change of the judges is a new `PANEL_VERSION`."""
-    split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in ("root", "cache_dir")}
+    unkeyed = ("root", "cache_dir", "source_val", "source_share")  # where the data sits; what judges never hold out
+    split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in unkeyed}
     d = {"panel": PANEL_VERSION, "judge": name, "recipe": [*JUDGES[name], *extra], "split": split}
     return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), data_cfg)
 

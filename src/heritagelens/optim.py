@@ -19,7 +19,7 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 every singular value into about [0.7, 1.2] (Jordan et al. 2024)."""
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int = 3) -> torch.Tensor:
     """About U V^T of the 2-D matrix `g` = U S V^T: its singular values all moved near 1 by `steps` iterations."""
     a, b, c = NS_COEFFICIENTS
     x = g / (g.norm() + 1e-7)  # singular values now at most 1: inside the iteration's basin
@@ -32,7 +32,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.T if tall else x
 
 
-def orthogonalize_flops(shape: torch.Size, steps: int = 5) -> int:
+def orthogonalize_flops(shape: torch.Size, steps: int = 3) -> int:
     """Multiply-adds x 2 of one `orthogonalize` of a filter bank of `shape` (for the FLOP count of a recipe)."""
     m, n = sorted((shape[0], shape[1:].numel()))
     return steps * (4 * m * m * n + 2 * m**3)
@@ -45,7 +45,7 @@ class Muon(torch.optim.Optimizer):
     `orthogonal`; `lr_scale` (kept by the schedule, see `heritagelens.train.fit`) lets a Muon group run at its own
     learning rate."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, ns_steps: int = 5):
+    def __init__(self, params, lr: float, momentum: float = 0.9, ns_steps: int = 3):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "orthogonal": False,
                                   "ns_steps": ns_steps})  # fmt: skip
 
@@ -74,8 +74,8 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
-                   muon_lr: float = 0.0, muon_momentum: float = 0.0) -> torch.optim.Optimizer:  # fmt: skip
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, muon_lr: float = 0.0,
+                   muon_momentum: float = 0.0, ns_steps: int = 3) -> torch.optim.Optimizer:  # fmt: skip
     """'sgd': Nesterov SGD, weight decay on weights (not on biases or batch norm). 'muon': Muon at `muon_lr` on the
     conv filters, the rest as with 'sgd'."""
     params = list(model.named_parameters())
@@ -88,4 +88,4 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weig
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     orthogonal = {"params": filters, "orthogonal": True, "momentum": muon_momentum, "lr": muon_lr,
                   "lr_scale": muon_lr / lr}  # fmt: skip
-    return Muon([orthogonal, *groups], lr=lr, momentum=momentum)
+    return Muon([orthogonal, *groups], lr=lr, momentum=momentum, ns_steps=ns_steps)

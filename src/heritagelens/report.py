@@ -169,16 +169,19 @@ def data_section(run: RunFolder) -> Section:
         ["groups (no group crosses the split)", sp.get("groups")],
         ["largest group", sp.get("largest_group")],
         ["training images", sp.get("train_images")],
-        ["validation images", sp.get("val_images")],
+        ["validation images (group-aware)", sp.get("val_images")],
+        ["source-held-out validation images", sp.get("source_images")],
+        ["source held out", sp.get("source_held_out")],
         ["unreadable files skipped", sp.get("unreadable_skipped")],
     ]
     s.html = table(["", ""], [r for r in facts if r[1] is not None], "facts")
-    cols = [k for k in ("per_class", "train_per_class", "val_per_class") if k in sp]
+    cols = [k for k in ("per_class", "train_per_class", "val_per_class", "source_per_class") if k in sp]
     if not cols:
         s.missing.append("split.json: no counts per class")
         return s
     classes = list(sp[cols[0]])
-    names = {"per_class": "images", "train_per_class": "training", "val_per_class": "validation"}
+    names = {"per_class": "images", "train_per_class": "training", "val_per_class": "validation",
+             "source_per_class": "source-held-out"}  # fmt: skip
     rows = [[c] + [sp[k].get(c, 0) for k in cols] for c in classes]
     s.html += "<h3>Images per class</h3>" + table(["class"] + [names[k] for k in cols], rows, "counts")
     return s
@@ -213,7 +216,8 @@ def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
     rows += [[k + " avg", f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), r.n] for k, m in
              (("macro", r.macro), ("weighted", r.weighted))]  # fmt: skip
     s.headline = (
-        f"accuracy on {split_label(split)}: {r.accuracy:.4f}, macro F1 {r.macro['f1']:.4f} "
+        f"accuracy on {split_label(split)}{f' [{r.held_out}]' if r.held_out else ''}: {r.accuracy:.4f}, "
+        f"macro F1 {r.macro['f1']:.4f} "
         f"({r.n} images{', test-time augmentation' if r.tta else ''})"
     )
     s.html = (

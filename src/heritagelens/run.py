@@ -32,7 +32,7 @@ from .checkpoint import (
     save_checkpoint,
     temperature,
 )  # fmt: skip
-from .config import ROBUST, SGD, Config
+from .config import ROBUST, SGD, Config, DataConfig
 from .distributed import from_main, init_world, world
 from .evaluate import EvalResult, confusion_figure, evaluate_logits
 from .figures import figure_image, png_bytes
@@ -45,12 +45,18 @@ from .train import EpochResult, TrainState, epoch_side, fit, new_state, predict_
 
 @dataclass
 class Prepared:
-    """The train split decoded and divided into training and group-aware validation parts."""
+    """The train split decoded and divided into training, group-aware validation and source-held-out validation."""
 
     split: data.Split
     groups: np.ndarray
     train_idx: np.ndarray
     val_idx: np.ndarray
+    source_idx: np.ndarray
+    source: str = "none"
+
+    def held_out(self, split: str) -> np.ndarray:
+        """The indices of 'val' (group-aware) or 'source' (source-held-out) validation."""
+        return self.val_idx if split == "val" else self.source_idx
 
     def summary(self) -> dict:
         labels = self.split.labels.numpy()
@@ -65,10 +71,13 @@ class Prepared:
             "largest_group": int(np.bincount(self.groups).max()) if len(self.groups) else 0,
             "train_images": len(self.train_idx),
             "val_images": len(self.val_idx),
+            "source_held_out": self.source,
+            "source_images": len(self.source_idx),
             "unreadable_skipped": len(self.split.bad),
             "per_class": count(np.arange(len(labels))),
             "train_per_class": count(self.train_idx),
             "val_per_class": count(self.val_idx),
+            "source_per_class": count(self.source_idx),
         }
 
 
@@ -83,13 +92,25 @@ def prepare(cfg: Config) -> Prepared:
     if key not in _GROUPS:
         _GROUPS.clear()  # one split at a time is all a process needs
         _GROUPS[key] = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
-    groups = _GROUPS[key]
-    tr, va = data.group_split(split.labels.numpy(), groups, dc.val_folds, dc.val_fold, dc.split_seed)
+    groups, labels = _GROUPS[key], split.labels.numpy()
+    src = data.source_holdout(split.files, labels, groups, dc.source_val, dc.source_share)
+    rest = np.setdiff1d(np.arange(len(labels)), src)
+    tr, va = data.group_split(labels[rest], groups[rest], dc.val_folds, dc.val_fold, dc.split_seed)
+    tr, va = rest[tr], rest[va]
     if cfg.train.limit_train:
         rng = np.random.default_rng(cfg.train.seed)
         tr = rng.permutation(tr)[: cfg.train.limit_train]
         va = rng.permutation(va)[: max(1, cfg.train.limit_train // 4)]
-    return Prepared(split, groups, np.sort(tr), np.sort(va))
+        src = rng.permutation(src)[: max(1, cfg.train.limit_train // 4)]
+    return Prepared(split, groups, np.sort(tr), np.sort(va), np.sort(src), dc.source_val)
+
+
+def judges_unseen(data_cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels no judge trained on (their validation split): the real images galleries are scored beside."""
+    from .judges import judge_data
+
+    prep = prepare(Config(data=judge_data(data_cfg)))
+    return prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
 
 
 class RunDir:
@@ -257,7 +278,8 @@ def train_run(
         state = initial_state(cfg, prep)
         if main:
             atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
-            split = {**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx]}
+            split = {**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx],
+                     "source_files": [s.files[i] for i in prep.source_idx]}  # fmt: skip
             atomic_write_json(split, run.path / "split.json")
         run.log(f"config {json.dumps(cfg.to_dict())}")
         run.log(f"split {json.dumps(prep.summary())}")
@@ -292,6 +314,20 @@ def train_run(
     return state, prep
 
 
+def data_config_of(ckpt: dict, root: Path | str | None = None, data_overrides: list[str] = ()) -> Config:
+    """A checkpoint's config with the data root and the `data.*` settings a command gives."""
+    cfg = Config.from_dict(ckpt["config"]).override(list(data_overrides))
+    if root is not None:
+        cfg.data.root = str(root)
+    return cfg
+
+
+def validation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
+    """'val', and 'source' when the checkpoint's split holds photos of other sources out of training."""
+    cfg = data_config_of(read_checkpoint(checkpoint), root, data_overrides)
+    return ["val"] + ["source"] * bool(len(prepare(cfg).source_idx))
+
+
 def evaluate_checkpoint(
     checkpoint: Path | str,
     split: str,
@@ -300,18 +336,19 @@ def evaluate_checkpoint(
     out_dir: Path | str | None = None,
     data_overrides: list[str] = (),
 ) -> EvalResult:
-    """Evaluate a checkpoint on 'val' (its own group-aware validation split) or 'test' (the data root's test/), with
+    """Evaluate a checkpoint on 'val' (its own group-aware validation split), 'source' (its source-held-out
+    validation split) or 'test' (the data root's test/), with
     `data_overrides` (`data.*` assignments) applied to its config; the test split's unreadable files are listed."""
     model, classes, ckpt = load_model(checkpoint)
-    cfg = Config.from_dict(ckpt["config"]).override(list(data_overrides))
-    if root is not None:
-        cfg.data.root = str(root)
+    cfg = data_config_of(ckpt, root, data_overrides)
     tta = cfg.train.tta if tta is None else tta
-    if split == "val":
+    if split in ("val", "source"):
         prep = prepare(cfg)
         check_classes(classes, prep.split.classes, checkpoint)
-        images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
-        files = [prep.split.files[i] for i in prep.val_idx]
+        idx = prep.held_out(split)
+        if len(idx) == 0:
+            raise data.DataError(f"{checkpoint}: its {split} split is empty (data.source_val is '{prep.source}')")
+        images, labels, files = prep.split.images[idx], prep.split.labels[idx], [prep.split.files[i] for i in idx]
     else:
         data_classes = data.list_classes(cfg.data.root, "train") if data.has_split(cfg.data.root, "train") else classes
         check_classes(classes, data_classes, checkpoint)
@@ -319,7 +356,9 @@ def evaluate_checkpoint(
         images, labels, files = sp.images, sp.labels, sp.files
     logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
-    if split != "val":
+    if split == "source":
+        result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_share)
+    if split == "test":
         result.unreadable = [(str(f), problem) for f, problem in sp.bad]
     t = temperature(ckpt, tta)
     if t is not None:
@@ -345,10 +384,7 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
     both in the checkpoint (rewritten atomically), so that every later prediction of it can use them."""
     path = checkpoint_file(checkpoint)
     model, classes, ckpt = load_model(path)
-    cfg = Config.from_dict(ckpt["config"])
-    if root is not None:
-        cfg.data.root = str(root)
-    prep = prepare(cfg)
+    prep = prepare(cfg := data_config_of(ckpt, root))
     check_classes(classes, prep.split.classes, path)
     images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
     if len(labels) == 0:
@@ -398,9 +434,13 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
         cals = calibrate_checkpoint(run / "last.pt")
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
     with stage(stages, "evaluate"):
-        for split in ["val"] + (["test"] if data.has_split(cfg.data.root, "test") else []):
+        splits = (
+            ["val"] + (["source"] if len(prep.source_idx) else []) + ["test"] * data.has_split(cfg.data.root, "test")
+        )
+        for split in splits:
             r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
             summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
+            summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}
     with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
         model, _, _ = load_model(run / "last.pt")
         written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)

@@ -153,7 +153,14 @@ def get_lr(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return optim.make_optimizer(
-        model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.muon_lr, cfg.muon_momentum
+        model,
+        cfg.optimizer,
+        cfg.lr,
+        cfg.momentum,
+        cfg.weight_decay,
+        cfg.muon_lr,
+        cfg.muon_momentum,
+        cfg.muon_ns_steps,
     )
 
 

@@ -1,5 +1,7 @@
 """Hyperparameter and architecture search on Optuna: the recipe and the architecture family searched together,
-scored by group-aware validation accuracy, hopeless trials pruned from their per-epoch reports.
+scored by validation accuracy (the mean of the group-aware and the source-held-out accuracies when the split holds a
+source out, so that a recipe is chosen for photos from elsewhere too), hopeless trials pruned from their per-epoch
+reports on the group-aware split.
 
 A study lives in an Optuna storage: by default a SQLite file in the runs folder (embedded, nothing to start); any
 SQLAlchemy URL (PostgreSQL, MySQL) works the same, so workers on several machines join one study by pointing at
@@ -168,12 +170,13 @@ def objective_fn(
 
     from .distributed import init_world
     from .run import estimated_minutes, initial_state, prepare
-    from .train import fit
+    from .train import accuracy, eval_model, fit
 
     init_world(base.train.device)
     prep = prepare(base)  # the split depends only on data.*, which is never searched
     s = prep.split
     xt, yt, xv, yv = s.images[prep.train_idx], s.labels[prep.train_idx], s.images[prep.val_idx], s.labels[prep.val_idx]
+    xs, ys = s.images[prep.source_idx], s.labels[prep.source_idx]
     params = searched(fixed)
 
     def run_trial(trial) -> float:
@@ -198,12 +201,16 @@ def objective_fn(
 
         t0 = time.perf_counter()
         try:
-            fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+            state = fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
         finally:  # a pruned trial too says how long it trained
             minutes = (time.perf_counter() - t0) / 60
             trial.set_user_attr("train_minutes", round(minutes, 3))
-        trial.set_user_attr("val_accuracy", last["acc"])
-        return last["acc"] / minutes if objective == "accuracy-per-minute" else last["acc"]
+        trial.set_user_attr("val_accuracy", acc := last["acc"])
+        if len(xs):
+            src = accuracy(eval_model(state), xs, ys, precision=cfg.train.precision)
+            trial.set_user_attr("source_accuracy", src)
+            acc = (acc + src) / 2
+        return acc / minutes if objective == "accuracy-per-minute" else acc
 
     return run_trial
 
@@ -274,14 +281,17 @@ def summary(study, top: int = 5) -> str:
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     lines = [
         f"study '{study.study_name}': " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))),
-        f"objective: {study.user_attrs.get('objective', 'accuracy')} on the group-aware validation split",
+        f"objective: {study.user_attrs.get('objective', 'accuracy')} on the validation splits (the mean of group-aware "
+        "and source-held-out when a source is held out)",
         "best trials:",
     ]
     ranked = sorted(complete, key=lambda t: -t.value)
     for t in ranked[:top]:
         acc, minutes = t.user_attrs.get("val_accuracy"), t.user_attrs.get("train_minutes")
         base = "the base recipe, " if t.user_attrs.get("base_recipe") else ""
-        lines.append(f"  #{t.number}: {t.value:.4f} ({base}val accuracy {acc:.4f}, {minutes:.1f} min)  {t.params}")
+        src = t.user_attrs.get("source_accuracy")
+        src = f", source accuracy {src:.4f}" if src is not None else ""
+        lines.append(f"  #{t.number}: {t.value:.4f} ({base}val accuracy {acc:.4f}{src}, {minutes:.1f} min)  {t.params}")
     base = [t for t in ranked if t.user_attrs.get("base_recipe")]
     if base:
         lines.append(f"the base recipe (#{base[0].number}) ranks {ranked.index(base[0]) + 1} of {len(ranked)}")

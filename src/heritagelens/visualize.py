@@ -256,7 +256,7 @@ def write_dream(
     from .dream import class_images, dream_preset
     from .figures import gallery
     from .judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
-    from .run import prepare
+    from .run import judges_unseen, prepare
 
     model, classes, ckpt = load_model(checkpoint)
     names = class_names or classes
@@ -294,7 +294,7 @@ def write_dream(
     titles = names
     if score:
         panel = ensure_judges(cfg.data, judges_dir, extra=judge_extra, progress=progress)
-        real = real_images(prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], samples, ks, seed)
+        real = real_images(*judges_unseen(cfg.data), samples, ks, seed)
         intended = torch.tensor(ks).repeat_interleave  # the class of each image, `n` per class
         sets = {f"{label} (this gallery)": (result.images, intended(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
@@ -396,16 +396,14 @@ def score_folder(
 ) -> dict:
     """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
     from .judges import ensure_judges, gallery_scores, per_class_table, real_images, score_table
-    from .run import prepare
+    from .run import judges_unseen, prepare
 
     prep = prepare(Config(data=data_cfg))
     classes = prep.split.classes
     images, labels, files = folder_images(folder, classes)
     panel = ensure_judges(data_cfg, judges_dir, extra=judge_extra, progress=progress)
     per_class = int(torch.bincount(labels).max())
-    real = real_images(
-        prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], per_class, labels.unique(), seed
-    )
+    real = real_images(*judges_unseen(data_cfg), per_class, labels.unique(), seed)
     name = Path(folder).name
     sets = gallery_scores({name: (images, labels)}, real, panel, classes)
     text = score_table(sets) + "\n\nper class:\n" + per_class_table(sets[name], classes)
