@@ -56,7 +56,7 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     assert split["groups"] > 7000 and split["images"] == 10130
     assert split["source_held_out"] == "flickr-newest" and not set(split["source_files"]) & set(split["val_files"])
     report = (tmp_path / "run" / "report.html").read_text()
-    assert report.count('<figure class="thumb">') == 12 and "image not found" not in report  # real photos shown
+    assert report.count('<figure class="thumb">') == 24 and "image not found" not in report  # 12 per validation
     assert "lacks" not in report and "accuracy on val (group-aware validation from train/)" in report
     for views in summary["calibration"].values():  # the temperature can only lower the NLL it was fitted on
         assert views["nll_after"] <= views["nll_before"] and views["ece_after"] <= views["ece_before"] + 1e-9
