@@ -256,20 +256,20 @@ def test_source_holdout_takes_each_class_newest_flickr_photos_with_their_groups(
     labels = np.array([0] * 10 + [1] * 10 + [1, 1])
     groups = np.arange(22)
     groups[3] = groups[9]  # an old class-0 photo linked (a near-duplicate) to the newest one
-    held = data.source_holdout(files, labels, groups, "flickr-newest", 0.2)
-    assert sorted(held) == [3, 8, 9, 18, 19]  # two newest per class (a share of 0.2) and the whole group of #9
-    assert sorted(data.source_holdout(files, labels, groups, "flickr-range-0", 0.2)) == [0, 1, 10, 11]
-    assert sorted(data.source_holdout(files, labels, groups, "wikimedia", 0.2)) == [20, 21]
-    assert len(data.source_holdout(files, labels, groups, "none", 0.2)) == 0
+    held = data.source_holdout(files, labels, groups, "flickr-newest", 5)
+    assert sorted(held) == [3, 8, 9, 18, 19]  # two newest per class (the last of 5 ranges) and the whole group of #9
+    assert sorted(data.source_holdout(files, labels, groups, "flickr-range-0", 5)) == [0, 1, 10, 11]
+    assert sorted(data.source_holdout(files, labels, groups, "wikimedia", 5)) == [20, 21]
+    assert len(data.source_holdout(files, labels, groups, "none", 5)) == 0
 
 
 def test_source_ranges_partition_the_flickr_photos():
     rng = np.random.default_rng(0)
     ids = rng.choice(10**9, 300, replace=False) + 10**10
     files, labels, groups = [_flickr(i) for i in ids], rng.integers(0, 3, 300), np.arange(300)
-    folds = [data.source_holdout(files, labels, groups, f"flickr-range-{k}", 0.25) for k in range(4)]
+    folds = [data.source_holdout(files, labels, groups, f"flickr-range-{k}", 4) for k in range(4)]
     assert sorted(np.concatenate(folds)) == list(range(300))
-    assert np.array_equal(folds[3], data.source_holdout(files, labels, groups, "flickr-newest", 0.25))
+    assert np.array_equal(folds[3], data.source_holdout(files, labels, groups, "flickr-newest", 4))
     for c in range(3):  # within a class, every photo of a later range was uploaded after every one of an earlier
         newest, oldest = folds[3][labels[folds[3]] == c], folds[0][labels[folds[0]] == c]
         assert ids[newest].min() > ids[oldest].max()

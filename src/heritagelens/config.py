@@ -63,9 +63,14 @@ class DataConfig:
             raise ConfigError("data.source_val must be 'flickr-newest', 'flickr-range-K', 'wikimedia' or 'none'")
         if not 0 < self.source_share <= 0.5:
             raise ConfigError("data.source_share must be in (0, 0.5]")
-        if ranges and int(ranges[1]) >= round(1 / self.source_share):
-            raise ConfigError(f"data.source_val: a share of {self.source_share} makes {round(1 / self.source_share)} "
-                              f"Flickr ranges, numbered from 0")  # fmt: skip
+        if ranges and int(ranges[1]) >= self.source_ranges:
+            raise ConfigError(f"data.source_val: a share of {self.source_share} makes {self.source_ranges} Flickr "
+                              f"ranges, numbered from 0")  # fmt: skip
+
+    @property
+    def source_ranges(self) -> int:
+        """How many equal ranges of each class's Flickr ids a 'flickr-*' hold-out cuts (the last is 'flickr-newest')."""
+        return max(1, round(1 / self.source_share))
 
 
 @dataclass

@@ -433,14 +433,13 @@ def group_split(
     raise AssertionError("unreachable")
 
 
-def source_holdout(files: list[str], labels: np.ndarray, groups: np.ndarray, source: str, share: float) -> np.ndarray:
+def source_holdout(files: list[str], labels: np.ndarray, groups: np.ndarray, source: str, ranges: int) -> np.ndarray:
     """Indices held out of training as photos from another source, whole groups at a time (so that no burst,
     series or near-duplicate spans training and the held-out set):
 
-    - 'flickr-newest': in each class, the `share` of its Flickr photos with the highest ids (the latest uploads:
-      other years, cameras and photographers than most of training);
-    - 'flickr-range-K': in each class, the K-th of round(1 / `share`) equal ranges of its Flickr photos by id
-      (folds of a cross-source estimate; the last is 'flickr-newest');
+    - 'flickr-newest': in each class, the last of `ranges` equal ranges of its Flickr photos by id (the latest
+      uploads: other years, cameras and photographers than most of training);
+    - 'flickr-range-K': in each class, the K-th of those ranges (folds of a cross-source estimate);
     - 'wikimedia': every file not named by a Flickr id (the Wikimedia Commons series, most of them apses and
       flying buttresses);
     - 'none': nothing.
@@ -451,7 +450,6 @@ def source_holdout(files: list[str], labels: np.ndarray, groups: np.ndarray, sou
     if source == "wikimedia":
         chosen = [i for i, (kind, _) in enumerate(keys) if kind == "name"]
     else:
-        ranges = max(1, round(1 / share))
         k = ranges - 1 if source == "flickr-newest" else int(source.rsplit("-", 1)[1])
         chosen = []
         for c in np.unique(labels):
@@ -460,9 +458,8 @@ def source_holdout(files: list[str], labels: np.ndarray, groups: np.ndarray, sou
     return np.flatnonzero(np.isin(groups, groups[chosen]))
 
 
-def source_description(source: str, share: float) -> str:
+def source_description(source: str, ranges: int) -> str:
     """What a source hold-out holds out, in words (printed beside every accuracy measured on it)."""
-    ranges = max(1, round(1 / share))
     if source == "flickr-newest":
         return f"each class's newest {1 / ranges:.0%} of Flickr uploads"
     if source.startswith("flickr-range-"):

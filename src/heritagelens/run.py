@@ -93,7 +93,7 @@ def prepare(cfg: Config) -> Prepared:
         _GROUPS.clear()  # one split at a time is all a process needs
         _GROUPS[key] = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
     groups, labels = _GROUPS[key], split.labels.numpy()
-    src = data.source_holdout(split.files, labels, groups, dc.source_val, dc.source_share)
+    src = data.source_holdout(split.files, labels, groups, dc.source_val, dc.source_ranges)
     rest = np.setdiff1d(np.arange(len(labels)), src)
     tr, va = data.group_split(labels[rest], groups[rest], dc.val_folds, dc.val_fold, dc.split_seed)
     tr, va = rest[tr], rest[va]
@@ -357,7 +357,7 @@ def evaluate_checkpoint(
     logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
     if split == "source":
-        result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_share)
+        result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_ranges)
     if split == "test":
         result.unreadable = [(str(f), problem) for f, problem in sp.bad]
     t = temperature(ckpt, tta)
@@ -434,10 +434,8 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
         cals = calibrate_checkpoint(run / "last.pt")
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
     with stage(stages, "evaluate"):
-        splits = (
-            ["val"] + (["source"] if len(prep.source_idx) else []) + ["test"] * data.has_split(cfg.data.root, "test")
-        )
-        for split in splits:
+        validations = ["val"] + (["source"] if len(prep.source_idx) else [])
+        for split in validations + (["test"] if data.has_split(cfg.data.root, "test") else []):
             r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
             summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
             summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}

@@ -396,10 +396,9 @@ def score_folder(
 ) -> dict:
     """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
     from .judges import ensure_judges, gallery_scores, per_class_table, real_images, score_table
-    from .run import judges_unseen, prepare
+    from .run import judges_unseen
 
-    prep = prepare(Config(data=data_cfg))
-    classes = prep.split.classes
+    classes = data.list_classes(Path(data_cfg.root), "train")
     images, labels, files = folder_images(folder, classes)
     panel = ensure_judges(data_cfg, judges_dir, extra=judge_extra, progress=progress)
     per_class = int(torch.bincount(labels).max())
