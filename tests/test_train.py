@@ -230,7 +230,16 @@ def test_robust_preset_trains(tiny_data, tmp_path):
     assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["adv_eps"] == 4
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "robust", "tuned"])
+def test_every_named_preset_is_tested_here():
+    from heritagelens.config import PRESETS
+
+    assert set(PRESETS) == set(NAMED_PRESETS)
+
+
+NAMED_PRESETS = ["default", "quick", "classic", "robust", "tuned", "best"]
+
+
+@pytest.mark.parametrize("name", NAMED_PRESETS)
 def test_every_named_preset_builds_a_model_that_runs(name):
     from heritagelens.config import preset
     from heritagelens.models import build_model
@@ -239,6 +248,10 @@ def test_every_named_preset_builds_a_model_that_runs(name):
     assert build_model(cfg.model, 10)(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
     if name == "tuned":  # the study's best trial: a 5x5 kernel, one conv per stage
         assert cfg.model.kernel_size == 5 and cfg.model.depths == (1, 1, 1, 1) and cfg.train.crop_pad == 1
+    if name == "best":  # wider and longer than the default, held to an hour by the time budget
+        default = preset("default")
+        assert cfg.model.widths > default.model.widths and cfg.train.epochs > default.train.epochs
+        assert cfg.train.minutes == 60 and cfg.model.arch == "plain"
 
 
 # --------------------------------------------------------------------------------------------------- time budget
