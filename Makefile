@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/heritagelens run
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

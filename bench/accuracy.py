@@ -1,10 +1,11 @@
 """Accuracy and wall time of a recipe over several seeds, on the group-aware and source-held-out validations.
 
-    AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --seeds 0 1 2 [--set k=v ...]
+    AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --seeds 0 1 2 [--set k=v ...] [--record]
 
 Trains one run per seed (one at a time: the machine has 2 cores), evaluates each run's final weights on both
 validation splits (group-aware 'val', and 'source' when the recipe holds a source out) with the recipe's TTA
-setting, and prints a Markdown table plus mean and spread of each.
+setting, and prints a Markdown table plus mean and spread of each. `--record` writes the figures of a named preset
+(no `--set`) into the package's `presets.json`, which every report sets its run beside.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from pathlib import Path
 import torch
 
 from heritagelens.config import preset
+from heritagelens.flops import training_flops
+from heritagelens.io import atomic_write_json
+from heritagelens.precision import cache_key
+from heritagelens.report import PRESET_FIGURES, split_key
 from heritagelens.run import evaluate_checkpoint, train_run, validation_splits
 
 
@@ -29,7 +34,10 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", default="runs/bench-accuracy")
+    p.add_argument("--record", action="store_true", help="write the figures into the package's presets.json")
     a = p.parse_args()
+    if a.record and a.set:
+        p.error("--record is for a named preset as it is: no --set")
     rows = []
     for seed in a.seeds:
         cfg = preset(a.preset).override(a.set)
@@ -44,6 +52,7 @@ def main():
         held = "source" in validation_splits(run / "last.pt")
         src = evaluate_checkpoint(run / "last.pt", "source", out_dir=run) if held else None
         ips = [float(line.split(",")[-1]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+        split = json.loads((run / "split.json").read_text())
         rows.append(
             dict(
                 seed=seed,
@@ -55,6 +64,8 @@ def main():
                 minutes=minutes,
                 train_img_s=statistics.median(ips),
                 run=str(run),
+                split_key=split_key(split),
+                tflop=training_flops(cfg, split["train_images"], len(split["per_class"]))["tflop"],
             )
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -78,6 +89,35 @@ def main():
                 f"mean {name} accuracy {statistics.mean(accs):.4f} +- {spread:.4f} (sample std over {len(accs)} "
                 f"seeds), min {min(accs):.4f}, max {max(accs):.4f}"
             )
+    if a.record:
+        record(a.preset, rows)
+
+
+def record(name: str, rows: list[dict]) -> None:
+    """The preset's figures into `presets.json`; every preset there must have been measured on the same split."""
+    keys = {r["split_key"] for r in rows}
+    ref = json.loads(PRESET_FIGURES.read_text()) if PRESET_FIGURES.exists() else {}
+    if len(keys) != 1 or ref.get("split_key", *keys) not in keys or any(r["source_acc"] is None for r in rows):
+        raise SystemExit(
+            f"{PRESET_FIGURES}: not recorded: the runs' split differs from the recorded one or holds no source"
+        )
+    ref |= {
+        "data": "AHE64 train split, its default group-aware and source-held-out validations",
+        "split_key": keys.pop(),
+    }
+    ref.setdefault("presets", {})[name] = {
+        "command": f"AHE_DATA=<AHE64 root> python bench/accuracy.py --preset {name} --seeds "
+        + " ".join(str(r["seed"]) for r in rows)
+        + " --record",
+        "machine": cache_key(torch.device("cpu")),
+        "seeds": [r["seed"] for r in rows],
+        **{k: [round(r[v], 4) for r in rows] for k, v in (("val", "val_acc"), ("val_one_view", "val_acc_no_tta"),
+           ("val_macro_f1", "macro_f1"), ("source", "source_acc"), ("source_macro_f1", "source_macro_f1"))},
+        "train_minutes": [round(r["minutes"], 1) for r in rows],
+        "tflop": rows[0]["tflop"],
+    }  # fmt: skip
+    atomic_write_json(ref, PRESET_FIGURES)
+    print(f"recorded {name} in {PRESET_FIGURES}")
 
 
 if __name__ == "__main__":

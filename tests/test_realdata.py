@@ -85,6 +85,18 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     assert right / len(truth) > 0.4  # chance is 0.1; the quick model gets about 0.7 on the 64 px originals
 
 
+def test_the_presets_figures_in_the_package_were_measured_on_the_real_split(ahe_root):
+    from heritagelens.config import Config
+    from heritagelens.report import PRESET_FIGURES, split_key
+    from heritagelens.run import prepare
+
+    cfg = Config()
+    cfg.data.root = str(ahe_root)
+    figures = json.loads(PRESET_FIGURES.read_text())
+    assert split_key(prepare(cfg).record()) == figures["split_key"]  # so a report's "compares directly" holds
+    assert {"default", "best"} <= set(figures["presets"])
+
+
 def test_shipped_panel_serves_the_real_split_without_training_a_judge(ahe_root, tmp_path):
     from heritagelens import judges
     from heritagelens.config import DataConfig

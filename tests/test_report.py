@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 import shutil
 
@@ -15,7 +16,18 @@ from PIL import Image
 
 from heritagelens.report import build
 
-SECTIONS = ["config", "data", "training", "eval-val", "eval-source", "eval-test", "deconvnet", "gallery", "timing"]
+SECTIONS = [
+    "config",
+    "data",
+    "training",
+    "presets",
+    "eval-val",
+    "eval-source",
+    "eval-test",
+    "deconvnet",
+    "gallery",
+    "timing",
+]
 
 
 def embedded_images(text: str) -> list[Image.Image]:
@@ -45,6 +57,21 @@ def test_the_main_job_ends_with_a_complete_report(main_run):
     images = embedded_images(text)
     assert len(images) >= 1 + 2 + 2 + 2 + 1  # curves, 2 confusion matrices, 2 reliability diagrams, 2 grids, gallery
     assert "http://" not in text and "https://" not in text  # nothing fetched when viewed
+
+
+def test_a_run_is_set_beside_the_presets_and_told_whether_it_compares(main_run, tmp_path):
+    from heritagelens.report import PRESET_FIGURES, RunFolder, presets_section, split_key
+
+    _, run = main_run
+    figures = json.loads(PRESET_FIGURES.read_text())
+    s = presets_section(RunFolder(run))
+    val, source = (json.loads((run / f"eval-{k}.json").read_text())["accuracy"] for k in ("val", "source"))
+    assert f"<td>this run</td><td>{val:.2%}</td><td>{source:.2%}</td>" in s.html
+    assert all(f"<td>{name} (3 seeds)</td>" in s.html for name in figures["presets"])
+    assert "does not compare directly" in s.html  # a synthetic split, not the one the presets were measured on
+    same = tmp_path / "presets.json"
+    same.write_text(json.dumps({**figures, "split_key": split_key(json.loads((run / "split.json").read_text()))}))
+    assert "its row compares directly" in presets_section(RunFolder(run), same).html
 
 
 def test_report_of_a_damaged_run_lists_what_is_missing_and_shows_the_rest(main_run, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import json
 import re
@@ -25,6 +26,10 @@ from . import __version__
 from .config import SPLIT_NAMES
 from .figures import figure_image, png_bytes
 from .io import atomic_write_text
+
+PRESET_FIGURES = Path(__file__).with_name("presets.json")
+"""The named presets' measured figures on AHE64 (written by `bench/accuracy.py --record`): the report sets a run
+beside them."""
 
 KNOWN = ("config.json", "metrics.csv", "split.json", "summary.json", "last.pt", "best.pt")
 
@@ -184,6 +189,54 @@ def data_section(run: RunFolder) -> Section:
              "source_per_class": "source-held-out"}  # fmt: skip
     rows = [[c] + [sp[k].get(c, 0) for k in cols] for c in classes]
     s.html += "<h3>Images per class</h3>" + table(["class"] + [names[k] for k in cols], rows, "counts")
+    return s
+
+
+def split_key(split: dict) -> str:
+    """Which split a run was trained and validated on, from its `split.json`: the image count and the files of both
+    validations, so two runs with the same key were measured on the same photographs."""
+    d = {k: split.get(k) for k in ("images", "source_held_out")}
+    d |= {k: sorted(split.get(k) or []) for k in ("val_files", "source_files")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _mean_sd(values: list[float]) -> str:
+    m = float(np.mean(values))
+    return f"{m:.2%} ± {np.std(values, ddof=1):.2%}" if len(values) > 1 else f"{m:.2%}"
+
+
+def presets_section(run: RunFolder, figures: Path = PRESET_FIGURES) -> Section:
+    s = Section("presets", "This run beside the measured presets")
+    ref = run.read(str(figures), s, lambda f: json.loads(f.read_text(encoding="utf-8")))
+    if ref is None:
+        return s
+    header = ["", "group-aware val", "source-held-out", "gap (points)", "macro F1 val / source", "TFLOP",
+              "training minutes"]  # fmt: skip
+    rows = []
+    for name, p in ref["presets"].items():
+        gap = 100 * (np.mean(p["val"]) - np.mean(p["source"]))
+        f1 = f"{np.mean(p['val_macro_f1']):.3f} / {np.mean(p['source_macro_f1']):.3f}"
+        minutes = f"{min(p['train_minutes']):.0f}-{max(p['train_minutes']):.0f}"
+        rows.append([f"{name} ({len(p['val'])} seeds)", _mean_sd(p["val"]), _mean_sd(p["source"]), f"{gap:.1f}", f1,
+                     f"{p['tflop']:.0f}", minutes])  # fmt: skip
+    mine = [run.path / f"eval-{k}.json" for k in ("val", "source")]
+    if all(f.exists() for f in mine):
+        val, src = (json.loads(f.read_text(encoding="utf-8")) for f in mine)
+        summary = json.loads((run.path / "summary.json").read_text()) if (run.path / "summary.json").exists() else {}
+        tflop = summary.get("train_compute", {}).get("tflop")
+        rows.append(["this run", f"{val['accuracy']:.2%}", f"{src['accuracy']:.2%}",
+                     f"{100 * (val['accuracy'] - src['accuracy']):.1f}",
+                     f"{val['macro']['f1']:.3f} / {src['macro']['f1']:.3f}",
+                     "" if tflop is None else f"{tflop:.0f}", summary.get("train_minutes", "")])  # fmt: skip
+    sp = run.json("split.json", s)
+    same = sp is not None and split_key(sp) == ref["split_key"]
+    how = "; ".join(f"{name}: {p['command']} on {p['machine']}" for name, p in ref["presets"].items())
+    s.html = table(header, rows, "presets") + para(
+        f"Each preset's figures: mean ± sample standard deviation over training seeds, final weights, test-time "
+        f"augmentation, {ref['data']}. Measured with {how}. "
+        + ("This run was validated on the same photographs, so its row compares directly."
+           if same else "This run's split is not that one, so its row does not compare directly.")
+    )  # fmt: skip
     return s
 
 
@@ -395,6 +448,7 @@ def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[st
         safely("config.json", "config", "Configuration", config_section, run),
         safely("split.json", "data", "Data and validation split", data_section, run),
         safely("metrics.csv", "training", "Training curves", training_section, run),
+        safely(PRESET_FIGURES.name, "presets", "This run beside the measured presets", presets_section, run),
     ]
     evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (f.stem != "eval-val", f.stem))
     for f in evals:

@@ -58,6 +58,12 @@ class Prepared:
         """The indices of 'val' (group-aware) or 'source' (source-held-out) validation."""
         return self.val_idx if split == "val" else self.source_idx
 
+    def record(self) -> dict:
+        """What a run's `split.json` holds: the summary and the files of both validations."""
+        files = self.split.files
+        return {**self.summary(), "val_files": [files[i] for i in self.val_idx],
+                "source_files": [files[i] for i in self.source_idx]}  # fmt: skip
+
     def summary(self) -> dict:
         labels = self.split.labels.numpy()
 
@@ -278,9 +284,7 @@ def train_run(
         state = initial_state(cfg, prep)
         if main:
             atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
-            split = {**prep.summary(), "val_files": [s.files[i] for i in prep.val_idx],
-                     "source_files": [s.files[i] for i in prep.source_idx]}  # fmt: skip
-            atomic_write_json(split, run.path / "split.json")
+            atomic_write_json(prep.record(), run.path / "split.json")
         run.log(f"config {json.dumps(cfg.to_dict())}")
         run.log(f"split {json.dumps(prep.summary())}")
     if s.bad and main:
