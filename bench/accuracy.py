@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from heritagelens.config import preset
+from heritagelens.files import atomic_write_json
 from heritagelens.flops import training_flops
-from heritagelens.io import atomic_write_json
+from heritagelens.jobs.evaluation import evaluate_checkpoint, validation_splits
 from heritagelens.precision import cache_key
 from heritagelens.report import PRESET_FIGURES, split_key
-from heritagelens.run import evaluate_checkpoint, train_run, validation_splits
+from heritagelens.runs import train_run
 
 
 def main():

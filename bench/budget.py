@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from heritagelens.config import preset
+from heritagelens.jobs.evaluation import evaluate_checkpoint
 from heritagelens.precision import cache_key, resolve
-from heritagelens.run import evaluate_checkpoint, train_run
+from heritagelens.runs import train_run
 
 
 def main():

@@ -22,7 +22,7 @@ from heritagelens.config import Config
 from heritagelens.dream import class_images, dream_preset, image_stats
 from heritagelens.figures import gallery
 from heritagelens.judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
-from heritagelens.run import prepare
+from heritagelens.split import prepare
 
 
 def gallery_seconds(model, stats, preset: str, classes: int = 10, samples: int = 4, repeats: int = 2) -> list[float]:

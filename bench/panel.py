@@ -20,9 +20,9 @@ import torch
 
 from heritagelens import judges
 from heritagelens.config import DataConfig
+from heritagelens.inference import accuracy
 from heritagelens.precision import cache_key
-from heritagelens.run import prepare
-from heritagelens.train import accuracy
+from heritagelens.split import prepare
 
 
 def val_accuracy(judge: judges.Judge, data_cfg: DataConfig) -> float:

@@ -43,9 +43,9 @@ def enlarge(image: np.ndarray, rng: np.random.Generator, frame: str, low: int = 
 def measure_views(run: str) -> dict:
     from heritagelens.checkpoint import load_model
     from heritagelens.config import Config
-    from heritagelens.run import prepare
+    from heritagelens.inference import predict_logits
     from heritagelens.sort import VIEWS, load
-    from heritagelens.train import predict_logits
+    from heritagelens.split import prepare
 
     model, classes, ckpt = load_model(run)
     cfg = Config.from_dict(ckpt["config"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 PRELOAD = [
     "heritagelens.cli",
-    "heritagelens.run",
+    "heritagelens.jobs.pipeline",
     "heritagelens.visualize",
     "heritagelens.tune",
     "heritagelens.sort",

@@ -324,7 +324,7 @@ def test_dream_bad_input_gives_one_line(trained, tmp_path, args, needles):
     ],
 )
 def test_a_crafted_checkpoint_is_one_line_and_builds_nothing(trained, tmp_path, craft, needles):
-    from heritagelens.io import safe_load
+    from heritagelens.files import safe_load
 
     root, run = trained
     ckpt = safe_load(run / "last.pt")
@@ -380,18 +380,20 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(trained):
     [("cmd_sort", "run the same sort command again"), ("cmd_train", "train --resume RUN"), ("cmd_layers", "")],
 )
 def test_ctrl_c_gives_the_advice_of_the_command_interrupted(command, advice, monkeypatch, capsys):
+    import dataclasses
+
     from heritagelens import cli as cli_module
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    interrupted.__name__ = command
-    monkeypatch.setattr(cli_module, command, interrupted)
-    args = {"cmd_sort": ["sort", "m.pt", "photos", "--out", "o"], "cmd_train": ["train"], "cmd_layers": ["layers", "m"]}
-    assert cli_module.main(args[command]) == 130
+    name = command.removeprefix("cmd_")
+    monkeypatch.setitem(cli_module.COMMANDS, name, dataclasses.replace(cli_module.COMMANDS[name], func=interrupted))
+    args = {"sort": ["sort", "m.pt", "photos", "--out", "o"], "train": ["train"], "layers": ["layers", "m"]}
+    assert cli_module.main(args[name]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("heritagelens: interrupted") and advice in err and "\n" not in err
-    assert command == "cmd_train" or "--resume" not in err
+    assert name == "train" or "--resume" not in err
 
 
 def test_evaluate_names_the_test_files_it_could_not_read_or_stops(trained, tmp_path):
@@ -416,6 +418,21 @@ def test_evaluate_names_the_test_files_it_could_not_read_or_stops(trained, tmp_p
     assert not (tmp_path / "s").exists()
     p = cli("evaluate", run, "--data", copy, "--set", "train.epochs=3")
     assert_one_line_error(p, "evaluate --set takes data.* settings only")
+    for command in (["dream", run, "--all"], ["dream-score", tmp_path]):  # a setting a command would ignore
+        p = cli(*command, "--data", copy, "--set", "train.epochs=3")
+        assert_one_line_error(p, f"{command[0]} --set takes", "gallery.judge_overrides settings only", "train.epochs=3")
+
+
+def test_help_loads_neither_torch_nor_numpy():
+    code = (
+        "import sys\nfrom heritagelens import cli\n"
+        "for argv in (['--help'], ['train', '--help'], ['dream', '--help'], ['data', 'fetch', '--help']):\n"
+        "    try:\n        cli.main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'matplotlib') if m in sys.modules))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "usage: heritagelens train" in p.stdout and p.stdout.splitlines()[-1] == "[]"
 
 
 def test_serve_where_it_cannot_listen_is_one_line_before_the_model_loads(trained):

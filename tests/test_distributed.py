@@ -137,7 +137,8 @@ def test_float16_with_loss_scaling_trains(tiny_data):
     cfg = tiny_config(tiny_data, "train.precision=fp16-cl", "train.epochs=3", "train.lr=0.05")
     amp = resolve(cfg.train.precision, torch.device("cpu")).precision
     assert amp.dtype == torch.float16 and amp.scaler().is_enabled()
-    from heritagelens.run import initial_state, prepare
+    from heritagelens.runs import initial_state
+    from heritagelens.split import prepare
 
     prep = prepare(cfg)
     s = prep.split

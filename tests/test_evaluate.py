@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import classification_report
 
-from heritagelens.evaluate import confusion_figure, evaluate_logits
+from heritagelens.evaluate import evaluate_logits
+from heritagelens.figures import confusion_figure
 
 CLASSES = ["a", "b", "c"]
 

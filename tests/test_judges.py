@@ -90,7 +90,7 @@ def test_ceiling_sample_and_reference_are_disjoint_and_cover_everything():
 
 def test_scores_separate_real_images_from_noise(panel, data_cfg):
     from heritagelens.config import Config
-    from heritagelens.run import prepare
+    from heritagelens.split import prepare
 
     p, _ = panel
     prep = prepare(Config(data=data_cfg))
@@ -110,7 +110,7 @@ def test_scores_separate_real_images_from_noise(panel, data_cfg):
 
 
 def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):
-    from heritagelens.io import atomic_save, safe_load
+    from heritagelens.files import atomic_save, safe_load
 
     extra = [*TINY_JUDGES, "train.epochs=2"]
     judges.ensure_judges(data_cfg, tmp_path, extra=extra, progress=False, log=lambda s: None)

@@ -6,8 +6,9 @@ from conftest import tiny_config
 
 from heritagelens import optim
 from heritagelens.config import Config, ConfigError
+from heritagelens.jobs.evaluation import evaluate_checkpoint
 from heritagelens.models import build_model
-from heritagelens.run import evaluate_checkpoint, train_run
+from heritagelens.runs import train_run
 
 
 @pytest.mark.parametrize("shape", [(32, 27), (64, 576), (256, 2304), (300, 40)])

@@ -144,8 +144,10 @@ def test_every_compute_path_runs_in_the_chosen_mode(monkeypatch, tiny_data):
     images and training all run under bfloat16 autocast on channels-last inputs."""
     from heritagelens.deconvnet import top_activations_of
     from heritagelens.dream import class_logit, pixel_image, render
-    from heritagelens.run import initial_state, prepare
-    from heritagelens.train import fit, predict_logits
+    from heritagelens.inference import predict_logits
+    from heritagelens.runs import initial_state
+    from heritagelens.split import prepare
+    from heritagelens.train import fit
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     resolve("auto", CPU, fake_probe({"fp32": 1.0, "fp32-cl": 2.0, "bf16-cl": 3.0}, []))

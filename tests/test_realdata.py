@@ -88,7 +88,7 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
 def test_the_presets_figures_in_the_package_were_measured_on_the_real_split(ahe_root):
     from heritagelens.config import Config
     from heritagelens.report import PRESET_FIGURES, split_key
-    from heritagelens.run import prepare
+    from heritagelens.split import prepare
 
     cfg = Config()
     cfg.data.root = str(ahe_root)

@@ -60,18 +60,18 @@ def test_the_main_job_ends_with_a_complete_report(main_run):
 
 
 def test_a_run_is_set_beside_the_presets_and_told_whether_it_compares(main_run, tmp_path):
-    from heritagelens.report import PRESET_FIGURES, RunFolder, presets_section, split_key
+    from heritagelens.report import PRESET_FIGURES, RunReader, presets_section, split_key
 
     _, run = main_run
     figures = json.loads(PRESET_FIGURES.read_text())
-    s = presets_section(RunFolder(run))
+    s = presets_section(RunReader(run))
     val, source = (json.loads((run / f"eval-{k}.json").read_text())["accuracy"] for k in ("val", "source"))
     assert f"<td>this run</td><td>{val:.2%}</td><td>{source:.2%}</td>" in s.html
     assert all(f"<td>{name} (3 seeds)</td>" in s.html for name in figures["presets"])
     assert "does not compare directly" in s.html  # a synthetic split, not the one the presets were measured on
     same = tmp_path / "presets.json"
     same.write_text(json.dumps({**figures, "split_key": split_key(json.loads((run / "split.json").read_text()))}))
-    assert "its row compares directly" in presets_section(RunFolder(run), same).html
+    assert "its row compares directly" in presets_section(RunReader(run), same).html
 
 
 def test_report_of_a_damaged_run_lists_what_is_missing_and_shows_the_rest(main_run, tmp_path):

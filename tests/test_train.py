@@ -7,12 +7,14 @@ import pytest
 import torch
 from conftest import SETS, cli, tiny_config
 
-from heritagelens import run as run_module
-from heritagelens import train
+from heritagelens import inference, train
+from heritagelens import runs as run_module
 from heritagelens.checkpoint import CheckpointError, load_model, read_checkpoint
 from heritagelens.config import Config, ConfigError, TrainConfig
+from heritagelens.jobs.evaluation import evaluate_checkpoint
 from heritagelens.models import build_model
-from heritagelens.run import evaluate_checkpoint, train_run
+from heritagelens.runs import train_run
+from heritagelens.split import prepare
 
 
 def _g(seed=0):
@@ -90,7 +92,7 @@ def test_schedule_rises_then_falls_to_zero():
 
 def test_tta_views_keep_shape():
     x = torch.rand(2, 3, 64, 64)
-    views = train.tta_views(x)
+    views = inference.tta_views(x)
     assert len(views) == 4 and all(v.shape == x.shape for v in views)
     assert torch.equal(views[1], x.flip(3))
 
@@ -159,9 +161,9 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_data, tmp_path):
     state, prep = train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
     model, classes, ckpt = load_model(tmp_path / "run" / "last.pt")
     x = prep.split.images[:8]
-    expected = train.predict_logits(state.model, x, precision="fp32")
+    expected = inference.predict_logits(state.model, x, precision="fp32")
     assert classes == ["arch", "bell", "dome"] and list(ckpt["config"]["model"]["widths"]) == [8, 16]
-    assert torch.equal(train.predict_logits(model, x, precision="fp32"), expected)
+    assert torch.equal(inference.predict_logits(model, x, precision="fp32"), expected)
     # the file holds only plain values: it loads with weights_only=True (read_checkpoint uses nothing else)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["format"] == "heritagelens-checkpoint"
 
@@ -258,7 +260,7 @@ def test_every_named_preset_builds_a_model_that_runs(name):
 @pytest.mark.parametrize("minutes, per_step", [(0.2, 0.5), (0.05, 0.5), (10.0, 0.5), (0.01, 3.0)])
 def test_time_budget_trains_the_most_epochs_that_fit(tiny_data, minutes, per_step):
     cfg = tiny_config(tiny_data, "train.epochs=20", f"train.minutes={minutes}")
-    prep = run_module.prepare(cfg)
+    prep = prepare(cfg)
     epochs, why = run_module.budget_epochs(cfg, prep, times=(per_step, per_step))
     steps = -(-len(prep.train_idx) // 16)
     per_epoch = per_step * (steps + len(prep.val_idx) / 16 / 3)  # training steps plus a third for validation
@@ -360,7 +362,7 @@ def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, t
 
 def test_the_speed_probe_times_steps_at_the_side_it_is_asked_for(tiny_data, monkeypatch):
     cfg = tiny_config(tiny_data, "train.res_min=32")
-    prep = run_module.prepare(cfg)
+    prep = prepare(cfg)
     sides, resize = [], train.batch_resize
     monkeypatch.setattr(train, "batch_resize", lambda x, side: sides.append(side) or resize(x, side))
     run_module.seconds_per_step(cfg, prep, steps=2, side=32)
@@ -369,7 +371,7 @@ def test_the_speed_probe_times_steps_at_the_side_it_is_asked_for(tiny_data, monk
 
 def test_time_budget_counts_low_resolution_epochs_at_their_measured_speed(tiny_data):
     cfg = tiny_config(tiny_data, "train.epochs=10", "train.res_min=32", "train.res_ramp=[0.5,0.5]")
-    prep = run_module.prepare(cfg)
+    prep = prepare(cfg)
     steps, val = -(-len(prep.train_idx) // 16), len(prep.val_idx) / 16 / 3
     full, low = 1.0, 0.25
     # 10 epochs: 5 at 32 px, 5 at 64 px; each epoch's validation runs at 64 px

@@ -23,7 +23,8 @@ optuna = need("optuna")
 import heritagelens.tune as tune_module  # noqa: E402
 from heritagelens.config import Config  # noqa: E402
 from heritagelens.models import build_model  # noqa: E402
-from heritagelens.run import estimated_minutes, prepare  # noqa: E402
+from heritagelens.runs import estimated_minutes  # noqa: E402
+from heritagelens.split import prepare  # noqa: E402
 from heritagelens.tune import (  # noqa: E402
     SPACE,
     TuneError,

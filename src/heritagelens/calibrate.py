@@ -106,30 +106,3 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, split: str, tta: bool)
         ece_before=ece(torch.softmax(z, 1), labels), ece_after=ece(torch.softmax(z / t, 1), labels),
         ece_held_out=held_out_ece(logits, labels), nll_before=nll(z, labels), nll_after=nll(z, labels, t),
     )  # fmt: skip
-
-
-def reliability_figure(logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str):
-    """Reliability diagrams before and after scaling: accuracy per confidence bin against the diagonal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110, sharey=True)
-    for ax, t, name in ((axes[0], 1.0, "before"), (axes[1], temperature, f"after (T = {temperature:.2f})")):
-        probs = torch.softmax(logits.double() / t, 1)
-        bins = reliability(probs, labels)
-        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-        for b in bins:
-            width = b["hi"] - b["lo"]
-            ax.bar(b["lo"], b["accuracy"], width=width, align="edge", color="#4c72b0", edgecolor="white")
-            gap_lo, gap_hi = sorted((b["accuracy"], b["confidence"]))
-            ax.bar(b["lo"], gap_hi - gap_lo, bottom=gap_lo, width=width, align="edge", color="#dd8452", alpha=0.5)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (top class probability)")
-        ax.set_title(f"{name}: ECE {ece(probs, labels):.2%}")
-    axes[0].set_ylabel("accuracy")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig

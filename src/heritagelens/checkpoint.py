@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from .config import Config, ConfigError
-from .io import atomic_save, safe_load
+from .errors import HeritageLensError
+from .files import atomic_save, safe_load
 from .models import HeritageCNN, build_model
 from .train import TrainState, new_state
 
@@ -17,7 +18,7 @@ FORMAT = "heritagelens-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(HeritageLensError):
     """A file that is not a usable HeritageLens checkpoint; the message names the file and the problem."""
 
 
@@ -133,6 +134,15 @@ def run_folder(path: Path | str) -> Path:
     """The run folder of a checkpoint path: the path itself when it is a folder, else the file's folder."""
     path = Path(path)
     return path if path.is_dir() else path.parent
+
+
+ROBUST_RUN = "robust"
+"""The sub-folder of a run folder where the main job trains the robust model its class images come from."""
+
+
+def robust_checkpoint(run: Path | str) -> Path:
+    """The robust model's checkpoint beside a run's standard one (it may not exist)."""
+    return run_folder(run) / ROBUST_RUN / "last.pt"
 
 
 def load_model(path: Path | str) -> tuple[HeritageCNN, list[str], dict[str, Any]]:

@@ -6,17 +6,23 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import SPLIT_NAMES
+from .config import KAGGLE_DATASET, PRESETS, SPLIT_NAMES
+from .errors import HeritageLensError
 
-KAGGLE = "ikobzev/architectural-heritage-elements-image64-dataset"
 EXIT_ERROR = 2
 
 
-class UsageError(Exception):
+class UsageError(HeritageLensError):
     """Bad arguments or missing data, reported as one line."""
+
+
+DATA_FOLDERS = ("./data/ahe64", "../shared/data/ahe64")
+"""Where the data is looked for when neither --data nor $AHE_DATA says."""
 
 
 def default_data_root() -> Path:
@@ -24,11 +30,13 @@ def default_data_root() -> Path:
     env = os.environ.get("AHE_DATA")
     if env:
         return Path(env)
-    for p in (Path("data/ahe64"), Path("../shared/data/ahe64")):
+    for p in map(Path, DATA_FOLDERS):
         if (p / "train").is_dir():
             return p
     raise UsageError(
-        "no AHE64 data found: run 'heritagelens data fetch' (Kaggle: " + KAGGLE + ", or --source URL of an archive) "
+        "no AHE64 data found: run 'heritagelens data fetch' (Kaggle: "
+        + KAGGLE_DATASET
+        + ", or --source URL of an archive) "
         "to get it into ./data/ahe64, or set AHE_DATA=/path/to/ahe64, or pass --data"
     )
 
@@ -40,26 +48,101 @@ def _root(args) -> Path:
 def _config(args):
     from .config import preset
 
-    cfg = preset(args.preset).override(args.set or [])
-    cfg.data.root = str(_root(args).resolve())  # absolute, so --resume and evaluate work from any folder
-    if getattr(args, "seed", None) is not None:
-        cfg.train.seed = args.seed
-    if getattr(args, "epochs", None) is not None:
-        cfg = cfg.override([f"train.epochs={args.epochs}"])
-    if getattr(args, "minutes", None) is not None:
-        cfg = cfg.override([f"train.minutes={args.minutes}"])
-    if getattr(args, "device", None):
-        cfg.train.device = args.device
-    return cfg
+    flags = {"seed": "train.seed", "epochs": "train.epochs", "minutes": "train.minutes", "device": "train.device"}
+    given = [f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f, None) not in (None, "")]
+    root = f"data.root={_root(args).resolve()}"  # absolute, so --resume and evaluate work from any folder
+    return preset(args.preset).override([*(args.set or []), root, *given])
+
+
+def _settings(args, command: str, takes: tuple[str, ...], why: str = "") -> list[str]:
+    """The command's `--set` assignments, each checked to name a setting the command uses (`takes`: prefixes such as
+    'data.'), so that none is accepted and silently ignored."""
+    sets = args.set or []
+    wrong = [a for a in sets if not a.startswith(takes)]
+    if wrong:
+        named = " and ".join(t + "*" if t.endswith(".") else t.rstrip("=") for t in takes)
+        raise UsageError(f"{command} --set takes {named} settings only, not '{wrong[0]}'" + (f": {why}" if why else ""))
+    return sets
 
 
 def _run_dir(args) -> Path:
     return Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-# ----------------------------------------------------------------------------------------------------- commands
+# ------------------------------------------------------------------------------------------------- the commands
+# Each command is a plain function `cmd_*(args) -> exit code`, registered with its arguments right above it.
 
 
+@dataclass
+class Command:
+    help: str
+    arguments: list[tuple[tuple, dict]]
+    func: Callable[[argparse.Namespace], int]
+    interrupted: str = ""
+    """What to do after Ctrl-C (commands that keep nothing half-done leave it empty: run them again)."""
+
+
+COMMANDS: dict[str, Command] = {}
+"""Every subcommand by name ('data check' for one inside a group), in the order `--help` lists them."""
+
+GROUPS = {"data": "inspect or fetch a dataset"}
+
+
+def arg(*flags: str, **options) -> tuple[tuple, dict]:
+    """One `add_argument` call, to be made when the parser is built."""
+    return flags, options
+
+
+def command(name: str, help: str, *arguments, interrupted: str = ""):
+    """Register the decorated `cmd_*` function as subcommand `name` with `arguments` (`arg(...)` or lists of them)."""
+
+    def register(func):
+        flat = [a for x in arguments for a in (x if isinstance(x, list) else [x])]
+        COMMANDS[name] = Command(help, flat, func, interrupted)
+        return func
+
+    return register
+
+
+def data_flag(default: str = "search", what: str = "") -> tuple[tuple, dict]:
+    """--data: where the dataset is; `default` 'search' ($AHE_DATA and the usual folders) or 'model' (the data the
+    checkpoint was trained on); `what` says what it is used for."""
+    where = "the one the model was trained on" if default == "model" else f"$AHE_DATA, {', '.join(DATA_FOLDERS)}"
+    return arg("--data", help=f"dataset root{' for ' + what if what else ''} (default: {where})")
+
+
+CHECKPOINT = arg("checkpoint", help="checkpoint file or run folder")
+QUIET = arg("--quiet", action="store_true", help="no progress bar")
+DEVICE = arg("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
+OUT_BESIDE = arg("--out", help="output folder (default: beside the checkpoint)")
+JUDGES_DIR = arg("--judges", help="folder of cached judges (default: judges/ in the data cache)")
+
+
+def recipe_flags(
+    preset: str = f"named recipe ({', '.join(PRESETS)}) or a config .json",
+    sets: str = "override a config value",
+    seed: str | None = None,
+) -> list[tuple[tuple, dict]]:
+    """The flags that choose a training recipe and where it runs."""
+    return [
+        data_flag(),
+        arg("--preset", default="default", help=preset),
+        arg("--set", action="append", metavar="SECTION.KEY=VALUE", help=sets),
+        arg("--seed", type=int, help=seed),
+        QUIET,
+        DEVICE,
+    ]
+
+
+TRAINING = [
+    arg("--epochs", type=int),
+    arg("--minutes", type=float, help="time budget of the training: as many epochs as fit here"),
+    arg("--out", help="run folder (default: runs/<date-time>)"),
+]
+RESUME_ADVICE = "continue with 'heritagelens train --resume RUN'"
+
+
+@command("data check", "counts, sizes, modes, unreadable files and duplicates", arg("data", nargs="?", help="root"))
 def cmd_data_check(args) -> int:
     from .data import check
 
@@ -88,6 +171,15 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+@command(
+    "data fetch",
+    "download AHE64 (Kaggle or an archive URL) and lay it out as DEST/train, DEST/test",
+    arg("--source", default="kaggle", help="'kaggle' (needs your Kaggle API token), a URL or an archive"),
+    arg("--dest", default="data/ahe64", help="dataset folder to create (default: data/ahe64)"),
+    arg("--sha256", help="expected SHA-256 of the archive"),
+    arg("--force", action="store_true", help="replace the splits already in DEST"),
+    QUIET,
+)
 def cmd_data_fetch(args) -> int:
     """Download the dataset (Kaggle or an archive URL), lay it out as DEST/train and DEST/test, check it."""
     from .fetch import fetch
@@ -101,11 +193,19 @@ def cmd_data_fetch(args) -> int:
     return status
 
 
+@command(
+    "train",
+    "train a model into a run folder",
+    recipe_flags(),
+    TRAINING,
+    arg("--resume", metavar="RUN", help="continue the interrupted run in this folder"),
+    interrupted=RESUME_ADVICE,
+)
 def cmd_train(args) -> int:
     """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
     from .distributed import close_world, launched_size
-    from .io import writable_folder
-    from .run import train_run
+    from .files import writable_folder
+    from .runs import train_run
 
     main = int(os.environ.get("RANK", "0")) == 0
     if args.resume:
@@ -134,17 +234,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+@command(
+    "evaluate",
+    "metrics of a checkpoint on a split",
+    CHECKPOINT,
+    arg("--split", choices=["val", "source", "test"], default="val"),
+    data_flag("model"),
+    arg("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation"),
+    arg("--out", help="folder for eval JSON and PNG (default: beside the checkpoint)"),
+    arg("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)"),
+)
 def cmd_evaluate(args) -> int:
     from .checkpoint import run_folder
-    from .io import writable_folder
-    from .run import evaluate_checkpoint, validation_splits
+    from .files import writable_folder
+    from .jobs.evaluation import evaluate_checkpoint, validation_splits
 
     ckpt = Path(args.checkpoint)
     out = writable_folder(Path(args.out) if args.out else run_folder(ckpt))
     root = Path(args.data) if args.data else None
-    sets = args.set or []
-    if any(not a.startswith("data.") for a in sets):
-        raise UsageError("evaluate --set takes data.* settings only: the model and its recipe are the checkpoint's")
+    sets = _settings(args, "evaluate", ("data.",), "the model and its recipe are the checkpoint's")
     splits = validation_splits(ckpt, root, sets) if args.split == "val" else [args.split]  # source beside val
     results = [evaluate_checkpoint(ckpt, s, root=root, tta=args.tta, out_dir=out, data_overrides=sets) for s in splits]
     for r in results:
@@ -156,6 +264,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+@command(
+    "predict",
+    "top-k classes of images of any size and format",
+    arg("checkpoint", help="checkpoint, run folder, or an exported .onnx file"),
+    arg("images", nargs="+"),
+    arg("--top", type=int, default=3),
+    arg("--tta", action="store_true"),
+)
 def cmd_predict(args) -> int:
     """Top-k classes per image, from a checkpoint (PyTorch) or an exported .onnx file (onnxruntime)."""
     import torch
@@ -173,14 +289,15 @@ def cmd_predict(args) -> int:
             raise UsageError("--tta does not apply to an .onnx file: export it with 'heritagelens export --tta'")
         onnx_model = OnnxClassifier(args.checkpoint)
         t = onnx_model.temperature  # calibrated probabilities when the exported checkpoint was calibrated
-        classes, logits = onnx_model.classes, lambda x: torch.from_numpy(onnx_model.logits(x)) / t
+        classes = onnx_model.classes
+        probs_of = lambda x: torch.softmax(torch.from_numpy(onnx_model.logits(x)) / t, 1)  # noqa: E731
     else:
         from .checkpoint import load_model, temperature
-        from .train import predict_logits
+        from .inference import probabilities
 
         model, classes, ckpt = load_model(args.checkpoint)
-        t = temperature(ckpt, args.tta) or 1.0  # calibrated probabilities when the checkpoint has a temperature
-        logits = lambda x: predict_logits(model, x, tta=args.tta) / t  # noqa: E731
+        t = temperature(ckpt, args.tta)  # calibrated probabilities when the checkpoint has a temperature
+        probs_of = lambda x: probabilities(model, x, t, tta=args.tta)  # noqa: E731
     failed = 0
     for path in args.images:
         try:
@@ -189,7 +306,7 @@ def cmd_predict(args) -> int:
             print(f"heritagelens: error: {e}", file=sys.stderr)
             failed += 1
             continue
-        probs = torch.softmax(logits(x), 1)[0]
+        probs = probs_of(x)[0]
         top = probs.topk(min(args.top, len(classes)))
         print(
             f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
@@ -197,11 +314,17 @@ def cmd_predict(args) -> int:
     return EXIT_ERROR if failed else 0
 
 
+@command(
+    "calibrate",
+    "fit the temperature of a checkpoint's probabilities (Guo et al. 2017)",
+    arg("checkpoint", help="checkpoint file or run folder (its last.pt)"),
+    data_flag("model"),
+)
 def cmd_calibrate(args) -> int:
     """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
     from .checkpoint import checkpoint_file
-    from .io import writable_folder
-    from .run import calibrate_checkpoint
+    from .files import writable_folder
+    from .jobs.evaluation import calibrate_checkpoint
 
     writable_folder(checkpoint_file(args.checkpoint).parent)  # the checkpoint is rewritten beside itself
     cals = calibrate_checkpoint(args.checkpoint, Path(args.data) if args.data else None)
@@ -211,6 +334,20 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+@command(
+    "sort",
+    "sort a photo folder into OUT/<class>/ (copies; originals untouched)",
+    CHECKPOINT,
+    arg("photos", help="folder of photos (nested folders, any size, format and orientation)"),
+    arg("--out", required=True, help="output folder (new, empty, or one an earlier sort wrote)"),
+    arg("--min-confidence", type=float, default=0.5, metavar="P",
+        help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)"),
+    arg("--link", action="store_true", help="hard-link instead of copying (same file system)"),
+    arg("--view", choices=["whole", "centre", "multi"], default="whole",
+        help="how a photo becomes the 64 px input (default: whole, chosen by measurement)"),
+    QUIET,
+    interrupted="what was sorted is kept: run the same sort command again to finish it",
+)  # fmt: skip
 def cmd_sort(args) -> int:
     """Classify every photo under a folder and copy (or hard-link) it into OUT/<class>/ or OUT/_uncertain/."""
     from .sort import CSV_NAME, UNCERTAIN, sort_photos
@@ -236,12 +373,22 @@ def cmd_sort(args) -> int:
     return 0
 
 
+@command(
+    "export",
+    "the model as an ONNX file for onnxruntime, checked against PyTorch",
+    CHECKPOINT,
+    arg("--format", choices=["onnx"], default="onnx"),
+    arg("--out", help="output file (default: model.onnx beside the checkpoint)"),
+    arg("--tta", action="store_true", help="average the test-time views inside the graph"),
+    data_flag("model", "checking the export"),
+    arg("--tolerance", type=float, default=1e-4, help="largest logit difference accepted"),
+)
 def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
     _need_extra(*EXPORT_EXTRA)
     from .checkpoint import load_model, run_folder, temperature
-    from .export import ExportError, OnnxClassifier, check_images, max_difference, to_onnx
-    from .io import atomic_write_bytes, writable_folder
+    from .export import ExportError, OnnxClassifier, comparison_images, max_difference, to_onnx
+    from .files import atomic_write_bytes, writable_folder
 
     ckpt = Path(args.checkpoint)
     model, classes, checkpoint = load_model(ckpt)
@@ -250,7 +397,7 @@ def cmd_export(args) -> int:
         raise UsageError(f"{out}: is a folder; give the file to write, such as {out / 'model.onnx'}")
     writable_folder(out.parent)
     blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt), temperature=temperature(checkpoint, args.tta))
-    images, what = check_images(checkpoint, args.data)
+    images, what = comparison_images(checkpoint, args.data)
     diff = max_difference(model, OnnxClassifier(out, blob), images)
     if not diff <= args.tolerance:
         raise ExportError(f"{out}: onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {args.tolerance})")
@@ -272,6 +419,7 @@ def _need_extra(extra: str, what: str, modules: list[str]) -> None:
         raise UsageError(f"{what} needs the {extra} extra: pip install 'heritagelens[{extra}]'")
 
 
+@command("layers", "each layer's name, output shape and parameter count", arg("checkpoint"))
 def cmd_layers(args) -> int:
     from .checkpoint import load_model
     from .models import layer_table
@@ -285,11 +433,24 @@ def cmd_layers(args) -> int:
     return 0
 
 
+@command(
+    "deconv",
+    "deconvnet projections (Zeiler & Fergus 2014)",
+    CHECKPOINT,
+    arg("--layer", action="append", help="conv layer name (repeatable; default with --image: all)"),
+    arg("--channels", type=int, nargs="+", help="channels to show (default: the strongest)"),
+    arg("--image", help="project the strongest channels of this image"),
+    arg("--target", help="class for the comparison maps with --image (default: the predicted one)"),
+    arg("--top9", action="store_true", help="figure 2: top-9 train images per channel, projected"),
+    arg("--evolution", action="store_true", help="figure 4: a run's snapshots, strongest projections"),
+    data_flag("model", "--top9"),
+    OUT_BESIDE,
+)
 def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
     from .checkpoint import load_model, run_folder
     from .deconvnet import layers_up_to
-    from .io import writable_folder
+    from .files import writable_folder
     from .visualize import write_evolution, write_image_view, write_top9
 
     ckpt = Path(args.checkpoint)
@@ -317,6 +478,25 @@ def cmd_deconv(args) -> int:
     return 0
 
 
+@command(
+    "dream",
+    "generate images of a class from the model (activation maximization)",
+    CHECKPOINT,
+    arg("--class", dest="class_name", help="class name (see 'heritagelens layers')"),
+    arg("--all", action="store_true", help="every class: the gallery"),
+    arg("--channel", help="LAYER:C[,C...]: maximize these channels of a conv layer instead of a class"),
+    arg("--unit", action="store_true", help="with --channel: the one neuron at the map's centre"),
+    arg("--from", dest="start", metavar="IMAGE", help="start from this image instead of noise"),
+    arg("--preset", default="default", help="default, naive, fourier or maco (heritagelens.dream)"),
+    arg("--set", action="append", metavar="SECTION.KEY=VALUE", help="a dream.* knob, or gallery.judge_overrides"),
+    arg("--samples", type=int, default=4),
+    arg("--seed", type=int, default=0),
+    data_flag("model", "image statistics and scores"),
+    OUT_BESIDE,
+    JUDGES_DIR,
+    arg("--score", action=argparse.BooleanOptionalAction, default=True, help="score with the judges"),
+    arg("--quiet", action="store_true", help="no progress bar while judges train"),
+)
 def cmd_dream(args) -> int:
     """Images by activation maximization: of one class (--class) or all of them (--all), scored by the judges; or of
     channels of a layer (--channel LAYER:C[,C...], --unit for the centre neuron)."""
@@ -329,7 +509,8 @@ def cmd_dream(args) -> int:
         raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else run_folder(ckpt)
-    cfg = Config(dream=dream_preset(args.preset)).override(args.set or [])
+    sets = _settings(args, "dream", ("dream.", "gallery.judge_overrides="))
+    cfg = Config(dream=dream_preset(args.preset)).override(sets)
     if args.channel:
         layer, _, cs = args.channel.partition(":")
         try:
@@ -353,14 +534,24 @@ def cmd_dream(args) -> int:
     return 0
 
 
+@command(
+    "dream-score",
+    "score a folder of class images (<class>/*.png or <class>-N.png)",
+    arg("folder"),
+    data_flag(),
+    JUDGES_DIR,
+    arg("--seed", type=int, default=0, help="which real validation images form the ceiling"),
+    arg("--json", help="also write the scores to this JSON file"),
+    arg("--set", action="append", metavar="SECTION.KEY=VALUE", help="data.* or gallery.judge_overrides"),
+)
 def cmd_dream_score(args) -> int:
     """Recognisability, naturalness and diversity of a folder of images, beside real validation images."""
     from .config import Config
-    from .io import atomic_write_json
+    from .files import atomic_write_json
     from .visualize import score_folder
 
-    cfg = Config().override(args.set or [])
-    cfg.data.root = str(_root(args).resolve())
+    sets = _settings(args, "dream-score", ("data.", "gallery.judge_overrides="))
+    cfg = Config().override([*sets, f"data.root={_root(args).resolve()}"])
     report = score_folder(args.folder, cfg.data, args.judges, args.seed, cfg.gallery.judge_overrides)
     print(report.pop("text"))
     if args.json:
@@ -369,6 +560,21 @@ def cmd_dream_score(args) -> int:
     return 0
 
 
+@command(
+    "tune",
+    "hyperparameter and architecture search (Optuna)",
+    recipe_flags("the recipe the search starts from", "fix a value (not searched)", "training seed of every trial"),
+    arg("--trials", type=int, help="finished trials the study should hold (a resumed study runs the rest)"),
+    arg("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///runs/tune.db)"),
+    arg("--study", default="heritagelens", help="study name (workers with the same name share it)"),
+    arg("--timeout", type=float, help="stop starting trials after this many seconds"),
+    arg("--trial-minutes", type=float, metavar="M", help="prune, before it starts, a trial estimated to train longer"),
+    arg("--objective", choices=["accuracy", "accuracy-per-minute"], default="accuracy"),
+    arg("--runs", default="runs", help="folder for the default database and the --show figures"),
+    arg("--no-base", action="store_true", help="do not start a new study with the base recipe itself"),
+    arg("--show", action="store_true", help="best trials, importances, plots and the best config"),
+    interrupted="finished trials are kept in the study: run the same command again to add more",
+)
 def cmd_tune(args) -> int:
     """An Optuna study over the recipe and the architecture family (--show: its best trials and plots)."""
     from .tune import default_storage, open_study, summary, tune, write_study
@@ -392,10 +598,17 @@ def cmd_tune(args) -> int:
     return 0
 
 
+@command(
+    "run",
+    "the main job: train, evaluate and write the run folder",
+    recipe_flags(),
+    TRAINING,
+    interrupted="its training continues with 'heritagelens train --resume RUN' (the later stages need a new run)",
+)
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
-    from .io import writable_folder
-    from .run import main_job
+    from .files import writable_folder
+    from .jobs.pipeline import main_job
 
     cfg = _config(args)
     run = writable_folder(_run_dir(args))
@@ -415,6 +628,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+@command(
+    "serve",
+    "the explorer web app for a model (Gradio)",
+    CHECKPOINT,
+    arg("--port", type=int, default=7860),
+    arg("--host", default="127.0.0.1", help="address to bind (default: this machine only)"),
+    data_flag("model", "top-9 images and class images"),
+)
 def cmd_serve(args) -> int:
     """The explorer web app for a checkpoint, on 127.0.0.1 unless --host says otherwise."""
     _need_extra("web", "the web app", ["gradio"])
@@ -427,6 +648,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+@command(
+    "report",
+    "write a run folder's self-contained HTML report",
+    arg("run", help="run folder"),
+    arg("--out", help="HTML file (default: RUN/report.html)"),
+    data_flag("model", "mistake thumbnails"),
+)
 def cmd_report(args) -> int:
     """One self-contained HTML page for a run folder; what the folder lacks is listed on it."""
     from .report import write_report
@@ -443,216 +671,39 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every registered command (`COMMANDS`)."""
     p = argparse.ArgumentParser(prog="heritagelens", description="Recognise architectural heritage elements.")
     p.add_argument("--version", action="version", version=f"heritagelens {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def recipe(sp):
-        sp.add_argument("--data", help="dataset root (default: $AHE_DATA, ./data/ahe64, ../shared/data/ahe64)")
-        sp.add_argument("--preset", default="default", help="named recipe (see heritagelens.config.PRESETS)")
-        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-        sp.add_argument("--seed", type=int)
-        sp.add_argument("--epochs", type=int)
-        sp.add_argument("--minutes", type=float, help="time budget of the training: as many epochs as fit here")
-        sp.add_argument("--out", help="run folder (default: runs/<date-time>)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
-        sp.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
-
-    d = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
-    c = d.add_parser("check", help="counts, sizes, modes, unreadable files and duplicates")
-    c.add_argument("data", nargs="?", help="dataset root")
-    c.set_defaults(func=cmd_data_check)
-    f = d.add_parser("fetch", help="download AHE64 (Kaggle or an archive URL) and lay it out as DEST/train, DEST/test")
-    f.add_argument("--source", default="kaggle", help="'kaggle' (needs your Kaggle API token), a URL or an archive")
-    f.add_argument("--dest", default="data/ahe64", help="dataset folder to create (default: data/ahe64)")
-    f.add_argument("--sha256", help="expected SHA-256 of the archive")
-    f.add_argument("--force", action="store_true", help="replace the splits already in DEST")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
-    f.set_defaults(func=cmd_data_fetch)
-
-    t = sub.add_parser("train", help="train a model into a run folder")
-    recipe(t)
-    t.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
-    t.set_defaults(func=cmd_train)
-
-    tu = sub.add_parser("tune", help="hyperparameter and architecture search (Optuna)")
-    tu.add_argument("--data", help="dataset root (default: $AHE_DATA, ./data/ahe64, ../shared/data/ahe64)")
-    tu.add_argument("--preset", default="default", help="the recipe the search starts from")
-    tu.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="fix a value (it is not searched)")
-    tu.add_argument("--seed", type=int, help="training seed of every trial")
-    tu.add_argument("--quiet", action="store_true", help="no progress bar")
-    tu.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
-    tu.add_argument("--trials", type=int, help="finished trials the study should hold (a resumed study runs the rest)")
-    tu.add_argument("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///runs/tune.db)")
-    tu.add_argument("--study", default="heritagelens", help="study name (workers with the same name share it)")
-    tu.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    tu.add_argument(
-        "--trial-minutes", type=float, metavar="M", help="prune, before it starts, a trial estimated to train longer"
-    )
-    tu.add_argument("--objective", choices=["accuracy", "accuracy-per-minute"], default="accuracy")
-    tu.add_argument("--runs", default="runs", help="folder for the default database and the --show figures")
-    tu.add_argument("--no-base", action="store_true", help="do not start a new study with the base recipe itself")
-    tu.add_argument("--show", action="store_true", help="best trials, importances, plots and the best config")
-    tu.set_defaults(func=cmd_tune)
-
-    r = sub.add_parser("run", help="the main job: train, evaluate and write the run folder")
-    recipe(r)
-    r.set_defaults(func=cmd_run)
-
-    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
-    e.add_argument("checkpoint", help="checkpoint file or run folder")
-    e.add_argument("--split", choices=["val", "source", "test"], default="val")
-    e.add_argument("--data", help="dataset root (default: the one the model was trained on)")
-    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
-    e.add_argument("--out", help="folder for eval JSON and PNG (default: beside the checkpoint)")
-    e.add_argument("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)")
-    e.set_defaults(func=cmd_evaluate)
-
-    pr = sub.add_parser("predict", help="top-k classes of images of any size and format")
-    pr.add_argument("checkpoint", help="checkpoint, run folder, or an exported .onnx file")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--top", type=int, default=3)
-    pr.add_argument("--tta", action="store_true")
-    pr.set_defaults(func=cmd_predict)
-
-    dc = sub.add_parser("deconv", help="deconvnet projections (Zeiler & Fergus 2014)")
-    dc.add_argument("checkpoint")
-    dc.add_argument("--layer", action="append", help="conv layer name (repeatable; default with --image: all)")
-    dc.add_argument("--channels", type=int, nargs="+", help="channels to show (default: the strongest)")
-    dc.add_argument("--image", help="project the strongest channels of this image")
-    dc.add_argument("--target", help="class for the comparison maps with --image (default: the predicted one)")
-    dc.add_argument("--top9", action="store_true", help="figure 2: top-9 train images per channel, projected")
-    dc.add_argument("--evolution", action="store_true", help="figure 4: a run's snapshots, strongest projections")
-    dc.add_argument("--data", help="dataset root for --top9 (default: the one the model was trained on)")
-    dc.add_argument("--out", help="output folder (default: beside the checkpoint)")
-    dc.set_defaults(func=cmd_deconv)
-
-    dr = sub.add_parser("dream", help="generate images of a class from the model (activation maximization)")
-    dr.add_argument("checkpoint")
-    dr.add_argument("--class", dest="class_name", help="class name (see 'heritagelens layers')")
-    dr.add_argument("--all", action="store_true", help="every class: the gallery")
-    dr.add_argument("--channel", help="LAYER:C[,C...]: maximize these channels of a conv layer instead of a class")
-    dr.add_argument("--unit", action="store_true", help="with --channel: the one neuron at the map's centre")
-    dr.add_argument("--from", dest="start", metavar="IMAGE", help="start from this image instead of noise")
-    dr.add_argument("--preset", default="default", help="default, naive, fourier or maco (heritagelens.dream)")
-    dr.add_argument(
-        "--set", action="append", metavar="SECTION.KEY=VALUE", help="a dream.* knob, or gallery.judge_overrides"
-    )
-    dr.add_argument("--samples", type=int, default=4)
-    dr.add_argument("--seed", type=int, default=0)
-    dr.add_argument("--data", help="dataset root for image statistics and scores (default: the model's)")
-    dr.add_argument("--out", help="output folder (default: beside the checkpoint)")
-    dr.add_argument("--judges", help="folder of cached judges (default: judges/ in the data cache)")
-    dr.add_argument("--score", action=argparse.BooleanOptionalAction, default=True, help="score with the judges")
-    dr.add_argument("--quiet", action="store_true", help="no progress bar while judges train")
-    dr.set_defaults(func=cmd_dream)
-
-    ds = sub.add_parser("dream-score", help="score a folder of class images (<class>/*.png or <class>-N.png)")
-    ds.add_argument("folder")
-    ds.add_argument("--data", help="dataset root (default: $AHE_DATA, ./data/ahe64, ../shared/data/ahe64)")
-    ds.add_argument("--judges", help="folder of cached judges (default: judges/ in the data cache)")
-    ds.add_argument("--seed", type=int, default=0, help="which real validation images form the ceiling")
-    ds.add_argument("--json", help="also write the scores to this JSON file")
-    ds.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="data.* or gallery.judge_overrides")
-    ds.set_defaults(func=cmd_dream_score)
-
-    sv = sub.add_parser("serve", help="the explorer web app for a model (Gradio)")
-    sv.add_argument("checkpoint", help="checkpoint file or run folder")
-    sv.add_argument("--port", type=int, default=7860)
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    sv.add_argument("--data", help="dataset root for top-9 images and class images (default: the model's)")
-    sv.set_defaults(func=cmd_serve)
-
-    rp = sub.add_parser("report", help="write a run folder's self-contained HTML report")
-    rp.add_argument("run", help="run folder")
-    rp.add_argument("--out", help="HTML file (default: RUN/report.html)")
-    rp.add_argument("--data", help="dataset root for mistake thumbnails (default: the one the run was trained on)")
-    rp.set_defaults(func=cmd_report)
-
-    so = sub.add_parser("sort", help="sort a photo folder into OUT/<class>/ (copies; originals untouched)")
-    so.add_argument("checkpoint", help="checkpoint file or run folder")
-    so.add_argument("photos", help="folder of photos (nested folders, any size, format and orientation)")
-    so.add_argument("--out", required=True, help="output folder (new, empty, or one an earlier sort wrote)")
-    so.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
-                    help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)")  # fmt: skip
-    so.add_argument("--link", action="store_true", help="hard-link instead of copying (same file system)")
-    so.add_argument("--view", choices=["whole", "centre", "multi"], default="whole",
-                    help="how a photo becomes the 64 px input (default: whole, chosen by measurement)")  # fmt: skip
-    so.add_argument("--quiet", action="store_true", help="no progress bar")
-    so.set_defaults(func=cmd_sort)
-
-    ca = sub.add_parser("calibrate", help="fit the temperature of a checkpoint's probabilities (Guo et al. 2017)")
-    ca.add_argument("checkpoint", help="checkpoint file or run folder (its last.pt)")
-    ca.add_argument("--data", help="dataset root (default: the one the model was trained on)")
-    ca.set_defaults(func=cmd_calibrate)
-
-    ex = sub.add_parser("export", help="the model as an ONNX file for onnxruntime, checked against PyTorch")
-    ex.add_argument("checkpoint", help="checkpoint file or run folder")
-    ex.add_argument("--format", choices=["onnx"], default="onnx")
-    ex.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
-    ex.add_argument("--tta", action="store_true", help="average the test-time views inside the graph")
-    ex.add_argument("--data", help="dataset root whose images check the export (default: the model's)")
-    ex.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference accepted")
-    ex.set_defaults(func=cmd_export)
-
-    ly = sub.add_parser("layers", help="each layer's name, output shape and parameter count")
-    ly.add_argument("checkpoint")
-    ly.set_defaults(func=cmd_layers)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, c in COMMANDS.items():
+        group, _, leaf = name.rpartition(" ")
+        if group and group not in groups:
+            parent = sub.add_parser(group, help=GROUPS[group])
+            groups[group] = parent.add_subparsers(dest=f"{group}_command", required=True)
+        sp = (groups[group] if group else sub).add_parser(leaf, help=c.help)
+        for flags, options in c.arguments:
+            sp.add_argument(*flags, **options)
+        sp.set_defaults(command_name=name)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .deconvnet import DeconvError
-    from .distributed import launched_size
-    from .dream import DreamError
-    from .export import ExportError
-    from .fetch import FetchError
-    from .io import WriteError
-    from .judges import JudgeError
-    from .report import ReportError
-    from .sort import SortError
-    from .tune import TuneError
-
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # before any heavy import: `--help` loads neither torch nor numpy
     try:
-        if launched_size() > 1 and args.func is not cmd_train:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command_name != "train":  # started by torchrun
             raise UsageError("only 'train' runs under torchrun; tune in parallel by starting workers on one --storage")
-        return args.func(args)
-    except (
-        UsageError,
-        DataError,
-        CheckpointError,
-        ConfigError,
-        DeconvError,
-        DreamError,
-        JudgeError,
-        ReportError,
-        ExportError,
-        FetchError,
-        SortError,
-        TuneError,
-        WriteError,
-    ) as e:
+        return COMMANDS[args.command_name].func(args)
+    except HeritageLensError as e:
         print(f"heritagelens: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"heritagelens: interrupted{INTERRUPTED.get(args.func.__name__, '')}", file=sys.stderr)
+        advice = COMMANDS[args.command_name].interrupted
+        print(f"heritagelens: interrupted{'; ' + advice if advice else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader (`| head`) has gone: stop quietly, as `ls | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141
-
-
-INTERRUPTED = {
-    "cmd_train": "; continue with 'heritagelens train --resume RUN'",
-    "cmd_run": "; its training continues with 'heritagelens train --resume RUN' (the later stages need a new run)",
-    "cmd_sort": "; what was sorted is kept: run the same sort command again to finish it",
-    "cmd_tune": "; finished trials are kept in the study: run the same command again to add more",
-}
-"""What to do after Ctrl-C, by command (other commands keep nothing half-done: run them again)."""
 
 
 if __name__ == "__main__":

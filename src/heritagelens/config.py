@@ -9,6 +9,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import HeritageLensError
+
+IMAGE_SIZE = 64
+"""Side (px) every image is decoded to and every model takes."""
+
+KAGGLE_DATASET = "ikobzev/architectural-heritage-elements-image64-dataset"
+"""Where AHE64 is published (`heritagelens data fetch`)."""
+
 PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "fp16", "fp16-cl")
 """Values of `train.precision` (see `heritagelens.precision`)."""
 
@@ -20,7 +28,7 @@ SPLIT_NAMES = {
 """What each split name an accuracy is printed with means."""
 
 
-class ConfigError(ValueError):
+class ConfigError(HeritageLensError, ValueError):
     """A setting is out of range or unknown."""
 
 
@@ -258,8 +266,8 @@ class GalleryConfig:
     """Which model the gallery is made from: 'robust' (a robust model trained beside the standard one with the
     'robust' preset, whose class images people recognise) or 'self' (the standard model itself)."""
     robust_epochs: int = 4
-    """Epochs of the robust model trained beside the standard one when `model` is 'robust' (the fine-tuning curve in
-    BENCHMARKS.md; from scratch the robust recipe was measured at 16)."""
+    """Epochs of the robust model trained beside the standard one when `model` is 'robust' (chosen from the
+    fine-tuning curve in BENCHMARKS.md)."""
     robust_from: str = "standard"
     """How the robust model starts: 'standard' (adversarial fine-tuning of the run's trained standard model, at
     `robust_lr`) or 'scratch' (random weights)."""
@@ -427,12 +435,11 @@ before Muon became the default, name this list alone)."""
 SGD = ["train.optimizer=sgd"]
 
 CLASSIC = [*SGD, "train.epochs=28", "train.batch_size=128", "train.lr=0.08", "train.res_min=64"]
-"""The default recipe before it was cut to a third of its compute: 28 epochs of SGD at 64 px, 251 TFLOP."""
+"""The default recipe before it was cut to a third of its compute: 28 epochs of SGD at 64 px."""
 
 BEST = ["model.widths=[48,96,192,384]", "train.epochs=20", "train.minutes=60"]
-"""The most accurate recipe for whoever has an hour: the default recipe 1.5 times as wide, over 20 epochs (196
-TFLOP on AHE64's training part, about 40 minutes on a 2-core AVX2 CPU; BENCHMARKS.md), held within 60 minutes by
-the time budget on a slower machine."""
+"""The most accurate recipe for whoever has an hour: the default recipe 1.5 times as wide, over 20 epochs, held
+within 60 minutes by the time budget on a slower machine (its accuracy and time in BENCHMARKS.md)."""
 
 PRESETS: dict[str, list[str]] = {
     "default": [],

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io import atomic_save, safe_load
+from .config import IMAGE_SIZE
+from .errors import HeritageLensError
+from .files import atomic_save, file_sha256, safe_load
 
-IMAGE_SIZE = 64
 MAX_PIXELS = 120_000_000
 """Larger images are refused (JPEGs are decoded at reduced size first, so this rarely bites)."""
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -29,7 +30,7 @@ CACHE_VERSION = 1
 SPLITS = ("train", "test")
 
 
-class DataError(Exception):
+class DataError(HeritageLensError):
     """A problem with the data on disk; the message is one line naming the file and the problem."""
 
 
@@ -279,10 +280,6 @@ def _decode_split(root: Path, files: list[Path], labels: list[int], classes: lis
 
 
 # ------------------------------------------------------------------------------------------------------ data check
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass

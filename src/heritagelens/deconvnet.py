@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import HeritageLensError
 from .models import HeritageCNN, conv_layer_names, evaluating
 from .precision import for_model
 
 MIRRORED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
 
 
-class DeconvError(ValueError):
+class DeconvError(HeritageLensError, ValueError):
     """A layer, channel or model the deconvnet cannot handle; the message says which and what is valid."""
 
 

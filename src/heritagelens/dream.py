@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DreamConfig
+from .errors import HeritageLensError
 from .precision import for_model
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class DreamError(ValueError):
+class DreamError(HeritageLensError, ValueError):
     """A setting the optimization cannot use, or an optimization that diverged."""
 
 

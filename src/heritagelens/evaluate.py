@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -140,37 +139,3 @@ def confident_mistakes(
         Mistake(files[i] if files else str(i), classes[labels[i]], classes[pred[i]], round(float(conf[i]), 4))
         for i in order.tolist()
     ]
-
-
-def confusion_figure(result: EvalResult):
-    """The confusion matrix as a matplotlib figure, counts in cells and row-normalised colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.array(result.confusion)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=110)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    n = len(result.classes)
-    ax.set_xticks(range(n), result.classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), result.classes)
-    for i in range(n):
-        for j in range(n):
-            ax.text(
-                j,
-                i,
-                str(cm[i, j]),
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(
-        f"{result.split}: accuracy {result.accuracy:.3f} on {result.n} images" + (" (TTA)" if result.tta else "")
-    )
-    fig.tight_layout()
-    return fig

@@ -19,14 +19,15 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import valid_temperature
-from .train import tta_views
+from .errors import HeritageLensError
+from .inference import tta_views
 
 INPUT = "images"
 OUTPUT = "logits"
 OPSET = 18
 
 
-class ExportError(Exception):
+class ExportError(HeritageLensError):
     """The export failed, or an .onnx file is not one of ours."""
 
 
@@ -127,7 +128,7 @@ def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.T
     return float(np.abs(classifier.logits(images) - ref).max())
 
 
-def check_images(ckpt: dict, root: Path | str | None = None, n: int = 256) -> tuple[torch.Tensor, str]:
+def comparison_images(ckpt: dict, root: Path | str | None = None, n: int = 256) -> tuple[torch.Tensor, str]:
     """Up to `n` real images to compare an export on (from `root`, else the data the model was trained on), and
     what they are; 64 noise images when the model's data is gone."""
     from .data import DataError

@@ -28,9 +28,11 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from . import __version__
+from .config import KAGGLE_DATASET
 from .data import IMAGE_SUFFIXES, SPLITS
+from .errors import HeritageLensError
+from .files import file_sha256
 
-KAGGLE_DATASET = "ikobzev/architectural-heritage-elements-image64-dataset"
 DOWNLOADS = ".heritagelens-downloads"
 """Folder beside the dataset folder holding unfinished downloads, so that running the command again resumes."""
 MAX_DOWNLOAD_BYTES = 2 * 1024**3
@@ -47,7 +49,7 @@ KAGGLE_HELP = (
 )
 
 
-class FetchError(Exception):
+class FetchError(HeritageLensError):
     """A download or archive problem; the message is one line naming the file or URL and the problem."""
 
 
@@ -186,19 +188,10 @@ def _digest_arg(sha256: str | None) -> str | None:
     return digest
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file of any size, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify(path: Path, expected: str | None, label: str, delete: bool) -> Path:
     if expected is None:
         return path
-    actual = file_digest(path)
+    actual = file_sha256(path)
     if actual != expected:
         if delete:
             path.unlink()

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from .calibrate import ece, reliability
+
+if TYPE_CHECKING:
+    from .evaluate import EvalResult
 
 BACKGROUND = (255, 255, 255)
 NEUTRAL = 128
@@ -19,9 +25,20 @@ def png_bytes(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def pyplot():
+    """matplotlib's pyplot, on the Agg backend (figures rendered to images, never to a window): imported on first use,
+    so that commands that draw nothing never load matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def figure_image(fig) -> Image.Image:
     """A matplotlib figure rendered to an RGB image; the figure is closed."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -153,10 +170,7 @@ def comparison_figure(
 ) -> Image.Image:
     """One image beside the deconvnet projection of its strongest deepest feature, saliency, guided
     backpropagation, Grad-CAM over the image, and the two occlusion maps of Zeiler & Fergus section 4.2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rgb = image_to_rgb(image)
     panels = [
@@ -194,3 +208,79 @@ def gallery(images: torch.Tensor, labels: list[str], samples: int, scale: int = 
         big = [np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.BICUBIC)) for c in cells]
         panels.append(labelled(tile(big, min(samples, 4), size), label))
     return grid(panels, min(len(panels), 2), title=title)
+
+
+# ---------------------------------------------------------------------------------- evaluation and training
+
+
+def confusion_figure(result: EvalResult):
+    """The confusion matrix as a matplotlib figure, counts in cells and row-normalised colour."""
+    plt = pyplot()
+
+    cm = np.array(result.confusion)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    n = len(result.classes)
+    ax.set_xticks(range(n), result.classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), result.classes)
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(
+        f"{result.split}: accuracy {result.accuracy:.3f} on {result.n} images" + (" (TTA)" if result.tta else "")
+    )
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str):
+    """Reliability diagrams before and after scaling: accuracy per confidence bin against the diagonal."""
+    plt = pyplot()
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110, sharey=True)
+    for ax, t, name in ((axes[0], 1.0, "before"), (axes[1], temperature, f"after (T = {temperature:.2f})")):
+        probs = torch.softmax(logits.double() / t, 1)
+        bins = reliability(probs, labels)
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+        for b in bins:
+            width = b["hi"] - b["lo"]
+            ax.bar(b["lo"], b["accuracy"], width=width, align="edge", color="#4c72b0", edgecolor="white")
+            gap_lo, gap_hi = sorted((b["accuracy"], b["confidence"]))
+            ax.bar(b["lo"], gap_hi - gap_lo, bottom=gap_lo, width=width, align="edge", color="#dd8452", alpha=0.5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top class probability)")
+        ax.set_title(f"{name}: ECE {ece(probs, labels):.2%}")
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(rows: list[dict]) -> Image.Image:
+    """Training loss, and training and validation accuracy, per epoch (rows as in `metrics.csv`)."""
+    plt = pyplot()
+
+    epoch = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100)
+    a.plot(epoch, [float(r["train_loss"]) for r in rows], marker=".")
+    a.set(xlabel="epoch", ylabel="training loss", title="training loss (augmented batches)")
+    b.plot(epoch, [float(r["train_acc"]) for r in rows], marker=".", label="training (augmented)")
+    b.plot(epoch, [float(r["val_acc"]) for r in rows], marker=".", label="val: group-aware validation")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy per epoch", ylim=(0, 1))
+    b.legend(loc="lower right")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_image(fig)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Config
-from .models import IMAGE_SIZE, build_model
+from .config import IMAGE_SIZE, Config
+from .models import build_model
 from .optim import orthogonalize_flops
 from .train import epoch_side
 

@@ -37,19 +37,21 @@ from torch import nn
 from . import data
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .config import ROBUST, SGD, Config, DataConfig
-from .io import atomic_write_bytes, atomic_write_json
+from .errors import HeritageLensError
+from .files import atomic_write_bytes, atomic_write_json, file_sha256
 from .models import evaluating
 from .precision import for_model
 from .quality import frechet_distance, relative_diversity, spectrum_distance
+from .runs import train_run
+from .split import prepare
 
 JUDGES: dict[str, list[str]] = {
     "robust-resnet": [*ROBUST, "model.arch=resnet", "model.depths=[1,1,1,1]", "train.epochs=12", "train.seed=1001"],
     "robust-cnn": [*ROBUST, "train.epochs=12", "train.seed=1002"],
 }
 """The panel: name -> overrides of the default recipe. Seeds differ from any model a user trains by default. Both
-are adversarially trained: a ResNet trained the standard way classified naive gradient-ascent images made on the
-standard CNN as their class 98.8% of the time, real validation images 96.2%: it could not tell them apart, so it
-was no judge (BENCHMARKS.md)."""
+are adversarially trained: a ResNet trained the standard way recognised naive gradient-ascent images made on the
+standard CNN as often as real validation images, so it was no judge (figures in BENCHMARKS.md)."""
 
 FEATURE_JUDGE = "robust-cnn"
 """The judge whose penultimate features measure naturalness and diversity."""
@@ -65,7 +67,7 @@ PANEL_VERSION = 1
 """Version of the shipped panel; scores made with different versions do not compare."""
 
 
-class JudgeError(Exception):
+class JudgeError(HeritageLensError):
     """Judges that are missing and may not be trained, or a judge folder that does not hold a usable judge."""
 
 
@@ -90,6 +92,12 @@ def judge_data(data_cfg: DataConfig) -> DataConfig:
     """The split the judges train on: the group-aware one alone, over all of train/ (no source hold-out, as the
     shipped panel was made); its validation images are the real images galleries are scored beside."""
     return dataclasses.replace(data_cfg, source_val="none")
+
+
+def judges_unseen(data_cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels no judge trained on (their validation split): the real images galleries are scored beside."""
+    prep = prepare(Config(data=judge_data(data_cfg)))
+    return prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
 
 
 def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
@@ -153,7 +161,7 @@ def shipped_judge(name: str, key: str, panel_dir: Path | str | None = None) -> J
         return None
     path = Path(panel_dir or PANEL_DIR) / entry["file"]
     try:
-        if hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
+        if file_sha256(path) != entry.get("sha256"):
             raise JudgeError(f"{path}: shipped judge '{name}' is not the file its card records (SHA-256 differs)")
         weights = load_file(path)
     except (OSError, SafetensorError) as e:
@@ -196,7 +204,6 @@ def ensure_judges(
     """The panel for this dataset and split: the shipped one when its content keys match, else loaded from
     `judges_dir` when cached, else trained there (an interrupted judge training resumes), or `JudgeError` when
     `train` is false."""
-    from .run import train_run
 
     judges_dir = Path(judges_dir) if judges_dir else default_judges_dir(data_cfg)
     panel = {}
@@ -215,7 +222,7 @@ def ensure_judges(
             except JudgeError:
                 pass  # stopped before its last epoch: resumed below
         if not train:
-            raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once, 12-24 minutes here)")
+            raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once; BENCHMARKS.md gives how long)")
         log(f"training judge '{name}' into {folder} (once per dataset)")
         train_run(judge_config(name, data_cfg, extra), folder, resume=last.exists(), progress=progress)
         panel[name] = load_judge(name, folder)

@@ -13,9 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .config import ModelConfig
-
-IMAGE_SIZE = 64
+from .config import IMAGE_SIZE, ModelConfig
 
 
 class Normalize(nn.Module):

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from .config import PRECISIONS as SETTINGS
+from .errors import HeritageLensError
 
 MODES = SETTINGS[1:]
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(HeritageLensError, ValueError):
     """A precision setting that is unknown or that this device cannot run."""
 
 
@@ -210,7 +211,7 @@ def _cached(key: str, device: torch.device) -> Choice | None:
 
 
 def _store(key: str, choice: Choice) -> None:
-    from .io import atomic_write_json
+    from .files import atomic_write_json
 
     d = _read_cache()
     d[key] = {**choice.to_dict(), "date": time.strftime("%Y-%m-%d")}

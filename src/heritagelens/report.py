@@ -24,8 +24,9 @@ from PIL import Image, UnidentifiedImageError
 
 from . import __version__
 from .config import SPLIT_NAMES
-from .figures import figure_image, png_bytes
-from .io import atomic_write_text
+from .errors import HeritageLensError
+from .figures import confusion_figure, curves_figure, figure_image, png_bytes
+from .files import atomic_write_text
 
 PRESET_FIGURES = Path(__file__).with_name("presets.json")
 """The named presets' measured figures on AHE64 (written by `bench/accuracy.py --record`): the report sets a run
@@ -34,7 +35,7 @@ beside them."""
 KNOWN = ("config.json", "metrics.csv", "split.json", "summary.json", "last.pt", "best.pt")
 
 
-class ReportError(Exception):
+class ReportError(HeritageLensError):
     """The folder is not a run folder at all."""
 
 
@@ -49,7 +50,7 @@ class Section:
     """One line for the summary at the top of the report, if the section has a headline figure."""
 
 
-class RunFolder:
+class RunReader:
     """Reads a run folder's pieces; what is absent or unreadable becomes a note, never an exception."""
 
     def __init__(self, path: Path | str):
@@ -95,27 +96,6 @@ class RunFolder:
 # ------------------------------------------------------------------------------------------------------ figures
 
 
-def curves_figure(rows: list[dict]) -> Image.Image:
-    """Training loss, and training and validation accuracy, per epoch (rows as in `metrics.csv`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epoch = [int(r["epoch"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100)
-    a.plot(epoch, [float(r["train_loss"]) for r in rows], marker=".")
-    a.set(xlabel="epoch", ylabel="training loss", title="training loss (augmented batches)")
-    b.plot(epoch, [float(r["train_acc"]) for r in rows], marker=".", label="training (augmented)")
-    b.plot(epoch, [float(r["val_acc"]) for r in rows], marker=".", label="val: group-aware validation")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy per epoch", ylim=(0, 1))
-    b.legend(loc="lower right")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return figure_image(fig)
-
-
 def thumbnail(image: np.ndarray, size: int = 128) -> Image.Image:
     """A (3, H, W) uint8 image as a `size` px RGB thumbnail (nearest neighbour, so pixels stay visible)."""
     return Image.fromarray(image.transpose(1, 2, 0)).resize((size, size), Image.Resampling.NEAREST)
@@ -153,7 +133,7 @@ def split_label(split: str) -> str:
 # ----------------------------------------------------------------------------------------------------- sections
 
 
-def config_section(run: RunFolder) -> Section:
+def config_section(run: RunReader) -> Section:
     s = Section("config", "Configuration")
     cfg = run.json("config.json", s)
     if cfg is not None:
@@ -163,7 +143,7 @@ def config_section(run: RunFolder) -> Section:
     return s
 
 
-def data_section(run: RunFolder) -> Section:
+def data_section(run: RunReader) -> Section:
     s = Section("data", "Data and validation split")
     sp = run.json("split.json", s)
     if sp is None:
@@ -205,7 +185,7 @@ def _mean_sd(values: list[float]) -> str:
     return f"{m:.2%} ± {np.std(values, ddof=1):.2%}" if len(values) > 1 else f"{m:.2%}"
 
 
-def presets_section(run: RunFolder, figures: Path = PRESET_FIGURES) -> Section:
+def presets_section(run: RunReader, figures: Path = PRESET_FIGURES) -> Section:
     s = Section("presets", "This run beside the measured presets")
     ref = run.read(str(figures), s, lambda f: json.loads(f.read_text(encoding="utf-8")))
     if ref is None:
@@ -240,7 +220,7 @@ def presets_section(run: RunFolder, figures: Path = PRESET_FIGURES) -> Section:
     return s
 
 
-def training_section(run: RunFolder) -> Section:
+def training_section(run: RunReader) -> Section:
     s = Section("training", "Training curves")
     rows = run.csv("metrics.csv", s)
     if rows:
@@ -255,8 +235,8 @@ def training_section(run: RunFolder) -> Section:
     return s
 
 
-def eval_section(run: RunFolder, name: str, data_root: Path | None) -> Section:
-    from .evaluate import EvalResult, Mistake, calibration_line, confusion_figure
+def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
+    from .evaluate import EvalResult, Mistake, calibration_line
 
     split = name.removeprefix("eval-").removesuffix(".json")
     s = Section(eval_id(name), f"Evaluation on {split_label(split)}")
@@ -314,7 +294,7 @@ def mistakes_html(r, data_root: Path | None, s: Section, k: int = 12) -> str:
     return f"<h3>Surest mistakes ({min(k, len(r.mistakes))} of {wrong})</h3>" + "".join(cells)
 
 
-def deconv_section(run: RunFolder) -> Section:
+def deconv_section(run: RunReader) -> Section:
     s = Section("deconvnet", "Deconvnet: top-9 images per channel (Zeiler & Fergus figure 2)")
     files = sorted(run.path.glob("deconv-top9-*.png"))
     if not files:
@@ -331,7 +311,7 @@ def deconv_section(run: RunFolder) -> Section:
     return s
 
 
-def gallery_section(run: RunFolder) -> Section:
+def gallery_section(run: RunReader) -> Section:
     s = Section("gallery", "Class images (activation maximization) and their scores")
     png = run.png("dream-gallery.png", s)
     meta = run.json("dream-gallery.json", s)
@@ -379,7 +359,7 @@ def scores_html(meta: dict, s: Section) -> None:
         s.html += "<h3>Per class, this gallery</h3>" + table(*per_class_rows(mine, meta["classes"]), "scores")
 
 
-def timing_section(run: RunFolder) -> Section:
+def timing_section(run: RunReader) -> Section:
     s = Section("timing", "Time per stage")
     summary = run.json("summary.json", s)
     if summary is None:
@@ -409,7 +389,7 @@ def timing_section(run: RunFolder) -> Section:
     return s
 
 
-def other_figures_section(run: RunFolder, shown: set[str]) -> Section | None:
+def other_figures_section(run: RunReader, shown: set[str]) -> Section | None:
     """Figures written into the run folder by other commands (deconv --image, dream, evolution...)."""
     own = ("confusion-", "reliability-")  # shown in their evaluation sections
     files = [f for f in sorted(run.path.glob("*.png")) if f.name not in shown and not f.name.startswith(own)]
@@ -440,7 +420,7 @@ def safely(reads: str, sid: str, title: str, build_section, *args) -> Section:
 
 def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[str, list[Section]]:
     """The report's HTML and its sections; `data_root` (default: the run's) is where mistake thumbnails come from."""
-    run = RunFolder(run_path)
+    run = RunReader(run_path)
     cfg = run.json("config.json", Section("", ""))
     cfg_root = cfg.get("data", {}).get("root") if isinstance(cfg, dict) else None
     root = Path(data_root) if data_root else Path(cfg_root) if isinstance(cfg_root, str) else None
@@ -466,7 +446,7 @@ def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[st
     return page(run, sections), sections
 
 
-def page(run: RunFolder, sections: list[Section]) -> str:
+def page(run: RunReader, sections: list[Section]) -> str:
     title = f"HeritageLens run {run.path.resolve().name}"
     return html_page(title, str(run.path.resolve()), sections)
 

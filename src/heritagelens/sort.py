@@ -37,8 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import IMAGE_SIZE, DataError, read_rgb
-from .train import predict_logits
+from .config import IMAGE_SIZE
+from .data import DataError, read_rgb
+from .errors import HeritageLensError
+from .inference import probabilities
 
 UNCERTAIN = "_uncertain"
 JOURNAL = ".heritagelens-sort.jsonl"
@@ -57,7 +59,7 @@ VIEWS = ("whole", "centre", "multi")
 DEFAULT_VIEW = "whole"
 
 
-class SortError(Exception):
+class SortError(HeritageLensError):
     """Nothing could be sorted, or the run had to stop; one line naming the path and the problem."""
 
 
@@ -251,7 +253,7 @@ def _inside(out: Path, rel: str, folders: list[str]) -> bool:
 
 def stage(src: Path, dest: Path, link: bool) -> Path:
     """Copy (or hard-link) `src` beside `dest` under a hidden pending name, returned; it becomes `dest` only once the
-    journal records it (`_Run.finish`), so a sort killed at any moment leaves no copy that the journal does not know."""
+    journal records it (`_Sort.finish`), so a sort killed at any moment leaves no copy the journal does not know."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{secrets.token_hex(6)}.pending")
     try:
@@ -277,7 +279,7 @@ def free_name(dest: Path, taken: Collection[Path] = frozenset(), mine: Path | No
 
 
 def write_csv(out: Path, rows: dict[str, dict]) -> Path:
-    from .io import atomic_write_text
+    from .files import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
@@ -299,7 +301,7 @@ def sort_photos(
     """Sort every photo under `photos` into `out` (see the module docstring); returns the counts."""
     from .checkpoint import checkpoint_file, load_model, temperature
     from .config import Config
-    from .io import atomic_write_json
+    from .files import atomic_write_json
 
     photos, out = Path(photos), Path(out)
     if how not in VIEWS:
@@ -318,7 +320,7 @@ def sort_photos(
         out.mkdir(parents=True, exist_ok=True)
         with folder_lock(out):
             check_settings(out, settings)
-            run = _Run(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out,
+            run = _Sort(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out,
                        min_confidence, link, how)  # fmt: skip
             run.summary.calibrated = t is not None
             if not (out / META).exists():
@@ -349,7 +351,7 @@ def folder_lock(out: Path):
         f.close()
 
 
-class _Run:
+class _Sort:
     """One sort: the decoding pool, the journal, the counts."""
 
     def __init__(self, model, classes, t, precision, photos, out, min_confidence, link, how):
@@ -427,8 +429,8 @@ class _Run:
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         if good:
             x = torch.from_numpy(np.concatenate([decoded[i] for i in good]))
-            logits = predict_logits(self.model, x, precision=self.precision).double() / self.t
-            probs = torch.softmax(logits, 1).reshape(len(good), -1, len(self.classes)).mean(1)
+            probs = probabilities(self.model, x, self.t, precision=self.precision)
+            probs = probs.reshape(len(good), -1, len(self.classes)).mean(1)
         rows, staged = [], {}  # staged: destination -> pending copy
         try:
             for j, i in enumerate(good):

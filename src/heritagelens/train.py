@@ -19,8 +19,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import optim
 from .config import Config, TrainConfig
 from .distributed import all_sum, share, world
-from .models import evaluating
-from .precision import FP32, Precision, for_model, resolve
+from .inference import accuracy
+from .precision import FP32, Precision, resolve
 
 # ---------------------------------------------------------------------------------------------------- augmentation
 
@@ -168,40 +168,6 @@ def make_ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
     if cfg.ema_decay == 0:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-
-
-# ----------------------------------------------------------------------------------------------------- inference
-
-
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The views averaged at test time: the image, its mirror, and both shifted by 2 px (reflect-filled)."""
-    shifted = F.pad(x, (2, 2, 2, 2), mode="reflect")[:, :, 4:, 4:]
-    return [x, x.flip(3), shifted, shifted.flip(3)]
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, precision: str = "auto"
-) -> torch.Tensor:
-    """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
-    eval mode and in the mode `precision` resolves to there (`heritagelens.precision`); the model's mode is restored."""
-    out = []
-    device, amp = next(model.parameters()).device, for_model(model, precision)
-    with evaluating(model):
-        for s in range(0, len(images), batch_size):
-            x = amp.input(images[s : s + batch_size].to(device).float())
-            views = tta_views(x) if tta else [x]
-            with amp.autocast():
-                out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool = False, precision: str = "auto"
-) -> float:
-    if len(images) == 0:
-        return float("nan")
-    return (predict_logits(model, images, tta, precision=precision).argmax(1) == labels).float().mean().item()
 
 
 # ------------------------------------------------------------------------------------------------------ the loop

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
+from .errors import HeritageLensError
 
 DEFAULT_STUDY = "heritagelens"
 OBJECTIVES = ("accuracy", "accuracy-per-minute")
@@ -61,7 +62,7 @@ SPACE: tuple[Param, ...] = (
 """The search space. A key the user fixes with --set is not searched (model.widths fixes model.width)."""
 
 
-class TuneError(Exception):
+class TuneError(HeritageLensError):
     """A storage that cannot be reached, or a study with nothing to show."""
 
 
@@ -169,8 +170,10 @@ def objective_fn(
     import optuna
 
     from .distributed import init_world
-    from .run import estimated_minutes, initial_state, prepare
-    from .train import accuracy, eval_model, fit
+    from .inference import accuracy
+    from .runs import estimated_minutes, initial_state
+    from .split import prepare
+    from .train import eval_model, fit
 
     init_world(base.train.device)
     prep = prepare(base)  # the split depends only on data.*, which is never searched
@@ -310,12 +313,10 @@ def best_config(study) -> dict:
 
 def study_figures(study) -> dict:
     """Optimization history and parameter importances (Optuna's matplotlib plots) as images."""
-    import matplotlib
+    from .figures import figure_image, pyplot
 
-    matplotlib.use("Agg")
+    pyplot()  # the Agg backend, before Optuna's plots import pyplot
     from optuna.visualization import matplotlib as oplt
-
-    from .figures import figure_image
 
     figs = {}
     with warnings.catch_warnings():
@@ -332,7 +333,7 @@ def write_study(study, runs: Path) -> list[Path]:
     import json
 
     from .figures import png_bytes
-    from .io import atomic_write_json, atomic_write_text
+    from .files import atomic_write_json, atomic_write_text
     from .report import Section, html_page, img
 
     out = runs / f"tune-{study.study_name}"

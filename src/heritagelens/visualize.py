@@ -34,9 +34,19 @@ from .figures import (
     png_bytes,
     projection_to_rgb,
 )
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .inference import probabilities
+from .judges import (
+    HEADLINE_JUDGE,
+    ensure_judges,
+    gallery_scores,
+    judges_unseen,
+    per_class_table,
+    real_images,
+    score_table,
+)  # fmt: skip
 from .models import HeritageCNN, conv_layer_names
-from .train import predict_logits
+from .split import checkpoint_split
 
 
 def train_split(ckpt: dict, root: Path | str | None = None) -> data.Split:
@@ -180,7 +190,7 @@ def comparison(
 ) -> tuple[Image.Image, dict]:
     """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion for one image (3, H, W) uint8, all
     for `target` (default: the predicted class) at `layer` (its strongest channel)."""
-    probs = torch.softmax(predict_logits(model, image[None]), 1)[0]
+    probs = probabilities(model, image[None])[0]
     target = int(probs.argmax()) if target is None else target
     channels, _, proj, _ = strongest_channels(model, image, layer, 1)
     maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}
@@ -255,8 +265,6 @@ def write_dream(
     ascent on that (non-robust) model as a second floor."""
     from .dream import class_images, dream_preset
     from .figures import gallery
-    from .judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
-    from .run import judges_unseen, prepare
 
     model, classes, ckpt = load_model(checkpoint)
     names = class_names or classes
@@ -265,10 +273,7 @@ def write_dream(
             raise DreamError(f"unknown class '{n}'; classes: {', '.join(classes)}")
     if samples < 1:
         raise DreamError(f"--samples must be at least 1, not {samples}")
-    cfg = Config.from_dict(ckpt["config"])
-    cfg.data.root = str(root or cfg.data.root)
-    prep = prepare(cfg)
-    check_classes(classes, prep.split.classes, checkpoint)
+    cfg, prep = checkpoint_split(ckpt, checkpoint, root)
     stats = image_stats(prep.split.images[prep.train_idx])
     ks = [classes.index(n) for n in names]
     init = start_images(init_image, len(ks) * samples)
@@ -395,8 +400,6 @@ def score_folder(
     progress: bool = True,
 ) -> dict:
     """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
-    from .judges import ensure_judges, gallery_scores, per_class_table, real_images, score_table
-    from .run import judges_unseen
 
     classes = data.list_classes(Path(data_cfg.root), "train")
     images, labels, files = folder_images(folder, classes)

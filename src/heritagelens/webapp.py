@@ -1,7 +1,7 @@
 """The explorer web app (`heritagelens serve CHECKPOINT`): classify an uploaded or picked image and see why, look at
 what any channel responds to, and generate class images, in a browser.
 
-Everything it shows comes from the same public functions as the CLI (`data.decode`, `train.predict_logits`,
+Everything it shows comes from the same public functions as the CLI (`data.decode`, `inference.probabilities`,
 `visualize.image_view`, `visualize.comparison`, `visualize.top9_figure`, `dream.class_images`); this module only
 loads the model once, keeps what is slow to recompute (a layer's top activations over the dataset), and lays the
 page out with Gradio. Problems with an upload become a message on the page, never a failed request.
@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 
 from . import data
-from .checkpoint import check_classes, load_model, run_folder, temperature
+from .checkpoint import check_classes, load_model, robust_checkpoint, temperature
 from .config import Config
 from .deconvnet import DeconvError, TopK, top_activations
 from .dream import DreamError, class_images, dream_preset, image_stats
 from .figures import gallery
+from .inference import probabilities
 from .models import conv_layer_names
-from .train import predict_logits
 from .visualize import comparison, image_view, top9_figure
 
 MAX_UPLOAD_MB = 25
@@ -55,7 +55,7 @@ class Explorer:
         self.temperature = temperature(ckpt, tta=False) or 1.0  # calibrated probabilities once calibrated
         self.layers = conv_layer_names(self.model)
         self.explainer = copy.deepcopy(self.model)
-        robust = run_folder(self.checkpoint) / "robust" / "last.pt"
+        robust = robust_checkpoint(self.checkpoint)
         if robust.exists():
             self.dreamer, robust_classes, _ = load_model(robust)
             check_classes(robust_classes, self.classes, robust)
@@ -99,7 +99,7 @@ class Explorer:
         x, why = self.image(path, picked)
         if x is None:
             return Classified(None, None, None, why)
-        probs = torch.softmax(predict_logits(self.model, x[None]) / self.temperature, 1)[0]
+        probs = probabilities(self.model, x[None], self.temperature)[0]
         top = probs.topk(min(5, len(self.classes)))
         fig, _ = image_view(self.model, x, self.layers, n=6)
         top5 = {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}

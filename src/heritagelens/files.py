@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -11,8 +12,19 @@ from typing import Any
 
 import torch
 
+from .errors import HeritageLensError
 
-class WriteError(Exception):
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file of any size, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class WriteError(HeritageLensError):
     """A folder a command must write into cannot be written; the message names it."""
 
 

@@ -1,0 +1,55 @@
+"""A model's predictions: logits with or without test-time augmentation, and calibrated probabilities, computed in
+the number format chosen for the machine (`heritagelens.precision`). Every command that predicts goes through here."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import evaluating
+from .precision import for_model
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The views averaged at test time: the image, its mirror, and both shifted by 2 px (reflect-filled)."""
+    shifted = F.pad(x, (2, 2, 2, 2), mode="reflect")[:, :, 4:, 4:]
+    return [x, x.flip(3), shifted, shifted.flip(3)]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, precision: str = "auto"
+) -> torch.Tensor:
+    """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
+    eval mode and in the mode `precision` resolves to there (`heritagelens.precision`); the model's mode is restored."""
+    out = []
+    device, amp = next(model.parameters()).device, for_model(model, precision)
+    with evaluating(model):
+        for s in range(0, len(images), batch_size):
+            x = amp.input(images[s : s + batch_size].to(device).float())
+            views = tta_views(x) if tta else [x]
+            with amp.autocast():
+                out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool = False, precision: str = "auto"
+) -> float:
+    if len(images) == 0:
+        return float("nan")
+    return (predict_logits(model, images, tta, precision=precision).argmax(1) == labels).float().mean().item()
+
+
+def probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    temperature: float | None = None,
+    tta: bool = False,
+    precision: str = "auto",
+) -> torch.Tensor:
+    """Class probabilities (N, classes), float64, of uint8 images: the softmax of the logits divided by the
+    checkpoint's calibrated `temperature` (`checkpoint.temperature`; None: uncalibrated)."""
+    logits = predict_logits(model, images, tta=tta, precision=precision).double()
+    return torch.softmax(logits / (temperature or 1.0), 1)

@@ -1,0 +1,102 @@
+"""Evaluating and calibrating a checkpoint on its validation splits or the official test split, into files.
+
+For each evaluated split a run folder gets `eval-<split>.json`, `eval-<split>.txt`, `confusion-<split>.png` and, once
+the checkpoint is calibrated, `reliability-<split>.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import data
+from ..calibrate import Calibration, calibrate, ece
+from ..checkpoint import check_classes, checkpoint_file, load_model, read_checkpoint, temperature
+from ..evaluate import EvalResult, evaluate_logits
+from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure
+from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..inference import predict_logits
+from ..split import checkpoint_split, data_config_of
+
+
+def validation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
+    """'val', and 'source' when the checkpoint's split holds photos of other sources out of training."""
+    _, prep = checkpoint_split(read_checkpoint(checkpoint), checkpoint, root, data_overrides)
+    return ["val"] + ["source"] * bool(len(prep.source_idx))
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    split: str,
+    root: Path | str | None = None,
+    tta: bool | None = None,
+    out_dir: Path | str | None = None,
+    data_overrides: list[str] = (),
+) -> EvalResult:
+    """Evaluate a checkpoint on 'val' (its own group-aware validation split), 'source' (its source-held-out
+    validation split) or 'test' (the data root's test/), with
+    `data_overrides` (`data.*` assignments) applied to its config; the test split's unreadable files are listed."""
+    model, classes, ckpt = load_model(checkpoint)
+    cfg = data_config_of(ckpt, root, data_overrides)
+    tta = cfg.train.tta if tta is None else tta
+    if split in ("val", "source"):
+        _, prep = checkpoint_split(ckpt, checkpoint, root, data_overrides)
+        idx = prep.held_out(split)
+        if len(idx) == 0:
+            raise data.DataError(f"{checkpoint}: its {split} split is empty (data.source_val is '{prep.source}')")
+        images, labels, files = prep.split.images[idx], prep.split.labels[idx], [prep.split.files[i] for i in idx]
+    else:
+        data_classes = data.list_classes(cfg.data.root, "train") if data.has_split(cfg.data.root, "train") else classes
+        check_classes(classes, data_classes, checkpoint)
+        sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
+        images, labels, files = sp.images, sp.labels, sp.files
+    logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
+    result = evaluate_logits(logits, labels, classes, split, files, tta)
+    if split == "source":
+        result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_ranges)
+    if split == "test":
+        result.unreadable = [(str(f), problem) for f, problem in sp.bad]
+    t = temperature(ckpt, tta)
+    if t is not None:
+        fitted = ckpt["calibration"]["tta" if tta else "plain"]
+        same = split == fitted["split"] and root is None
+        result.calibration = {
+            "temperature": t, "split": split, "fitted_on": fitted["split"],
+            "ece_before": ece(torch.softmax(logits.double(), 1), labels),
+            "ece_after": ece(torch.softmax(logits.double() / t, 1), labels),
+            "ece_held_out": fitted["ece_held_out"] if same else None,
+        }  # fmt: skip
+    if out_dir is not None:
+        write_eval(result, out_dir)
+        if t is not None:
+            title = f"{split} ({result.n} images{', TTA' if tta else ''}), temperature fitted on {fitted['split']}"
+            png = png_bytes(figure_image(reliability_figure(logits, labels, t, title)))
+            atomic_write_bytes(png, Path(out_dir) / f"reliability-{split}.png")
+    return result
+
+
+def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None) -> dict[str, Calibration]:
+    """Fit the temperature of the checkpoint's predictions with and without TTA on its validation split and store
+    both in the checkpoint (rewritten atomically), so that every later prediction of it can use them."""
+    path = checkpoint_file(checkpoint)
+    model, classes, ckpt = load_model(path)
+    cfg, prep = checkpoint_split(ckpt, path, root)
+    images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
+    if len(labels) == 0:
+        raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
+    cals = {}
+    for name, tta in (("plain", False), ("tta", True)):
+        logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
+        cals[name] = calibrate(logits, labels, "val", tta)
+    atomic_save({**ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}, path)
+    return cals
+
+
+def write_eval(result: EvalResult, out_dir: Path | str) -> None:
+    out = Path(out_dir)
+    atomic_write_json(result.to_dict(), out / f"eval-{result.split}.json")
+    text = "\n\n".join([result.table(), result.confusion_table(), result.mistakes_table()])
+    atomic_write_text(text + "\n", out / f"eval-{result.split}.txt")
+    png = png_bytes(figure_image(confusion_figure(result)))
+    atomic_write_bytes(png, out / f"confusion-{result.split}.png")

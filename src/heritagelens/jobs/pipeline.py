@@ -1,0 +1,110 @@
+"""The main job (`heritagelens run`): train, calibrate, evaluate on every split there is, draw the deconvnet's
+figure-2 grids, make and score the class-image gallery, write `summary.json` and the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import data
+from ..checkpoint import load_model, read_checkpoint, robust_checkpoint
+from ..config import ROBUST, SGD, Config
+from ..distributed import world
+from ..files import atomic_write_json
+from ..flops import training_flops
+from ..judges import HEADLINE_JUDGE
+from ..models import conv_layer_names
+from ..precision import resolve
+from ..report import write_report
+from ..runs import train_run
+from ..visualize import write_dream, write_top9
+from .evaluation import calibrate_checkpoint, evaluate_checkpoint
+
+
+@contextmanager
+def stage(stages: dict[str, float], name: str):
+    """Time the block into `stages[name]` (seconds)."""
+    t0 = time.perf_counter()
+    yield
+    stages[name] = round(time.perf_counter() - t0, 2)
+
+
+def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
+    """Train, then evaluate the final weights on validation and, when the data has one, the official test split;
+    deconvnet figure-2 grids for the two deepest layers; the class-image gallery with its scores; the report.
+
+    Returns (and writes as `summary.json`) the headline figures, each named by its split, and each stage's time.
+    """
+    run = Path(run_path)
+    stages: dict[str, float] = {}
+    with stage(stages, "train"):
+        _, prep = train_run(cfg, run, progress=progress)
+    summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
+    trained = Config.from_dict(read_checkpoint(run / "last.pt")["config"])  # the epochs a time budget left
+    summary["train_compute"] = training_flops(trained, len(prep.train_idx), len(prep.split.classes))
+    summary["precision"] = resolve(cfg.train.precision, world().device).to_dict()
+    with stage(stages, "calibrate"):
+        cals = calibrate_checkpoint(run / "last.pt")
+    summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
+    with stage(stages, "evaluate"):
+        validations = ["val"] + (["source"] if len(prep.source_idx) else [])
+        for split in validations + (["test"] if data.has_split(cfg.data.root, "test") else []):
+            r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
+            summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
+            summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}
+    with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
+        model, _, _ = load_model(run / "last.pt")
+        written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
+    summary["figures"] = [p.name for p in written]
+    summary["gallery"] = gallery_job(cfg, run, progress, stages)
+    summary["stages_seconds"] = stages
+    summary["report"] = str(run / "report.html")
+    atomic_write_json(summary, run / "summary.json")
+    try:  # last, so that it shows every stage's time; a report problem never costs the run its results
+        write_report(run)
+    except Exception as e:
+        summary["report"] = None
+        atomic_write_json(summary, run / "summary.json")
+        print(f"heritagelens: warning: {run}: report not written ({type(e).__name__}: {e})", file=sys.stderr)
+    return summary
+
+
+def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
+    """The robust model trained beside the standard one: the same data, model and seed, the robust recipe; with
+    `gallery.robust_from='standard'`, fine-tuned from the `standard` checkpoint (no time budget: its epochs are few)."""
+    g = cfg.gallery
+    extra = [f"train.init_from={standard}", f"train.lr={g.robust_lr}"] if g.robust_from == "standard" else []
+    return cfg.override([*ROBUST, *SGD, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
+
+
+def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None) -> dict:
+    """The class-image gallery of the run (`dream-gallery.*`), made from the robust model (trained into `robust/`)
+    or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures."""
+
+    stages = {} if stages is None else stages
+    source = run / "last.pt"
+    out: dict = {"model": cfg.gallery.model}
+    if cfg.gallery.model == "robust":
+        with stage(stages, "robust model"):
+            source = robust_checkpoint(run)
+            train_run(robust_config(cfg, run / "last.pt"), source.parent, progress=progress)
+            r = evaluate_checkpoint(source, "val", out_dir=source.parent)
+        out["robust_val_accuracy"] = r.accuracy
+        out["robust_train_minutes"] = round(stages["robust model"] / 60, 2)
+    g = cfg.gallery
+    with stage(stages, "class images"):
+        png = write_dream(
+            source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
+            judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
+            standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None, floor_samples=g.floor_samples,
+        )  # fmt: skip
+    meta = json.loads(png.with_suffix(".json").read_text())
+    out["figure"] = png.name
+    for name, s in meta.get("scores", {}).items():
+        out[name] = {f"{HEADLINE_JUDGE}_recognised": s["judges"][HEADLINE_JUDGE]["recognised"]}
+        out[name] |= {"frechet": s["frechet"], "spectrum": s["spectrum"], "diversity": s["diversity"]}
+    out["minutes"] = round(stages["class images"] / 60, 2)
+    return out

@@ -1,0 +1,234 @@
+"""A training run and its folder: starting and resuming one, the time budget, and the files it writes.
+
+A run folder holds `config.json`, `split.json`, `metrics.csv`, `train.log`, `precision.json`, `last.pt`, `best.pt`
+and optional `epoch-N.pt` snapshots; the jobs (`heritagelens.jobs`) add their results beside them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import data
+from .checkpoint import (
+    CheckpointError,
+    check_classes,
+    model_from_checkpoint,
+    read_checkpoint,
+    resume_state,
+    save_checkpoint,
+)
+from .config import Config
+from .distributed import from_main, init_world
+from .files import atomic_write_json, atomic_write_text
+from .models import build_model
+from .precision import resolve
+from .split import Prepared, prepare
+from .train import EpochResult, TrainState, epoch_side, fit, new_state
+
+
+class RunWriter:
+    """The one place a training run writes its files (all atomically); with `writes` False (the processes of a
+    distributed run other than rank 0) it writes nothing."""
+
+    def __init__(self, path: Path | str, writes: bool = True):
+        self.path, self.writes = Path(path), writes
+        if writes:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = self._read_metrics()
+
+    def _read_metrics(self) -> list[dict]:
+        f = self.path / "metrics.csv"
+        return list(csv.DictReader(f.open())) if f.exists() else []
+
+    def log(self, line: str) -> None:
+        if not self.writes:
+            return
+        with (self.path / "train.log").open("a") as f:  # append-only: a torn last line loses nothing earlier
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def add_epoch(self, r: EpochResult) -> None:
+        self.rows = [row for row in self.rows if int(row["epoch"]) < r.epoch] + [asdict(r)]
+        if not self.writes:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(asdict(r)))
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(buf.getvalue(), self.path / "metrics.csv")
+
+    def record_precision(self, choice: dict) -> None:
+        """`precision.json`: the mode training runs in and why (train.log keeps every earlier one of a resumed run)."""
+        if self.writes:
+            atomic_write_json(choice, self.path / "precision.json")
+
+    def best_val(self) -> float:
+        return max((float(row["val_acc"]) for row in self.rows), default=float("-inf"))
+
+
+def initial_state(cfg: Config, prep: Prepared) -> TrainState:
+    """A new model of `cfg` (seeded), its input normalization set from the training images, and its optimizer; or,
+    with `train.init_from`, that checkpoint's model (the same model and classes) with a new optimizer."""
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.init_from:
+        return new_state(starting_model(cfg, prep.split.classes), cfg.train)
+    model = build_model(cfg.model, len(prep.split.classes))
+    mean, std = data.channel_stats(prep.split.images[prep.train_idx])
+    model.normalize.mean.copy_(mean.reshape(1, 3, 1, 1))
+    model.normalize.std.copy_(std.reshape(1, 3, 1, 1))
+    return new_state(model, cfg.train)
+
+
+def starting_model(cfg: Config, classes: list[str]):
+    """The model `train.init_from` names, checked to be the model `cfg` describes and to know `classes`."""
+    path = cfg.train.init_from
+    ckpt = read_checkpoint(path)
+    check_classes(ckpt["classes"], classes, path)
+    if Config.from_dict(ckpt["config"]).model != cfg.model:
+        raise CheckpointError(f"{path}: train.init_from holds another model than this run's (model.* settings differ)")
+    return model_from_checkpoint(ckpt, path).train()
+
+
+_SAID: set[str] = set()
+"""Precision lines already printed by this process."""
+
+
+def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3, side: int = 64) -> float:
+    """Seconds one training step of `cfg` at `side` px takes here (augmentation, attack and averaging included), from
+    timing `steps` steps on `prep`'s training images after one warm-up step."""
+    n, train = cfg.train.batch_size, prep.split.images[prep.train_idx]
+    labels = prep.split.labels[prep.train_idx]
+    short = cfg.override(["train.epochs=1", f"train.res_min={side}", "train.res_ramp=[1,1]"])
+    state = initial_state(cfg, prep)
+    fit(short, state, train[:n], labels[:n], train[:1], labels[:1], progress=False)  # kernels chosen, caches warm
+    state.epoch = 0
+    t0 = time.perf_counter()
+    fit(short, state, train[: steps * n], labels[: steps * n], train[:1], labels[:1], progress=False)
+    return (time.perf_counter() - t0) / min(steps, math.ceil(len(train) / n))
+
+
+def step_times(cfg: Config, prep: Prepared, steps: int = 3) -> tuple[float, float]:
+    """Seconds a training step takes here at 64 px and at `train.res_min` px (the same when there is no resizing)."""
+    full = seconds_per_step(cfg, prep, steps)
+    low = cfg.train.res_min
+    return full, (full if low >= 64 else seconds_per_step(cfg, prep, steps, side=low))
+
+
+def schedule_seconds(cfg: Config, prep: Prepared, times: tuple[float, float], epochs: int | None = None) -> float:
+    """Seconds `epochs` epochs of `cfg`'s recipe (its own number when None) train for here, each epoch's validation
+    pass included (about a third of a training step per image), from the step `times` at 64 px and at `res_min` px:
+    a step at a side in between is taken as linear in its pixel count."""
+    tc = cfg.train
+    epochs = tc.epochs if epochs is None else epochs
+    steps = math.ceil(len(prep.train_idx) / tc.batch_size)
+    full, low = times
+    lo2 = tc.res_min**2
+
+    def step(side: int) -> float:
+        return full if side >= 64 else low + (full - low) * (side**2 - lo2) / max(1, 64**2 - lo2)
+
+    val = full * len(prep.val_idx) / tc.batch_size / 3
+    return sum(step(epoch_side(e, epochs, tc)) * steps + val for e in range(epochs))
+
+
+def estimated_minutes(cfg: Config, prep: Prepared, steps: int = 3) -> float:
+    """Minutes `cfg` would train for on `prep`'s training part, from timing `steps` steps after one warm-up step."""
+    return schedule_seconds(cfg, prep, step_times(cfg, prep, steps)) / 60
+
+
+BUDGET_MARGIN = 0.95
+"""Fraction of a time budget planned for: the rest absorbs checkpoints, logging and the speed's drift."""
+
+
+def budget_epochs(cfg: Config, prep: Prepared, times: tuple[float, float] | None = None) -> tuple[int, str]:
+    """The most epochs of `cfg`'s recipe (at most its own, the schedule and any progressive resizing stretched over
+    them) that train within `cfg.train.minutes` at the step times measured here (`step_times`); and why, in words."""
+    tc = cfg.train
+    times = step_times(cfg, prep) if times is None else times
+    budget = tc.minutes * 60 * BUDGET_MARGIN
+    fits = max((e for e in range(1, tc.epochs + 1) if schedule_seconds(cfg, prep, times, e) <= budget), default=0)
+    epochs = max(1, fits)
+    why = (
+        f"time budget {tc.minutes:g} min: {epochs} of the recipe's {tc.epochs} epochs at "
+        f"{tc.batch_size / times[0]:.0f} training images/s measured here "
+        f"({schedule_seconds(cfg, prep, times, epochs) / epochs:.0f} s an epoch)"
+    )
+    return epochs, why + (" (one epoch does not fit: training one anyway)" if fits < 1 else "")
+
+
+def train_run(
+    cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True
+) -> tuple[TrainState, Prepared]:
+    """Train into `run_path`; with `resume`, continue the run saved there with the config saved there. Under torchrun
+    every process trains its share and only rank 0 writes (see `heritagelens.distributed`)."""
+    if resume:
+        last = Path(run_path) / "last.pt"
+        ckpt = read_checkpoint(last)
+        cfg = Config.from_dict(ckpt["config"])
+    w = init_world(cfg.train.device)
+    main = w.main
+    run = RunWriter(run_path, writes=main)
+    if main:  # chosen (timed once per machine) before the data is loaded, so the line comes first
+        choice = resolve(cfg.train.precision, w.device)
+        if choice.line not in _SAID:  # once per process: the main job trains up to four models
+            print(f"heritagelens: {choice.line}", flush=True)
+            _SAID.add(choice.line)
+        run.log(choice.line)
+        run.record_precision(choice.to_dict())
+    prep = prepare(cfg)
+    s = prep.split
+    if cfg.train.minutes and not resume:  # every process measures (fit is collective), the main one decides
+        epochs, why = budget_epochs(cfg, prep)
+        epochs = from_main(epochs, w)
+        cfg = cfg.override([f"train.epochs={epochs}"])
+        if main:
+            print(f"heritagelens: {why}", flush=True)
+        run.log(why)
+    if resume:
+        check_classes(ckpt["classes"], s.classes, last)
+        state = resume_state(ckpt, cfg, last)
+        run.log(f"resumed at epoch {state.epoch}")
+    else:
+        state = initial_state(cfg, prep)
+        if main:
+            atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
+            atomic_write_json(prep.record(), run.path / "split.json")
+        run.log(f"config {json.dumps(cfg.to_dict())}")
+        run.log(f"split {json.dumps(prep.summary())}")
+    if s.bad and main:
+        run.log(f"skipped {len(s.bad)} unreadable file(s): " + "; ".join(f"{f}: {p}" for f, p in s.bad))
+        print(
+            f"heritagelens: warning: skipped {len(s.bad)} unreadable file(s), first {s.bad[0][0]}: {s.bad[0][1]} "
+            f"(all listed in {run.path / 'train.log'})",
+            file=sys.stderr,
+        )
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    def on_epoch(st: TrainState, r: EpochResult) -> None:
+        if not main:
+            return
+        is_best = r.val_acc > run.best_val()
+        run.add_epoch(r)
+        run.log(
+            f"epoch {r.epoch} loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} val_acc {r.val_acc:.4f} "
+            f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s" + (f" at {r.side} px" if r.side < 64 else "")
+        )
+        save_checkpoint(run.path / "last.pt", st, cfg, s.classes)
+        if is_best:
+            save_checkpoint(run.path / "best.pt", st, cfg, s.classes)
+        if r.epoch in cfg.train.snapshot_epochs:
+            save_checkpoint(run.path / f"epoch-{r.epoch}.pt", st, cfg, s.classes)
+
+    xt, yt = s.images[prep.train_idx], s.labels[prep.train_idx]
+    xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]
+    state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+    return state, prep

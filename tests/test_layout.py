@@ -1,0 +1,94 @@
+"""The package's layout: every import, at the top of a module or inside a function, points down a layer, so the
+modules form no cycle."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import heritagelens
+
+PACKAGE = Path(heritagelens.__file__).parent
+
+
+def module_name(file: Path, root: Path) -> str:
+    parts = file.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(file: Path, root: Path, modules: set[str]) -> set[str]:
+    """The package's modules that `file` imports anywhere in its code, relatively or absolutely. The package's own
+    face (`__init__`) is left out: every module may read its version."""
+    me = module_name(file, root)
+    here = (me if file.name == "__init__.py" else me.rpartition(".")[0]).split(".")
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            names = [target] + [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found - {me, root.name}
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    files = sorted(root.rglob("*.py"))
+    modules = {module_name(f, root) for f in files}
+    return {module_name(f, root): imported(f, root, modules) for f in files}
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of `graph` (its first module repeated at the end), or [] when there is none."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        return list(e.args[1])
+    return []
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert {"heritagelens.split", "heritagelens.runs", "heritagelens.jobs.pipeline"} <= set(graph)
+    assert "heritagelens.runs" in graph["heritagelens.judges"]  # a judge is a training run: judges sit above runs
+    assert cycle(graph) == [], " -> ".join(cycle(graph))
+
+
+def test_only_the_command_line_and_the_jobs_import_the_jobs():
+    graph = import_graph()
+    jobs = {m for m in graph if m.startswith("heritagelens.jobs")}
+    users = {m for m, deps in graph.items() if deps & jobs} - jobs
+    assert users == {"heritagelens.cli"}
+
+
+def test_every_error_the_tool_reports_shares_one_base():
+    import importlib
+    import inspect
+
+    from heritagelens.errors import HeritageLensError
+
+    errors = {}
+    for name in set(import_graph()) - {"heritagelens.__main__"}:  # importing that one runs the command
+        module = importlib.import_module(name)
+        errors |= {n: c for n, c in inspect.getmembers(module, inspect.isclass) if n.endswith("Error")}
+    ours = {n: c for n, c in errors.items() if c.__module__.startswith("heritagelens")}
+    assert len(ours) >= 14 and all(issubclass(c, HeritageLensError) for c in ours.values()), ours
+
+
+def test_the_check_finds_a_cycle_through_a_function_level_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg import c\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    (pkg / "d.py").write_text("import pkg.a\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.d"] == {"pkg.a"} and graph["pkg.b"] == {"pkg.c"}
+    assert sorted(cycle(graph)[:-1]) == ["pkg.a", "pkg.b", "pkg.c"]
+    del graph["pkg.c"]
+    assert cycle(graph) == []
