@@ -21,7 +21,7 @@ from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
 from heritagelens.dream import class_images, dream_preset, image_stats
 from heritagelens.figures import gallery
-from heritagelens.judges import HEADLINE_JUDGE, ensure_judges, gallery_scores, per_class_table, real_images, score_table
+from heritagelens.judges import HEADLINE_JUDGE, per_class_table, score_sets, score_table
 from heritagelens.split import prepare
 
 
@@ -58,9 +58,6 @@ def main() -> None:
         results[path] = {"gallery_seconds": times, "sets": {}}
         if args.time_only:
             continue
-        panel = ensure_judges(cfg.data, args.judges)
-        real = real_images(prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx], args.samples,
-                           range(len(classes)), args.seed)  # fmt: skip
         targets = torch.arange(len(classes)).repeat_interleave(args.samples)
         made, seconds = {}, {}
         for name in args.presets:
@@ -74,7 +71,7 @@ def main() -> None:
             )
             seconds[name] = time.perf_counter() - t
             print(f"{name}: {seconds[name]:.1f} s")
-        sets = gallery_scores(made, real, panel, classes)
+        sets, _ = score_sets(made, cfg.data, classes, args.samples, args.seed, args.judges)
         for name, (images, _) in made.items():
             sets[name]["seconds"] = seconds[name]
             if args.figures:

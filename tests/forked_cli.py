@@ -23,7 +23,7 @@ PRELOAD = [
     "heritagelens.fetch",
     "heritagelens.report",
     "heritagelens.export",
-    "heritagelens.calibrate",
+    "heritagelens.calibration",
 ]
 
 _context = None

@@ -15,7 +15,7 @@ from heritagelens import distributed
 from heritagelens.checkpoint import read_checkpoint
 from heritagelens.config import Config, ConfigError
 from heritagelens.precision import Precision, resolve
-from heritagelens.train import augment, fit
+from heritagelens.training import augment, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker  # noqa: E402

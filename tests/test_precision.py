@@ -147,7 +147,7 @@ def test_every_compute_path_runs_in_the_chosen_mode(monkeypatch, tiny_data):
     from heritagelens.inference import predict_logits
     from heritagelens.runs import initial_state
     from heritagelens.split import prepare
-    from heritagelens.train import fit
+    from heritagelens.training import fit
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     resolve("auto", CPU, fake_probe({"fp32": 1.0, "fp32-cl": 2.0, "bf16-cl": 3.0}, []))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import SETS, cli, tiny_config
 
-from heritagelens import inference, train
+from heritagelens import inference, training
 from heritagelens import runs as run_module
 from heritagelens.checkpoint import CheckpointError, load_model, read_checkpoint
 from heritagelens.config import Config, ConfigError, TrainConfig
@@ -25,51 +25,51 @@ def _g(seed=0):
 def test_translate_moves_content_within_the_pad():
     x = torch.zeros(64, 1, 8, 8)
     x[:, :, 4, 4] = 1.0
-    out = train.batch_translate(x, 2, _g())
+    out = training.batch_translate(x, 2, _g())
     assert out.shape == x.shape
     pos = torch.nonzero(out[:, 0] == 1.0)[:, 1:]  # (row, col) of the dot in each image
     assert len(pos) == 64 and (pos - 4).abs().max() <= 2 and len({tuple(p) for p in pos.tolist()}) > 5
-    assert torch.equal(train.batch_translate(x, 0, _g()), x)
+    assert torch.equal(training.batch_translate(x, 0, _g()), x)
 
 
 def test_flip_mirrors_about_half():
     x = torch.arange(8.0).repeat(200, 1, 1, 1)  # (200, 1, 1, 8)
-    out = train.batch_flip(x, _g())
+    out = training.batch_flip(x, _g())
     flipped = (out[:, 0, 0, 0] == 7).sum().item()
     assert 60 < flipped < 140 and torch.all((out[:, 0, 0, 0] == 0) | (out[:, 0, 0, 0] == 7))
 
 
 def test_alternating_flips_show_every_image_both_ways_every_two_epochs(monkeypatch):
-    base = train.alternate_flips(1000, seed=3)
-    assert torch.equal(base, train.alternate_flips(1000, seed=3)) and 400 < int(base.sum()) < 600
+    base = training.alternate_flips(1000, seed=3)
+    assert torch.equal(base, training.alternate_flips(1000, seed=3)) and 400 < int(base.sum()) < 600
     idx = torch.randperm(1000)[:64]
     even, odd = (base[idx] + 4) % 2 == 1, (base[idx] + 5) % 2 == 1
     assert torch.equal(even, ~odd)
     cfg = TrainConfig(crop_pad=0, cutout=0, colour_jitter=0.0, flip_alternate=True)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    out = train.augment(x, cfg, _g(), even)
+    out = training.augment(x, cfg, _g(), even)
     assert torch.equal(out[even], x[even].float().flip(3)) and torch.equal(out[~even], x[~even].float())
     seen = []  # in a training, each image is mirrored in exactly one of two consecutive epochs
-    real = train.augment
+    real = training.augment
 
     def spy(x, cfg, g, flips=None):
         seen.append(dict(zip(x[:, 0, 0, 0].tolist(), flips.tolist())))  # pixel (0, 0) of image i holds i
         return real(x, cfg, g, flips)
 
-    monkeypatch.setattr(train, "augment", spy)
+    monkeypatch.setattr(training, "augment", spy)
     xt, yt = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8), torch.arange(40) % 2
     xt[:, 0, 0, 0] = torch.arange(40, dtype=torch.uint8)
     cfg = Config().override(["model.widths=[4,8]", "model.depths=[1,1]", "train.epochs=2", "train.batch_size=40",
                              "train.flip_alternate=true", "train.precision=fp32"])  # fmt: skip
-    state = train.new_state(build_model(cfg.model, 2), cfg.train)
-    train.fit(cfg, state, xt, yt, xt[:4], yt[:4], progress=False)
+    state = training.new_state(build_model(cfg.model, 2), cfg.train)
+    training.fit(cfg, state, xt, yt, xt[:4], yt[:4], progress=False)
     assert len(seen) == 2 and all(seen[0][i] != seen[1][i] for i in range(40))
 
 
 def test_cutout_blanks_one_square_with_the_mean():
     x = torch.full((4, 3, 64, 64), 200.0)
     x[:, :, :32] = 0.0
-    out = train.batch_cutout(x, 16, _g(1))
+    out = training.batch_cutout(x, 16, _g(1))
     changed = (out != x).any(1)  # (B, H, W)
     assert 0 < changed.sum((1, 2)).max() <= 17 * 17
     for b in range(4):
@@ -78,14 +78,14 @@ def test_cutout_blanks_one_square_with_the_mean():
 
 def test_augment_keeps_shape_and_pixel_range():
     x = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
-    out = train.augment(x, TrainConfig(), _g())
+    out = training.augment(x, TrainConfig(), _g())
     assert out.shape == (16, 3, 64, 64) and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 255
 
 
 def test_schedule_rises_then_falls_to_zero():
     cfg = TrainConfig(lr=0.1, warmup_frac=0.2)
-    lrs = [train.get_lr(s, 100, cfg) for s in range(100)]
+    lrs = [training.get_lr(s, 100, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.005) and lrs[19] == pytest.approx(0.1) and max(lrs) == pytest.approx(0.1)
     assert lrs[-1] == pytest.approx(0.1 / 80) and all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
 
@@ -130,7 +130,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data, tmp_pat
             if r.epoch == 2:
                 raise KeyboardInterrupt
 
-        return train.fit(cfg, state, *args, on_epoch=cb, **kw)
+        return training.fit(cfg, state, *args, on_epoch=cb, **kw)
 
     monkeypatch.setattr(run_module, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
@@ -202,9 +202,9 @@ def test_checkpoint_for_other_classes_is_refused_on_evaluation(tiny_data, tmp_pa
 
 def test_zoom_is_identity_at_full_area_and_magnifies_otherwise():
     x = torch.rand(3, 3, 64, 64) * 255
-    assert torch.equal(train.batch_zoom(x, 1.0, _g()), x)
+    assert torch.equal(training.batch_zoom(x, 1.0, _g()), x)
     ramp = torch.arange(64.0).repeat(8, 3, 64, 1)  # value = column index
-    out = train.batch_zoom(ramp, 0.25, _g(2))
+    out = training.batch_zoom(ramp, 0.25, _g(2))
     span = out[:, 0, 32, -1] - out[:, 0, 32, 0]  # a zoomed crop covers fewer columns
     assert out.shape == ramp.shape and torch.all(span < 63) and torch.all(span > 63 * 0.25 - 2)
 
@@ -219,7 +219,7 @@ def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
     y = torch.randint(0, 3, (16,))
     cfg = TrainConfig(adv_eps=4.0, adv_alpha=5.0)
     crit = torch.nn.CrossEntropyLoss()
-    adv = train.fgsm_example(model, crit, x, y, cfg, _g())
+    adv = training.fgsm_example(model, crit, x, y, cfg, _g())
     assert (adv - x).abs().max() <= 4.0 + 1e-4 and adv.min() >= 0 and adv.max() <= 255
     assert crit(model(adv), y) > crit(model(x), y)
 
@@ -315,24 +315,24 @@ def test_fine_tuning_refuses_another_model(tiny_data, tmp_path):
 # ------------------------------------------------------------------------------------------ progressive resizing
 def test_progressive_resizing_grows_the_side_from_res_min_to_full_over_the_ramp():
     tc = TrainConfig(epochs=20, res_min=32, res_ramp=(0.5, 0.75))
-    sides = [train.epoch_side(e, 20, tc) for e in range(20)]
+    sides = [training.epoch_side(e, 20, tc) for e in range(20)]
     assert sides[:10] == [32] * 10 and sides[15:] == [64] * 5  # before the ramp, and from its end
     assert sides[10:15] == [32, 40, 48, 48, 56]  # 32 + 32 x (e/20 - 0.5)/0.25, to the nearest 8 px
     off = TrainConfig(epochs=20, res_min=64)
-    assert [train.epoch_side(e, 20, off) for e in range(20)] == [64] * 20  # res_min=64 turns it off
+    assert [training.epoch_side(e, 20, off) for e in range(20)] == [64] * 20  # res_min=64 turns it off
     step = TrainConfig(epochs=4, res_min=16, res_ramp=(0.5, 0.5))  # an equal start and end: one jump
-    assert [train.epoch_side(e, 4, step) for e in range(4)] == [16, 16, 64, 64]
+    assert [training.epoch_side(e, 4, step) for e in range(4)] == [16, 16, 64, 64]
     short = TrainConfig(epochs=3, res_min=32, res_ramp=(0.55, 0.8))  # a ramp that would end after the last epoch
-    assert [train.epoch_side(e, 3, short) for e in range(3)] == [32, 32, 64]  # the last epoch is always at 64 px
-    assert [train.epoch_side(e, 1, short) for e in range(1)] == [64]
+    assert [training.epoch_side(e, 3, short) for e in range(3)] == [32, 32, 64]  # the last epoch is always at 64 px
+    assert [training.epoch_side(e, 1, short) for e in range(1)] == [64]
     low = TrainConfig(epochs=2, res_min=32, res_ramp=(1.0, 1.0))  # a ramp ending at 1: the whole schedule low
-    assert [train.epoch_side(e, 2, low) for e in range(2)] == [32, 32]
+    assert [training.epoch_side(e, 2, low) for e in range(2)] == [32, 32]
 
 
 def test_resize_downscales_smoothly_and_leaves_full_size_alone():
     x = torch.rand(3, 3, 64, 64) * 255
-    assert train.batch_resize(x, 64) is x
-    small = train.batch_resize(x, 32)
+    assert training.batch_resize(x, 64) is x
+    small = training.batch_resize(x, 32)
     assert small.shape == (3, 3, 32, 32)
     pooled = torch.nn.functional.avg_pool2d(x, 2)  # antialiased bilinear at half size is close to a 2x2 mean
     assert (small - pooled).abs().mean() < 0.25 * (x - x.mean()).abs().mean()
@@ -350,8 +350,8 @@ def test_bad_progressive_resizing_is_refused():
 def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_data, "train.epochs=4", "train.res_min=32", "train.res_ramp=[0.5,0.5]")
     seen = []
-    forward = train.batch_resize
-    monkeypatch.setattr(train, "batch_resize", lambda x, side: seen.append(side) or forward(x, side))
+    forward = training.batch_resize
+    monkeypatch.setattr(training, "batch_resize", lambda x, side: seen.append(side) or forward(x, side))
     state, prep = train_run(cfg, tmp_path / "run", progress=False)
     steps = -(-len(prep.train_idx) // 16)
     assert seen == [32] * (2 * steps) + [64] * (2 * steps)
@@ -363,8 +363,8 @@ def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, t
 def test_the_speed_probe_times_steps_at_the_side_it_is_asked_for(tiny_data, monkeypatch):
     cfg = tiny_config(tiny_data, "train.res_min=32")
     prep = prepare(cfg)
-    sides, resize = [], train.batch_resize
-    monkeypatch.setattr(train, "batch_resize", lambda x, side: sides.append(side) or resize(x, side))
+    sides, resize = [], training.batch_resize
+    monkeypatch.setattr(training, "batch_resize", lambda x, side: sides.append(side) or resize(x, side))
     run_module.seconds_per_step(cfg, prep, steps=2, side=32)
     assert sides and set(sides) == {32}  # a one-epoch probe is not pulled up to full size like a last epoch
 

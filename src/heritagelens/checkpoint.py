@@ -12,7 +12,7 @@ from .config import Config, ConfigError
 from .errors import HeritageLensError
 from .files import atomic_save, safe_load
 from .models import HeritageCNN, build_model
-from .train import TrainState, new_state
+from .training import TrainState, new_state
 
 FORMAT = "heritagelens-checkpoint"
 VERSION = 1

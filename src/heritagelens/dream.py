@@ -416,6 +416,8 @@ floor every gallery is scored against; 'fourier' and 'maco' are the measured alt
 
 
 def dream_preset(name: str, **overrides) -> DreamConfig:
+    """The class-image recipe `name` ('default', 'naive', 'fourier' or 'maco': `DREAM_PRESETS`), with `overrides` of
+    its `DreamConfig` fields."""
     if name not in DREAM_PRESETS:
         raise DreamError(f"unknown dream preset '{name}'; known: {', '.join(DREAM_PRESETS)}")
     return DreamConfig(**{**DREAM_PRESETS[name], **overrides})

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .calibrate import ece, reliability
+from .calibration import ece, reliability
 
 if TYPE_CHECKING:
-    from .evaluate import EvalResult
+    from .metrics import EvalResult
 
 BACKGROUND = (255, 255, 255)
 NEUTRAL = 128

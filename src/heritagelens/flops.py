@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import IMAGE_SIZE, Config
 from .models import build_model
 from .optim import orthogonalize_flops
-from .train import epoch_side
+from .training import epoch_side
 
 
 def step_flops(cfg: Config, side: int = IMAGE_SIZE, classes: int = 10, batch: int = 8) -> float:

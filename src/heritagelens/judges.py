@@ -329,6 +329,24 @@ def gallery_scores(
     return scored
 
 
+def score_sets(
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    data_cfg: DataConfig,
+    classes: list[str],
+    per_class: int,
+    seed: int = 0,
+    judges_dir: Path | str | None = None,
+    extra: list[str] = (),
+    progress: bool = True,
+) -> tuple[dict[str, dict], dict[str, Judge]]:
+    """Each named set of (images, intended classes) scored by the panel of `data_cfg`'s data (shipped, cached or
+    trained now) beside `per_class` real images of each intended class that no judge trained on; and the panel."""
+    panel = ensure_judges(data_cfg, judges_dir, extra=extra, progress=progress)
+    intended = torch.cat([targets for _, targets in sets.values()]).unique()
+    real = real_images(*judges_unseen(data_cfg), per_class, intended, seed)
+    return gallery_scores(sets, real, panel, classes), panel
+
+
 def score_rows(sets: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per scored set: recognised fraction per judge, Fréchet distance, spectrum distance,
     diversity."""

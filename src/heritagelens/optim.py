@@ -42,7 +42,7 @@ class Muon(torch.optim.Optimizer):
     """Muon on the groups marked `orthogonal` (4-D conv filters), SGD with Nesterov momentum on the others.
 
     Group keys: `lr`, `momentum`, `weight_decay` (SGD groups only: a Muon group's scale is held fixed) and
-    `orthogonal`; `lr_scale` (kept by the schedule, see `heritagelens.train.fit`) lets a Muon group run at its own
+    `orthogonal`; `lr_scale` (kept by the schedule, see `heritagelens.training.fit`) lets a Muon group run at its own
     learning rate."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, ns_steps: int = 3):

@@ -236,7 +236,7 @@ def training_section(run: RunReader) -> Section:
 
 
 def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
-    from .evaluate import EvalResult, Mistake, calibration_line
+    from .metrics import EvalResult, Mistake, calibration_line
 
     split = name.removeprefix("eval-").removesuffix(".json")
     s = Section(eval_id(name), f"Evaluation on {split_label(split)}")

@@ -32,7 +32,7 @@ from .files import atomic_write_json, atomic_write_text
 from .models import build_model
 from .precision import resolve
 from .split import Prepared, prepare
-from .train import EpochResult, TrainState, epoch_side, fit, new_state
+from .training import EpochResult, TrainState, epoch_side, fit, new_state
 
 
 class RunWriter:

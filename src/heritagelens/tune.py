@@ -173,7 +173,7 @@ def objective_fn(
     from .inference import accuracy
     from .runs import estimated_minutes, initial_state
     from .split import prepare
-    from .train import eval_model, fit
+    from .training import eval_model, fit
 
     init_world(base.train.device)
     prep = prepare(base)  # the split depends only on data.*, which is never searched

@@ -36,15 +36,7 @@ from .figures import (
 )
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .inference import probabilities
-from .judges import (
-    HEADLINE_JUDGE,
-    ensure_judges,
-    gallery_scores,
-    judges_unseen,
-    per_class_table,
-    real_images,
-    score_table,
-)  # fmt: skip
+from .judges import HEADLINE_JUDGE, per_class_table, score_sets, score_table
 from .models import HeritageCNN, conv_layer_names
 from .split import checkpoint_split
 
@@ -298,8 +290,6 @@ def write_dream(
     }
     titles = names
     if score:
-        panel = ensure_judges(cfg.data, judges_dir, extra=judge_extra, progress=progress)
-        real = real_images(*judges_unseen(cfg.data), samples, ks, seed)
         intended = torch.tensor(ks).repeat_interleave  # the class of each image, `n` per class
         sets = {f"{label} (this gallery)": (result.images, intended(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
@@ -309,7 +299,8 @@ def write_dream(
             m = load_model(m)[0] if isinstance(m, (str, Path)) else m
             floor = class_images(m, ks, n_floor, naive, stats, seed).images
             sets[name] = (floor, intended(n_floor))
-        meta["scores"] = scores = gallery_scores(sets, real, panel, classes)
+        scores, panel = score_sets(sets, cfg.data, classes, samples, seed, judges_dir, judge_extra, progress)
+        meta["scores"] = scores
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = scores[f"{label} (this gallery)"]
         verdict = mine["judges"][HEADLINE_JUDGE]["per_class"]
@@ -403,10 +394,10 @@ def score_folder(
 
     classes = data.list_classes(Path(data_cfg.root), "train")
     images, labels, files = folder_images(folder, classes)
-    panel = ensure_judges(data_cfg, judges_dir, extra=judge_extra, progress=progress)
     per_class = int(torch.bincount(labels).max())
-    real = real_images(*judges_unseen(data_cfg), per_class, labels.unique(), seed)
     name = Path(folder).name
-    sets = gallery_scores({name: (images, labels)}, real, panel, classes)
+    sets, panel = score_sets(
+        {name: (images, labels)}, data_cfg, classes, per_class, seed, judges_dir, judge_extra, progress
+    )
     text = score_table(sets) + "\n\nper class:\n" + per_class_table(sets[name], classes)
     return {"files": files, "scores": sets, "judges": {n: str(j.path) for n, j in panel.items()}, "text": text}

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..calibrate import Calibration, calibrate, ece
+from ..calibration import Calibration, calibrate, ece
 from ..checkpoint import check_classes, checkpoint_file, load_model, read_checkpoint, temperature
-from ..evaluate import EvalResult, evaluate_logits
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
+from ..metrics import EvalResult, evaluate_logits
 from ..split import checkpoint_split, data_config_of
 
 

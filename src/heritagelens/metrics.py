@@ -36,7 +36,7 @@ class EvalResult:
     mistakes: list[Mistake]
     calibration: dict | None = None
     """With a calibrated checkpoint: its temperature, where it was fitted, and the expected calibration error on
-    these images before and after dividing the logits by it (see `heritagelens.calibrate`)."""
+    these images before and after dividing the logits by it (see `heritagelens.calibration`)."""
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     """(file, problem) of the split's files that could not be read: not counted in any figure."""
     held_out: str = ""

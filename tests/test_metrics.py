@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import classification_report
 
-from heritagelens.evaluate import evaluate_logits
 from heritagelens.figures import confusion_figure
+from heritagelens.metrics import evaluate_logits
 
 CLASSES = ["a", "b", "c"]
 

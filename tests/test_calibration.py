@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli
 
-from heritagelens.calibrate import calibrate, ece, fit_temperature, reliability
+from heritagelens.calibration import calibrate, ece, fit_temperature, reliability
 from heritagelens.checkpoint import read_checkpoint
 
 
