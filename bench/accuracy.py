@@ -11,6 +11,7 @@ setting, and prints a Markdown table plus mean and spread of each. `--record` wr
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -52,7 +53,8 @@ def main():
         r = evaluate_checkpoint(run / "last.pt", "val", out_dir=run)
         held = "source" in validation_splits(run / "last.pt")
         src = evaluate_checkpoint(run / "last.pt", "source", out_dir=run) if held else None
-        ips = [float(line.split(",")[-1]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+        with (run / "metrics.csv").open(newline="") as f:
+            ips = [float(row["images_per_s"]) for row in csv.DictReader(f)]
         split = json.loads((run / "split.json").read_text())
         rows.append(
             dict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
@@ -65,6 +66,23 @@ def tiny_config(root: Path, *extra: str) -> Config:
     cfg = Config().override(TINY_MODEL + ["train.epochs=2", "train.batch_size=16", "data.val_folds=4", *FP32, *extra])
     cfg.data.root = str(root)
     return cfg
+
+
+SLOW = {"main_run", "chromium", "postgres", "ddp_results"}
+"""Fixtures that make a test slow (the whole main job, a browser, a database server, two processes training):
+`pytest -m "not slow and not realdata"` is the quick inner loop."""
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    """A run's `metrics.csv`, one dict per epoch keyed by column name."""
+    with (Path(run) / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def skip_outside_ci(reason: str) -> None:

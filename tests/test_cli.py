@@ -119,7 +119,12 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     p, run = main_run
     summary = json.loads((run / "summary.json").read_text())
     g = summary["gallery"]
-    assert g["model"] == "robust" and 0 <= g["robust_val_accuracy"] <= 1 and g["figure"] == "dream-gallery.png"
+    robust_eval = json.loads((run / "robust" / "eval-val.json").read_text())  # the robust model, evaluated
+    assert g["model"] == "robust" and g["figure"] == "dream-gallery.png"
+    assert (
+        g["robust_val_accuracy"] == robust_eval["accuracy"]
+        and robust_eval["n"] == json.loads((run / "eval-val.json").read_text())["n"]
+    )  # on the standard model's validation split
     assert set(g) >= {"gallery (this gallery)", "naive ascent (floor)", "real val (ceiling)", "naive, standard model"}
     meta = json.loads((run / "dream-gallery.json").read_text())
     scored, classes = meta["scores"], len(meta["classes"])
@@ -130,7 +135,8 @@ def test_main_job_writes_evaluation_figures_and_a_scored_gallery_from_a_robust_m
     assert robust_cfg["train"]["optimizer"] == "sgd"  # the robust recipe was measured with SGD, whatever the default
     assert robust_cfg["train"]["init_from"] == str(run / "last.pt")  # by default fine-tuned from the standard model
     assert robust_cfg["model"] == json.loads((run / "config.json").read_text())["model"]
-    assert (run / "dream-gallery.png").read_bytes()[:4] == b"\x89PNG" and (run / "robust" / "eval-val.json").exists()
+    with Image.open(run / "dream-gallery.png") as im:  # a grid of classes x samples upscaled images
+        assert im.format == "PNG" and im.width > 2 * 64 and im.height > classes * 64
     assert "class images" in p.stdout and "real val (ceiling)" in p.stdout
     stages = summary["stages_seconds"]
     assert list(stages) == ["train", "calibrate", "evaluate", "deconvnet figures", "robust model", "class images"]
@@ -285,10 +291,13 @@ def test_dream_of_channels_and_of_a_class_from_a_photo(trained, tmp_path):
 
 
 def test_dream_without_scores_trains_no_judges(trained, tmp_path):
+    judges = Path(trained[0]) / ".heritagelens-cache" / "judges"  # where judges would be trained and cached
+    before = sorted(judges.rglob("*")) if judges.exists() else []
     p = cli("dream", trained[1], "--class", "dome", "--samples", "1", "--no-score", "--out", tmp_path)
     assert p.returncode == 0, p.stderr
     assert "scores" not in json.loads((tmp_path / "dream-default.json").read_text())
     assert not (tmp_path / "dream-default.txt").exists()
+    assert "judge" not in p.stdout + p.stderr and (sorted(judges.rglob("*")) if judges.exists() else []) == before
 
 
 @pytest.mark.parametrize(

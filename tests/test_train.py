@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import SETS, cli, tiny_config
+from conftest import SETS, cli, metrics, tiny_config
 
 from heritagelens import inference, training
 from heritagelens import runs as run_module
@@ -108,9 +108,9 @@ def test_bad_train_config_is_refused():
 def test_training_learns_the_synthetic_classes(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, "train.epochs=6", "train.cutout=0")
     state, prep = train_run(cfg, tmp_path / "run", progress=False)
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 7
-    losses = [float(r.split(",")[2]) for r in rows[1:]]
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 6
+    losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < losses[0] * 0.7
     r = evaluate_checkpoint(tmp_path / "run" / "last.pt", "val")
     assert r.accuracy >= 0.9 and r.n == len(prep.val_idx)
@@ -143,9 +143,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data, tmp_pat
     for part in ("model", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
-    full_rows = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
-    part_rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[:5] for r in full_rows] == [r.split(",")[:5] for r in part_rows]
+    same = ("epoch", "lr", "train_loss", "train_acc", "val_acc")  # everything but the times
+    full_rows, part_rows = metrics(tmp_path / "full"), metrics(tmp_path / "part")
+    assert [[r[k] for k in same] for r in full_rows] == [[r[k] for k in same] for r in part_rows]
 
 
 def test_seed_makes_runs_repeatable(tiny_data, tmp_path):
@@ -224,12 +224,21 @@ def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
     assert crit(model(adv), y) > crit(model(x), y)
 
 
-def test_robust_preset_trains(tiny_data, tmp_path):
+def test_robust_preset_trains_on_an_attack_at_every_step(tiny_data, tmp_path, monkeypatch):
     from heritagelens.config import PRESETS
 
+    radii, attack = [], training.fgsm_example
+
+    def spy(model, criterion, x, y, cfg, *args, **kw):
+        adv = attack(model, criterion, x, y, cfg, *args, **kw)
+        radii.append(float((adv - x).abs().max()))
+        return adv
+
+    monkeypatch.setattr(training, "fgsm_example", spy)
     cfg = tiny_config(tiny_data, *PRESETS["robust"], "train.epochs=1")
-    state, _ = train_run(cfg, tmp_path / "run", progress=False)
-    assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["adv_eps"] == 4
+    state, prep = train_run(cfg, tmp_path / "run", progress=False)
+    assert len(radii) == -(-len(prep.train_idx) // cfg.train.batch_size)  # one attacked batch per step
+    assert all(0 < r <= 4.0 + 1e-4 for r in radii)  # within the L-inf radius of 4/255 in pixel units
 
 
 def test_every_named_preset_is_tested_here():
@@ -355,8 +364,7 @@ def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, t
     state, prep = train_run(cfg, tmp_path / "run", progress=False)
     steps = -(-len(prep.train_idx) // 16)
     assert seen == [32] * (2 * steps) + [64] * (2 * steps)
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[-1] for r in rows] == ["side", "32", "32", "64", "64"]
+    assert [r["side"] for r in metrics(tmp_path / "run")] == ["32", "32", "64", "64"]
     assert evaluate_checkpoint(tmp_path / "run" / "last.pt", "val").accuracy > 0.5  # evaluated at 64 px
 
 
