@@ -24,12 +24,13 @@ from .deconvnet import (
     top_activations,
     top_activations_of,
 )
-from .dream import DreamError, image_stats
+from .dream import DreamError, channel, class_images, dream, dream_preset, image_stats, one_each, unit
 from .figures import (
     comparison_figure,
     crop,
     evolution_figure,
     figure2,
+    gallery,
     per_image_view,
     png_bytes,
     projection_to_rgb,
@@ -255,9 +256,6 @@ def write_dream(
     `init_image`, every image starts from that photograph instead of noise. The floor is naive ascent on the same
     model with as many steps, `floor_samples` images per class (default: `samples`); `standard_model` adds naive
     ascent on that (non-robust) model as a second floor."""
-    from .dream import class_images, dream_preset
-    from .figures import gallery
-
     model, classes, ckpt = load_model(checkpoint)
     names = class_names or classes
     for n in names:
@@ -273,10 +271,7 @@ def write_dream(
     result = class_images(model, ks, samples, dream_cfg, stats, seed, init)
     seconds = time.perf_counter() - t0
     out = Path(out_dir)
-    for k, n in enumerate(names):
-        for i in range(samples):
-            im = Image.fromarray(result.images[k * samples + i].permute(1, 2, 0).numpy())
-            atomic_write_bytes(png_bytes(im), out / f"dream-{label}" / f"{n}-{i}.png")
+    write_images(result.images, [f"{n}-{i}" for n in names for i in range(samples)], out / f"dream-{label}")
     meta = {
         "preset": label,
         "config": dataclasses.asdict(dream_cfg),
@@ -290,15 +285,9 @@ def write_dream(
     }
     titles = names
     if score:
-        intended = torch.tensor(ks).repeat_interleave  # the class of each image, `n` per class
-        sets = {f"{label} (this gallery)": (result.images, intended(samples))}
+        sets = {f"{label} (this gallery)": (result.images, torch.tensor(ks).repeat_interleave(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
-        naive = dream_preset("naive", steps=dream_cfg.steps)  # the same budget of steps as the gallery
-        n_floor = floor_samples or samples
-        for name, m in floors.items():
-            m = load_model(m)[0] if isinstance(m, (str, Path)) else m
-            floor = class_images(m, ks, n_floor, naive, stats, seed).images
-            sets[name] = (floor, intended(n_floor))
+        sets |= naive_floors(floors, ks, floor_samples or samples, dream_cfg.steps, stats, seed)
         scores, panel = score_sets(sets, cfg.data, classes, samples, seed, judges_dir, judge_extra, progress)
         meta["scores"] = scores
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
@@ -311,6 +300,29 @@ def write_dream(
     atomic_write_bytes(png_bytes(fig), out / f"dream-{label}.png")
     atomic_write_json(meta, out / f"dream-{label}.json")
     return out / f"dream-{label}.png"
+
+
+def write_images(images: torch.Tensor, names: list[str], folder: Path) -> None:
+    """Each (3, H, W) uint8 image as `folder/<name>.png`."""
+    for image, name in zip(images, names):
+        atomic_write_bytes(png_bytes(Image.fromarray(image.permute(1, 2, 0).numpy())), folder / f"{name}.png")
+
+
+def naive_floors(
+    models: dict[str, HeritageCNN | Path | str], ks: list[int], samples: int, steps: int, stats, seed: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Naive gradient ascent on each named model (or checkpoint), `samples` images of each class in `ks` with the
+    same budget of `steps` as the gallery they are the floor of: name -> (images, intended classes)."""
+
+    naive = dream_preset("naive", steps=steps)
+    out = {}
+    for name, m in models.items():
+        m = load_model(m)[0] if isinstance(m, (str, Path)) else m
+        out[name] = (
+            class_images(m, ks, samples, naive, stats, seed).images,
+            torch.tensor(ks).repeat_interleave(samples),
+        )
+    return out
 
 
 def start_images(path: Path | str | None, n: int) -> torch.Tensor | None:
@@ -338,9 +350,6 @@ def write_feature_dream(
 ) -> Path:
     """Images maximizing channels of `layer` (their mean activation, or with `centre_unit` the one neuron at the
     centre of the map), `samples` each: `dream-<label>-<layer>.png` and `.json`."""
-    from .dream import channel, dream, one_each, unit
-    from .figures import gallery
-
     model, classes, ckpt = load_model(checkpoint)
     convs = conv_layer_names(model)
     if layer not in convs:
