@@ -34,7 +34,7 @@ def point(cfg: Config, standard: Path, folder: Path, overrides: list[str]) -> di
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(standard, folder / "last.pt")
     t0 = time.perf_counter()
-    out = gallery_job(cfg.override(overrides), folder, progress=False)
+    out, _ = gallery_job(cfg.override(overrides), folder, progress=False)
     meta = json.loads((folder / "dream-gallery.json").read_text())
     scores = next(s for name, s in meta["scores"].items() if name.endswith("(this gallery)"))
     row = {

@@ -257,7 +257,7 @@ def cmd_evaluate(args) -> int:
     results = [evaluate_checkpoint(ckpt, s, root=root, tta=args.tta, out_dir=out, data_overrides=sets) for s in splits]
     for r in results:
         print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
-        print((out / f"eval-{r.split}.txt").read_text())
+        print(r.report() + "\n")
         print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
     if len(results) > 1:
         print("  ".join(f"accuracy on {r.name}: {r.accuracy:.4f}" for r in results))
@@ -524,13 +524,14 @@ def cmd_dream(args) -> int:
         print(f"written: {written} and {written.with_suffix('.json').name}")
         return 0
     names = [args.class_name] if args.class_name else None
-    written = write_dream(
+    made = write_dream(
         ckpt, names, out, cfg.dream, args.preset, args.samples, args.seed, args.data, score=args.score,
         judges_dir=args.judges, judge_extra=cfg.gallery.judge_overrides, init_image=args.start, progress=not args.quiet,
     )  # fmt: skip
-    if args.score:
-        print(written.with_suffix(".txt").read_text())
-    print(f"written: {written}, {written.with_suffix('.json').name} and the images in {written.with_suffix('')}")
+    if made.text:
+        print(made.text + "\n")
+    png = made.png
+    print(f"written: {png}, {png.with_suffix('.json').name} and the images in {png.with_suffix('')}")
     return 0
 
 
@@ -613,16 +614,17 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     run = writable_folder(_run_dir(args))
     print(f"data: {cfg.data.root}\nrun folder: {run}")
-    summary = main_job(cfg, run, progress=not args.quiet)
-    for split in summary["splits"]:
+    job = main_job(cfg, run, progress=not args.quiet)
+    summary = job.summary
+    for split, r in job.evaluations.items():
         print(f"\n== {split} ({SPLIT_NAMES[split]})")
-        print((run / f"eval-{split}.txt").read_text())
+        print(r.report() + "\n")
     print(f"\ndeconvnet figure 2 grids: {', '.join(summary['figures'])}")
     g = summary["gallery"]
     made_by = f"a robust model (val accuracy {g['robust_val_accuracy']:.1%})" if g["model"] == "robust" else "the model"
     print(f"\nclass images: {g['figure']}, made by {made_by}")
-    if (run / "dream-gallery.txt").exists():
-        print((run / "dream-gallery.txt").read_text())
+    if job.gallery_scores:
+        print(job.gallery_scores + "\n")
     print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
     print(f"report: {summary['report'] or 'not written (see the warning above)'}")
     return 0

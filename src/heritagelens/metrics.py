@@ -67,6 +67,10 @@ class EvalResult:
             lines.append(calibration_line(self.calibration))
         return "\n".join(lines)
 
+    def report(self) -> str:
+        """The metrics table, the confusion matrix and the surest mistakes, as `eval-<split>.txt` holds them."""
+        return "\n\n".join([self.table(), self.confusion_table(), self.mistakes_table()])
+
     def mistakes_table(self, k: int = 8) -> str:
         wrong = self.n - sum(self.confusion[i][i] for i in range(len(self.classes)))
         lines = [f"surest mistakes (of {wrong}): probability, true -> predicted, file"]

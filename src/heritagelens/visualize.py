@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -233,6 +234,16 @@ def write_image_view(
     return [out, out2]
 
 
+@dataclass
+class Gallery:
+    """What `write_dream` wrote: the figure's path, the recipe and scores (as in its JSON) and the score tables."""
+
+    png: Path
+    meta: dict
+    text: str = ""
+    """The score tables, as in `dream-<label>.txt` (empty when not scored)."""
+
+
 def write_dream(
     checkpoint: Path | str,
     class_names: list[str] | None,
@@ -249,7 +260,7 @@ def write_dream(
     standard_model: Path | str | None = None,
     progress: bool = True,
     floor_samples: int | None = None,
-) -> Path:
+) -> Gallery:
     """A gallery of `samples` class images per class and, with `score`, its quality report beside the naive-ascent
     floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
     `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`. With
@@ -283,7 +294,7 @@ def write_dream(
         "seconds": round(seconds, 2),
         "final_objective": result.scores[-1],
     }
-    titles = names
+    titles, text = names, ""
     if score:
         sets = {f"{label} (this gallery)": (result.images, torch.tensor(ks).repeat_interleave(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
@@ -299,7 +310,7 @@ def write_dream(
     fig = gallery(result.images, titles, samples, title=f"class images, preset {label}, seed {seed}")
     atomic_write_bytes(png_bytes(fig), out / f"dream-{label}.png")
     atomic_write_json(meta, out / f"dream-{label}.json")
-    return out / f"dream-{label}.png"
+    return Gallery(out / f"dream-{label}.png", meta, text)
 
 
 def write_images(images: torch.Tensor, names: list[str], folder: Path) -> None:

@@ -96,7 +96,6 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
 def write_eval(result: EvalResult, out_dir: Path | str) -> None:
     out = Path(out_dir)
     atomic_write_json(result.to_dict(), out / f"eval-{result.split}.json")
-    text = "\n\n".join([result.table(), result.confusion_table(), result.mistakes_table()])
-    atomic_write_text(text + "\n", out / f"eval-{result.split}.txt")
+    atomic_write_text(result.report() + "\n", out / f"eval-{result.split}.txt")
     png = png_bytes(figure_image(confusion_figure(result)))
     atomic_write_bytes(png, out / f"confusion-{result.split}.png")

@@ -3,10 +3,10 @@ figure-2 grids, make and score the class-image gallery, write `summary.json` and
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import data
@@ -16,6 +16,7 @@ from ..distributed import world
 from ..files import atomic_write_json
 from ..flops import training_flops
 from ..judges import HEADLINE_JUDGE
+from ..metrics import EvalResult
 from ..models import conv_layer_names
 from ..precision import resolve
 from ..report import write_report
@@ -32,17 +33,28 @@ def stage(stages: dict[str, float], name: str):
     stages[name] = round(time.perf_counter() - t0, 2)
 
 
-def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
+@dataclass
+class MainJob:
+    """What the main job made, besides its files: the headline figures (as `summary.json` holds them), each split's
+    evaluation, and the gallery's score tables."""
+
+    summary: dict
+    evaluations: dict[str, EvalResult] = field(default_factory=dict)
+    gallery_scores: str = ""
+
+
+def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJob:
     """Train, then evaluate the final weights on validation and, when the data has one, the official test split;
     deconvnet figure-2 grids for the two deepest layers; the class-image gallery with its scores; the report.
 
-    Returns (and writes as `summary.json`) the headline figures, each named by its split, and each stage's time.
+    Writes `summary.json`: the headline figures, each named by its split, and each stage's time.
     """
     run = Path(run_path)
     stages: dict[str, float] = {}
     with stage(stages, "train"):
         _, prep = train_run(cfg, run, progress=progress)
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
+    job = MainJob(summary)
     trained = Config.from_dict(read_checkpoint(run / "last.pt")["config"])  # the epochs a time budget left
     summary["train_compute"] = training_flops(trained, len(prep.train_idx), len(prep.split.classes))
     summary["precision"] = resolve(cfg.train.precision, world().device).to_dict()
@@ -52,14 +64,14 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
     with stage(stages, "evaluate"):
         validations = ["val"] + (["source"] if len(prep.source_idx) else [])
         for split in validations + (["test"] if data.has_split(cfg.data.root, "test") else []):
-            r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
+            job.evaluations[split] = r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
             summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
             summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}
     with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
         model, _, _ = load_model(run / "last.pt")
         written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
     summary["figures"] = [p.name for p in written]
-    summary["gallery"] = gallery_job(cfg, run, progress, stages)
+    summary["gallery"], job.gallery_scores = gallery_job(cfg, run, progress, stages)
     summary["stages_seconds"] = stages
     summary["report"] = str(run / "report.html")
     atomic_write_json(summary, run / "summary.json")
@@ -69,7 +81,7 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> dict:
         summary["report"] = None
         atomic_write_json(summary, run / "summary.json")
         print(f"heritagelens: warning: {run}: report not written ({type(e).__name__}: {e})", file=sys.stderr)
-    return summary
+    return job
 
 
 def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
@@ -80,9 +92,12 @@ def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
     return cfg.override([*ROBUST, *SGD, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
 
 
-def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None) -> dict:
+def gallery_job(
+    cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None
+) -> tuple[dict, str]:
     """The class-image gallery of the run (`dream-gallery.*`), made from the robust model (trained into `robust/`)
-    or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures."""
+    or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures and its
+    score tables."""
 
     stages = {} if stages is None else stages
     source = run / "last.pt"
@@ -96,15 +111,14 @@ def gallery_job(cfg: Config, run: Path, progress: bool = True, stages: dict[str,
         out["robust_train_minutes"] = round(stages["robust model"] / 60, 2)
     g = cfg.gallery
     with stage(stages, "class images"):
-        png = write_dream(
+        made = write_dream(
             source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
             judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
             standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None, floor_samples=g.floor_samples,
         )  # fmt: skip
-    meta = json.loads(png.with_suffix(".json").read_text())
-    out["figure"] = png.name
-    for name, s in meta.get("scores", {}).items():
+    out["figure"] = made.png.name
+    for name, s in made.meta.get("scores", {}).items():
         out[name] = {f"{HEADLINE_JUDGE}_recognised": s["judges"][HEADLINE_JUDGE]["recognised"]}
         out[name] |= {"frechet": s["frechet"], "spectrum": s["spectrum"], "diversity": s["diversity"]}
     out["minutes"] = round(stages["class images"] / 60, 2)
-    return out
+    return out, made.text
