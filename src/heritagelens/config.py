@@ -462,6 +462,17 @@ PRESETS: dict[str, list[str]] = {
 """Named recipes, as overrides of the defaults."""
 
 
+DREAM_PRESETS: dict[str, list[str]] = {
+    "default": [],  # MACO in decorrelated colour with the diversity term: chosen by measurement (BENCHMARKS.md)
+    "naive": ["dream.param=pixel", "dream.jitter=0", "dream.scales=[1.0]", "dream.degrees=[0.0]", "dream.diversity=0"],
+    "fourier": ["dream.param=fourier", "dream.tv=0.5", "dream.diversity=0"],
+    "maco": ["dream.param=phase", "dream.diversity=0"],
+}
+"""Named class-image recipes, as overrides of `DreamConfig`'s defaults (`dream --preset`; `heritagelens.dream`'s
+`dream_preset`). 'naive' is plain gradient ascent on pixels (Simonyan et al.), the floor every gallery is scored
+against; 'fourier' and 'maco' are the measured alternatives."""
+
+
 def preset(name: str) -> Config:
     """A named recipe, or a config saved as JSON (a run's config.json, a study's best-config.json)."""
     if name.endswith(".json"):
