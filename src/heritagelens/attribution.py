@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .deconvnet import record
-from .models import HeritageCNN, evaluating
+from .models import HeritageCNN, evaluating, rectified_name
 
 
 @dataclass
@@ -70,7 +70,7 @@ def gradient_maps(
     from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
 
     x = images.detach().float().clone().requires_grad_(True)  # never the caller's tensor
-    relu = getattr(model.features, layer.replace("conv", "relu"))
+    relu = getattr(model.features, rectified_name(model, layer))
     with evaluating(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum removes them after
         saliency = Saliency(model).attribute(x, target=targets, abs=True).amax(1)

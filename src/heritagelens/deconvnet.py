@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import HeritageLensError
-from .models import HeritageCNN, conv_layer_names, evaluating
+from .models import HeritageCNN, conv_layer_names, evaluating, rectified_name
 from .precision import for_model
 
 MIRRORED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
@@ -60,12 +60,11 @@ def layers_up_to(model: HeritageCNN, layer: str) -> list[tuple[str, nn.Module]]:
     convs = conv_layer_names(model)
     if layer not in convs:
         raise DeconvError(f"unknown layer '{layer}'; conv layers: {', '.join(convs)}")
-    layers = list(model.features.named_children())
-    start = [n for n, _ in layers].index(layer)
-    end = next((i for i in range(start, len(layers)) if isinstance(layers[i][1], nn.ReLU)), None)
-    if end is None:
+    relu = rectified_name(model, layer)
+    if relu is None:
         raise DeconvError(f"layer '{layer}' has no ReLU after it")
-    return layers[: end + 1]
+    layers = list(model.features.named_children())
+    return layers[: [n for n, _ in layers].index(relu) + 1]
 
 
 def record(model: HeritageCNN, x: torch.Tensor, layer: str) -> Recorded:

@@ -118,6 +118,17 @@ def conv_layer_names(model: HeritageCNN) -> list[str]:
     return [name for name, m in model.features.named_children() if isinstance(m, nn.Conv2d)]
 
 
+def rectified_name(model: HeritageCNN, layer: str) -> str | None:
+    """The name of the ReLU that rectifies conv `layer`'s output in `model.features` (the feature map the deconvnet
+    projects, class images record and Grad-CAM weighs), or None when `layer` is no conv layer or has no ReLU after it.
+    """
+    names = [n for n, _ in model.features.named_children()]
+    if layer not in conv_layer_names(model):
+        return None
+    after = names[names.index(layer) :]
+    return next((n for n in after if isinstance(getattr(model.features, n), nn.ReLU)), None)
+
+
 def layer_table(model: HeritageCNN, image_size: int = IMAGE_SIZE) -> list[tuple[str, str, tuple[int, ...], int]]:
     """(name, type, output shape without batch, parameter count) for every layer, in forward order."""
     rows = []

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DreamConfig
+from ..models import rectified_name
 from .recipes import DreamError
 
 
@@ -116,9 +117,10 @@ def recording(model: nn.Module, layers: frozenset[str]) -> Iterator[dict[str, to
     handles = []
     try:
         for layer in layers:
-            relu = getattr(model.features, layer.replace("conv", "relu"), None)
-            if relu is None:
+            name = rectified_name(model, layer) if hasattr(model, "features") else None
+            if name is None:
                 raise DreamError(f"unknown layer '{layer}'")
+            relu = getattr(model.features, name)
             handles.append(relu.register_forward_hook(lambda m, i, o, name=layer: acts.__setitem__(name, o.float())))
         yield acts
     finally:
