@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -159,39 +160,52 @@ def per_image_view(
     return grid(panels, 1, title="deconvnet projections of the strongest channels per layer")
 
 
-def comparison_figure(
+@dataclass
+class Panel:
+    """One view of an image as a comparison figure shows it: an RGB image (H, W, 3) or a map (H, W) in a colour map."""
+
+    title: str
+    image: np.ndarray
+    cmap: str | None = None
+    over_input: bool = False
+    """Drawn half-transparent over the input image (a heat map)."""
+    limits: tuple[float, float] | None = None
+    """A fixed colour range (probabilities: 0 to 1); None scales to the map's own range."""
+
+
+def explanation_panels(
     image: torch.Tensor,
-    title: str,
     deconv: torch.Tensor,
     maps: dict[str, torch.Tensor],
     occ_probability: torch.Tensor,
     occ_feature: torch.Tensor,
     occ_label: str,
-) -> Image.Image:
-    """One image beside the deconvnet projection of its strongest deepest feature, saliency, guided
-    backpropagation, Grad-CAM over the image, and the two occlusion maps of Zeiler & Fergus section 4.2."""
+) -> list[Panel]:
+    """The image, the deconvnet projection of its strongest deepest feature, saliency, guided backpropagation,
+    Grad-CAM over the image, and the two occlusion maps of Zeiler & Fergus section 4.2."""
+    return [
+        Panel("input", image_to_rgb(image)),
+        Panel("deconvnet", projection_to_rgb(deconv)),
+        Panel("saliency |grad|", maps["saliency"].numpy(), "gray"),
+        Panel("guided backprop", projection_to_rgb(maps["guided_backprop"])),
+        Panel("Grad-CAM", maps["grad_cam"].numpy(), "jet", over_input=True),
+        Panel(f"occlusion: p({occ_label})", occ_probability.numpy(), "RdBu", limits=(0.0, 1.0)),
+        Panel("occlusion: strongest feature", occ_feature.numpy(), "viridis"),
+    ]
+
+
+def comparison_figure(image: torch.Tensor, title: str, panels: list[Panel]) -> Image.Image:
+    """The panels of one image side by side."""
     plt = pyplot()
 
     rgb = image_to_rgb(image)
-    panels = [
-        ("input", rgb, None),
-        ("deconvnet", projection_to_rgb(deconv), None),
-        ("saliency |grad|", maps["saliency"].numpy(), "gray"),
-        ("guided backprop", projection_to_rgb(maps["guided_backprop"]), None),
-        ("Grad-CAM", maps["grad_cam"].numpy(), "jet"),
-        (f"occlusion: p({occ_label})", occ_probability.numpy(), "RdBu"),
-        ("occlusion: strongest feature", occ_feature.numpy(), "viridis"),
-    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels), 2.6), dpi=100)
-    for ax, (name, arr, cmap) in zip(axes, panels):
-        if name == "Grad-CAM":
+    for ax, p in zip(axes, panels):
+        if p.over_input:
             ax.imshow(rgb)
-            ax.imshow(arr, cmap=cmap, alpha=0.5)
-        elif name.startswith("occlusion: p"):
-            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
-        else:
-            ax.imshow(arr, cmap=cmap)
-        ax.set_title(name, fontsize=8)
+        vmin, vmax = p.limits or (None, None)
+        ax.imshow(p.image, cmap=p.cmap, alpha=0.5 if p.over_input else None, vmin=vmin, vmax=vmax)
+        ax.set_title(p.title, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -30,6 +30,7 @@ from .figures import (
     comparison_figure,
     crop,
     evolution_figure,
+    explanation_panels,
     figure2,
     gallery,
     per_image_view,
@@ -193,7 +194,8 @@ def comparison(
         f"target {classes[target]} (p={probs[target]:.2f}); predicted {classes[int(probs.argmax())]}; "
         f"deconvnet and occlusion feature: {layer} channel {int(channels[0])}"
     )
-    fig = comparison_figure(image, title, proj[0], maps, occ.probability, occ.feature, classes[target])
+    panels = explanation_panels(image, proj[0], maps, occ.probability, occ.feature, classes[target])
+    fig = comparison_figure(image, title, panels)
     index = {
         "target": classes[target],
         "probability": round(float(probs[target]), 4),
