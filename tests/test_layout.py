@@ -36,6 +36,22 @@ def imported(file: Path, root: Path, modules: set[str]) -> set[str]:
     return found - {me, root.name}
 
 
+def unresolved(root: Path = PACKAGE) -> list[str]:
+    """Relative imports, anywhere in the package's code, of a module that does not exist (as 'file: .name')."""
+    files = sorted(root.rglob("*.py"))
+    modules = {module_name(f, root) for f in files}
+    missing = []
+    for f in files:
+        me = module_name(f, root)
+        here = (me if f.name == "__init__.py" else me.rpartition(".")[0]).split(".")
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                target = ".".join(here[: len(here) - node.level + 1] + [node.module])
+                if target not in modules:
+                    missing.append(f"{f.name}: {'.' * node.level}{node.module}")
+    return missing
+
+
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     files = sorted(root.rglob("*.py"))
     modules = {module_name(f, root) for f in files}
@@ -56,6 +72,10 @@ def test_the_package_has_no_import_cycle():
     assert {"heritagelens.split", "heritagelens.runs", "heritagelens.jobs.pipeline"} <= set(graph)
     assert "heritagelens.runs" in graph["heritagelens.judges"]  # a judge is a training run: judges sit above runs
     assert cycle(graph) == [], " -> ".join(cycle(graph))
+
+
+def test_every_relative_import_names_a_module_that_exists():
+    assert unresolved() == []  # inside a function it would fail only when that function runs
 
 
 def test_only_the_command_line_and_the_jobs_import_the_jobs():
@@ -92,3 +112,5 @@ def test_the_check_finds_a_cycle_through_a_function_level_import(tmp_path):
     assert sorted(cycle(graph)[:-1]) == ["pkg.a", "pkg.b", "pkg.c"]
     del graph["pkg.c"]
     assert cycle(graph) == []
+    (pkg / "e.py").write_text("def f():\n    from .gone import g\n")
+    assert unresolved(pkg) == ["e.py: .gone"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DreamConfig
-from ..models import rectified_name
+from ..models import conv_layer_names, rectified_name
 from .recipes import DreamError
 
 
@@ -130,8 +130,6 @@ def recording(model: nn.Module, layers: frozenset[str]) -> Iterator[dict[str, to
 
 def regularized(objective: Objective, cfg: DreamConfig, model: nn.Module, groups: int, samples: int) -> Objective:
     """`objective` plus the recipe's penalties, and its diversity term within each group of `samples` images."""
-    from .models import conv_layer_names
-
     if cfg.tv:
         objective = objective + cfg.tv * penalty(total_variation, "tv")
     if cfg.l2:
