@@ -50,8 +50,9 @@ def _config(args):
 
     flags = {"seed": "train.seed", "epochs": "train.epochs", "minutes": "train.minutes", "device": "train.device"}
     given = [f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f, None) not in (None, "")]
+    cfg = preset(args.preset).override(args.set or [])  # a bad recipe is reported before missing data
     root = f"data.root={_root(args).resolve()}"  # absolute, so --resume and evaluate work from any folder
-    return preset(args.preset).override([*(args.set or []), root, *given])
+    return cfg.override([root, *given])
 
 
 def _settings(args, command: str, takes: tuple[str, ...], why: str = "") -> list[str]:

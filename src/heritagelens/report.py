@@ -199,17 +199,18 @@ def presets_section(run: RunReader, figures: Path = PRESET_FIGURES) -> Section:
         minutes = f"{min(p['train_minutes']):.0f}-{max(p['train_minutes']):.0f}"
         rows.append([f"{name} ({len(p['val'])} seeds)", _mean_sd(p["val"]), _mean_sd(p["source"]), f"{gap:.1f}", f1,
                      f"{p['tflop']:.0f}", minutes])  # fmt: skip
-    mine = [run.path / f"eval-{k}.json" for k in ("val", "source")]
-    if all(f.exists() for f in mine):
-        val, src = (json.loads(f.read_text(encoding="utf-8")) for f in mine)
-        summary = json.loads((run.path / "summary.json").read_text()) if (run.path / "summary.json").exists() else {}
-        tflop = summary.get("train_compute", {}).get("tflop")
+    quiet = Section("", "")  # what is missing or unreadable is listed by the sections that show it
+    val, src, summary = (run.json(f, quiet) for f in ("eval-val.json", "eval-source.json", "summary.json"))
+    if all(isinstance(d, dict) and "accuracy" in d and "macro" in d for d in (val, src)):
+        compute = summary.get("train_compute") if isinstance(summary, dict) else None
+        tflop = compute.get("tflop") if isinstance(compute, dict) else None
         rows.append(["this run", f"{val['accuracy']:.2%}", f"{src['accuracy']:.2%}",
                      f"{100 * (val['accuracy'] - src['accuracy']):.1f}",
                      f"{val['macro']['f1']:.3f} / {src['macro']['f1']:.3f}",
-                     "" if tflop is None else f"{tflop:.0f}", summary.get("train_minutes", "")])  # fmt: skip
-    sp = run.json("split.json", s)
-    same = sp is not None and split_key(sp) == ref["split_key"]
+                     "" if tflop is None else f"{tflop:.0f}",
+                     summary.get("train_minutes", "") if isinstance(summary, dict) else ""])  # fmt: skip
+    sp = run.json("split.json", quiet)
+    same = isinstance(sp, dict) and isinstance(sp.get("val_files"), list) and split_key(sp) == ref["split_key"]
     how = "; ".join(f"{name}: {p['command']} on {p['machine']}" for name, p in ref["presets"].items())
     s.html = table(header, rows, "presets") + para(
         f"Each preset's figures: mean ± sample standard deviation over training seeds, final weights, test-time "
