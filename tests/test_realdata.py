@@ -28,6 +28,7 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
         *("--set", "gallery.samples=3", "--set", "dream.steps=32"),
         *("--set", f"gallery.judges_dir={tmp_path / 'judges'}"),
         env={"AHE_DATA": str(ahe_root)},
+        timeout=900,  # a guard against a hang, not a speed check: about 3 minutes on a 2-core CPU
     )
     assert p.returncode == 0, p.stderr
     assert "== val (group-aware validation from train/)" in p.stdout
