@@ -21,7 +21,8 @@ from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
 from heritagelens.dream import class_images, dream_preset, image_stats
 from heritagelens.figures import gallery
-from heritagelens.judges import HEADLINE_JUDGE, per_class_table, score_sets, score_table
+from heritagelens.judges import score_sets
+from heritagelens.scores import HEADLINE_JUDGE, per_class_table, score_table
 from heritagelens.split import prepare
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL, make_dataset
 
-from heritagelens import judges
+from heritagelens import judges, scores
 from heritagelens.checkpoint import CheckpointError
 from heritagelens.config import Config, DataConfig
 
@@ -74,7 +74,7 @@ def test_a_judge_that_is_not_ours_is_refused(panel, tmp_path):
 def test_recognisability_exact_values():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
     targets = torch.tensor([0, 0, 2, 1])
-    r = judges.recognisability(probs, targets, ["a", "b", "c"])
+    r = scores.recognisability(probs, targets, ["a", "b", "c"])
     assert r["recognised"] == pytest.approx(0.5) and r["mean_prob"] == pytest.approx((0.7 + 0.4 + 0.8 + 0.3) / 4)
     assert r["per_class"]["a"] == pytest.approx({"recognised": 0.5, "mean_prob": 0.55})
     assert r["per_class"]["b"] == pytest.approx({"recognised": 0.0, "mean_prob": 0.3})
@@ -82,10 +82,10 @@ def test_recognisability_exact_values():
 
 def test_ceiling_sample_and_reference_are_disjoint_and_cover_everything():
     labels = torch.tensor([0] * 5 + [1] * 3 + [2] * 7)
-    sample, rest = judges.ceiling_split(labels, 2, seed=1)
+    sample, rest = scores.ceiling_split(labels, 2, seed=1)
     assert torch.bincount(labels[sample]).tolist() == [2, 2, 2]
     assert sorted(sample.tolist() + rest.tolist()) == list(range(len(labels)))
-    assert torch.equal(judges.ceiling_split(labels, 2, seed=1)[0], sample)
+    assert torch.equal(scores.ceiling_split(labels, 2, seed=1)[0], sample)
 
 
 def test_scores_separate_real_images_from_noise(panel, data_cfg):
@@ -95,17 +95,17 @@ def test_scores_separate_real_images_from_noise(panel, data_cfg):
     p, _ = panel
     prep = prepare(Config(data=data_cfg))
     images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
-    sample, rest = judges.ceiling_split(labels, 2)
+    sample, rest = scores.ceiling_split(labels, 2)
     ref = (images[rest], labels[rest])
     classes = prep.split.classes
-    real = judges.score_images(images[sample], labels[sample], p, *ref, classes)
+    real = scores.score_images(images[sample], labels[sample], p, *ref, classes)
     noise = torch.randint(0, 256, (len(sample), 3, 64, 64), generator=torch.Generator().manual_seed(0))
-    fake = judges.score_images(noise.to(torch.uint8), labels[sample], p, *ref, classes)
+    fake = scores.score_images(noise.to(torch.uint8), labels[sample], p, *ref, classes)
     assert real["frechet"] < fake["frechet"] and real["spectrum"] < fake["spectrum"]
     assert set(real["per_class"]) == set(classes) and real["n"] == 2 * len(classes)
     for j in ("robust-resnet", "robust-cnn"):
         assert real["judges"][j]["mean_prob"] > fake["judges"][j]["mean_prob"]
-    table = judges.score_table({"real": real, "noise": fake})
+    table = scores.score_table({"real": real, "noise": fake})
     assert "robust-cnn" in table and table.count("\n") == 3
 
 
@@ -135,7 +135,7 @@ def test_a_shipped_panel_is_used_when_its_keys_match_and_never_trained(panel, da
     assert messages == [] and {j.path.name for j in shipped.values()} == {f"{n}.safetensors" for n in p}
     x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     for name, judge in shipped.items():  # the same network as the one trained: the same outputs
-        assert torch.equal(judges.judge_outputs(judge.model, x)[0], judges.judge_outputs(p[name].model, x)[0])
+        assert torch.equal(scores.judge_outputs(judge.model, x)[0], scores.judge_outputs(p[name].model, x)[0])
         assert judge.classes == p[name].classes and Config.from_dict(judge.config) == Config.from_dict(p[name].config)
     card = judges.panel_card()
     assert card["command"] == "bench/panel.py" and card["judges"]["robust-cnn"]["val_accuracy"] == 0.5

@@ -27,6 +27,7 @@ from .config import SPLIT_NAMES
 from .errors import HeritageLensError
 from .figures import confusion_figure, curves_figure, figure_image, png_bytes
 from .files import atomic_write_text
+from .scores import per_class_rows, score_rows
 
 PRESET_FIGURES = Path(__file__).with_name("presets.json")
 """The named presets' measured figures on AHE64 (written by `bench/accuracy.py --record`): the report sets a run
@@ -336,8 +337,6 @@ def gallery_section(run: RunReader) -> Section:
 
 def scores_html(meta: dict, s: Section) -> None:
     """The gallery's score tables (all sets, then per class for this gallery) and its headline, into `s`."""
-    from .judges import per_class_rows, score_rows
-
     scores = meta.get("scores")
     if not scores:
         s.missing.append("dream-gallery.json: no scores (made with --no-score)")

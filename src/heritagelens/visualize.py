@@ -39,8 +39,9 @@ from .figures import (
 )
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .inference import probabilities
-from .judges import HEADLINE_JUDGE, per_class_table, score_sets, score_table
+from .judges import score_sets
 from .models import HeritageCNN, conv_layer_names
+from .scores import HEADLINE_JUDGE, per_class_table, score_table
 from .split import checkpoint_split
 
 

@@ -15,12 +15,12 @@ from ..config import ROBUST, SGD, Config
 from ..distributed import world
 from ..files import atomic_write_json
 from ..flops import training_flops
-from ..judges import HEADLINE_JUDGE
 from ..metrics import EvalResult
 from ..models import conv_layer_names
 from ..precision import resolve
 from ..report import write_report
 from ..runs import train_run
+from ..scores import HEADLINE_JUDGE
 from ..visualize import write_dream, write_top9
 from .evaluation import calibrate_checkpoint, evaluate_checkpoint
 
