@@ -35,7 +35,7 @@ _API = {
     "class_images": "dream",
     "dream_preset": "dream",
     "image_stats": "dream",
-    "score_folder": "visualize",
+    "score_folder": "jobs.gallery",
 }
 """Public name -> 'module' (the same name there) or 'module:name'."""
 

@@ -452,7 +452,7 @@ def cmd_deconv(args) -> int:
     from .checkpoint import load_model, run_folder
     from .deconvnet import layers_up_to
     from .files import writable_folder
-    from .visualize import write_evolution, write_image_view, write_top9
+    from .jobs.deconv import write_evolution, write_image_view, write_top9
 
     ckpt = Path(args.checkpoint)
     model, _, _ = load_model(ckpt)
@@ -504,7 +504,7 @@ def cmd_dream(args) -> int:
     from .checkpoint import run_folder
     from .config import Config
     from .dream import dream_preset
-    from .visualize import write_dream, write_feature_dream
+    from .jobs.gallery import write_dream, write_feature_dream
 
     if sum(map(bool, (args.class_name, args.all, args.channel))) != 1:
         raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
@@ -550,7 +550,7 @@ def cmd_dream_score(args) -> int:
     """Recognisability, naturalness and diversity of a folder of images, beside real validation images."""
     from .config import Config
     from .files import atomic_write_json
-    from .visualize import score_folder
+    from .jobs.gallery import score_folder
 
     sets = _settings(args, "dream-score", ("data.", "gallery.judge_overrides="))
     cfg = Config().override([*sets, f"data.root={_root(args).resolve()}"])

@@ -132,7 +132,7 @@ def comparison_images(ckpt: dict, root: Path | str | None = None, n: int = 256) 
     """Up to `n` real images to compare an export on (from `root`, else the data the model was trained on), and
     what they are; 64 noise images when the model's data is gone."""
     from .data import DataError
-    from .visualize import train_split
+    from .split import train_split
 
     try:
         split = train_split(ckpt, root)

@@ -96,3 +96,9 @@ def checkpoint_split(
     prep = prepare(cfg)
     check_classes(ckpt["classes"], prep.split.classes, path)
     return cfg, prep
+
+
+def train_split(ckpt: dict, root: Path | str | None = None) -> data.Split:
+    """The train split of `root`, or of the data the checkpoint's model was trained on."""
+    cfg = Config.from_dict(ckpt["config"])
+    return data.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)

@@ -21,8 +21,9 @@ from ..precision import resolve
 from ..report import write_report
 from ..runs import train_run
 from ..scores import HEADLINE_JUDGE
-from ..visualize import write_dream, write_top9
+from .deconv import write_top9
 from .evaluation import calibrate_checkpoint, evaluate_checkpoint
+from .gallery import write_dream
 
 
 @contextmanager

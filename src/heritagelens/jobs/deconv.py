@@ -1,0 +1,94 @@
+"""The deconvnet's figures on disk, each with a JSON index: figure-2 grids over the train split, one image's view
+beside the other explanation methods, and feature evolution over a run's snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import data
+from ..checkpoint import check_classes, load_model
+from ..deconvnet import (
+    DeconvError,
+    top_activations,
+    top_activations_of,
+)
+from ..figures import (
+    png_bytes,
+)
+from ..files import atomic_write_bytes, atomic_write_json
+from ..models import conv_layer_names
+from ..split import train_split
+from ..visualize import comparison, default_channels, evolution, image_view, top9_figure
+
+
+def write_top9(
+    checkpoint: Path | str,
+    layers: list[str],
+    out_dir: Path | str,
+    channels: list[int] | None = None,
+    root: Path | str | None = None,
+) -> list[Path]:
+    """Figure-2 grids (`deconv-top9-<layer>.png`) and indexes (`.json`) for each layer, over the train split."""
+    model, classes, ckpt = load_model(checkpoint)
+    split = train_split(ckpt, root)
+    check_classes(classes, split.classes, checkpoint)
+    tops = top_activations_of(model, split.images, layers)  # one pass over the split for every layer
+    written = []
+    for layer in layers:
+        fig, index = top9_figure(model, split, layer, channels, top=tops[layer])
+        out = Path(out_dir) / f"deconv-top9-{layer}.png"
+        atomic_write_bytes(png_bytes(fig), out)
+        atomic_write_json(index, out.with_suffix(".json"))
+        written.append(out)
+    return written
+
+
+def write_evolution(
+    run: Path | str, layer: str, out_dir: Path | str, channels: list[int] | None = None, root: Path | str | None = None
+) -> Path:
+    """`deconv-evolution-<layer>.png` from a run folder's `epoch-N.pt` snapshots and its `last.pt`."""
+    run = Path(run)
+    files = sorted(run.glob("epoch-*.pt"), key=lambda f: int(f.stem.split("-")[1])) + [run / "last.pt"]
+    if len(files) < 2 or not files[-1].exists():
+        raise DeconvError(f"{run}: no epoch-N.pt snapshots (train with --set 'train.snapshot_epochs=[1,5,10]')")
+    snapshots = []
+    for f in files:
+        model, classes, ckpt = load_model(f)
+        snapshots.append((int(ckpt["epoch"]), model))
+    split = train_split(ckpt, root)
+    check_classes(classes, split.classes, files[-1])
+    if not channels:  # the final model's class-covering channels, as in figure 2
+        channels = default_channels(top_activations(snapshots[-1][1], split.images, layer), split.labels, 8)
+    fig, index = evolution(snapshots, split, layer, channels)
+    out = Path(out_dir) / f"deconv-evolution-{layer}.png"
+    atomic_write_bytes(png_bytes(fig), out)
+    atomic_write_json({"layer": layer, "channels": index}, out.with_suffix(".json"))
+    return out
+
+
+def write_image_view(
+    checkpoint: Path | str,
+    image_path: Path | str,
+    out_dir: Path | str,
+    layers: list[str] | None = None,
+    channels: list[int] | None = None,
+    target: str | None = None,
+) -> list[Path]:
+    """`deconv-<image>.png` (every layer's strongest projections) and `compare-<image>.png` (the deconvnet beside
+    the gradient methods and occlusion), each with a JSON index."""
+    model, classes, _ = load_model(checkpoint)
+    if target is not None and target not in classes:
+        raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")
+    image = torch.from_numpy(data.decode(image_path))
+    layers = layers or conv_layer_names(model)
+    fig, index = image_view(model, image, layers, channels)
+    out = Path(out_dir) / f"deconv-{Path(image_path).stem}.png"
+    atomic_write_bytes(png_bytes(fig), out)
+    atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
+    fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None)
+    out2 = Path(out_dir) / f"compare-{Path(image_path).stem}.png"
+    atomic_write_bytes(png_bytes(fig), out2)
+    atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
+    return [out, out2]
