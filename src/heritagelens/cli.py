@@ -694,7 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: `--help` loads neither torch nor numpy
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command_name != "train":  # started by torchrun
+        from .distributed import launched_size  # after parsing: it imports torch
+
+        if launched_size() > 1 and args.command_name != "train":
             raise UsageError("only 'train' runs under torchrun; tune in parallel by starting workers on one --storage")
         return COMMANDS[args.command_name].func(args)
     except HeritageLensError as e:

@@ -93,9 +93,14 @@ def checkpoint_split(
     """The split the checkpoint (read from `path`) was trained on, at `root` when given, with `data_overrides`; its
     classes checked against the data's (`CheckpointError` naming `path` when they differ)."""
     cfg = data_config_of(ckpt, root, data_overrides)
+    return cfg, prepared_for(cfg, ckpt["classes"], path)
+
+
+def prepared_for(cfg: Config, classes: list[str], path: Path | str) -> Prepared:
+    """`cfg`'s split, its classes checked against a checkpoint's (`CheckpointError` naming `path` when they differ)."""
     prep = prepare(cfg)
-    check_classes(ckpt["classes"], prep.split.classes, path)
-    return cfg, prep
+    check_classes(classes, prep.split.classes, path)
+    return prep
 
 
 def train_split(ckpt: dict, root: Path | str | None = None) -> data.Split:

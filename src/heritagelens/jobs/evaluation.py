@@ -17,7 +17,7 @@ from ..figures import confusion_figure, figure_image, png_bytes, reliability_fig
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
 from ..metrics import EvalResult, evaluate_logits
-from ..split import checkpoint_split, data_config_of
+from ..split import checkpoint_split, data_config_of, prepared_for
 
 
 def validation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
@@ -41,7 +41,7 @@ def evaluate_checkpoint(
     cfg = data_config_of(ckpt, root, data_overrides)
     tta = cfg.train.tta if tta is None else tta
     if split in ("val", "source"):
-        _, prep = checkpoint_split(ckpt, checkpoint, root, data_overrides)
+        prep = prepared_for(cfg, classes, checkpoint)
         idx = prep.held_out(split)
         if len(idx) == 0:
             raise data.DataError(f"{checkpoint}: its {split} split is empty (data.source_val is '{prep.source}')")
