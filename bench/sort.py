@@ -6,9 +6,10 @@
 2. Speed (`--speed`): N JPEGs of 64 to 1,024 px (enlarged training images, random frame shapes, 10 folders) are
    made once under `--photos`; `heritagelens sort` runs on the first 2,000 and on all N, each in a fresh process
    into a fresh folder: images/s as the command reports it, and the process's peak memory (flat in N when it
-   streams).
+   streams). With `--xmp`, every run also writes an XMP sidecar beside each photo (removed before each run, so all
+   are written anew).
 
-usage: AHE_DATA=../shared/data/ahe64 .venv/bin/python bench/sort.py RUN [--views] [--speed] [--n 10000]
+usage: AHE_DATA=../shared/data/ahe64 .venv/bin/python bench/sort.py RUN [--views] [--speed [--xmp]] [--n 10000]
 """
 
 from __future__ import annotations
@@ -88,9 +89,12 @@ def make_photos(folder: Path, n: int, data: str) -> None:
     print(f"made {n} photos in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def sort_once(run: str, photos: Path, out: Path) -> dict:
+def sort_once(run: str, photos: Path, out: Path, xmp: bool = False) -> dict:
     shutil.rmtree(out, ignore_errors=True)
+    for f in photos.rglob("*.xmp"):
+        f.unlink()
     cmd = [sys.executable, "-m", "heritagelens", "sort", run, str(photos), "--out", str(out), "--quiet"]
+    cmd += ["--xmp"] if xmp else []
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     rate = float(re.search(r"\(([\d.]+) images/s\)", p.stdout).group(1))
     sorted_n = int(re.search(r"sorted (\d+) photo", p.stdout).group(1))
@@ -98,7 +102,7 @@ def sort_once(run: str, photos: Path, out: Path) -> dict:
     return {"photos": sorted_n, "images_per_s": rate, "peak_rss_mib_so_far": round(peak, 1)}
 
 
-def measure_speed(run: str, n: int, photos: Path, data: str) -> list[dict]:
+def measure_speed(run: str, n: int, photos: Path, data: str, xmp: bool = False) -> list[dict]:
     make_photos(photos, n, data)
     small = photos.parent / f"{photos.name}-2000"
     if not small.is_dir():
@@ -108,7 +112,7 @@ def measure_speed(run: str, n: int, photos: Path, data: str) -> list[dict]:
             os.link(f, target)
     results = []
     for folder in (small, photos):  # smaller first: the peak of the children so far is then the larger run's
-        r = sort_once(run, folder, photos.parent / "sorted")
+        r = sort_once(run, folder, photos.parent / "sorted", xmp) | {"xmp": xmp}
         print(json.dumps(r), flush=True)
         results.append(r)
     shutil.rmtree(photos.parent / "sorted", ignore_errors=True)
@@ -120,6 +124,7 @@ def main() -> None:
     ap.add_argument("run", help="checkpoint or run folder")
     ap.add_argument("--views", action="store_true")
     ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--xmp", action="store_true", help="with --speed: write XMP sidecars too")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--photos", default="runs/bench-sort/photos")
     ap.add_argument("--data", default=os.environ.get("AHE_DATA", "../shared/data/ahe64"))
@@ -128,7 +133,7 @@ def main() -> None:
     if a.views:
         results["views"] = measure_views(a.run)
     if a.speed:
-        results["speed"] = measure_speed(a.run, a.n, Path(a.photos), a.data)
+        results["speed"] = measure_speed(a.run, a.n, Path(a.photos), a.data, a.xmp)
     print(json.dumps(results, indent=2))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -195,3 +198,114 @@ def chromium() -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{path} missing: .ci/run installs Debian's chromium for the browser tests")
     pytest.skip("browser test: apt-get install chromium")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder the test fills, then `freeze()` makes read-only: a read-only filesystem when the tests run as root
+    (whom permissions do not stop), else mode 555."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", folder]).returncode == 0
+    )
+    if os.geteuid() == 0 and not mounted:
+        skip_outside_ci("running as root where no read-only filesystem can be mounted: nothing is read-only to root")
+
+    def freeze():
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
+        else:
+            folder.chmod(0o555)
+
+    yield folder, freeze
+    if mounted:
+        subprocess.run(["umount", folder], check=True)
+    else:
+        folder.chmod(0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture
+def photos(trained, tmp_path) -> tuple[Path, dict[str, str]]:
+    """The tiny test images as 'photos': nested folders, 64 to 400 px, JPEG, PNG and WebP, one rotated by EXIF,
+    plus a text file and a truncated JPEG. Returns (folder, true class by relative path)."""
+    root, _ = trained
+    out, truth = tmp_path / "photos", {}
+    rng = np.random.default_rng(0)
+    for i, f in enumerate(sorted((root / "test").rglob("*.jpg"))):
+        im = Image.open(f).convert("RGB")
+        size = int(rng.choice([64, 150, 400]))
+        im = im.resize((size, size * 3 // 4 if i % 2 else size), Image.Resampling.BICUBIC)
+        sub = out / f"day{i % 3}" / ("close-ups" if i % 4 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = [".jpg", ".png", ".webp"][i % 3]
+        name = f"IMG_{i:04d}{ext}"
+        if i == 0:  # stored lying on its side, with the EXIF tag that puts it upright
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            im.transpose(Image.Transpose.ROTATE_90).save(sub / name, exif=exif.tobytes())
+        else:
+            im.save(sub / name)
+        truth[(sub / name).relative_to(out).as_posix()] = f.parent.name
+    (out / "day0" / "notes.txt").write_text("not a photo")
+    (out / "day1" / "broken.jpg").write_bytes(next((root / "test" / "arch").glob("*.jpg")).read_bytes()[:300])
+    return out, truth
+
+
+@contextlib.contextmanager
+def serving(args: list[str], log: Path):
+    """`heritagelens serve ARGS` on a free local port, as a user starts it (without $AHE_DATA); its URL."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "heritagelens", "serve", *args, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+    else:
+        proc.kill()
+        pytest.fail("server did not start: " + log.read_text())
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def browser_page(chromium: str):
+    """A page of headless Chromium (Debian's), 1400 x 1100, waiting up to a minute for anything."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.set_default_timeout(60_000)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def wait_text(page, selector: str, text: str) -> str:
+    page.wait_for_function(
+        "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)", arg=[selector, text]
+    )
+    return page.inner_text(selector)

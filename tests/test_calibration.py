@@ -9,7 +9,16 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli
 
-from heritagelens.calibration import calibrate, ece, fit_temperature, reliability
+from heritagelens.calibration import (
+    calibrate,
+    curve,
+    ece,
+    filed_at,
+    fit_temperature,
+    held_out_predictions,
+    reliability,
+    threshold_for,
+)
 from heritagelens.checkpoint import read_checkpoint
 
 
@@ -44,6 +53,44 @@ def test_a_known_temperature_is_recovered_and_removes_the_calibration_error():
     assert (torch.softmax(3 * z / c.temperature, 1).argmax(1) == (3 * z).argmax(1)).all()  # predictions unchanged
 
 
+def held(confidence, right, predicted=None):
+    predicted = predicted or [0] * len(confidence)
+    return {"confidence": confidence, "predicted": predicted,
+            "label": [p if r else p + 1 for p, r in zip(predicted, right)]}  # fmt: skip
+
+
+def test_a_threshold_files_the_photos_at_or_above_it_and_counts_those_right():
+    h = held([0.95, 0.9, 0.9, 0.7, 0.6, 0.4], [1, 1, 0, 1, 0, 0], predicted=[0, 1, 0, 0, 1, 1])
+    f = filed_at(h, 0.9)
+    assert (f.n, f.filed, f.right, f.coverage, f.accuracy) == (6, 3, 2, 0.5, 2 / 3)
+    assert filed_at(h, 0.0).accuracy == 0.5 and filed_at(h, 0.99).filed == 0 and filed_at(h, 0.99).accuracy is None
+    assert (filed_at(h, 0.5, predicted=1).n, filed_at(h, 0.5, predicted=1).filed) == (3, 2)  # per class
+    assert filed_at(h, 0.9).line() == "at 0.90: 50.0% of photos filed, 66.7% of those right"
+    thresholds, coverage, accuracy = curve(h)
+    assert thresholds.tolist() == [0.95, 0.9, 0.7, 0.6, 0.4]  # the two photos at 0.9 go together
+    assert coverage.tolist() == [1 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0] and accuracy[1] == 2 / 3
+
+
+def test_the_target_accuracy_picks_the_threshold_that_files_the_most():
+    h = held([0.99, 0.97, 0.9, 0.85, 0.8, 0.5, 0.3], [1, 1, 0, 1, 1, 1, 0])
+    assert threshold_for(h, 0.8).threshold == 0.5  # 5 of 6 right: the 0.9 miss is outweighed further down
+    assert threshold_for(h, 0.9).threshold == 0.97 and threshold_for(h, 1.0).filed == 2
+    assert threshold_for(held([0.9, 0.8], [0, 0]), 0.5) is None  # no threshold reaches it
+
+
+def test_held_out_confidences_come_from_the_other_halfs_temperature():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2_000, 5, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g).flatten()
+    h = held_out_predictions(4 * z, labels)
+    conf = torch.tensor(h["confidence"], dtype=torch.float64)
+    assert h["predicted"] == (4 * z).argmax(1).tolist() and h["label"] == labels.tolist()
+    assert not torch.allclose(conf, torch.softmax(4 * z.double(), 1).max(1).values, atol=1e-3)  # calibrated
+    # calibrated: the photos filed at a threshold are about as often right as their confidence says
+    f = filed_at(h, 0.9)
+    assert f.filed > 100 and abs(f.accuracy - conf[conf >= 0.9].mean()) < 0.03
+
+
 def test_calibrate_stores_the_temperature_that_predict_and_evaluate_use(trained, tmp_path):
     root, run = trained
     mine = tmp_path / "run"
@@ -63,6 +110,27 @@ def test_calibrate_stores_the_temperature_that_predict_and_evaluate_use(trained,
     e = cli("evaluate", mine, "--split", "test")
     assert "expected calibration error on test" in e.stdout and "fitted on val" in e.stdout
     assert (mine / "reliability-test.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluating_a_calibrated_model_on_val_says_what_each_threshold_files(trained, tmp_path):
+    import json
+
+    from heritagelens.jobs.evaluation import evaluate_checkpoint
+
+    mine = tmp_path / "run"
+    shutil.copytree(trained[1], mine)
+    assert cli("calibrate", mine).returncode == 0
+    one_view = evaluate_checkpoint(mine, "val", tta=False, out_dir=mine)
+    rc = json.loads((mine / "risk-coverage.json").read_text())
+    everything = rc["rows"][0]  # threshold 0 files every photo: the one-view accuracy, as sort sees photos
+    assert everything["threshold"] == 0 and everything["coverage"] == 1 and rc["n"] == one_view.n
+    assert everything["accuracy"] == pytest.approx(one_view.accuracy)
+    coverage = [r["coverage"] for r in rc["rows"]]
+    assert coverage == sorted(coverage, reverse=True)  # a higher threshold never files more
+    assert sum(rows[0]["n"] for rows in rc["per_class"].values()) == rc["n"]  # every photo in one predicted class
+    assert (mine / "risk-coverage.png").read_bytes()[:4] == b"\x89PNG"
+    evaluate_checkpoint(mine, "test", out_dir=tmp_path / "elsewhere")  # measured on val only
+    assert not (tmp_path / "elsewhere" / "risk-coverage.json").exists()
 
 
 def test_calibrate_bad_input(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli, skip_outside_ci
+from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli
 from PIL import Image
 
 
@@ -460,36 +460,6 @@ def test_serve_where_it_cannot_listen_is_one_line_before_the_model_loads(trained
         cli("serve", run, "--host", "no-such-host.invalid", timeout=60), "no-such-host.invalid: not a"
     )
     assert "serving" not in p.stdout
-
-
-@pytest.fixture
-def read_only(tmp_path):
-    """A folder the test fills, then `freeze()` makes read-only: a read-only filesystem when the tests run as root
-    (whom permissions do not stop), else mode 555."""
-    import os
-    import shutil
-
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", folder]).returncode == 0
-    )
-    if os.geteuid() == 0 and not mounted:
-        skip_outside_ci("running as root where no read-only filesystem can be mounted: nothing is read-only to root")
-
-    def freeze():
-        if mounted:
-            subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
-        else:
-            folder.chmod(0o555)
-
-    yield folder, freeze
-    if mounted:
-        subprocess.run(["umount", folder], check=True)
-    else:
-        folder.chmod(0o755)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_read_only_folder_is_one_line_before_any_work(trained, read_only):

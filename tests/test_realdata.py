@@ -19,37 +19,37 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
         tmp_path / "run",
         "--quiet",
         "--epochs",
-        "6",
+        "5",
         "--set",
         "model.widths=[16,32,64,128]",
         "--set",
-        "train.limit_train=3000",
+        "train.limit_train=2000",
         *("--set", "gallery.robust_from=standard", "--set", "gallery.robust_epochs=1"),
-        *("--set", "gallery.samples=3", "--set", "dream.steps=32"),
+        *("--set", "gallery.samples=2", "--set", "gallery.floor_samples=1", "--set", "dream.steps=24"),
         *("--set", f"gallery.judges_dir={tmp_path / 'judges'}"),
         env={"AHE_DATA": str(ahe_root)},
-        timeout=900,  # a guard against a hang, not a speed check: about 3 minutes on a 2-core CPU
+        timeout=900,  # a guard against a hang, not a speed check: about 2.5 minutes on a 2-core CPU
     )
     assert p.returncode == 0, p.stderr
     assert "== val (group-aware validation from train/)" in p.stdout
     result = json.loads((tmp_path / "run" / "eval-val.json").read_text())
-    assert result["split"] == "val" and result["n"] == 750 and len(result["classes"]) == 10
-    assert result["accuracy"] > 0.5  # chance is 0.1, the largest class 0.19; measured here: 0.71
+    assert result["split"] == "val" and result["n"] == 500 and len(result["classes"]) == 10
+    assert result["accuracy"] > 0.5  # chance is 0.1, the largest class 0.19; measured here: 0.77
     source = json.loads((tmp_path / "run" / "eval-source.json").read_text())  # the newest Flickr uploads, held out
-    assert "== source (source-held-out validation" in p.stdout and source["n"] == 750 and source["accuracy"] > 0.4
+    assert "== source (source-held-out validation" in p.stdout and source["n"] == 500 and source["accuracy"] > 0.4
     assert "accuracy on source [each class's newest 10% of Flickr uploads]" in p.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["figures"] == ["deconv-top9-conv4_1.png", "deconv-top9-conv4_2.png"]
     assert all((tmp_path / "run" / f).read_bytes()[:4] == b"\x89PNG" for f in summary["figures"])
     gallery = summary["gallery"]
-    # one epoch of adversarial fine-tuning of the standard model keeps most of its accuracy (measured: 0.61 of 0.67)
+    # one epoch of adversarial fine-tuning of the standard model keeps most of its accuracy (measured: 0.59 of 0.77)
     assert gallery["model"] == "robust" and gallery["robust_val_accuracy"] > 0.4
     robust_cfg = json.loads((tmp_path / "run" / "robust" / "config.json").read_text())["train"]
     assert robust_cfg["init_from"] == str(tmp_path / "run" / "last.pt") and robust_cfg["adv_eps"] == 4
     meta = json.loads((tmp_path / "run" / "dream-gallery.json").read_text())
-    assert len(meta["classes"]) == 10 and len(list((tmp_path / "run" / "dream-gallery").glob("*.png"))) == 30
+    assert len(meta["classes"]) == 10 and len(list((tmp_path / "run" / "dream-gallery").glob("*.png"))) == 20
     ceiling = meta["scores"]["real val (ceiling)"]
-    assert ceiling["judges"]["robust-cnn"]["recognised"] > 0.6 and ceiling["n"] == 30  # chance is 0.1
+    assert ceiling["judges"]["robust-cnn"]["recognised"] > 0.6 and ceiling["n"] == 20  # chance is 0.1
     # the shipped panel scored it: no judge trained, none cached
     assert "training judge" not in p.stdout + p.stderr and not (tmp_path / "judges").exists()
     assert set(gallery) >= {"gallery (this gallery)", "naive ascent (floor)", "naive, standard model"}

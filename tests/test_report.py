@@ -54,6 +54,7 @@ def test_the_main_job_ends_with_a_complete_report(main_run):
     for stage in ("train", "calibrate", "evaluate", "deconvnet figures", "robust model", "class images"):
         assert f"<td>{stage}</td>" in text
     assert "expected calibration error on val" in text and "expected calibration error on test" in text
+    assert "Filing the sure photos (risk-coverage)" in text and "sort --target-accuracy" in text
     images = embedded_images(text)
     assert len(images) >= 1 + 2 + 2 + 2 + 1  # curves, 2 confusion matrices, 2 reliability diagrams, 2 grids, gallery
     assert "http://" not in text and "https://" not in text  # nothing fetched when viewed

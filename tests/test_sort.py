@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -15,46 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli, skip_outside_ci
+from conftest import assert_one_line_error, cli, digest, skip_outside_ci
 from PIL import Image
 
 from heritagelens import sort
 from heritagelens.checkpoint import CheckpointError
 from heritagelens.sort import JOURNAL, SortError, load, sort_photos, views
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
-
-
-@pytest.fixture
-def photos(trained, tmp_path) -> tuple[Path, dict[str, str]]:
-    """The tiny test images as 'photos': nested folders, 64 to 400 px, JPEG, PNG and WebP, one rotated by EXIF,
-    plus a text file and a truncated JPEG. Returns (folder, true class by relative path)."""
-    root, _ = trained
-    out, truth = tmp_path / "photos", {}
-    rng = np.random.default_rng(0)
-    for i, f in enumerate(sorted((root / "test").rglob("*.jpg"))):
-        im = Image.open(f).convert("RGB")
-        size = int(rng.choice([64, 150, 400]))
-        im = im.resize((size, size * 3 // 4 if i % 2 else size), Image.Resampling.BICUBIC)
-        sub = out / f"day{i % 3}" / ("close-ups" if i % 4 == 0 else "")
-        sub.mkdir(parents=True, exist_ok=True)
-        ext = [".jpg", ".png", ".webp"][i % 3]
-        name = f"IMG_{i:04d}{ext}"
-        if i == 0:  # stored lying on its side, with the EXIF tag that puts it upright
-            exif = Image.Exif()
-            exif[0x0112] = 6
-            im.transpose(Image.Transpose.ROTATE_90).save(sub / name, exif=exif.tobytes())
-        else:
-            im.save(sub / name)
-        truth[(sub / name).relative_to(out).as_posix()] = f.parent.name
-    (out / "day0" / "notes.txt").write_text("not a photo")
-    (out / "day1" / "broken.jpg").write_bytes(next((root / "test" / "arch").glob("*.jpg")).read_bytes()[:300])
-    return out, truth
 
 
 def rows(out: Path) -> dict[str, dict]:
@@ -448,3 +414,33 @@ def test_a_line_torn_by_a_crash_is_cut_off_and_never_warned_about(trained, photo
         assert capfd.readouterr().err == ""
     assert all(json.loads(line) for line in (out / JOURNAL).read_bytes().splitlines())
     assert len(rows(out)) == len(truth) + 2
+
+
+def test_the_threshold_says_what_it_means_on_held_out_photos_and_a_target_accuracy_picks_it(trained, photos, tmp_path):
+    import torch
+
+    from heritagelens.files import safe_load
+
+    _, run = trained
+    folder, _ = photos
+    ckpt = safe_load(run / "last.pt")
+    held = {"confidence": [0.9, 0.8, 0.6, 0.4], "predicted": [0, 1, 0, 2], "label": [0, 1, 1, 2]}
+    ckpt["calibration"] = {v: {"temperature": 1.0, "held_out": held} for v in ("plain", "tta")}
+    torch.save(ckpt, tmp_path / "measured.pt")
+    p = cli("sort", tmp_path / "measured.pt", folder, "--out", tmp_path / "a", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "--min-confidence at 0.50: 75.0% of photos filed, 66.7% of those right, on 4 held-out" in p.stdout
+    p = cli("sort", tmp_path / "measured.pt", folder, "--out", tmp_path / "b", "--target-accuracy", "0.9", "--quiet")
+    assert p.returncode == 0, p.stderr  # 0.6 is the one miss: the threshold that files the most at 90% is 0.8
+    assert "--min-confidence at 0.80: 50.0% of photos filed, 100.0% of those right" in p.stdout
+    assert "(top-class probability below 0.80)" in p.stdout or "_uncertain" not in p.stdout
+    held |= {"confidence": [0.9, 0.5], "predicted": [0, 0], "label": [1, 0]}  # the surest photo is wrong
+    ckpt["calibration"]["plain"]["held_out"] = held
+    torch.save(ckpt, tmp_path / "unsure.pt")
+    with pytest.raises(SortError, match=r"no threshold reaches it on the held-out photos \(best 50.0%\)"):
+        sort_photos(tmp_path / "unsure.pt", folder, tmp_path / "c", progress=False, target_accuracy=0.9)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(SortError, match="calibrate it"):  # not measured: nothing to pick from
+        sort_photos(run, folder, tmp_path / "d", progress=False, target_accuracy=0.9)
+    with pytest.raises(SortError, match="give one of them"):
+        sort_photos(run, folder, tmp_path / "e", progress=False, target_accuracy=0.9, min_confidence=0.5)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from conftest import SETS, cli, metrics, tiny_config
@@ -207,6 +208,68 @@ def test_zoom_is_identity_at_full_area_and_magnifies_otherwise():
     out = training.batch_zoom(ramp, 0.25, _g(2))
     span = out[:, 0, 32, -1] - out[:, 0, 32, 0]  # a zoomed crop covers fewer columns
     assert out.shape == ramp.shape and torch.all(span < 63) and torch.all(span > 63 * 0.25 - 2)
+
+
+def test_photographer_augmentations_are_off_at_zero_and_keep_the_pixel_range():
+    x = torch.rand(6, 3, 64, 64) * 255
+    for f in (training.batch_white_balance, training.batch_sharpness, training.batch_grayscale):
+        assert torch.equal(f(x, 0.0, _g()), x)
+        out = f(x, 1.0 if f is not training.batch_white_balance else 0.5, _g())
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255 and not torch.equal(out, x)
+    u8 = x.to(torch.uint8)
+    assert torch.equal(training.batch_jpeg(u8, 0, 1.0, _g()), u8)
+
+
+def test_white_balance_scales_each_channel_of_each_image_by_its_own_factor():
+    x = torch.full((4, 3, 8, 8), 100.0)
+    out = training.batch_white_balance(x, 0.2, _g())
+    gains = out[:, :, 0, 0] / 100
+    assert torch.all((gains >= 0.8) & (gains <= 1.2)) and torch.allclose(out, gains[:, :, None, None] * 100)
+    assert len(set(gains.flatten().tolist())) == 12  # a cast, not a brightness change: channels differ
+
+
+def test_sharpness_blurs_or_sharpens_each_image_by_one_amount():
+    from heritagelens.dream.transforms import gaussian_blur
+
+    step = torch.full((64, 3, 16, 16), 50.0)
+    step[..., 8:] = 150.0  # a vertical edge, with room above and below for an overshoot
+    out = training.batch_sharpness(step, 1.0, _g())
+    amount = ((out - step) / (step - gaussian_blur(step, 1.0)))[..., 6:10].flatten(1)  # near the edge
+    assert torch.allclose(amount, amount[:, :1].expand_as(amount), atol=1e-3)  # one amount per image
+    assert amount.min() < -0.5 and amount.max() > 0.5 and amount.abs().max() <= 1 + 1e-3  # blurred and sharpened
+
+
+def test_jpeg_recompresses_the_chosen_share_as_a_jpeg_codec_would():
+    from io import BytesIO
+
+    from PIL import Image
+
+    x = (torch.rand(40, 3, 64, 64) * 255).to(torch.uint8)  # noise: JPEG cannot keep it
+    out = training.batch_jpeg(x, 30, 0.5, _g(1))
+    changed = (out != x).flatten(1).any(1)
+    assert out.dtype == torch.uint8 and out.shape == x.shape and 5 < changed.sum() < 35
+    i = int(changed.nonzero()[0])  # the same as a round trip through Pillow at some quality in 30..95
+    trips = []
+    for q in range(30, 96):
+        buf = BytesIO()
+        Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=q)
+        trips.append(torch.equal(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1), out[i]))
+    assert any(trips)
+
+
+def test_grayscale_sets_all_channels_to_the_luma_of_the_chosen_share():
+    x = torch.rand(200, 3, 4, 4) * 255
+    out = training.batch_grayscale(x, 0.25, _g())
+    grey = (out[:, 0] == out[:, 1]).all(-1).all(-1) & (out[:, 1] == out[:, 2]).all(-1).all(-1)
+    assert 25 < grey.sum() < 75 and torch.equal(out[~grey], x[~grey])
+    luma = 0.299 * x[grey, 0] + 0.587 * x[grey, 1] + 0.114 * x[grey, 2]
+    assert torch.allclose(out[grey, 0], luma, atol=1e-3)
+
+
+def test_bad_photographer_augmentations_are_refused():
+    for bad in ("white_balance=1.0", "sharpness=1.5", "grayscale=-0.1", "jpeg_quality=99", "jpeg_share=2"):
+        with pytest.raises(ConfigError, match="train"):
+            Config().override([f"train.{bad}"])
 
 
 def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():

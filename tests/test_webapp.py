@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, need
+from conftest import browser_page, need, serving, wait_text
 from PIL import Image
 
 need("gradio")
@@ -97,53 +93,19 @@ def test_concurrent_requests_get_the_answers_they_would_get_alone(explorer, trai
 def server(trained, tmp_path_factory):
     """`heritagelens serve` on a free local port, as a user starts it; its URL."""
     root, run = trained
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "heritagelens", "serve", str(run), "--data", str(root), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + log.read_text())
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving([str(run), "--data", str(root)], tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(server, chromium):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        pg.set_default_timeout(60_000)
+    with browser_page(chromium) as pg:
         yield pg
-        browser.close()
 
 
 def upload(page, url: str, path: Path) -> None:
     page.goto(url)
     page.locator("#upload input[type=file]").set_input_files(str(path))
-
-
-def wait_text(page, selector: str, text: str) -> str:
-    page.wait_for_function(
-        "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)", arg=[selector, text]
-    )
-    return page.inner_text(selector)
 
 
 def loaded_image(page, selector: str) -> tuple[int, int]:

@@ -59,15 +59,83 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(np.exp(r.x))
 
 
-def held_out_ece(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
-    """ECE of temperatures fitted on one random half and applied to the other, both ways, pooled."""
+def held_out_probabilities(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Calibrated probabilities (N, C) in which no image's temperature was fitted on itself: the split is cut into
+    two random halves and each half is divided by the temperature fitted on the other."""
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     halves = perm[: len(perm) // 2], perm[len(perm) // 2 :]
-    pooled = []
+    probs = torch.empty(logits.shape, dtype=torch.float64)
     for fit_on, test_on in (halves, halves[::-1]):
-        t = fit_temperature(logits[fit_on], labels[fit_on])
-        pooled.append(torch.softmax(logits[test_on].double() / t, 1))
-    return ece(torch.cat(pooled), labels[torch.cat([halves[1], halves[0]])])
+        probs[test_on] = torch.softmax(logits[test_on].double() / fit_temperature(logits[fit_on], labels[fit_on]), 1)
+    return probs
+
+
+def held_out_ece(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
+    """ECE of temperatures fitted on one random half and applied to the other, both ways, pooled."""
+    return ece(held_out_probabilities(logits, labels, seed), labels)
+
+
+# ------------------------------------------------------------------------------------------------- risk-coverage
+# A sorter files a photo when its top probability reaches a threshold and leaves the others to a person. What a
+# threshold means is measured on held-out photos: the share filed (coverage) and the accuracy of those filed.
+
+
+@dataclass
+class Filed:
+    """What a confidence threshold does on the held-out photos."""
+
+    threshold: float
+    n: int
+    """Photos measured on."""
+    filed: int
+    right: int
+
+    @property
+    def coverage(self) -> float:
+        return self.filed / max(1, self.n)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.right / self.filed if self.filed else None
+
+    def line(self) -> str:
+        acc = f"{self.accuracy:.1%} of those right" if self.filed else "none filed"
+        return f"at {self.threshold:.2f}: {self.coverage:.1%} of photos filed, {acc}"
+
+
+def held_out_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
+    """Per image of the split: its held-out calibrated top probability, predicted class and true class (indices),
+    from which every threshold's coverage and accuracy follow (`filed_at`, `threshold_for`)."""
+    conf, pred = held_out_probabilities(logits, labels).max(1)
+    return {"confidence": [round(float(c), 5) for c in conf], "predicted": pred.tolist(), "label": labels.tolist()}
+
+
+def filed_at(held: dict[str, list], threshold: float, predicted: int | None = None) -> Filed:
+    """Coverage and accuracy at `threshold` (a photo is filed when its top probability is at least it); with
+    `predicted`, among the photos the model puts in that class."""
+    conf, pred, label = (np.asarray(held[k]) for k in ("confidence", "predicted", "label"))
+    mine = pred == predicted if predicted is not None else np.ones(len(conf), bool)
+    filed = mine & (conf >= threshold)
+    return Filed(threshold, int(mine.sum()), int(filed.sum()), int((filed & (pred == label)).sum()))
+
+
+def curve(held: dict[str, list]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The risk-coverage curve: (threshold, coverage, accuracy of those filed) at every distinct confidence, from the
+    highest threshold down (a threshold files every photo of one confidence or none of them)."""
+    conf, right = np.asarray(held["confidence"]), np.asarray(held["predicted"]) == np.asarray(held["label"])
+    order = np.argsort(-conf, kind="stable")
+    conf, right = conf[order], right[order]
+    filed = np.arange(1, len(conf) + 1)
+    last = np.r_[conf[1:] != conf[:-1], True]
+    return conf[last], filed[last] / len(conf), (np.cumsum(right) / filed)[last]
+
+
+def threshold_for(held: dict[str, list], target: float) -> Filed | None:
+    """The threshold that files the most photos while those filed are at least `target` accurate (None when no
+    threshold reaches it)."""
+    thresholds, _, accuracy = curve(held)
+    ok = np.nonzero(accuracy >= target)[0]
+    return filed_at(held, float(thresholds[ok[-1]])) if len(ok) else None
 
 
 @dataclass
@@ -85,6 +153,9 @@ class Calibration:
     """T fitted on one half of the split, measured on the other (the honest figure)."""
     nll_before: float
     nll_after: float
+    held_out: dict[str, list] | None = None
+    """Each image's held-out calibrated confidence, predicted and true class (`held_out_predictions`): the
+    risk-coverage curve."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,4 +176,5 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, split: str, tta: bool)
         temperature=t, split=split, tta=tta, n=len(labels),
         ece_before=ece(torch.softmax(z, 1), labels), ece_after=ece(torch.softmax(z / t, 1), labels),
         ece_held_out=held_out_ece(logits, labels), nll_before=nll(z, labels), nll_after=nll(z, labels, t),
+        held_out=held_out_predictions(logits, labels),
     )  # fmt: skip

@@ -1,7 +1,14 @@
-"""Checkpoints: one plain dict of tensors and plain values, written atomically, read with `weights_only=True`."""
+"""Checkpoints: one plain dict of tensors and plain values, written atomically, read with `weights_only=True`.
+
+A model folder is the other way a model is stored: its weights as safetensors (`model.safetensors`) and a card
+(`card.json`) holding its config, classes, calibration and how it was made. It serves predictions only (no optimizer
+state, nothing to resume), and the package ships one: `BUNDLED`, used by every command given no checkpoint.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,12 +17,16 @@ import torch
 
 from .config import Config, ConfigError
 from .errors import HeritageLensError
-from .files import atomic_save, safe_load
+from .files import atomic_save, atomic_write_bytes, atomic_write_json, file_sha256, safe_load
 from .models import HeritageCNN, build_model
 from .training import TrainState, new_state
 
 FORMAT = "heritagelens-checkpoint"
 VERSION = 1
+MODEL_FORMAT = "heritagelens-model"
+MODEL_CARD, MODEL_WEIGHTS = "card.json", "model.safetensors"
+BUNDLED = Path(__file__).parent / "bundled"
+"""The model that ships with the package: the default recipe trained by `bench/bundled.py` (see its card)."""
 
 
 class CheckpointError(HeritageLensError):
@@ -43,6 +54,8 @@ def checkpoint_file(path: Path | str) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    if is_model_folder(path):
+        return path
     if path.is_dir():
         for name in ("last.pt", "best.pt"):  # the final weights, as the main job reports them
             if (path / name).exists():
@@ -54,14 +67,22 @@ def checkpoint_file(path: Path | str) -> Path:
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
     """The checkpoint dict, checked to be ours; raises `CheckpointError` otherwise."""
     path = checkpoint_file(path)
+    if is_model_folder(path):
+        return read_model_folder(path)
     try:
         ckpt = safe_load(path)
     except Exception as e:  # pickle errors, zip errors, refused globals: all mean "not a checkpoint we can read"
         raise CheckpointError(f"{path}: not a HeritageLens checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a HeritageLens checkpoint (no '{FORMAT}' marker)")
-    if ckpt.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {ckpt['version']} is newer than this HeritageLens reads")
+    return checked(ckpt, path)
+
+
+def checked(ckpt: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """`ckpt` once it has what every use of a checkpoint reads: a known version, a config, classes and weights."""
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version!r} is not one this HeritageLens reads")
     for key in ("config", "classes", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: not a usable HeritageLens checkpoint (no '{key}' entry)")
@@ -173,3 +194,76 @@ def check_classes(ckpt_classes: list[str], data_classes: list[str], path: Path |
         raise CheckpointError(
             f"{path}: checkpoint classes ({', '.join(ckpt_classes)}) differ from the data's ({', '.join(data_classes)})"
         )
+
+
+# ---------------------------------------------------------------------------------------------------- model folders
+
+
+def is_model_folder(path: Path | str) -> bool:
+    return Path(path).is_dir() and (Path(path) / MODEL_CARD).is_file()
+
+
+def write_weights(model: torch.nn.Module, path: Path | str) -> str:
+    """The model's weights as a safetensors file, written atomically; returns the file's SHA-256."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    atomic_write_bytes(blob, path)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def read_weights(path: Path | str, sha256: str, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, once its SHA-256 is the one recorded (safetensors holds no code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if file_sha256(path) != sha256:
+            raise CheckpointError(f"{path}: {what} not the file its card records (SHA-256 differs)")
+        return load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: {what} unreadable ({type(e).__name__}: {e})") from None
+
+
+def write_model_folder(checkpoint: Path | str, out: Path | str, **card: Any) -> Path:
+    """The checkpoint's model (its averaged weights) as a model folder `out`, with `card` entries (how it was made,
+    what it scores) beside what predictions need; the card is written last, so it never names missing weights."""
+    ckpt = read_checkpoint(checkpoint)
+    out = Path(out)
+    sha = write_weights(model_from_checkpoint(ckpt, checkpoint), out / MODEL_WEIGHTS)
+    where = Config().data  # the data folders of the machine that trained it mean nothing on another
+    config = Config.from_dict(ckpt["config"]).override([f"data.root={where.root}", f"data.cache_dir={where.cache_dir}"])
+    return atomic_write_json(
+        {"format": MODEL_FORMAT, "version": VERSION, "sha256": sha, "classes": ckpt["classes"],
+         "config": config.to_dict(), "calibration": ckpt.get("calibration"), **card},
+        out / MODEL_CARD,
+    )  # fmt: skip
+
+
+def model_card(folder: Path | str) -> dict[str, Any]:
+    """The card of a model folder, checked to be one."""
+    path = Path(folder) / MODEL_CARD
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable model card ({type(e).__name__}: {e})") from None
+    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT or not isinstance(card.get("sha256"), str):
+        raise CheckpointError(f"{path}: not a HeritageLens model card (no '{MODEL_FORMAT}' marker)")
+    return card
+
+
+def read_model_folder(folder: Path | str) -> dict[str, Any]:
+    """A model folder as a checkpoint dict (no optimizer: it serves predictions), its card under 'card'."""
+    card = model_card(folder)
+    weights = read_weights(Path(folder) / MODEL_WEIGHTS, card["sha256"], "model weights")
+    ckpt = {"format": FORMAT, "model": weights, "card": card, "ema": None, "epoch": None}
+    ckpt |= {k: card.get(k) for k in ("version", "classes", "config", "calibration")}
+    return checked(ckpt, Path(folder) / MODEL_CARD)
+
+
+def describe_model(path: Path | str) -> str:
+    """One line naming a model folder by its card: recipe, seed and validation accuracy."""
+    card = model_card(path)
+    made, val = card.get("made_by") or {}, (card.get("figures") or {}).get("val") or {}
+    acc = f", {val['accuracy']:.1%} on its group-aware validation split" if "accuracy" in val else ""
+    return f"{path} ({made.get('recipe', 'a')} recipe, seed {made.get('seed', '?')}{acc})"

@@ -66,6 +66,23 @@ def _settings(args, command: str, takes: tuple[str, ...], why: str = "") -> list
     return sets
 
 
+def _model(args) -> Path:
+    """The model a command uses: the checkpoint given, else the one bundled with the package, named on stderr."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from .checkpoint import BUNDLED, describe_model
+
+    print(f"heritagelens: no checkpoint given: the bundled model, {describe_model(BUNDLED)}", file=sys.stderr)
+    return BUNDLED
+
+
+def _beside(args, ckpt: Path) -> Path:
+    """Where a command writes unless --out says: beside the checkpoint; the current folder for the bundled model."""
+    from .checkpoint import BUNDLED, run_folder
+
+    return Path(args.out) if args.out else Path(".") if ckpt == BUNDLED else run_folder(ckpt)
+
+
 def _run_dir(args) -> Path:
     return Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
@@ -113,6 +130,7 @@ def data_flag(default: str = "search", what: str = "") -> tuple[tuple, dict]:
 
 
 CHECKPOINT = arg("checkpoint", help="checkpoint file or run folder")
+MODEL = arg("checkpoint", nargs="?", help="checkpoint file, run folder or model folder (default: the bundled model)")
 QUIET = arg("--quiet", action="store_true", help="no progress bar")
 DEVICE = arg("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
 OUT_BESIDE = arg("--out", help="output folder (default: beside the checkpoint)")
@@ -238,7 +256,7 @@ def cmd_train(args) -> int:
 @command(
     "evaluate",
     "metrics of a checkpoint on a split",
-    CHECKPOINT,
+    MODEL,
     arg("--split", choices=["val", "source", "test"], default="val"),
     data_flag("model"),
     arg("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation"),
@@ -246,13 +264,13 @@ def cmd_train(args) -> int:
     arg("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)"),
 )
 def cmd_evaluate(args) -> int:
-    from .checkpoint import run_folder
+    from .checkpoint import BUNDLED
     from .files import writable_folder
     from .jobs.evaluation import evaluate_checkpoint, validation_splits
 
-    ckpt = Path(args.checkpoint)
-    out = writable_folder(Path(args.out) if args.out else run_folder(ckpt))
-    root = Path(args.data) if args.data else None
+    ckpt = _model(args)
+    out = writable_folder(_beside(args, ckpt))
+    root = Path(args.data) if args.data else default_data_root() if ckpt == BUNDLED else None
     sets = _settings(args, "evaluate", ("data.",), "the model and its recipe are the checkpoint's")
     splits = validation_splits(ckpt, root, sets) if args.split == "val" else [args.split]  # source beside val
     results = [evaluate_checkpoint(ckpt, s, root=root, tta=args.tta, out_dir=out, data_overrides=sets) for s in splits]
@@ -268,8 +286,12 @@ def cmd_evaluate(args) -> int:
 @command(
     "predict",
     "top-k classes of images of any size and format",
-    arg("checkpoint", help="checkpoint, run folder, or an exported .onnx file"),
-    arg("images", nargs="+"),
+    arg(
+        "paths",
+        nargs="+",
+        metavar="[CHECKPOINT] IMAGE",
+        help="a checkpoint, run folder, model folder or exported .onnx file (default: the bundled model), then images",
+    ),
     arg("--top", type=int, default=3),
     arg("--tta", action="store_true"),
 )
@@ -281,6 +303,12 @@ def cmd_predict(args) -> int:
 
     if args.top < 1:
         raise UsageError(f"--top {args.top}: must be at least 1 (classes to show per image)")
+    first = Path(args.paths[0])
+    named = first.suffix.lower() in (".pt", ".pth", ".onnx") or first.is_dir()
+    args.checkpoint, args.images = (first, args.paths[1:]) if named else (None, args.paths)
+    if not args.images:
+        raise UsageError(f"predict {first}: no image given after the checkpoint")
+    args.checkpoint = _model(args)
 
     if str(args.checkpoint).lower().endswith(".onnx"):
         _need_extra(*EXPORT_EXTRA)
@@ -323,10 +351,12 @@ def cmd_predict(args) -> int:
 )
 def cmd_calibrate(args) -> int:
     """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
-    from .checkpoint import checkpoint_file
+    from .checkpoint import checkpoint_file, is_model_folder
     from .files import writable_folder
     from .jobs.evaluation import calibrate_checkpoint
 
+    if is_model_folder(args.checkpoint):
+        raise UsageError(f"{args.checkpoint}: a model folder only serves predictions: calibrate its checkpoint")
     writable_folder(checkpoint_file(args.checkpoint).parent)  # the checkpoint is rewritten beside itself
     cals = calibrate_checkpoint(args.checkpoint, Path(args.data) if args.data else None)
     for c in cals.values():
@@ -338,12 +368,16 @@ def cmd_calibrate(args) -> int:
 @command(
     "sort",
     "sort a photo folder into OUT/<class>/ (copies; originals untouched)",
-    CHECKPOINT,
+    MODEL,
     arg("photos", help="folder of photos (nested folders, any size, format and orientation)"),
     arg("--out", required=True, help="output folder (new, empty, or one an earlier sort wrote)"),
-    arg("--min-confidence", type=float, default=0.5, metavar="P",
+    arg("--min-confidence", type=float, metavar="P",
         help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)"),
+    arg("--target-accuracy", type=float, metavar="A",
+        help="instead of --min-confidence: the threshold at which the model's held-out photos were A right"),
     arg("--link", action="store_true", help="hard-link instead of copying (same file system)"),
+    arg("--xmp", action="store_true",
+        help="write each photo's class beside it in an XMP sidecar (keywords photo managers read; merged)"),
     arg("--view", choices=["whole", "centre", "multi"], default="whole",
         help="how a photo becomes the 64 px input (default: whole, chosen by measurement)"),
     QUIET,
@@ -353,18 +387,25 @@ def cmd_sort(args) -> int:
     """Classify every photo under a folder and copy (or hard-link) it into OUT/<class>/ or OUT/_uncertain/."""
     from .sort import CSV_NAME, UNCERTAIN, sort_photos
 
+    args.checkpoint = _model(args)
     s = sort_photos(args.checkpoint, args.photos, args.out, args.min_confidence, args.link, args.view,
-                    progress=not args.quiet)  # fmt: skip
+                    progress=not args.quiet, target_accuracy=args.target_accuracy, xmp=args.xmp)  # fmt: skip
+    if s.expected:
+        print(f"--min-confidence {s.expected.line()}, on {s.expected.n:,} held-out validation photos")
     print(f"sorted {s.sorted} photo(s) in {s.seconds:.1f} s ({s.images_per_s:.0f} images/s) into {args.out}")
     for name, n in sorted(s.per_class.items(), key=lambda kv: (kv[0] == UNCERTAIN, kv[0])):
-        note = f" (top-class probability below {args.min_confidence})" if name == UNCERTAIN else ""
+        note = f" (top-class probability below {s.min_confidence:.2f})" if name == UNCERTAIN else ""
         print(f"  {name:<18}{n:>7}{note}")
     if s.skipped:
         print(f"skipped {s.skipped} photo(s) sorted by an earlier run")
     if s.moved:
-        print(f"moved {s.moved} earlier copies to the folders --min-confidence {args.min_confidence} gives them")
+        print(f"moved {s.moved} earlier copies to the folders --min-confidence {s.min_confidence:.2f} gives them")
     if s.unreadable:
         print(f"{s.unreadable} file(s) could not be read: listed with the reason in {Path(args.out) / CSV_NAME}")
+    if args.xmp:
+        n = s.sidecars
+        failed = f", {n['failed']} not written (their folders are in {CSV_NAME})" if n["failed"] else ""
+        print(f"XMP sidecars beside the photos: {n['written']} written, {n['unchanged']} up to date{failed}")
     print(f"every photo, its class, probability and top 3: {Path(args.out) / CSV_NAME}")
     if not s.calibrated:
         print(f"note: {args.checkpoint} is not calibrated; 'heritagelens calibrate' makes its probabilities, and so "
@@ -377,7 +418,7 @@ def cmd_sort(args) -> int:
 @command(
     "export",
     "the model as an ONNX file for onnxruntime, checked against PyTorch",
-    CHECKPOINT,
+    MODEL,
     arg("--format", choices=["onnx"], default="onnx"),
     arg("--out", help="output file (default: model.onnx beside the checkpoint)"),
     arg("--tta", action="store_true", help="average the test-time views inside the graph"),
@@ -387,13 +428,13 @@ def cmd_sort(args) -> int:
 def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
     _need_extra(*EXPORT_EXTRA)
-    from .checkpoint import load_model, run_folder, temperature
+    from .checkpoint import load_model, temperature
     from .export import ExportError, OnnxClassifier, comparison_images, max_difference, to_onnx
     from .files import atomic_write_bytes, writable_folder
 
-    ckpt = Path(args.checkpoint)
+    ckpt = _model(args)
     model, classes, checkpoint = load_model(ckpt)
-    out = Path(args.out) if args.out else run_folder(ckpt) / "model.onnx"
+    out = Path(args.out) if args.out else _beside(args, ckpt) / "model.onnx"
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; give the file to write, such as {out / 'model.onnx'}")
     writable_folder(out.parent)
@@ -420,12 +461,12 @@ def _need_extra(extra: str, what: str, modules: list[str]) -> None:
         raise UsageError(f"{what} needs the {extra} extra: pip install 'heritagelens[{extra}]'")
 
 
-@command("layers", "each layer's name, output shape and parameter count", arg("checkpoint"))
+@command("layers", "each layer's name, output shape and parameter count", MODEL)
 def cmd_layers(args) -> int:
     from .checkpoint import load_model
     from .models import layer_table
 
-    model, classes, ckpt = load_model(args.checkpoint)
+    model, classes, ckpt = load_model(_model(args))
     rows = layer_table(model)
     print(f"{'layer':<22}{'type':<20}{'output shape':<18}{'params':>10}")
     for name, kind, shape, n in rows:
@@ -437,7 +478,7 @@ def cmd_layers(args) -> int:
 @command(
     "deconv",
     "deconvnet projections (Zeiler & Fergus 2014)",
-    CHECKPOINT,
+    MODEL,
     arg("--layer", action="append", help="conv layer name (repeatable; default with --image: all)"),
     arg("--channels", type=int, nargs="+", help="channels to show (default: the strongest)"),
     arg("--image", help="project the strongest channels of this image"),
@@ -454,9 +495,9 @@ def cmd_deconv(args) -> int:
     from .files import writable_folder
     from .jobs.deconv import write_evolution, write_image_view, write_top9
 
-    ckpt = Path(args.checkpoint)
+    ckpt = _model(args)
     model, _, _ = load_model(ckpt)
-    out = writable_folder(Path(args.out) if args.out else run_folder(ckpt))
+    out = writable_folder(_beside(args, ckpt))
     layers = args.layer or []
     for layer in layers:
         layers_up_to(model, layer)  # an unknown name fails now, listing the valid ones
@@ -482,7 +523,7 @@ def cmd_deconv(args) -> int:
 @command(
     "dream",
     "generate images of a class from the model (activation maximization)",
-    CHECKPOINT,
+    MODEL,
     arg("--class", dest="class_name", help="class name (see 'heritagelens layers')"),
     arg("--all", action="store_true", help="every class: the gallery"),
     arg("--channel", help="LAYER:C[,C...]: maximize these channels of a conv layer instead of a class"),
@@ -501,15 +542,14 @@ def cmd_deconv(args) -> int:
 def cmd_dream(args) -> int:
     """Images by activation maximization: of one class (--class) or all of them (--all), scored by the judges; or of
     channels of a layer (--channel LAYER:C[,C...], --unit for the centre neuron)."""
-    from .checkpoint import run_folder
     from .config import Config
     from .dream import dream_preset
     from .jobs.gallery import write_dream, write_feature_dream
 
     if sum(map(bool, (args.class_name, args.all, args.channel))) != 1:
         raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else run_folder(ckpt)
+    ckpt = _model(args)
+    out = _beside(args, ckpt)
     sets = _settings(args, "dream", ("dream.", "gallery.judge_overrides="))
     cfg = Config(dream=dream_preset(args.preset)).override(sets)
     if args.channel:
@@ -634,7 +674,7 @@ def cmd_run(args) -> int:
 @command(
     "serve",
     "the explorer web app for a model (Gradio)",
-    CHECKPOINT,
+    MODEL,
     arg("--port", type=int, default=7860),
     arg("--host", default="127.0.0.1", help="address to bind (default: this machine only)"),
     data_flag("model", "top-9 images and class images"),
@@ -647,7 +687,7 @@ def cmd_serve(args) -> int:
     problem = address_problem(args.host, args.port)
     if problem:
         raise UsageError(problem)
-    serve(args.checkpoint, args.data, args.host, args.port)
+    serve(_model(args), args.data, args.host, args.port)
     return 0
 
 

@@ -154,6 +154,17 @@ class TrainConfig:
     """Side of a random square zeroed in each image (0 turns it off)."""
     colour_jitter: float = 0.1
     """Per-image brightness and contrast jitter: factors drawn from [1-x, 1+x]."""
+    white_balance: float = 0.0
+    """Another camera's colour cast: each colour channel of each image scaled by its own factor in [1-x, 1+x]."""
+    sharpness: float = 0.0
+    """Another lens or processing: each image blurred or sharpened by an amount drawn from [-x, x] (-1 is a Gaussian
+    blur of sigma 1 px, +1 an unsharp mask as strong); 0 is off, at most 1."""
+    jpeg_quality: int = 0
+    """Another upload: a share `jpeg_share` of the images re-compressed as JPEG at a quality drawn from this value to
+    95 (Pillow); 0 is off."""
+    jpeg_share: float = 0.5
+    grayscale: float = 0.0
+    """Share of the images turned to grey (ITU-R 601 luma in all three channels), as old or scanned photos are."""
     res_min: int = 32
     """Progressive resizing: the first epochs train on the images downscaled to this side (px, a multiple of 8), an
     epoch there costing about (res_min/64)^2 of a full one; 64 turns it off. Evaluation is always at 64 px."""
@@ -209,6 +220,10 @@ class TrainConfig:
             raise ConfigError("train.ema_decay must be in [0, 1)")
         if not 0.0 < self.zoom_min_area <= 1.0:
             raise ConfigError("train.zoom_min_area must be in (0, 1]")
+        if not (0.0 <= self.white_balance < 1.0 and 0.0 <= self.sharpness <= 1.0 and 0.0 <= self.grayscale <= 1.0):
+            raise ConfigError("train.white_balance must be in [0, 1), train.sharpness and train.grayscale in [0, 1]")
+        if not (self.jpeg_quality == 0 or 1 <= self.jpeg_quality <= 95) or not 0.0 <= self.jpeg_share <= 1.0:
+            raise ConfigError("train.jpeg_quality must be 0 (off) or a JPEG quality from 1 to 95, jpeg_share in [0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if not (self.minutes >= 0 and math.isfinite(self.minutes)):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .calibration import ece, reliability
+from .calibration import curve, ece, filed_at, reliability
 
 if TYPE_CHECKING:
     from .metrics import EvalResult
@@ -277,6 +277,36 @@ def reliability_figure(logits: torch.Tensor, labels: torch.Tensor, temperature: 
         ax.set_xlabel("confidence (top class probability)")
         ax.set_title(f"{name}: ECE {ece(probs, labels):.2%}")
     axes[0].set_ylabel("accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def risk_coverage_figure(held: dict[str, list], classes: list[str], threshold: float = 0.5, title: str = ""):
+    """Left: the accuracy of the photos filed against the share filed, as the confidence threshold falls, thresholds
+    marked; right: per predicted class, the share filed and their accuracy at `threshold`."""
+    plt = pyplot()
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=110, gridspec_kw={"width_ratios": [1, 1.3]})
+    thresholds, coverage, accuracy = curve(held)
+    a.plot(coverage, accuracy, color="#4c72b0")
+    for t in (0.9, 0.7, 0.5, 0.3):
+        f = filed_at(held, t)
+        if f.filed:
+            a.plot(f.coverage, f.accuracy, "o", color="#dd8452")
+            a.annotate(f"{t:.1f}", (f.coverage, f.accuracy), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    a.set_xlabel("share of photos filed (coverage)")
+    a.set_ylabel("accuracy of the photos filed")
+    a.set_xlim(0, 1.02)
+    a.set_title("as the threshold falls (marked)")
+    per = [filed_at(held, threshold, predicted=k) for k in range(len(classes))]
+    x = np.arange(len(classes))
+    b.bar(x - 0.2, [f.coverage for f in per], width=0.4, label="share filed", color="#4c72b0")
+    b.bar(x + 0.2, [f.accuracy or 0 for f in per], width=0.4, label="accuracy of those filed", color="#55a868")
+    b.set_xticks(x, classes, rotation=45, ha="right", fontsize=8)
+    b.set_ylim(0, 1.05)
+    b.set_title(f"per predicted class, at {threshold:.2f}")
+    b.legend(fontsize=8, loc="lower left")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from . import data
-from .checkpoint import model_from_checkpoint, read_checkpoint
+from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, read_weights, write_weights
 from .config import ROBUST, SGD, Config, DataConfig
 from .errors import HeritageLensError
-from .files import atomic_write_bytes, atomic_write_json, file_sha256
+from .files import atomic_write_json
 from .runs import train_run
 from .scores import gallery_scores, real_images
 from .split import prepare
@@ -137,19 +137,14 @@ def panel_card(panel_dir: Path | str | None = None) -> dict:
 
 def shipped_judge(name: str, key: str, panel_dir: Path | str | None = None) -> Judge | None:
     """Judge `name` from the shipped panel when the card records content `key` (`judge_key`) for it, else None."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     entry = panel_card(panel_dir).get("judges", {}).get(name)
     if not entry or entry.get("key") != key:
         return None
     path = Path(panel_dir or PANEL_DIR) / entry["file"]
     try:
-        if file_sha256(path) != entry.get("sha256"):
-            raise JudgeError(f"{path}: shipped judge '{name}' is not the file its card records (SHA-256 differs)")
-        weights = load_file(path)
-    except (OSError, SafetensorError) as e:
-        raise JudgeError(f"{path}: shipped judge '{name}' unreadable ({type(e).__name__}: {e})") from None
+        weights = read_weights(path, entry.get("sha256"), f"shipped judge '{name}'")
+    except CheckpointError as e:
+        raise JudgeError(str(e)) from None
     ckpt = {"config": entry["config"], "classes": entry["classes"], "model": weights}
     return Judge(name, model_from_checkpoint(ckpt, path), list(entry["classes"]), path, entry["config"])
 
@@ -159,18 +154,13 @@ def write_panel(panel: dict[str, Judge], accuracy: dict[str, float], key: dict[s
     """Ship `panel`: each judge's weights as `<name>.safetensors` and the card `panel.json` beside them (written last,
     so that a card never names weights not yet written), with its content `key`, validation `accuracy`, the
     `command` that trained it and the `machine` it ran on."""
-    from safetensors.torch import save
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     judges = {}
     for name, judge in panel.items():
-        weights = {k: v.detach().cpu().contiguous() for k, v in judge.model.state_dict().items()}
         file = f"{name}.safetensors"
-        blob = save(weights)
-        atomic_write_bytes(blob, out / file)
+        sha = write_weights(judge.model, out / file)
         judges[name] = {
-            "file": file, "sha256": hashlib.sha256(blob).hexdigest(), "key": key[name], "classes": judge.classes,
+            "file": file, "sha256": sha, "key": key[name], "classes": judge.classes,
             "config": judge.config, "val_accuracy": accuracy[name],
         }  # fmt: skip
     card = {"version": PANEL_VERSION, "command": command, "machine": machine, "judges": judges}

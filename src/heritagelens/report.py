@@ -266,7 +266,29 @@ def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
         png = run.png(f"reliability-{split}.png", s)
         s.html += "<h3>Calibration</h3>" + para(calibration_line(r.calibration))
         s.html += img(png, f"reliability diagram, {split}", 760) if png else ""
+    if split == "val" and (run.path / "risk-coverage.json").exists():
+        s.html += risk_coverage_html(run, s)
     return s
+
+
+def risk_coverage_html(run: RunReader, s: Section) -> str:
+    """What `sort --min-confidence` means, measured on the held-out photos: the table and the curve."""
+    d = run.json("risk-coverage.json", s)
+    if d is None:
+        return ""
+    pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+    rows = [[f"{r['threshold']:.2f}", pct(r["coverage"]), pct(r["accuracy"]), r["filed"]] for r in d["rows"]]
+    png = run.png("risk-coverage.png", s)
+    return (
+        "<h3>Filing the sure photos (risk-coverage)</h3>"
+        + para(
+            f"What a confidence threshold (sort --min-confidence) does on the {d['n']} held-out validation photos "
+            f"({d['view']}): the share of photos filed into a class, the rest left to a person, and how many of "
+            "those filed are right. sort --target-accuracy picks the threshold from these figures."
+        )
+        + table(["threshold", "photos filed", "of those right", "filed"], rows, "metrics")
+        + (img(png, "risk-coverage curve and per-class figures", 820) if png else "")
+    )
 
 
 def mistakes_html(r, data_root: Path | None, s: Section, k: int = 12) -> str:
@@ -391,7 +413,7 @@ def timing_section(run: RunReader) -> Section:
 
 def other_figures_section(run: RunReader, shown: set[str]) -> Section | None:
     """Figures written into the run folder by other commands (deconv --image, dream, evolution...)."""
-    own = ("confusion-", "reliability-")  # shown in their evaluation sections
+    own = ("confusion-", "reliability-", "risk-coverage")  # shown in their evaluation sections
     files = [f for f in sorted(run.path.glob("*.png")) if f.name not in shown and not f.name.startswith(own)]
     if not files:
         return None

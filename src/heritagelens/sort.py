@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .calibration import Filed, curve, filed_at, threshold_for
 from .config import IMAGE_SIZE
 from .data import DataError, read_rgb
 from .errors import HeritageLensError
@@ -51,7 +52,9 @@ LOCK = ".heritagelens-sort.lock"
 PENDING = re.compile(r"^\.[0-9a-f]{12}\.(pending|tmp)$")
 """Names of copies placed but not yet recorded in the journal: removed when a sort starts (a killed run's)."""
 CSV_NAME = "sort.csv"
-COLUMNS = ("file", "class", "probability", "top3", "copied_to", "error")
+COLUMNS = ("file", "class", "probability", "top3", "copied_to", "error", "decided")
+"""`decided` is 'person' once someone filed the photo by hand (`refile`): `class` is then theirs, `probability` and
+`top3` stay the model's, and no later sort moves it."""
 VIEWS = ("whole", "centre", "multi")
 """How a photo becomes the 64 px input: 'whole' resizes the whole frame (as the dataset's images were made),
 'centre' crops the central square first, 'multi' averages the probabilities of the whole frame and five crops of
@@ -75,6 +78,11 @@ class SortSummary:
     seconds: float = 0.0
     csv: Path | None = None
     calibrated: bool = False
+    min_confidence: float = 0.5
+    sidecars: Counter = field(default_factory=Counter)
+    """XMP sidecars 'written', 'unchanged' (they said so already) and 'failed' (a row per folder in sort.csv)."""
+    expected: Filed | None = None
+    """What `min_confidence` does on the model's held-out validation photos (when its calibration measured it)."""
 
     @property
     def done(self) -> int:
@@ -169,7 +177,7 @@ def photo_files(photos: Path, problems: list[tuple[str, str]]) -> Iterator[Path]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             path = Path(folder) / f
-            if f.startswith("."):
+            if f.startswith(".") or f.lower().endswith(".xmp"):  # hidden, or a sidecar (ours or a photo manager's)
                 continue
             if path.is_symlink():
                 problems.append((path.relative_to(photos).as_posix(), "symbolic link, not followed"))
@@ -295,10 +303,13 @@ STOPS = (errno.ENOSPC, errno.EDQUOT, errno.EXDEV, errno.EROFS)
 
 
 def sort_photos(
-    checkpoint: Path | str, photos: Path | str, out: Path | str, min_confidence: float = 0.5, link: bool = False,
-    how: str = DEFAULT_VIEW, batch_size: int = 64, progress: bool = True,
+    checkpoint: Path | str, photos: Path | str, out: Path | str, min_confidence: float | None = None,
+    link: bool = False, how: str = DEFAULT_VIEW, batch_size: int = 64, progress: bool = True,
+    target_accuracy: float | None = None, xmp: bool = False,
 ) -> SortSummary:  # fmt: skip
-    """Sort every photo under `photos` into `out` (see the module docstring); returns the counts."""
+    """Sort every photo under `photos` into `out` (see the module docstring); returns the counts. A photo is filed
+    when its top probability reaches `min_confidence` (default 0.5), or the threshold at which the model's held-out
+    photos were `target_accuracy` right. With `xmp`, every photo's XMP sidecar says its class (`heritagelens.xmp`)."""
     from .checkpoint import checkpoint_file, load_model, temperature
     from .config import Config
     from .files import atomic_write_json
@@ -306,13 +317,17 @@ def sort_photos(
     photos, out = Path(photos), Path(out)
     if how not in VIEWS:
         raise SortError(f"unknown view '{how}'; known: {', '.join(VIEWS)}")
-    if not 0 <= min_confidence <= 1:
-        raise SortError(f"--min-confidence {min_confidence}: must be between 0 and 1")
+    if min_confidence is not None and target_accuracy is not None:
+        raise SortError("--min-confidence and --target-accuracy: give one of them")
+    for name, v in (("--min-confidence", min_confidence), ("--target-accuracy", target_accuracy)):
+        if v is not None and not 0 <= v <= 1:
+            raise SortError(f"{name} {v}: must be between 0 and 1")
     check_folders(photos, out)
     if next(photo_files(photos, []), None) is None:
         raise SortError(f"{photos}: no files to sort")
     model, classes, ckpt = load_model(checkpoint)
     t = temperature(ckpt, tta=False)
+    min_confidence, expected = meaning(ckpt, checkpoint, min_confidence, target_accuracy)
     settings = {"photos": str(photos.resolve()), "checkpoint": str(checkpoint_file(checkpoint).resolve()),
                 "temperature": t, "view": how}  # fmt: skip
     run = None
@@ -322,12 +337,39 @@ def sort_photos(
             check_settings(out, settings)
             run = _Sort(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out,
                        min_confidence, link, how)  # fmt: skip
+            run.xmp_model = model_name(checkpoint) if xmp else ""
             run.summary.calibrated = t is not None
+            run.summary.min_confidence, run.summary.expected = min_confidence, expected
             if not (out / META).exists():
                 atomic_write_json(settings, out / META)
             return run.go(batch_size, progress)
     except OSError as e:  # a full disk while writing the journal or the CSV, a folder that cannot be made
         raise SortError(_disk_message(e, out, run.summary if run else SortSummary())) from None
+
+
+def model_name(checkpoint: Path | str) -> str:
+    """How a sidecar names the model: 'HeritageLens bundled model' or the checkpoint's file."""
+    from .checkpoint import BUNDLED, checkpoint_file
+
+    return "HeritageLens bundled model" if Path(checkpoint) == BUNDLED else str(checkpoint_file(checkpoint).resolve())
+
+
+def meaning(ckpt: dict, checkpoint: Path | str, min_confidence: float | None, target: float | None):
+    """(the threshold to sort at, what it does on the model's held-out photos or None when not measured)."""
+    held = ((ckpt.get("calibration") or {}).get("plain") or {}).get("held_out")
+    if target is None:
+        min_confidence = 0.5 if min_confidence is None else min_confidence
+        return min_confidence, filed_at(held, min_confidence) if held else None
+    if not held:
+        raise SortError(
+            f"{checkpoint}: --target-accuracy needs the held-out figures that 'heritagelens calibrate' measures: "
+            "calibrate it (again)"
+        )
+    pick = threshold_for(held, target)
+    if pick is None:
+        best = max(curve(held)[2])
+        raise SortError(f"--target-accuracy {target}: no threshold reaches it on the held-out photos (best {best:.1%})")
+    return pick.threshold, pick
 
 
 @contextlib.contextmanager
@@ -360,6 +402,8 @@ class _Sort:
         self.done = read_journal(out, classes)
         self.summary = SortSummary()
         self.journal = None
+        self.xmp_model = ""
+        """With a model's name: XMP sidecars are written beside the photos, saying that model's classes."""
 
     def go(self, batch_size: int, progress: bool) -> SortSummary:
         from tqdm.auto import tqdm
@@ -395,9 +439,35 @@ class _Sort:
         finally:
             with contextlib.suppress(OSError):
                 self.journal.close()
+        unwritable = self.write_sidecars() if self.xmp_model else {}
         self.summary.seconds = time.perf_counter() - t0
-        self.summary.csv = write_csv(self.out, self.done)
+        self.summary.csv = write_csv(self.out, self.done | unwritable)
         return self.summary
+
+    def write_sidecars(self) -> dict[str, dict]:
+        """Bring every sorted photo's sidecar in line with the journal (its class when filed, else no keyword);
+        sidecars that say so already are left alone. Returns a `sort.csv` row per folder where one could not be
+        written or read."""
+        from .xmp import XmpError, write_sidecar
+
+        def one(row: dict) -> tuple[str, str | None]:
+            try:
+                written = write_sidecar(self.photos / row["file"], sidecar_tag(row, self.xmp_model))
+                return row["file"], "written" if written else "unchanged"
+            except XmpError as e:
+                return row["file"], str(e)
+
+        rows = [r for r in self.done.values() if r.get("copied_to") and not r.get("error")]
+        problems: dict[str, dict] = {}
+        with ThreadPoolExecutor(4) as pool:  # mostly waiting on the disk
+            for file, outcome in pool.map(one, rows):
+                if outcome in ("written", "unchanged"):
+                    self.summary.sidecars[outcome] += 1
+                    continue
+                folder = Path(file).parent.as_posix() + "/"
+                problems.setdefault(folder, {"file": folder, "error": f"XMP sidecar(s) not written: {outcome}"})
+                self.summary.sidecars["failed"] += 1
+        return problems
 
     def todo(self, problems: list) -> Iterator[tuple[Path, str, list[int]]]:
         """The photos not yet sorted as they are now (new, changed, failed before, or whose copy is gone)."""
@@ -491,7 +561,7 @@ class _Sort:
         moves: dict[Path, Path] = {}  # destination -> source
         for row in list(self.done.values()):
             old = row.get("copied_to")
-            if not old or row.get("error"):
+            if not old or row.get("error") or row.get("decided"):  # a person's decision is not the threshold's
                 continue
             want = self.folder(row["class"], float(row.get("p", row["probability"])))
             if old.split("/")[0] != want and (self.out / old).exists():
@@ -519,6 +589,74 @@ class _Sort:
     def sync(self) -> None:
         self.journal.flush()
         os.fsync(self.journal.fileno())
+
+
+def sidecar_tag(row: dict, model: str):
+    """What a photo's sidecar says for its `sort.csv` row: its class as a keyword when filed (by the model or a
+    person), none when it waits in `_uncertain/`."""
+    from .xmp import Tag
+
+    filed = row["copied_to"].split("/")[0] != UNCERTAIN
+    top = row.get("model_class") or row["class"]
+    return Tag(row["class"] if filed else None, top, float(row.get("p", row["probability"])), model)
+
+
+# ----------------------------------------------------------------------------------------------- a person's review
+
+
+def sorted_rows(out: Path | str, classes: list[str]) -> dict[str, dict]:
+    """The rows of an earlier sort into `out` (as its journal records them), by photo."""
+    out = Path(out)
+    if not (out / META).exists():
+        raise SortError(f"{out}: not a folder 'heritagelens sort' wrote (no {META})")
+    return read_journal(out, classes)
+
+
+def sort_settings(out: Path | str) -> dict:
+    """The settings the first sort into `out` recorded: photo folder, model, calibration, view."""
+    f = Path(out) / META
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise SortError(f"{f}: unreadable; not a folder 'heritagelens sort' wrote") from None
+
+
+def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict:
+    """A person files photo `file` (as `sort.csv` names it) into class `cls`: its copy moves to `OUT/<cls>/`, the move
+    is journaled and synced before it is made (as every sort move is), `sort.csv` is rewritten, and the photo's XMP
+    sidecar, when a sort wrote one, says the new class. Returns the photo's new row."""
+    from .xmp import XmpError, read_tag, sidecar_path, write_sidecar
+
+    out = Path(out)
+    if cls not in classes:
+        raise SortError(f"unknown class '{cls}'; known: {', '.join(classes)}")
+    with folder_lock(out):
+        done = sorted_rows(out, classes)
+        row = done.get(file)
+        if row is None or row.get("error") or not row.get("copied_to"):
+            raise SortError(f"{out}: '{file}' is not a photo this sort filed")
+        old = row["copied_to"]
+        dest = free_name(out / cls / flat_name(Path(file)), mine=out / old)
+        new = {**row, "class": cls, "copied_to": dest.relative_to(out).as_posix(), "moved_from": old,
+               "decided": "person", "model_class": row.get("model_class") or row["class"]}  # fmt: skip
+        with (out / JOURNAL).open("a", encoding="utf-8") as journal:
+            journal.write(json.dumps(new) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        if dest != out / old:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / old, dest)
+        done[file] = new
+        write_csv(out, done)
+    photo = Path(sort_settings(out)["photos"]) / file
+    side = sidecar_path(photo)
+    try:
+        tag = read_tag(side.read_bytes()) if side.exists() else None
+        if tag is not None:
+            write_sidecar(photo, sidecar_tag(new, tag.model))
+    except (OSError, XmpError) as e:
+        new["sidecar_error"] = str(e)
+    return new
 
 
 def _batches(items: Iterator, n: int) -> Iterator[list]:

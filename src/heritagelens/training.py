@@ -6,19 +6,23 @@ choice of epoch `e` comes from generators seeded by (seed, e), so a resumed run 
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import optim
 from .config import Config, TrainConfig
 from .distributed import all_sum, share, world
+from .dream.transforms import gaussian_blur
 from .inference import accuracy
 from .precision import FP32, Precision, resolve
 
@@ -85,6 +89,50 @@ def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
     return ((x - m) * c + m * b).clamp(0, 255)
 
 
+def batch_white_balance(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Scale each colour channel of each image by its own factor in [1 - strength, 1 + strength]; 0..255 kept."""
+    if strength == 0:
+        return x
+    gains = 1 + (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=g) * 2 - 1) * strength
+    return (x * gains).clamp(0, 255)
+
+
+def batch_sharpness(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Blur or sharpen each image: x + a (x - blur(x)) with a drawn from [-strength, strength] per image, so a = -1
+    is the blur itself and a > 0 an unsharp mask; 0..255 kept."""
+    if strength == 0:
+        return x
+    a = (torch.rand(x.shape[0], 1, 1, 1, generator=g) * 2 - 1) * strength
+    return (x + a * (x - gaussian_blur(x, 1.0))).clamp(0, 255)
+
+
+def batch_jpeg(x: torch.Tensor, min_quality: int, share: float, g: torch.Generator) -> torch.Tensor:
+    """Re-compress a random `share` of the images as JPEG at a quality drawn from `min_quality`..95 (Pillow, 4:2:0
+    chroma as cameras write it). x: (B, 3, H, W) uint8, returned as uint8."""
+    if min_quality == 0:
+        return x
+    B = x.shape[0]
+    chosen = torch.rand(B, generator=g) < share
+    quality = torch.randint(min_quality, 96, (B,), generator=g)
+    if not chosen.any():
+        return x
+    out = x.clone()
+    for i in chosen.nonzero().flatten().tolist():
+        buf = io.BytesIO()
+        Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=int(quality[i]))
+        out[i] = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1)
+    return out
+
+
+def batch_grayscale(x: torch.Tensor, share: float, g: torch.Generator) -> torch.Tensor:
+    """Turn a random `share` of the images grey: ITU-R 601 luma in all three channels."""
+    if share == 0:
+        return x
+    chosen = torch.rand(x.shape[0], generator=g) < share
+    luma = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return torch.where(chosen[:, None, None, None], luma.expand_as(x), x)
+
+
 def epoch_side(epoch: int, epochs: int, cfg: TrainConfig, full: int = 64) -> int:
     """Side (px) of the training images in epoch `epoch` (0-based) of `epochs` under progressive resizing:
     `cfg.res_min` until the fraction `cfg.res_ramp[0]` of the epochs, `full` from `cfg.res_ramp[1]`, growing
@@ -108,12 +156,15 @@ def batch_resize(x: torch.Tensor, side: int) -> torch.Tensor:
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
     """The training augmentation of one batch. x: (B, 3, 64, 64) uint8 -> float 0..255. `flips` (B,) bool, when
     given, says which images are mirrored instead of a coin (`alternate_flips`)."""
-    x = x.float()
+    x = batch_jpeg(x, cfg.jpeg_quality, cfg.jpeg_share, g).float()
     x = batch_zoom(x, cfg.zoom_min_area, g)
     x = batch_translate(x, cfg.crop_pad, g)
     if cfg.flip:
         x = batch_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
     x = batch_colour(x, cfg.colour_jitter, g)
+    x = batch_white_balance(x, cfg.white_balance, g)
+    x = batch_sharpness(x, cfg.sharpness, g)
+    x = batch_grayscale(x, cfg.grayscale, g)
     return batch_cutout(x, cfg.cutout, g)
 
 

@@ -1,5 +1,6 @@
 """The explorer web app (`heritagelens serve CHECKPOINT`): classify an uploaded or picked image and see why, look at
-what any channel responds to, and generate class images, in a browser.
+what any channel responds to, generate class images, and review a sort (file by hand the photos the model was unsure
+of), in a browser.
 
 Everything it shows comes from the same public functions as the CLI (`data.decode`, `inference.probabilities`,
 `visualize.image_view`, `visualize.comparison`, `visualize.top9_figure`, `dream.class_images`); this module only
@@ -20,17 +21,20 @@ import torch
 from PIL import Image
 
 from . import data
-from .checkpoint import check_classes, load_model, robust_checkpoint, temperature
+from .checkpoint import check_classes, checkpoint_file, load_model, robust_checkpoint, temperature
 from .config import Config
 from .deconvnet import DeconvError, TopK, top_activations
 from .dream import DreamError, class_images, dream_preset, image_stats
 from .figures import gallery
 from .inference import probabilities
 from .models import conv_layer_names
+from .sort import UNCERTAIN, SortError, refile, sort_settings, sorted_rows
 from .visualize import comparison, image_view, top9_figure
 
 MAX_UPLOAD_MB = 25
 PICKS_PER_CLASS = 3
+UNSURE = "unsure (_uncertain)"
+"""The review tab's default queue: the photos a sort left to a person."""
 
 
 @dataclass
@@ -150,6 +154,75 @@ class Explorer:
         fig = gallery(result.images, [name], n, scale=3)
         return fig, f"{n} image(s) of {name} by {self.dreamer_name}, seed {seed}, {time.perf_counter() - t0:.1f} s"
 
+    # -------------------------------------------------------------------------------------- reviewing a sort
+
+    def review_queue(self, folder: str, show: str) -> tuple[Path, Path, list[dict]]:
+        """(output folder, photo folder, the rows to review in file order) of a sort this model made; `show` is
+        `UNSURE` or a class (the photos filed there)."""
+        out = Path(folder or "").expanduser()
+        if not folder or not out.is_dir():
+            raise SortError(f"{folder or '(none)'}: no such folder; give the --out folder of a sort")
+        settings = sort_settings(out)
+        mine = str(checkpoint_file(self.checkpoint).resolve())
+        if settings.get("checkpoint") != mine:
+            raise SortError(f"{out}: sorted with {settings.get('checkpoint')}; serve that model to review it")
+        where = UNCERTAIN if show == UNSURE else show
+        rows = sorted_rows(out, self.classes)
+        queue = [r for _, r in sorted(rows.items()) if not r.get("error") and r["copied_to"].split("/")[0] == where]
+        return out, Path(settings["photos"]), queue
+
+    def review(self, folder: str, show: str, after: str = "") -> Reviewed:
+        """The next photo of the queue after `after` (in file order, from the start again at the end)."""
+        try:
+            out, photos, queue = self.review_queue(folder, show)
+        except SortError as e:
+            return Reviewed(None, None, "", f"**{e}**")
+        if not queue:
+            return Reviewed(None, None, "", f"Nothing to review in {out / (UNCERTAIN if show == UNSURE else show)}.")
+        k, row = next(((k, r) for k, r in enumerate(queue) if r["file"] > after), (0, queue[0]))
+        top3 = {c: float(p) for c, p in (t.rsplit(" ", 1) for t in row["top3"].split("; "))}
+        said = f"the model says {row['class']} ({float(row['probability']):.1%})"
+        if row.get("decided"):
+            said = f"filed by a person as {row['class']}"
+        try:
+            image = data.read_rgb(photos / row["file"], at_least=480)
+            image.thumbnail((640, 640))
+        except data.DataError as e:  # gone or changed since the sort: it can still be filed
+            image, said = None, f"{said}; the original cannot be shown ({str(e).split(': ', 1)[-1]})"
+        return Reviewed(image, top3, row["file"], f"**{row['file']}** ({k + 1} of {len(queue)}): {said}")
+
+    def decide(self, folder: str, show: str, file: str, k: int) -> Reviewed:
+        """File photo `file` into class `k` (the copy moves, `sort.csv`, the journal and the sidecar follow), then
+        show the next one."""
+        if not file:
+            return self.review(folder, show)
+        try:
+            refile(Path(folder).expanduser(), file, self.classes[k], self.classes)
+        except SortError as e:
+            return Reviewed(None, None, file, f"**{e}**")
+        r = self.review(folder, show, after=file)
+        r.status = f"Filed {file} as {self.classes[k]}. Next: {r.status}"
+        return r
+
+    def explain(self, folder: str, file: str) -> tuple[Image.Image | None, Image.Image | None]:
+        """The deconvnet's strongest projections and the comparison maps (Grad-CAM among them) of a reviewed photo."""
+        if not file:
+            return None, None
+        try:
+            photo = str(Path(sort_settings(Path(folder).expanduser())["photos"]) / file)
+        except SortError:
+            return None, None
+        return self.classify(photo).projections, self.maps(photo)
+
+
+@dataclass
+class Reviewed:
+    image: Image.Image | None
+    top3: dict[str, float] | None
+    file: str
+    """The photo under review, as `sort.csv` names it ('' when none)."""
+    status: str
+
 
 def big(x: torch.Tensor, size: int = 192) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).numpy()).resize((size, size), Image.Resampling.NEAREST)
@@ -173,6 +246,8 @@ def build_app(ex: Explorer):
             channels_tab(gr, ex)
         with gr.Tab("Class images"):
             class_images_tab(gr, ex)
+        with gr.Tab("Review a sort"):
+            review_tab(gr, ex)
     return app
 
 
@@ -229,6 +304,49 @@ def class_images_tab(gr, ex: Explorer) -> None:
     make.click(ex.dream, [cls, samples, seed], [dreamed, status], api_name="dream", concurrency_limit=1)
 
 
+def review_tab(gr, ex: Explorer) -> None:
+    gr.Markdown(
+        "Open the output folder of `heritagelens sort` (sorted with this model) and file the photos it was unsure "
+        "of: click a class, or press its number key. The copy moves, and `sort.csv`, the journal and the photo's XMP "
+        "sidecar follow; no later sort moves it back."
+    )
+    with gr.Row():
+        folder = gr.Textbox(label="sort output folder", elem_id="review-folder", scale=3)
+        show = gr.Dropdown([UNSURE, *ex.classes], value=UNSURE, label="photos to review", elem_id="review-show")
+        start = gr.Button("Open", elem_id="review-open")
+    status = gr.Markdown(elem_id="review-status")
+    current = gr.State("")
+    with gr.Row():
+        photo = gr.Image(label="the photo", interactive=False, elem_id="review-photo", height=420)
+        top3 = gr.Label(num_top_classes=3, label="the model's top 3 (calibrated)", elem_id="review-top3")
+    with gr.Row():
+        buttons = [gr.Button(f"{k} · {c}", elem_id=f"review-file-{k}", min_width=80) for k, c in enumerate(ex.classes)]
+    projections = gr.Image(label="deconvnet: strongest channels per layer", interactive=False, elem_id="review-proj")
+    maps = gr.Image(label="deconvnet, saliency, guided backprop, Grad-CAM and occlusion", interactive=False,
+                    elem_id="review-maps")  # fmt: skip
+    outs = [photo, top3, current, status]
+
+    def shown(r: Reviewed):
+        return r.image, r.top3, r.file, r.status
+
+    opened = start.click(lambda f, s: shown(ex.review(f, s)), [folder, show], outs, api_name="review")
+    opened.then(ex.explain, [folder, current], [projections, maps])
+    for k, button in enumerate(buttons):
+        decided = button.click(lambda f, s, c, k=k: shown(ex.decide(f, s, c, k)), [folder, show, current], outs,
+                               api_name=f"decide_{k}", concurrency_limit=1)  # fmt: skip
+        decided.then(ex.explain, [folder, current], [projections, maps])
+
+
+KEYS = """<script>
+document.addEventListener("keydown", (e) => {
+  if (e.ctrlKey || e.altKey || e.metaKey || ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName)) return;
+  const b = document.getElementById("review-file-" + e.key);
+  if (b && b.offsetParent !== null) { e.preventDefault(); b.click(); }
+});
+</script>"""
+"""The review tab's number keys: key k clicks class k's button while the tab is showing (never inside a text box)."""
+
+
 def address_problem(host: str, port: int) -> str:
     """Why the web app could not listen on `host`:`port` ('' when it can): checked by binding before the model loads,
     so that a busy port or a host that is not this machine's is one line, not a traceback after the start."""
@@ -264,5 +382,5 @@ def serve(checkpoint: Path | str, root: Path | str | None = None, host: str = "1
     print(f"serving {checkpoint} at http://{host}:{port}", flush=True)
     app.launch(
         server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True, ssr_mode=False,
-        theme=theme, quiet=True,
+        theme=theme, quiet=True, head=KEYS,
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """Evaluating and calibrating a checkpoint on its validation splits or the official test split, into files.
 
 For each evaluated split a run folder gets `eval-<split>.json`, `eval-<split>.txt`, `confusion-<split>.png` and, once
-the checkpoint is calibrated, `reliability-<split>.png`.
+the checkpoint is calibrated, `reliability-<split>.png`; evaluated on 'val', a calibrated checkpoint also gets
+`risk-coverage.json` and `.png`: what each confidence threshold files, and how accurately, one view as `sort` sees.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..calibration import Calibration, calibrate, ece
+from ..calibration import Calibration, calibrate, ece, filed_at
 from ..checkpoint import check_classes, checkpoint_file, load_model, read_checkpoint, temperature
-from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure
+from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
 from ..metrics import EvalResult, evaluate_logits
@@ -73,7 +74,29 @@ def evaluate_checkpoint(
             title = f"{split} ({result.n} images{', TTA' if tta else ''}), temperature fitted on {fitted['split']}"
             png = png_bytes(figure_image(reliability_figure(logits, labels, t, title)))
             atomic_write_bytes(png, Path(out_dir) / f"reliability-{split}.png")
+        held = ckpt["calibration"].get("plain", {}).get("held_out") if t is not None else None
+        if split == "val" and held and root is None:
+            write_risk_coverage(held, classes, out_dir)
     return result
+
+
+THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def write_risk_coverage(held: dict[str, list], classes: list[str], out_dir: Path | str) -> None:
+    """`risk-coverage.json` (coverage and accuracy at `THRESHOLDS`, overall and per predicted class) and its figure."""
+
+    def row(t, k=None):
+        f = filed_at(held, t, k)
+        return {"threshold": t, "n": f.n, "filed": f.filed, "coverage": f.coverage, "accuracy": f.accuracy}
+
+    d = {"split": "val", "view": "one view, calibrated with a temperature fitted on the other half of the split",
+         "n": len(held["label"]), "rows": [row(t) for t in THRESHOLDS],
+         "per_class": {c: [row(t, k) for t in THRESHOLDS] for k, c in enumerate(classes)}}  # fmt: skip
+    atomic_write_json(d, Path(out_dir) / "risk-coverage.json")
+    title = f"val ({d['n']} held-out photos, one view): filing the photos the model is sure of"
+    png = png_bytes(figure_image(risk_coverage_figure(held, classes, 0.5, title)))
+    atomic_write_bytes(png, Path(out_dir) / "risk-coverage.png")
 
 
 def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None) -> dict[str, Calibration]:

@@ -1,0 +1,104 @@
+"""Rebuild the bundled model from its recorded recipe and check the figures on its card; `--write` ships it.
+
+    AHE_DATA=../shared/data/ahe64 python bench/bundled.py [--write] [--out runs/bench-bundled]
+
+Trains the default recipe with the card's seed on the AHE64 train split (as `heritagelens train --seed 0`), fits its
+temperatures (`heritagelens calibrate`), evaluates both validations with and without TTA, and prints each figure beside
+the one on the shipped card, with whether the weights came out as the same bytes. Exit status 1 when a figure moved by
+more than --tolerance. `--write` replaces the package's bundled model folder with the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from heritagelens.checkpoint import BUNDLED, MODEL_CARD, MODEL_WEIGHTS, model_card, write_model_folder
+from heritagelens.config import preset
+from heritagelens.files import file_sha256
+from heritagelens.jobs.evaluation import calibrate_checkpoint, evaluate_checkpoint
+from heritagelens.precision import cache_key
+from heritagelens.report import split_key
+from heritagelens.runs import train_run
+
+RECIPE, SEED = "default", 0
+
+
+def figures(checkpoint: Path, calibration: dict) -> dict:
+    """What the card says of the model: accuracy (TTA and one view), macro F1 and calibration, per validation."""
+    out = {}
+    for split in ("val", "source"):
+        tta, one = (evaluate_checkpoint(checkpoint, split, tta=t) for t in (True, False))
+        out[split] = {
+            "n": tta.n, "held_out": tta.held_out, "accuracy": round(tta.accuracy, 4),
+            "accuracy_one_view": round(one.accuracy, 4), "macro_f1": round(tta.macro["f1"], 4),
+            "macro_f1_one_view": round(one.macro["f1"], 4), "ece": round(tta.calibration["ece_after"], 4),
+            "ece_before_calibration": round(tta.calibration["ece_before"], 4),
+        }  # fmt: skip
+    out["val"]["ece_held_out"] = round(calibration["tta"].ece_held_out, 4)  # fitted on one half, measured on the other
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="replace the package's bundled model with the rebuilt one")
+    p.add_argument("--out", default="runs/bench-bundled")
+    p.add_argument("--tolerance", type=float, default=0.005, help="largest change of a figure accepted (fraction)")
+    p.add_argument("--run", help="a finished run of the recipe to use instead of training one (its minutes unknown)")
+    a = p.parse_args()
+    minutes = None
+    if a.run:
+        run = Path(a.run)
+        used = json.loads((run / "config.json").read_text())
+        want = preset(RECIPE).override([f"train.seed={SEED}", f"data.root={used['data']['root']}"]).to_dict()
+        for section in ("model", "train"):
+            differs = {k for k in want[section] if want[section][k] != used[section].get(k)} - {"device", "threads"}
+            if differs:
+                raise SystemExit(f"{run}: not the {RECIPE} recipe with seed {SEED} ({section}: {sorted(differs)})")
+    else:
+        cfg = preset(RECIPE).override([f"data.root={Path(os.environ.get('AHE_DATA', 'data/ahe64')).resolve()}"])
+        cfg.train.seed = SEED
+        run = Path(a.out) / time.strftime("%Y%m%d-%H%M%S")
+        t = time.perf_counter()
+        train_run(cfg, run, progress=False)
+        minutes = round((time.perf_counter() - t) / 60, 1)
+    calibration = calibrate_checkpoint(run / "last.pt")
+    made = {
+        "recipe": RECIPE, "seed": SEED,
+        "command": f"heritagelens train --preset {RECIPE} --seed {SEED} --out RUN; heritagelens calibrate RUN",
+        "rebuild": "AHE_DATA=<AHE64 root> python bench/bundled.py",
+        "machine": cache_key(torch.device("cpu")), "torch": torch.__version__, "train_minutes": minutes,
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    card = dict(made_by=made, figures=figures(run / "last.pt", calibration))
+    card["data_key"] = split_key(json.loads((run / "split.json").read_text()))
+    folder = BUNDLED if a.write else run / "model"
+    write_model_folder(run / "last.pt", folder, **card)
+    print(json.dumps(card, indent=2))
+    if a.write:
+        size = (folder / MODEL_WEIGHTS).stat().st_size / 1e6
+        print(f"written: {folder / MODEL_WEIGHTS} ({size:.1f} MB) and {MODEL_CARD}")
+        return 0
+    shipped = model_card(BUNDLED)
+    same = file_sha256(folder / MODEL_WEIGHTS) == shipped["sha256"]
+    print(f"\nweights: {'the same bytes as' if same else 'not the same bytes as'} the bundled model")
+    print(f"data key: {card['data_key']} (bundled: {shipped.get('data_key')})")
+    moved = 0
+    for split, figs in card["figures"].items():
+        for k, v in figs.items():
+            old = shipped["figures"].get(split, {}).get(k)
+            if isinstance(v, float):
+                off = old is None or abs(v - old) > a.tolerance
+                moved += off
+                print(f"  {split:<7}{k:<26}{v:.4f}  bundled {old}{'  MOVED' if off else ''}")
+    return 1 if moved else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

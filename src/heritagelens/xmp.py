@@ -1,0 +1,166 @@
+"""XMP sidecars: a photo's class as a keyword where photo managers (digiKam, Lightroom, darktable, Tropy) read it.
+
+Beside `IMG_0001.jpg` the sidecar is `IMG_0001.jpg.xmp` (digiKam's and darktable's naming; two photos that differ only
+in extension keep two sidecars), or `IMG_0001.xmp` when that one exists already (Lightroom's). The photo itself is
+never opened for writing.
+
+A filed photo carries its class in `dc:subject` and as `HeritageLens|<class>` in `lr:hierarchicalSubject`; every
+photo carries the model's class, calibrated probability and the model's name in the `heritagelens:` namespace. A photo
+the model was unsure of gets no keyword: a person decides it. A sidecar that exists is merged: every other element,
+attribute and keyword stays as it was, and a later run replaces only what an earlier one added (the keywords it
+added are listed in `heritagelens:keywordsAdded`, so a keyword the person had typed is never taken away).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HeritageLensError
+from .files import atomic_write_bytes
+
+X, RDF = "adobe:ns:meta/", "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+DC, LR = "http://purl.org/dc/elements/1.1/", "http://ns.adobe.com/lightroom/1.0/"
+HL = "http://ns.heritagelens.org/1.0/"
+PREFIXES = {"x": X, "rdf": RDF, "dc": DC, "lr": LR, "heritagelens": HL}
+HIERARCHY = "HeritageLens|"
+PACKET = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n', '\n<?xpacket end="w"?>\n')
+
+
+class XmpError(HeritageLensError):
+    """A sidecar that cannot be read as XMP (left as it is) or written; the message names it."""
+
+
+@dataclass(frozen=True)
+class Tag:
+    """What a sidecar says of a photo: the class if filed (None when a person must decide), the model's top class
+    and its calibrated probability, and which model said so."""
+
+    filed: str | None
+    top: str
+    probability: float
+    model: str
+
+
+def sidecar_path(photo: Path) -> Path:
+    """`photo.jpg.xmp`, or `photo.xmp` when only that one exists."""
+    full, short = photo.with_name(photo.name + ".xmp"), photo.with_suffix(".xmp")
+    return short if short.exists() and not full.exists() else full
+
+
+def _q(ns: str, name: str) -> str:
+    return f"{{{ns}}}{name}"
+
+
+def read_tag(xml: bytes) -> Tag | None:
+    """Our tag in a sidecar's bytes (None when no run wrote one)."""
+    root = _parse(xml, "sidecar")
+    ours = next((d for d in root.iter(_q(RDF, "Description")) if d.find(_q(HL, "class")) is not None), None)
+    if ours is None:
+        return None
+    filed = [s.removeprefix(HIERARCHY) for s in _all(root, LR, "hierarchicalSubject") if s.startswith(HIERARCHY)]
+    try:
+        p = float(ours.findtext(_q(HL, "probability")))
+    except (TypeError, ValueError):
+        p = float("nan")
+    top, model = (ours.findtext(_q(HL, k)) or "" for k in ("class", "model"))
+    return Tag(filed[0] if filed else None, top, p, model)
+
+
+def merged(existing: bytes | None, tag: Tag) -> bytes:
+    """The sidecar with `tag` in it: `existing`'s content kept, what an earlier run added replaced."""
+    root = _parse(existing, "sidecar") if existing else ET.Element(_q(X, "xmpmeta"))
+    rdf = root if root.tag == _q(RDF, "RDF") else root.find(_q(RDF, "RDF"))
+    if rdf is None:
+        rdf = ET.SubElement(root, _q(RDF, "RDF"))
+    descriptions = rdf.findall(_q(RDF, "Description"))
+    ours = next((d for d in descriptions if d.find(_q(HL, "class")) is not None), None)
+    added = _bag(ours, HL, "keywordsAdded") if ours is not None else []
+    if ours is None:
+        ours = ET.SubElement(rdf, _q(RDF, "Description"), {_q(RDF, "about"): ""})
+    subject_home = next((d for d in descriptions if d.find(_q(DC, "subject")) is not None), ours)
+    subjects = [s for s in _bag(subject_home, DC, "subject") if s not in added]
+    now_added = [tag.filed] if tag.filed and tag.filed not in subjects else []
+    _set_bag(subject_home, DC, "subject", subjects + now_added)
+    hier_home = next((d for d in descriptions if d.find(_q(LR, "hierarchicalSubject")) is not None), ours)
+    hier = [s for s in _bag(hier_home, LR, "hierarchicalSubject") if not s.startswith(HIERARCHY)]
+    _set_bag(hier_home, LR, "hierarchicalSubject", hier + ([HIERARCHY + tag.filed] if tag.filed else []))
+    for name, value in (("class", tag.top), ("probability", f"{tag.probability:.4f}"), ("model", tag.model)):
+        el = ours.find(_q(HL, name))
+        (el if el is not None else ET.SubElement(ours, _q(HL, name))).text = value
+    _set_bag(ours, HL, "keywordsAdded", now_added)
+    return _serialize(root)
+
+
+def write_sidecar(photo: Path, tag: Tag) -> Path | None:
+    """Merge `tag` into the photo's sidecar, atomically; None when it said so already (nothing written)."""
+    path = sidecar_path(photo)
+    tag = dataclasses.replace(tag, probability=round(tag.probability, 4))  # as written
+    try:
+        existing = path.read_bytes() if path.exists() else None
+        if existing is not None and read_tag(existing) == tag:
+            return None
+        blob = merged(existing, tag)
+    except OSError as e:
+        raise XmpError(f"{path}: cannot read the sidecar ({e.strerror or e})") from None
+    except XmpError as e:
+        raise XmpError(f"{path}: {e}") from None
+    try:
+        atomic_write_bytes(blob, path)
+    except OSError as e:
+        raise XmpError(f"{path}: cannot write the sidecar ({e.strerror or e})") from None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- xml
+
+
+def _parse(xml: bytes, what: str) -> ET.Element:
+    """The root element, every namespace prefix of the file registered so that writing keeps them."""
+    try:
+        for _, (prefix, uri) in ET.iterparse(io.BytesIO(xml), events=("start-ns",)):
+            if prefix and prefix not in PREFIXES:
+                try:
+                    ET.register_namespace(prefix, uri)
+                except ValueError:  # a prefix ElementTree reserves (ns0...): it writes its own name
+                    pass
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise XmpError(f"not XMP ({e}): {what} left as it is") from None
+    if root.tag not in (_q(X, "xmpmeta"), _q(RDF, "RDF")):
+        raise XmpError(f"not XMP (its root is {root.tag}): {what} left as it is")
+    return root
+
+
+def _bag(d: ET.Element, ns: str, name: str) -> list[str]:
+    prop = d.find(_q(ns, name))
+    return [] if prop is None else [li.text or "" for li in prop.iter(_q(RDF, "li"))]
+
+
+def _all(root: ET.Element, ns: str, name: str) -> list[str]:
+    return [li.text or "" for prop in root.iter(_q(ns, name)) for li in prop.iter(_q(RDF, "li"))]
+
+
+def _set_bag(d: ET.Element, ns: str, name: str, items: list[str]) -> None:
+    """The property as an rdf:Bag of `items` (removed when empty), where it was in `d` or appended."""
+    prop = d.find(_q(ns, name))
+    if not items:
+        if prop is not None:
+            d.remove(prop)
+        return
+    if prop is None:
+        prop = ET.SubElement(d, _q(ns, name))
+    prop.clear()
+    bag = ET.SubElement(prop, _q(RDF, "Bag"))
+    for item in items:
+        ET.SubElement(bag, _q(RDF, "li")).text = item
+
+
+def _serialize(root: ET.Element) -> bytes:
+    for prefix, uri in PREFIXES.items():
+        ET.register_namespace(prefix, uri)
+    ET.indent(root, space=" ")
+    return (PACKET[0] + ET.tostring(root, encoding="unicode") + PACKET[1]).encode("utf-8")

@@ -1,0 +1,147 @@
+"""A person's review of a sort: filing the photos the model was unsure of, by hand, into the class they choose."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import browser_page, cli, need, serving, wait_text
+
+from heritagelens.sort import UNCERTAIN, SortError, refile, sort_photos
+from heritagelens.xmp import read_tag, sidecar_path
+
+
+def csv_rows(out):
+    with (out / "sort.csv").open() as fh:
+        return {r["file"]: r for r in csv.DictReader(fh)}
+
+
+def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidecar(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "out"
+    sort_photos(run, folder, out, min_confidence=1, progress=False, xmp=True)  # every photo unsure
+    before = csv_rows(out)
+    unsure = sorted(f for f, r in before.items() if r["copied_to"].startswith(UNCERTAIN + "/"))
+    assert len(unsure) == len(truth)
+    classes = ["arch", "bell", "dome"]
+    for f in unsure[:3]:
+        assert read_tag(sidecar_path(folder / f).read_bytes()).filed is None  # no keyword while unsure
+        row = refile(out, f, truth[f], classes)
+        assert row["copied_to"].startswith(truth[f] + "/") and (out / row["copied_to"]).is_file()
+        assert not (out / before[f]["copied_to"]).exists()
+        tag = read_tag(sidecar_path(folder / f).read_bytes())
+        assert tag.filed == truth[f] and tag.top == before[f]["class"]  # the person's class; the model's guess kept
+    after = csv_rows(out)
+    for f in unsure[:3]:
+        assert (after[f]["class"], after[f]["decided"]) == (truth[f], "person")
+        assert after[f]["probability"] == before[f]["probability"] and after[f]["top3"] == before[f]["top3"]
+    assert all(after[f] == before[f] for f in unsure[3:])
+    # a later sort at the same or another threshold leaves a person's decisions where they are
+    for threshold in (1, 0):
+        s = sort_photos(run, folder, out, min_confidence=threshold, progress=False, xmp=True)
+        assert s.skipped == len(truth) and csv_rows(out)[unsure[0]]["copied_to"] == after[unsure[0]]["copied_to"]
+    assert sum(1 for _ in out.rglob("*") if _.is_file() and _.parent.name in (*classes, UNCERTAIN)) == len(truth)
+
+
+def test_a_decision_refuses_what_the_sort_did_not_file(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    out = tmp_path / "out"
+    sort_photos(run, folder, out, min_confidence=1, progress=False)
+    f = next(iter(truth))
+    with pytest.raises(SortError, match="unknown class 'nave'"):
+        refile(out, f, "nave", ["arch", "bell", "dome"])
+    with pytest.raises(SortError, match="'day1/broken.jpg' is not a photo this sort filed"):
+        refile(out, "day1/broken.jpg", "arch", ["arch", "bell", "dome"])
+    with pytest.raises(SortError, match="not a folder 'heritagelens sort' wrote"):
+        refile(tmp_path, f, "arch", ["arch", "bell", "dome"])
+    assert cli("sort", run, folder, "--out", out, "--min-confidence", "1", "--quiet").returncode == 0
+
+
+# ------------------------------------------------------------------------------------------- the review tab
+
+
+def test_the_review_tab_pages_through_the_unsure_photos_and_files_them(trained, photos, tmp_path):
+    need("gradio")
+    from heritagelens.webapp import UNSURE, Explorer
+
+    root, run = trained
+    folder, truth = photos
+    out = tmp_path / "out"
+    sort_photos(run, folder, out, min_confidence=1, progress=False)
+    ex = Explorer(run, root)
+    unsure = sorted(truth)
+    first = ex.review(str(out), UNSURE)
+    assert first.file == unsure[0] and f"(1 of {len(unsure)})" in first.status and first.image is not None
+    assert len(first.top3) == 3 and abs(sum(first.top3.values()) - 1) < 0.01  # three classes: all of them
+    then = ex.decide(str(out), UNSURE, first.file, 2)
+    assert then.file == unsure[1] and then.status.startswith(f"Filed {unsure[0]} as dome. Next:")
+    assert f"(1 of {len(unsure) - 1})" in then.status  # the filed photo has left the queue
+    assert ex.review(str(out), "dome").file == unsure[0]  # and is filed under dome, by a person
+    assert "filed by a person as dome" in ex.review(str(out), "dome").status
+    projections, maps = ex.explain(str(out), then.file)
+    assert projections.width > 64 and maps.width > 64
+    assert "no such folder" in ex.review(str(tmp_path / "nowhere"), UNSURE).status
+    assert "not a folder 'heritagelens sort' wrote" in ex.review(str(tmp_path), UNSURE).status
+
+
+def test_the_review_tab_refuses_a_sort_of_another_model(trained, photos, tmp_path):
+    need("gradio")
+    from heritagelens.webapp import UNSURE, Explorer
+
+    root, run = trained
+    folder, _ = photos
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    sort_photos(other, folder, tmp_path / "out", min_confidence=1, progress=False)
+    r = Explorer(run, root).review(str(tmp_path / "out"), UNSURE)
+    assert r.file == "" and "sorted with" in r.status and "serve that model to review it" in r.status
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, tmp_path):
+    """The bundled model sorts real photos it never trained on; three decisions on the page (two clicks, one key),
+    then the folder, sort.csv and the sidecars say what the person decided."""
+    from heritagelens.checkpoint import BUNDLED, model_card
+    from heritagelens.data import name_key
+
+    classes = model_card(BUNDLED)["classes"]
+    photos = tmp_path / "photos"
+    for k, c in enumerate(classes):  # each class's 4 newest Flickr uploads: the source-held-out photos
+        (photos / f"site{k % 3}").mkdir(parents=True, exist_ok=True)
+        flickr = [f for f in (ahe_root / "train" / c).glob("*.jpg") if name_key(f.name)[0] == "flickr"]
+        for f in sorted(flickr, key=lambda f: name_key(f.name)[1])[-4:]:
+            shutil.copyfile(f, photos / f"site{k % 3}" / f"{k}-{f.name}")
+    out = tmp_path / "sorted"
+    p = cli("sort", photos, "--out", out, "--xmp", "--min-confidence", "0.95", "--quiet")
+    assert p.returncode == 0, p.stderr
+    unsure = sorted(f for f, r in csv_rows(out).items() if r["copied_to"].startswith(UNCERTAIN + "/"))
+    assert len(unsure) >= 3, p.stdout
+    with serving([], tmp_path / "serve.log") as url, browser_page(chromium) as page:  # the review needs no data
+        page.goto(url)
+        page.click("button[role=tab]:has-text('Review a sort')")
+        page.fill("#review-folder textarea, #review-folder input", str(out))
+        page.click("#review-open")
+        wait_text(page, "#review-status", f"(1 of {len(unsure)})")
+        chosen = {}
+        for n, how in enumerate(("click", "key", "click")):
+            file = unsure[n]
+            k = int(Path(file).name.split("-")[0])  # the true class, from the name the test gave it
+            if how == "click":
+                page.click(f"#review-file-{k}")
+            else:
+                page.click("#review-status")  # focus off the text box
+                page.keyboard.press(str(k))
+            wait_text(page, "#review-status", f"Filed {file} as {classes[k]}")
+            chosen[file] = classes[k]
+        page.screenshot(path=tmp_path / "review.png", full_page=True)
+    rows = csv_rows(out)
+    for file, cls in chosen.items():
+        assert rows[file]["class"] == cls and rows[file]["decided"] == "person"
+        assert (out / rows[file]["copied_to"]).parent.name == cls and (out / rows[file]["copied_to"]).is_file()
+        assert read_tag(sidecar_path(photos / file).read_bytes()).filed == cls
+    assert all(rows[f]["copied_to"].startswith(UNCERTAIN) for f in unsure[3:])
