@@ -29,7 +29,7 @@ def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidec
     classes = ["arch", "bell", "dome"]
     for f in unsure[:3]:
         assert read_tag(sidecar_path(folder / f).read_bytes()).filed is None  # no keyword while unsure
-        row = refile(out, f, truth[f], classes)
+        row = refile(out, f, truth[f], classes)[f]
         assert row["copied_to"].startswith(truth[f] + "/") and (out / row["copied_to"]).is_file()
         assert not (out / before[f]["copied_to"]).exists()
         tag = read_tag(sidecar_path(folder / f).read_bytes())

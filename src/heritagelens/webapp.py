@@ -156,9 +156,9 @@ class Explorer:
 
     # -------------------------------------------------------------------------------------- reviewing a sort
 
-    def review_queue(self, folder: str, show: str) -> tuple[Path, Path, list[dict]]:
+    def review_queue(self, folder: str, show: str, rows: dict | None = None) -> tuple[Path, Path, list[dict]]:
         """(output folder, photo folder, the rows to review in file order) of a sort this model made; `show` is
-        `UNSURE` or a class (the photos filed there)."""
+        `UNSURE` or a class (the photos filed there); `rows`, the sort's rows when just read."""
         out = Path(folder or "").expanduser()
         if not folder or not out.is_dir():
             raise SortError(f"{folder or '(none)'}: no such folder; give the --out folder of a sort")
@@ -167,14 +167,14 @@ class Explorer:
         if settings.get("checkpoint") != mine:
             raise SortError(f"{out}: sorted with {settings.get('checkpoint')}; serve that model to review it")
         where = UNCERTAIN if show == UNSURE else show
-        rows = sorted_rows(out, self.classes)
+        rows = sorted_rows(out, self.classes) if rows is None else rows
         queue = [r for _, r in sorted(rows.items()) if not r.get("error") and r["copied_to"].split("/")[0] == where]
         return out, Path(settings["photos"]), queue
 
-    def review(self, folder: str, show: str, after: str = "") -> Reviewed:
+    def review(self, folder: str, show: str, after: str = "", rows: dict | None = None) -> Reviewed:
         """The next photo of the queue after `after` (in file order, from the start again at the end)."""
         try:
-            out, photos, queue = self.review_queue(folder, show)
+            out, photos, queue = self.review_queue(folder, show, rows)
         except SortError as e:
             return Reviewed(None, None, "", f"**{e}**")
         if not queue:
@@ -197,10 +197,10 @@ class Explorer:
         if not file:
             return self.review(folder, show)
         try:
-            refile(Path(folder).expanduser(), file, self.classes[k], self.classes)
+            rows = refile(Path(folder).expanduser(), file, self.classes[k], self.classes)
         except SortError as e:
             return Reviewed(None, None, file, f"**{e}**")
-        r = self.review(folder, show, after=file)
+        r = self.review(folder, show, after=file, rows=rows)
         r.status = f"Filed {file} as {self.classes[k]}. Next: {r.status}"
         return r
 
