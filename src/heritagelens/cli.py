@@ -351,12 +351,10 @@ def cmd_predict(args) -> int:
 )
 def cmd_calibrate(args) -> int:
     """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
-    from .checkpoint import checkpoint_file, is_model_folder
+    from .checkpoint import checkpoint_file
     from .files import writable_folder
     from .jobs.evaluation import calibrate_checkpoint
 
-    if is_model_folder(args.checkpoint):
-        raise UsageError(f"{args.checkpoint}: a model folder only serves predictions: calibrate its checkpoint")
     writable_folder(checkpoint_file(args.checkpoint).parent)  # the checkpoint is rewritten beside itself
     cals = calibrate_checkpoint(args.checkpoint, Path(args.data) if args.data else None)
     for c in cals.values():

@@ -464,23 +464,22 @@ class _Sort:
         written or read."""
         from .xmp import XmpError, write_sidecar
 
-        def one(row: dict) -> tuple[str, str | None]:
+        def one(row: dict) -> tuple[str, str]:
+            """('written' or 'unchanged', '') or ('failed', the problem)."""
             try:
                 written = write_sidecar(self.photos / row["file"], sidecar_tag(row, self.xmp_model))
-                return row["file"], "written" if written else "unchanged"
+                return "written" if written else "unchanged", ""
             except XmpError as e:
-                return row["file"], str(e)
+                return "failed", str(e)
 
         rows = [r for r in self.done.values() if r.get("copied_to") and not r.get("error")]
         problems: dict[str, dict] = {}
         with ThreadPoolExecutor(4) as pool:  # mostly waiting on the disk
-            for file, outcome in pool.map(one, rows):
-                if outcome in ("written", "unchanged"):
-                    self.summary.sidecars[outcome] += 1
-                    continue
-                folder = Path(file).parent.as_posix() + "/"
-                problems.setdefault(folder, {"file": folder, "error": f"XMP sidecar(s) not written: {outcome}"})
-                self.summary.sidecars["failed"] += 1
+            for row, (outcome, problem) in zip(rows, pool.map(one, rows)):
+                self.summary.sidecars[outcome] += 1
+                if problem:
+                    folder = Path(row["file"]).parent.as_posix() + "/"
+                    problems.setdefault(folder, {"file": folder, "error": f"XMP sidecar(s) not written: {problem}"})
         return problems
 
     def todo(self, problems: list) -> Iterator[tuple[Path, str, list[int]]]:

@@ -57,7 +57,10 @@ def _q(ns: str, name: str) -> str:
 
 def read_tag(xml: bytes) -> Tag | None:
     """Our tag in a sidecar's bytes (None when no run wrote one)."""
-    root = _parse(xml, "sidecar")
+    return _tag_of(_parse(xml))
+
+
+def _tag_of(root: ET.Element) -> Tag | None:
     ours = next((d for d in root.iter(_q(RDF, "Description")) if d.find(_q(HL, "class")) is not None), None)
     if ours is None:
         return None
@@ -72,7 +75,10 @@ def read_tag(xml: bytes) -> Tag | None:
 
 def merged(existing: bytes | None, tag: Tag) -> bytes:
     """The sidecar with `tag` in it: `existing`'s content kept, what an earlier run added replaced."""
-    root = _parse(existing, "sidecar") if existing else ET.Element(_q(X, "xmpmeta"))
+    return _merged(_parse(existing) if existing else ET.Element(_q(X, "xmpmeta")), tag)
+
+
+def _merged(root: ET.Element, tag: Tag) -> bytes:
     rdf = root if root.tag == _q(RDF, "RDF") else root.find(_q(RDF, "RDF"))
     if rdf is None:
         rdf = ET.SubElement(root, _q(RDF, "RDF"))
@@ -100,10 +106,10 @@ def write_sidecar(photo: Path, tag: Tag) -> Path | None:
     path = sidecar_path(photo)
     tag = dataclasses.replace(tag, probability=round(tag.probability, 4))  # as written
     try:
-        existing = path.read_bytes() if path.exists() else None
-        if existing is not None and read_tag(existing) == tag:
+        root = _parse(path.read_bytes()) if path.exists() else ET.Element(_q(X, "xmpmeta"))
+        if _tag_of(root) == tag:
             return None
-        blob = merged(existing, tag)
+        blob = _merged(root, tag)
     except OSError as e:
         raise XmpError(f"{path}: cannot read the sidecar ({e.strerror or e})") from None
     except XmpError as e:
@@ -118,20 +124,22 @@ def write_sidecar(photo: Path, tag: Tag) -> Path | None:
 # ---------------------------------------------------------------------------------------------------------- xml
 
 
-def _parse(xml: bytes, what: str) -> ET.Element:
-    """The root element, every namespace prefix of the file registered so that writing keeps them."""
+def _parse(xml: bytes) -> ET.Element:
+    """The root element (one pass over the bytes), every namespace prefix of the file registered so that writing
+    keeps them."""
     try:
-        for _, (prefix, uri) in ET.iterparse(io.BytesIO(xml), events=("start-ns",)):
+        events = ET.iterparse(io.BytesIO(xml), events=("start-ns",))
+        for _, (prefix, uri) in events:
             if prefix and prefix not in PREFIXES:
                 try:
                     ET.register_namespace(prefix, uri)
                 except ValueError:  # a prefix ElementTree reserves (ns0...): it writes its own name
                     pass
-        root = ET.fromstring(xml)
+        root = events.root
     except ET.ParseError as e:
-        raise XmpError(f"not XMP ({e}): {what} left as it is") from None
+        raise XmpError(f"not XMP ({e}): sidecar left as it is") from None
     if root.tag not in (_q(X, "xmpmeta"), _q(RDF, "RDF")):
-        raise XmpError(f"not XMP (its root is {root.tag}): {what} left as it is")
+        raise XmpError(f"not XMP (its root is {root.tag}): sidecar left as it is")
     return root
 
 

@@ -13,7 +13,15 @@ import torch
 
 from .. import data
 from ..calibration import Calibration, calibrate, ece, filed_at
-from ..checkpoint import check_classes, checkpoint_file, load_model, read_checkpoint, temperature
+from ..checkpoint import (
+    CheckpointError,
+    check_classes,
+    checkpoint_file,
+    is_model_folder,
+    load_model,
+    read_checkpoint,
+    temperature,
+)
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
@@ -103,6 +111,8 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
     """Fit the temperature of the checkpoint's predictions with and without TTA on its validation split and store
     both in the checkpoint (rewritten atomically), so that every later prediction of it can use them."""
     path = checkpoint_file(checkpoint)
+    if is_model_folder(path):  # its card is not a checkpoint to rewrite
+        raise CheckpointError(f"{path}: a model folder only serves predictions: calibrate its checkpoint")
     model, classes, ckpt = load_model(path)
     cfg, prep = checkpoint_split(ckpt, path, root)
     images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
