@@ -1,6 +1,7 @@
 """Rebuild the bundled model from its recorded recipe and check the figures on its card; `--write` ships it.
 
     AHE_DATA=../shared/data/ahe64 python bench/bundled.py [--write] [--out runs/bench-bundled]
+    python bench/bundled.py --risk-coverage      # only print the shipped card's risk-coverage figures
 
 Trains the default recipe with the card's seed on the AHE64 train split (as `heritagelens train --seed 0`), fits its
 temperatures (`heritagelens calibrate`), evaluates both validations with and without TTA, and prints each figure beside
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from heritagelens.calibration import filed_at, threshold_for
 from heritagelens.checkpoint import BUNDLED, MODEL_CARD, MODEL_WEIGHTS, model_card, write_model_folder
 from heritagelens.config import preset
 from heritagelens.files import file_sha256
-from heritagelens.jobs.evaluation import calibrate_checkpoint, evaluate_checkpoint
+from heritagelens.jobs.evaluation import THRESHOLDS, calibrate_checkpoint, evaluate_checkpoint
 from heritagelens.precision import cache_key
 from heritagelens.report import split_key
 from heritagelens.runs import train_run
@@ -45,13 +47,31 @@ def figures(checkpoint: Path, calibration: dict) -> dict:
     return out
 
 
+def print_risk_coverage(card: dict) -> None:
+    """What `sort --min-confidence` and `--target-accuracy` do on the card's held-out validation photos (one view)."""
+    held = card["calibration"]["plain"]["held_out"]
+    print(f"risk-coverage on {len(held['label'])} held-out validation photos, one view:")
+    for t in THRESHOLDS:
+        print("  " + filed_at(held, t).line())
+    for target in (0.97, 0.98, 0.99):
+        print(f"  --target-accuracy {target}: " + threshold_for(held, target).line())
+    print("  per predicted class at 0.50 (share filed, accuracy of those filed):")
+    for k, c in enumerate(card["classes"]):
+        f = filed_at(held, 0.5, predicted=k)
+        print(f"    {c:<16}{f.n:>5}  {f.coverage:.1%}  {f.accuracy:.1%}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--write", action="store_true", help="replace the package's bundled model with the rebuilt one")
     p.add_argument("--out", default="runs/bench-bundled")
     p.add_argument("--tolerance", type=float, default=0.005, help="largest change of a figure accepted (fraction)")
     p.add_argument("--run", help="a finished run of the recipe to use instead of training one (its minutes unknown)")
+    p.add_argument("--risk-coverage", action="store_true", help="only print the shipped card's risk-coverage")
     a = p.parse_args()
+    if a.risk_coverage:
+        print_risk_coverage(model_card(BUNDLED))
+        return 0
     minutes = None
     if a.run:
         run = Path(a.run)
