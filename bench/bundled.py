@@ -2,11 +2,13 @@
 
     AHE_DATA=../shared/data/ahe64 python bench/bundled.py [--write] [--out runs/bench-bundled]
     python bench/bundled.py --risk-coverage      # only print the shipped card's risk-coverage figures
+    AHE_DATA=../shared/data/ahe64 python bench/bundled.py --graph   # only (re)write the shipped model's ONNX graph
 
 Trains the default recipe with the card's seed on the AHE64 train split (as `heritagelens train --seed 0`), fits its
 temperatures (`heritagelens calibrate`), evaluates both validations with and without TTA, and prints each figure beside
 the one on the shipped card, with whether the weights came out as the same bytes. Exit status 1 when a figure moved by
-more than --tolerance. `--write` replaces the package's bundled model folder with the new one.
+more than --tolerance. `--write` replaces the package's bundled model folder with the new one, its ONNX graph (which
+`predict` runs without loading PyTorch) checked against PyTorch on real training images.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from pathlib import Path
 import torch
 
 from heritagelens.calibration import filed_at, threshold_for
-from heritagelens.checkpoint import BUNDLED, MODEL_CARD, MODEL_WEIGHTS, model_card, write_model_folder
+from heritagelens.checkpoint import write_model_folder
 from heritagelens.config import preset
+from heritagelens.export import write_folder_graph
 from heritagelens.files import file_sha256
 from heritagelens.jobs.evaluation import THRESHOLDS, calibrate_checkpoint, evaluate_checkpoint
+from heritagelens.modelcard import BUNDLED, MODEL_CARD, MODEL_WEIGHTS, model_card
 from heritagelens.precision import cache_key
 from heritagelens.report import split_key
 from heritagelens.runs import train_run
@@ -68,9 +72,15 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=0.005, help="largest change of a figure accepted (fraction)")
     p.add_argument("--run", help="a finished run of the recipe to use instead of training one (its minutes unknown)")
     p.add_argument("--risk-coverage", action="store_true", help="only print the shipped card's risk-coverage")
+    p.add_argument(
+        "--graph", action="store_true", help="only (re)write the shipped model's ONNX graph from its weights"
+    )
     a = p.parse_args()
     if a.risk_coverage:
         print_risk_coverage(model_card(BUNDLED))
+        return 0
+    if a.graph:
+        print(json.dumps(write_folder_graph(BUNDLED, os.environ.get("AHE_DATA")), indent=2))
         return 0
     minutes = None
     if a.run:
@@ -100,6 +110,8 @@ def main() -> int:
     card["data_key"] = split_key(json.loads((run / "split.json").read_text()))
     folder = BUNDLED if a.write else run / "model"
     write_model_folder(run / "last.pt", folder, **card)
+    trained_on = json.loads((run / "config.json").read_text())["data"]["root"]
+    card["onnx"] = write_folder_graph(folder, trained_on)  # checked on the images it trained on
     print(json.dumps(card, indent=2))
     if a.write:
         size = (folder / MODEL_WEIGHTS).stat().st_size / 1e6

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from heritagelens.checkpoint import BUNDLED
+from heritagelens.modelcard import BUNDLED
 from heritagelens.webapp import UNSURE, Explorer
 
 

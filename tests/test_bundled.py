@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, cli
 
-from heritagelens.checkpoint import (
+from heritagelens.checkpoint import load_model, read_checkpoint, write_model_folder
+from heritagelens.config import Config
+from heritagelens.files import file_sha256
+from heritagelens.modelcard import (
     BUNDLED,
     MODEL_CARD,
+    MODEL_ONNX,
     MODEL_WEIGHTS,
     CheckpointError,
     describe_model,
-    load_model,
     model_card,
-    read_checkpoint,
-    write_model_folder,
 )
-from heritagelens.config import Config
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,62 @@ def test_the_bundled_model_ships_with_its_card():
     assert 0.9 < val["accuracy"] <= 1 and 0.9 < val["accuracy_one_view"] <= 1 and 0.9 < val["macro_f1"] <= 1
     assert val["ece"] < val["ece_before_calibration"] and "source" in card["figures"] and card["data_key"]
     assert (BUNDLED / MODEL_WEIGHTS).stat().st_size < 10e6  # a few MB: the package stays small
+    assert card["onnx"]["sha256"] == file_sha256(BUNDLED / MODEL_ONNX) and card["onnx"]["max_logit_difference"] < 1e-4
+
+
+def test_the_bundled_graph_gives_the_probabilities_pytorch_gives():
+    from heritagelens.inference import probabilities
+    from heritagelens.runtime import folder_classifier
+
+    model, classes, ckpt = load_model(BUNDLED)
+    x = torch.randint(0, 256, (16, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    graph = folder_classifier(BUNDLED)
+    assert graph.classes == classes and graph.temperature == ckpt["calibration"]["plain"]["temperature"]
+    want = probabilities(model, x, graph.temperature).numpy()
+    assert abs(graph.probabilities(x.numpy()) - want).max() < 1e-5
+
+
+def test_predict_with_the_bundled_model_never_loads_pytorch(tmp_path):
+    from PIL import Image
+
+    from heritagelens.checkpoint import temperature
+    from heritagelens.inference import probabilities
+
+    photos = [tmp_path / f"p{i}.jpg" for i in range(3)]
+    for i, photo in enumerate(photos):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (90, 120, 3), np.uint8)).save(photo)
+    code = "import sys\nfrom heritagelens import cli\ncli.main(sys.argv[1:])\nprint('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code, "predict", *map(str, photos), "--top", "10"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    *lines, loaded = p.stdout.splitlines()
+    assert loaded == "False" and "the bundled model" in p.stderr
+    model, classes, ckpt = load_model(BUNDLED)  # the same photos under PyTorch
+    from heritagelens.images import decode
+
+    x = torch.from_numpy(np.stack([decode(f) for f in photos]))
+    want = probabilities(model, x, temperature(ckpt, False)).numpy()
+    for line, row in zip(lines, want):
+        got = dict(t.rsplit(" ", 1) for t in line.split(": ", 1)[1].split(", "))
+        assert sorted(got) == sorted(classes)
+        assert all(abs(float(got[c]) - row[k]) <= 0.0006 for k, c in enumerate(classes)), (line, row)
+
+
+def test_a_model_folder_graph_is_checked_and_spoiled_is_one_line(trained, folder, tmp_path):
+    import shutil
+
+    from heritagelens.export import write_folder_graph
+
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    entry = write_folder_graph(copy, trained[0])
+    assert entry["max_logit_difference"] < 1e-4 and model_card(copy)["onnx"] == entry
+    image = next((trained[0] / "test").rglob("*.jpg"))
+    with_graph, with_weights = cli("predict", copy, image), cli("predict", folder, image)
+    assert with_graph.returncode == 0 and with_graph.stdout == with_weights.stdout.replace(str(folder), str(copy))
+    blob = (copy / MODEL_ONNX).read_bytes()
+    (copy / MODEL_ONNX).write_bytes(blob[:-8] + bytes(8))
+    assert_one_line_error(cli("predict", copy, image), "model.onnx: model graph not the file its card records")
 
 
 def test_commands_given_no_checkpoint_use_the_bundled_model_and_say_so(tmp_path):
@@ -110,7 +169,7 @@ def test_commands_given_no_checkpoint_use_the_bundled_model_and_say_so(tmp_path)
     p = cli("deconv", "--image", photo, "--layer", "conv1_1", cwd=tmp_path)  # written in the current folder
     assert p.returncode == 0, p.stderr
     assert list(tmp_path.glob("deconv-*.png")) and not list(BUNDLED.glob("*.png"))
-    assert sorted(p.name for p in BUNDLED.iterdir()) == [MODEL_CARD, MODEL_WEIGHTS]
+    assert sorted(p.name for p in BUNDLED.iterdir()) == [MODEL_CARD, MODEL_ONNX, MODEL_WEIGHTS]
 
 
 def test_predict_still_tells_a_checkpoint_from_an_image(trained, tmp_path):

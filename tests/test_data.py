@@ -10,8 +10,8 @@ import torch
 from conftest import class_image, cli, make_dataset
 from PIL import Image
 
-from heritagelens import data
-from heritagelens.data import DataError
+from heritagelens import data, images
+from heritagelens.images import DataError
 
 
 # ------------------------------------------------------------------------------------------------------- layout
@@ -67,7 +67,7 @@ def test_unknown_class_in_test_split(tiny_data):
 def test_any_mode_becomes_rgb(tmp_path, mode, value, expected):
     path = tmp_path / f"img.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
     Image.new(mode, (40, 30), value).save(path)
-    arr = data.decode(path)
+    arr = images.decode(path)
     assert arr.shape == (3, 64, 64) and arr.dtype == np.uint8
     assert tuple(int(v) for v in arr[:, 32, 32]) == expected
 
@@ -76,7 +76,7 @@ def test_palette_image(tmp_path):
     im = Image.new("P", (64, 64), 1)
     im.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
     im.save(tmp_path / "p.png")
-    assert tuple(data.decode(tmp_path / "p.png")[:, 5, 5]) == (200, 100, 50)
+    assert tuple(images.decode(tmp_path / "p.png")[:, 5, 5]) == (200, 100, 50)
 
 
 def test_other_sizes_are_resized_and_exif_rotation_applied(tmp_path):
@@ -85,7 +85,7 @@ def test_other_sizes_are_resized_and_exif_rotation_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed: the red half goes to the top
     im.save(tmp_path / "r.jpg", exif=exif, quality=95)
-    arr = data.decode(tmp_path / "r.jpg")
+    arr = images.decode(tmp_path / "r.jpg")
     assert arr.shape == (3, 64, 64)
     assert arr[0, 5, 32] > 200 and arr[2, 5, 32] < 60  # top is red
     assert arr[2, 60, 32] > 200  # bottom is blue
@@ -96,7 +96,7 @@ def test_huge_jpeg_decodes_at_reduced_size(tmp_path):
     with Image.open(tmp_path / "big.jpg") as im:
         im.draft("RGB", (64, 64))
         assert im.size == (1250, 1250)  # JPEG draft mode: decoded at 1/8 scale, never as 300 MB of pixels
-    arr = data.decode(tmp_path / "big.jpg")
+    arr = images.decode(tmp_path / "big.jpg")
     assert arr.shape == (3, 64, 64)
     assert abs(int(arr[2, 10, 10]) - 200) < 6
 
@@ -104,7 +104,7 @@ def test_huge_jpeg_decodes_at_reduced_size(tmp_path):
 def test_image_over_pixel_limit_is_refused(tmp_path):
     Image.new("1", (12_000, 11_000)).save(tmp_path / "huge.png")
     with pytest.raises(DataError, match=r"huge.png: image too large \(12000x11000 px\)"):
-        data.decode(tmp_path / "huge.png")
+        images.decode(tmp_path / "huge.png")
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_image_over_pixel_limit_is_refused(tmp_path):
 def test_bad_files_name_the_file_and_problem(tmp_path, name, content, problem):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataError, match=rf"{name}: ({problem})"):
-        data.decode(tmp_path / name)
+        images.decode(tmp_path / name)
 
 
 def test_truncated_jpeg(tmp_path):
@@ -126,12 +126,12 @@ def test_truncated_jpeg(tmp_path):
     whole = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match=r"cut.jpg: corrupt or truncated image"):
-        data.decode(tmp_path / "cut.jpg")
+        images.decode(tmp_path / "cut.jpg")
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"gone.jpg: no such file"):
-        data.decode(tmp_path / "gone.jpg")
+        images.decode(tmp_path / "gone.jpg")
 
 
 def _add_bad_files(root: Path) -> None:
@@ -336,20 +336,20 @@ def test_a_large_image_is_reduced_before_conversion_and_still_decodes_right(tmp_
         im = im.convert(mode) if mode != "RGB" else im
     im.save(tmp_path / "big.png")
     assert Image.open(tmp_path / "big.png").mode == mode
-    full = np.asarray(data.to_rgb(im).resize((64, 64), Image.Resampling.BICUBIC, reducing_gap=2.0), dtype=float)
-    got = data.decode(tmp_path / "big.png").transpose(1, 2, 0).astype(float)
+    full = np.asarray(images.to_rgb(im).resize((64, 64), Image.Resampling.BICUBIC, reducing_gap=2.0), dtype=float)
+    got = images.decode(tmp_path / "big.png").transpose(1, 2, 0).astype(float)
     assert np.abs(got - full).mean() < 4.0  # the same picture, up to resampling
     exif = Image.Exif()
     exif[0x0112] = 6  # stored on its side: rotate 270 to show upright
     im.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png", exif=exif.tobytes())
-    turned = data.decode(tmp_path / "turned.png").transpose(1, 2, 0).astype(float)
+    turned = images.decode(tmp_path / "turned.png").transpose(1, 2, 0).astype(float)
     assert np.abs(turned - got).mean() < 4.0
 
 
 def test_conversion_sees_the_reduced_image_never_the_full_one(tmp_path, monkeypatch):
     Image.fromarray(np.full((3000, 4000), 40000, np.uint16)).save(tmp_path / "big16.png")
-    seen, real = [], data.to_rgb
-    monkeypatch.setattr(data, "to_rgb", lambda im: seen.append(im.size) or real(im))
-    x = data.decode(tmp_path / "big16.png")
+    seen, real = [], images.to_rgb
+    monkeypatch.setattr(images, "to_rgb", lambda im: seen.append(im.size) or real(im))
+    x = images.decode(tmp_path / "big16.png")
     assert seen and max(seen[0]) <= 4 * 64 * 4 / 3 and min(seen[0]) >= 2 * 64  # 3000 px reduced by 23: 173 x 130
     assert abs(x.mean() - 40000 / 65535 * 255) <= 1

@@ -100,7 +100,7 @@ def test_report_of_a_damaged_run_lists_what_is_missing_and_shows_the_rest(main_r
 def test_mistakes_are_thumbnails_of_their_photos_with_both_labels(trained, main_run, tmp_path):
     import json
 
-    from heritagelens.data import decode
+    from heritagelens.images import decode
 
     root, _ = trained
     _, run = main_run

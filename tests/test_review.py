@@ -106,8 +106,8 @@ def test_the_review_tab_refuses_a_sort_of_another_model(trained, photos, tmp_pat
 def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, tmp_path):
     """The bundled model sorts real photos it never trained on; three decisions on the page (two clicks, one key),
     then the folder, sort.csv and the sidecars say what the person decided."""
-    from heritagelens.checkpoint import BUNDLED, model_card
     from heritagelens.data import name_key
+    from heritagelens.modelcard import BUNDLED, model_card
 
     classes = model_card(BUNDLED)["classes"]
     photos = tmp_path / "photos"

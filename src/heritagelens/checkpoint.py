@@ -8,29 +8,27 @@ state, nothing to resume), and the package ships one: `BUNDLED`, used by every c
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import Config, ConfigError
-from .errors import HeritageLensError
 from .files import atomic_save, atomic_write_bytes, atomic_write_json, file_sha256, safe_load
+from .modelcard import (
+    MODEL_CARD,
+    MODEL_FORMAT,
+    MODEL_WEIGHTS,
+    CheckpointError,
+    is_model_folder,
+    model_card,
+    valid_temperature,
+)
 from .models import HeritageCNN, build_model
 from .training import TrainState, new_state
 
 FORMAT = "heritagelens-checkpoint"
 VERSION = 1
-MODEL_FORMAT = "heritagelens-model"
-MODEL_CARD, MODEL_WEIGHTS = "card.json", "model.safetensors"
-BUNDLED = Path(__file__).parent / "bundled"
-"""The model that ships with the package: the default recipe trained by `bench/bundled.py` (see its card)."""
-
-
-class CheckpointError(HeritageLensError):
-    """A file that is not a usable HeritageLens checkpoint; the message names the file and the problem."""
 
 
 def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: list[str], **extra: Any) -> Path:
@@ -105,10 +103,6 @@ def check_calibration(calibration: Any, path: Path | str) -> None:
             raise CheckpointError(
                 f"{path}: calibration temperature ({name}) is {t!r}, not a finite positive number: file refused"
             )
-
-
-def valid_temperature(t: Any) -> bool:
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint", averaged: bool = True) -> HeritageCNN:
@@ -199,10 +193,6 @@ def check_classes(ckpt_classes: list[str], data_classes: list[str], path: Path |
 # ---------------------------------------------------------------------------------------------------- model folders
 
 
-def is_model_folder(path: Path | str) -> bool:
-    return Path(path).is_dir() and (Path(path) / MODEL_CARD).is_file()
-
-
 def write_weights(model: torch.nn.Module, path: Path | str) -> str:
     """The model's weights as a safetensors file, written atomically; returns the file's SHA-256."""
     from safetensors.torch import save
@@ -240,18 +230,6 @@ def write_model_folder(checkpoint: Path | str, out: Path | str, **card: Any) -> 
     )  # fmt: skip
 
 
-def model_card(folder: Path | str) -> dict[str, Any]:
-    """The card of a model folder, checked to be one."""
-    path = Path(folder) / MODEL_CARD
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable model card ({type(e).__name__}: {e})") from None
-    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT or not isinstance(card.get("sha256"), str):
-        raise CheckpointError(f"{path}: not a HeritageLens model card (no '{MODEL_FORMAT}' marker)")
-    return card
-
-
 def read_model_folder(folder: Path | str) -> dict[str, Any]:
     """A model folder as a checkpoint dict (no optimizer: it serves predictions), its card under 'card'."""
     card = model_card(folder)
@@ -259,11 +237,3 @@ def read_model_folder(folder: Path | str) -> dict[str, Any]:
     ckpt = {"format": FORMAT, "model": weights, "card": card, "ema": None, "epoch": None}
     ckpt |= {k: card.get(k) for k in ("version", "classes", "config", "calibration")}
     return checked(ckpt, Path(folder) / MODEL_CARD)
-
-
-def describe_model(path: Path | str) -> str:
-    """One line naming a model folder by its card: recipe, seed and validation accuracy."""
-    card = model_card(path)
-    made, val = card.get("made_by") or {}, (card.get("figures") or {}).get("val") or {}
-    acc = f", {val['accuracy']:.1%} on its group-aware validation split" if "accuracy" in val else ""
-    return f"{path} ({made.get('recipe', 'a')} recipe, seed {made.get('seed', '?')}{acc})"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import KAGGLE_DATASET, PRESETS, SPLIT_NAMES
+from .config import KAGGLE_DATASET, PRESETS, SPLIT_NAMES, launched_size
 from .errors import HeritageLensError
 
 EXIT_ERROR = 2
@@ -70,7 +70,7 @@ def _model(args) -> Path:
     """The model a command uses: the checkpoint given, else the one bundled with the package, named on stderr."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from .checkpoint import BUNDLED, describe_model
+    from .modelcard import BUNDLED, describe_model
 
     print(f"heritagelens: no checkpoint given: the bundled model, {describe_model(BUNDLED)}", file=sys.stderr)
     return BUNDLED
@@ -78,7 +78,8 @@ def _model(args) -> Path:
 
 def _beside(args, ckpt: Path) -> Path:
     """Where a command writes unless --out says: beside the checkpoint; the current folder for the bundled model."""
-    from .checkpoint import BUNDLED, run_folder
+    from .checkpoint import run_folder
+    from .modelcard import BUNDLED
 
     return Path(args.out) if args.out else Path(".") if ckpt == BUNDLED else run_folder(ckpt)
 
@@ -222,7 +223,7 @@ def cmd_data_fetch(args) -> int:
 )
 def cmd_train(args) -> int:
     """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
-    from .distributed import close_world, launched_size
+    from .distributed import close_world
     from .files import writable_folder
     from .runs import train_run
 
@@ -264,9 +265,9 @@ def cmd_train(args) -> int:
     arg("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)"),
 )
 def cmd_evaluate(args) -> int:
-    from .checkpoint import BUNDLED
     from .files import writable_folder
     from .jobs.evaluation import evaluate_checkpoint, validation_splits
+    from .modelcard import BUNDLED
 
     ckpt = _model(args)
     out = writable_folder(_beside(args, ckpt))
@@ -296,10 +297,11 @@ def cmd_evaluate(args) -> int:
     arg("--tta", action="store_true"),
 )
 def cmd_predict(args) -> int:
-    """Top-k classes per image, from a checkpoint (PyTorch) or an exported .onnx file (onnxruntime)."""
-    import torch
+    """Top-k classes per image: an exported .onnx file or a model folder with its graph (the bundled model among them)
+    under onnxruntime, without loading PyTorch; a checkpoint, or any model with --tta, under PyTorch."""
+    import numpy as np
 
-    from .data import DataError, decode
+    from .images import DataError, decode
 
     if args.top < 1:
         raise UsageError(f"--top {args.top}: must be at least 1 (classes to show per image)")
@@ -309,38 +311,40 @@ def cmd_predict(args) -> int:
     if not args.images:
         raise UsageError(f"predict {first}: no image given after the checkpoint")
     args.checkpoint = _model(args)
-
-    if str(args.checkpoint).lower().endswith(".onnx"):
-        _need_extra(*EXPORT_EXTRA)
-        from .export import OnnxClassifier
-
-        if args.tta:
-            raise UsageError("--tta does not apply to an .onnx file: export it with 'heritagelens export --tta'")
-        onnx_model = OnnxClassifier(args.checkpoint)
-        t = onnx_model.temperature  # calibrated probabilities when the exported checkpoint was calibrated
-        classes = onnx_model.classes
-        probs_of = lambda x: torch.softmax(torch.from_numpy(onnx_model.logits(x)) / t, 1)  # noqa: E731
-    else:
-        from .checkpoint import load_model, temperature
-        from .inference import probabilities
-
-        model, classes, ckpt = load_model(args.checkpoint)
-        t = temperature(ckpt, args.tta)  # calibrated probabilities when the checkpoint has a temperature
-        probs_of = lambda x: probabilities(model, x, t, tta=args.tta)  # noqa: E731
+    probabilities, classes = _predictor(Path(args.checkpoint), args.tta)
     failed = 0
     for path in args.images:
         try:
-            x = torch.from_numpy(decode(path))[None]
+            probs = probabilities(decode(path)[None])[0]
         except DataError as e:
             print(f"heritagelens: error: {e}", file=sys.stderr)
             failed += 1
             continue
-        probs = probs_of(x)[0]
-        top = probs.topk(min(args.top, len(classes)))
-        print(
-            f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
-        )
+        top = np.argsort(-probs, kind="stable")[: args.top]
+        print(f"{path}: " + ", ".join(f"{classes[i]} {probs[i]:.3f}" for i in top))
     return EXIT_ERROR if failed else 0
+
+
+def _predictor(model: Path, tta: bool) -> tuple[Callable, list[str]]:
+    """(uint8 images (N, 3, 64, 64) -> calibrated probabilities (N, classes), class names) for a model path."""
+    from .modelcard import is_model_folder
+    from .runtime import OnnxClassifier, folder_classifier
+
+    if model.suffix.lower() == ".onnx":
+        if tta:
+            raise UsageError("--tta does not apply to an .onnx file: export it with 'heritagelens export --tta'")
+        graph = OnnxClassifier(model)  # its temperature travels in the file
+        return graph.probabilities, graph.classes
+    if not tta and is_model_folder(model) and (graph := folder_classifier(model)):
+        return graph.probabilities, graph.classes
+    import torch
+
+    from .checkpoint import load_model, temperature
+    from .inference import probabilities
+
+    net, classes, ckpt = load_model(model)
+    t = temperature(ckpt, tta)  # calibrated probabilities when the checkpoint has a temperature
+    return lambda x: probabilities(net, torch.from_numpy(x), t, tta=tta).numpy(), classes
 
 
 @command(
@@ -427,7 +431,7 @@ def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
     _need_extra(*EXPORT_EXTRA)
     from .checkpoint import load_model, temperature
-    from .export import ExportError, OnnxClassifier, comparison_images, max_difference, to_onnx
+    from .export import checked_onnx
     from .files import atomic_write_bytes, writable_folder
 
     ckpt = _model(args)
@@ -436,11 +440,10 @@ def cmd_export(args) -> int:
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; give the file to write, such as {out / 'model.onnx'}")
     writable_folder(out.parent)
-    blob = to_onnx(model, classes, tta=args.tta, source=str(ckpt), temperature=temperature(checkpoint, args.tta))
-    images, what = comparison_images(checkpoint, args.data)
-    diff = max_difference(model, OnnxClassifier(out, blob), images)
-    if not diff <= args.tolerance:
-        raise ExportError(f"{out}: onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {args.tolerance})")
+    blob, diff, what = checked_onnx(
+        model, classes, checkpoint, tta=args.tta, temperature=temperature(checkpoint, args.tta), source=str(ckpt),
+        root=args.data, tolerance=args.tolerance, name=out,
+    )  # fmt: skip
     atomic_write_bytes(blob, out)
     tta = ", TTA in the graph" if args.tta else ""
     print(f"written: {out} ({len(blob) / 1e6:.1f} MB, {len(classes)} classes{tta})")
@@ -732,8 +735,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: `--help` loads neither torch nor numpy
     try:
-        from .distributed import launched_size  # after parsing: it imports torch
-
         if launched_size() > 1 and args.command_name != "train":
             raise UsageError("only 'train' runs under torchrun; tune in parallel by starting workers on one --storage")
         return COMMANDS[args.command_name].func(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -501,3 +502,9 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))} or a config .json file")
     return Config().override(PRESETS[name])
+
+
+def launched_size() -> int:
+    """How many processes torchrun started (1 when run directly): read from its environment, without PyTorch, so
+    that the command line can refuse what does not run under torchrun before importing anything heavy."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .config import ConfigError, launched_size
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,6 @@ _WORLD = World()
 def world() -> World:
     """The world `init_world` set up (one CPU process until then)."""
     return _WORLD
-
-
-def launched_size() -> int:
-    """How many processes torchrun started (1 when run directly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

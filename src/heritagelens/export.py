@@ -1,13 +1,10 @@
-"""Export for deployment: the classifier as one ONNX file that onnxruntime runs without PyTorch, and the small
-predictor that runs it.
-
-The graph takes what the PyTorch model takes, float32 pixels 0..255 shaped (batch, 3, 64, 64) RGB, and returns
-logits (batch, classes); normalisation is inside it. The class names, the input contract and, when test-time
-augmentation is baked in, that fact travel in the file's metadata, so the file alone is enough to classify.
+"""Export for deployment: the classifier as one ONNX file that onnxruntime runs without PyTorch (`runtime` runs it),
+checked against PyTorch on real images before it is written; a model folder's graph beside its weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import warnings
@@ -18,17 +15,10 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import valid_temperature
-from .errors import HeritageLensError
 from .inference import tta_views
+from .runtime import INPUT, OUTPUT, ExportError, OnnxClassifier
 
-INPUT = "images"
-OUTPUT = "logits"
 OPSET = 18
-
-
-class ExportError(HeritageLensError):
-    """The export failed, or an .onnx file is not one of ours."""
 
 
 class WithTTA(nn.Module):
@@ -75,47 +65,6 @@ def to_onnx(
     return proto.SerializeToString()
 
 
-class OnnxClassifier:
-    """An exported model under onnxruntime (CPU): class names from the file, logits for uint8 images."""
-
-    def __init__(self, path: Path | str, model: bytes | None = None):
-        """Load `path`, or with `model` those bytes (then `path` only names them in messages)."""
-        import onnxruntime as ort
-
-        path = Path(path)
-        if model is None and not path.is_file():
-            raise ExportError(f"{path}: no such file")
-        try:
-            self.session = ort.InferenceSession(model or str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own classes for every kind of bad file
-            raise ExportError(f"{path}: not an ONNX model onnxruntime can load ({str(e)[:120]})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "heritagelens.classes" not in props:
-            raise ExportError(f"{path}: an ONNX model, but not one exported by HeritageLens (no class names)")
-        try:
-            self.classes: list[str] = [str(c) for c in json.loads(props["heritagelens.classes"])]
-            self.tta: bool = bool(json.loads(props.get("heritagelens.tta", "false")))
-            self.temperature: float = float(json.loads(props.get("heritagelens.temperature", "1.0")))
-        except (ValueError, TypeError):
-            raise ExportError(f"{path}: its HeritageLens metadata is unreadable") from None
-        if not valid_temperature(self.temperature):
-            t = self.temperature
-            raise ExportError(f"{path}: its calibration temperature is {t!r}, not a finite positive number: refused")
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if (
-            [i.name for i in inputs] != [INPUT]
-            or outputs[0].name != OUTPUT
-            or outputs[0].shape[-1] != len(self.classes)
-        ):
-            raise ExportError(f"{path}: its inputs or outputs are not those of a HeritageLens export")
-
-    def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Logits (N, classes) for uint8 images (N, 3, 64, 64)."""
-        x = np.asarray(images, dtype=np.float32)
-        out = [self.session.run([OUTPUT], {INPUT: x[s : s + batch_size]})[0] for s in range(0, len(x), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-
-
 def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.Tensor) -> float:
     """Largest absolute difference between the PyTorch model's float32 logits and onnxruntime's on `images` (float32
     whatever the machine's chosen precision, as the graph is; in the memory layout chosen for this machine)."""
@@ -131,7 +80,7 @@ def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.T
 def comparison_images(ckpt: dict, root: Path | str | None = None, n: int = 256) -> tuple[torch.Tensor, str]:
     """Up to `n` real images to compare an export on (from `root`, else the data the model was trained on), and
     what they are; 64 noise images when the model's data is gone."""
-    from .data import DataError
+    from .images import DataError
     from .split import train_split
 
     try:
@@ -144,3 +93,49 @@ def comparison_images(ckpt: dict, root: Path | str | None = None, n: int = 256) 
     idx = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))[:n]
     where = Path(root or ckpt["config"]["data"]["root"]) / "train"
     return split.images[idx], f"{len(idx)} images of {where}"
+
+
+def checked_onnx(
+    model: nn.Module,
+    classes: list[str],
+    ckpt: dict,
+    *,
+    tta: bool,
+    temperature: float | None,
+    source: str,
+    root: Path | str | None = None,
+    tolerance: float = 1e-4,
+    name: Path | str = "model.onnx",
+) -> tuple[bytes, float, str]:
+    """The model as ONNX bytes once onnxruntime's logits match PyTorch's within `tolerance` on real images:
+    (bytes, largest logit difference, the images compared on). Raises `ExportError` naming `name` otherwise."""
+    blob = to_onnx(model, classes, tta=tta, source=source, temperature=temperature)
+    images, what = comparison_images(ckpt, root)
+    diff = max_difference(model, OnnxClassifier(name, blob), images)
+    if not diff <= tolerance:
+        raise ExportError(f"{name}: onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {tolerance})")
+    return blob, diff, what
+
+
+def write_folder_graph(folder: Path | str, root: Path | str | None = None, tolerance: float = 1e-4) -> dict:
+    """A model folder's one-view model as `model.onnx` beside its weights, checked against PyTorch, then named on its
+    card (SHA-256, largest logit difference, images compared on), so that `predict` runs it without loading PyTorch.
+    The card is rewritten last: it never names a graph that is not there. Returns the card's new entry."""
+    from .checkpoint import load_model, temperature
+    from .files import atomic_write_bytes, atomic_write_json
+    from .modelcard import MODEL_CARD, MODEL_ONNX, model_card
+
+    folder = Path(folder)
+    model, classes, ckpt = load_model(folder)
+    blob, diff, what = checked_onnx(
+        model, classes, ckpt, tta=False, temperature=temperature(ckpt, False), root=root, tolerance=tolerance,
+        source=f"{folder.name}/model.safetensors sha256 {ckpt['card']['sha256']}", name=folder / MODEL_ONNX,
+    )  # fmt: skip
+    atomic_write_bytes(blob, folder / MODEL_ONNX)
+    entry = {
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "max_logit_difference": float(f"{diff:.2e}"),
+        "checked_on": what.replace(str(root), "<data>") if root else what,  # this machine's folders mean nothing
+    }
+    atomic_write_json(model_card(folder) | {"onnx": entry}, folder / MODEL_CARD)
+    return entry

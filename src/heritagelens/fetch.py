@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import KAGGLE_DATASET
-from .data import IMAGE_SUFFIXES, SPLITS
+from .data import SPLITS
 from .errors import HeritageLensError
 from .files import file_sha256
+from .images import IMAGE_SUFFIXES
 
 DOWNLOADS = ".heritagelens-downloads"
 """Folder beside the dataset folder holding unfinished downloads, so that running the command again resumes."""

@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import HeritageLensError
 
 
@@ -72,6 +70,8 @@ def atomic_write_json(obj: Any, path: Path | str) -> Path:
 
 def atomic_save(obj: Any, path: Path | str) -> Path:
     """`torch.save` made atomic."""
+    import torch  # here, not at the top: the modules that only write files start without PyTorch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(buf.getvalue(), path)
@@ -79,4 +79,6 @@ def atomic_save(obj: Any, path: Path | str) -> Path:
 
 def safe_load(path: Path | str) -> Any:
     """`torch.load` restricted to tensors and plain values: a file can never run code."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -293,7 +293,7 @@ def risk_coverage_html(run: RunReader, s: Section) -> str:
 
 def mistakes_html(r, data_root: Path | None, s: Section, k: int = 12) -> str:
     """The surest mistakes as thumbnails, each captioned with the true and the predicted class."""
-    from .data import DataError, decode
+    from .images import DataError, decode
 
     if not r.mistakes:
         return para("No mistakes.")

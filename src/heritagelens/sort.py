@@ -39,8 +39,8 @@ from PIL import Image
 
 from .calibration import Filed, curve, filed_at, threshold_for
 from .config import IMAGE_SIZE
-from .data import DataError, read_rgb
 from .errors import HeritageLensError
+from .images import DataError, read_rgb
 from .inference import probabilities
 
 UNCERTAIN = "_uncertain"
@@ -363,7 +363,8 @@ def sort_photos(
 
 def model_name(checkpoint: Path | str) -> str:
     """How a sidecar names the model: 'HeritageLens bundled model' or the checkpoint's file."""
-    from .checkpoint import BUNDLED, checkpoint_file
+    from .checkpoint import checkpoint_file
+    from .modelcard import BUNDLED
 
     return "HeritageLens bundled model" if Path(checkpoint) == BUNDLED else str(checkpoint_file(checkpoint).resolve())
 

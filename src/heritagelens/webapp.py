@@ -2,7 +2,7 @@
 what any channel responds to, generate class images, and review a sort (file by hand the photos the model was unsure
 of), in a browser.
 
-Everything it shows comes from the same public functions as the CLI (`data.decode`, `inference.probabilities`,
+Everything it shows comes from the same public functions as the CLI (`images.decode`, `inference.probabilities`,
 `visualize.image_view`, `visualize.comparison`, `visualize.top9_figure`, `dream.class_images`); this module only
 loads the model once, keeps what is slow to recompute (a layer's top activations over the dataset), and lays the
 page out with Gradio. Problems with an upload become a message on the page, never a failed request.
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import data
+from . import data, images
 from .checkpoint import check_classes, checkpoint_file, load_model, robust_checkpoint, temperature
 from .config import Config
 from .deconvnet import DeconvError, TopK, top_activations
@@ -92,8 +92,8 @@ class Explorer:
             return None, "**Unknown pick.**"
         path = path or str(self.root / picked)
         try:
-            return torch.from_numpy(data.decode(path)), ""
-        except data.DataError as e:
+            return torch.from_numpy(images.decode(path)), ""
+        except images.DataError as e:
             return None, f"**Cannot use this file:** {str(e).removeprefix(f'{path}: ')}"
 
     # ------------------------------------------------------------------------------------------------ the tabs
@@ -185,9 +185,9 @@ class Explorer:
         if row.get("decided"):
             said = f"filed by a person as {row['class']}"
         try:
-            image = data.read_rgb(photos / row["file"], at_least=480)
+            image = images.read_rgb(photos / row["file"], at_least=480)
             image.thumbnail((640, 640))
-        except data.DataError as e:  # gone or changed since the sort: it can still be filed
+        except images.DataError as e:  # gone or changed since the sort: it can still be filed
             image, said = None, f"{said}; the original cannot be shown ({str(e).split(': ', 1)[-1]})"
         return Reviewed(image, top3, row["file"], f"**{row['file']}** ({k + 1} of {len(queue)}): {said}")
 

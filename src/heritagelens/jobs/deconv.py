@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data
+from .. import images
 from ..checkpoint import check_classes, load_model
 from ..deconvnet import (
     DeconvError,
@@ -81,7 +81,7 @@ def write_image_view(
     model, classes, _ = load_model(checkpoint)
     if target is not None and target not in classes:
         raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")
-    image = torch.from_numpy(data.decode(image_path))
+    image = torch.from_numpy(images.decode(image_path))
     layers = layers or conv_layer_names(model)
     fig, index = image_view(model, image, layers, channels)
     out = Path(out_dir) / f"deconv-{Path(image_path).stem}.png"

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .. import data
+from .. import data, images
 from ..checkpoint import load_model
 from ..config import DreamConfig
 from ..deconvnet import (
@@ -136,8 +136,8 @@ def start_images(path: Path | str | None, n: int) -> torch.Tensor | None:
     if path is None:
         return None
     try:
-        return torch.from_numpy(data.decode(path))[None].expand(n, -1, -1, -1)
-    except data.DataError as e:
+        return torch.from_numpy(images.decode(path))[None].expand(n, -1, -1, -1)
+    except images.DataError as e:
         raise DreamError(str(e)) from None
 
 
@@ -181,9 +181,9 @@ def folder_images(folder: Path | str, classes: list[str]) -> tuple[torch.Tensor,
     folder = Path(folder)
     if not folder.is_dir():
         raise DreamError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in images.IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DreamError(f"{folder}: no images (looked for {', '.join(sorted(data.IMAGE_SUFFIXES))})")
+        raise DreamError(f"{folder}: no images (looked for {', '.join(sorted(images.IMAGE_SUFFIXES))})")
     labels = []
     by_length = sorted(classes, key=len, reverse=True)  # 'dome(inner)' before a shorter class it starts with
     for f in files:
@@ -191,10 +191,10 @@ def folder_images(folder: Path | str, classes: list[str]) -> tuple[torch.Tensor,
         if name is None:
             raise DreamError(f"{f}: no class in its folder or file name (classes: {', '.join(classes)})")
         labels.append(classes.index(name))
-    images, bad = data.decode_many(files)
+    pixels, bad = images.decode_many(files)
     if bad:
         raise DreamError(f"{bad[0][0]}: {bad[0][1]}")
-    return torch.from_numpy(images), torch.tensor(labels), [str(f) for f in files]
+    return torch.from_numpy(pixels), torch.tensor(labels), [str(f) for f in files]
 
 
 def score_folder(
@@ -208,11 +208,11 @@ def score_folder(
     """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
 
     classes = data.list_classes(Path(data_cfg.root), "train")
-    images, labels, files = folder_images(folder, classes)
+    pixels, labels, files = folder_images(folder, classes)
     per_class = int(torch.bincount(labels).max())
     name = Path(folder).name
     sets, panel = score_sets(
-        {name: (images, labels)}, data_cfg, classes, per_class, seed, judges_dir, judge_extra, progress
+        {name: (pixels, labels)}, data_cfg, classes, per_class, seed, judges_dir, judge_extra, progress
     )
     text = score_table(sets) + "\n\nper class:\n" + per_class_table(sets[name], classes)
     return {"files": files, "scores": sets, "judges": {n: str(j.path) for n, j in panel.items()}, "text": text}

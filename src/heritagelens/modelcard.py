@@ -1,0 +1,48 @@
+"""Model folders as their cards describe them, without PyTorch: the card (what a model is, how it was made, what it
+scores), the files beside it, and the folder the package ships (`BUNDLED`). Reading the weights is `checkpoint`'s."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import HeritageLensError
+
+MODEL_FORMAT = "heritagelens-model"
+MODEL_CARD, MODEL_WEIGHTS, MODEL_ONNX = "card.json", "model.safetensors", "model.onnx"
+BUNDLED = Path(__file__).parent / "bundled"
+"""The model that ships with the package: the default recipe trained by `bench/bundled.py` (see its card)."""
+
+
+class CheckpointError(HeritageLensError):
+    """A file that is not a usable HeritageLens checkpoint; the message names the file and the problem."""
+
+
+def valid_temperature(t: Any) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+
+
+def is_model_folder(path: Path | str) -> bool:
+    return Path(path).is_dir() and (Path(path) / MODEL_CARD).is_file()
+
+
+def model_card(folder: Path | str) -> dict[str, Any]:
+    """The card of a model folder, checked to be one."""
+    path = Path(folder) / MODEL_CARD
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable model card ({type(e).__name__}: {e})") from None
+    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT or not isinstance(card.get("sha256"), str):
+        raise CheckpointError(f"{path}: not a HeritageLens model card (no '{MODEL_FORMAT}' marker)")
+    return card
+
+
+def describe_model(path: Path | str) -> str:
+    """One line naming a model folder by its card: recipe, seed and validation accuracy."""
+    card = model_card(path)
+    made, val = card.get("made_by") or {}, (card.get("figures") or {}).get("val") or {}
+    acc = f", {val['accuracy']:.1%} on its group-aware validation split" if "accuracy" in val else ""
+    return f"{path} ({made.get('recipe', 'a')} recipe, seed {made.get('seed', '?')}{acc})"
