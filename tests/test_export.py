@@ -62,7 +62,7 @@ def test_export_and_predict_through_the_cli(trained, tmp_path):
     for a, b in zip(by_onnx.stdout.splitlines(), by_torch.stdout.splitlines()):
         assert a.split()[:2] == b.split()[:2]  # same file, same top class
         pa, pb = float(a.split()[2].rstrip(",")), float(b.split()[2].rstrip(","))
-        assert abs(pa - pb) < 0.02  # PyTorch's predict runs in bfloat16 on the CPU
+        assert abs(pa - pb) < 0.002  # both in float32, printed to three decimals
     assert len(by_onnx.stdout.splitlines()) == 4
     t = read_checkpoint(run)["calibration"]["plain"]["temperature"]
     assert OnnxClassifier(out).temperature == pytest.approx(t)

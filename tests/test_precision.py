@@ -140,8 +140,9 @@ class Spy:
 
 
 def test_every_compute_path_runs_in_the_chosen_mode(monkeypatch, tiny_data):
-    """With a CPU forced to have native bfloat16 and bf16-cl measured fastest, inference, the top-9 scan, class
-    images and training all run under bfloat16 autocast on channels-last inputs."""
+    """With a CPU forced to have native bfloat16 and bf16-cl measured fastest, the top-9 scan, class images and
+    training run under bfloat16 autocast on channels-last inputs; predictions take the layout and stay in float32
+    (the same probabilities on every machine), unless a mode is named."""
     from heritagelens.deconvnet import top_activations_of
     from heritagelens.dream import class_logit, pixel_image, render
     from heritagelens.inference import predict_logits
@@ -157,14 +158,15 @@ def test_every_compute_path_runs_in_the_chosen_mode(monkeypatch, tiny_data):
     x = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
     grey = pixel_image([0], 64, torch.full((3,), 127.5), torch.full((3,), 64.0))
     paths = {
-        "predict (TTA)": lambda: predict_logits(model, x, tta=True),
-        "top-9 scan": lambda: top_activations_of(model, x, ["conv2_1"], k=2),
-        "class images": lambda: render(model, class_logit(0), grey, steps=2),
+        "predict (TTA)": (lambda: predict_logits(model, x, tta=True), {(None, True)}),
+        "predict in a named mode": (lambda: predict_logits(model, x, precision="bf16-cl"), chosen),
+        "top-9 scan": (lambda: top_activations_of(model, x, ["conv2_1"], k=2), chosen),
+        "class images": (lambda: render(model, class_logit(0), grey, steps=2), chosen),
     }
-    for name, run in paths.items():
+    for name, (run, seen) in paths.items():
         spy = Spy(model)
         run()
-        assert spy.seen == chosen, name
+        assert spy.seen == seen, name
         model.features[0]._forward_pre_hooks.clear()
     cfg = Config().override([*TINY_MODEL, "train.epochs=1", "train.batch_size=16", "data.val_folds=4"])
     cfg.data.root = str(tiny_data)

@@ -1,5 +1,6 @@
 """A model's predictions: logits with or without test-time augmentation, and calibrated probabilities, computed in
-the number format chosen for the machine (`heritagelens.precision`). Every command that predicts goes through here."""
+float32 in the memory layout chosen for the machine, or in a mode named by `train.precision`
+(`heritagelens.precision.for_inference`). Every command that predicts goes through here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import evaluating
-from .precision import for_model
+from .precision import for_inference
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -22,9 +23,9 @@ def predict_logits(
     model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, precision: str = "auto"
 ) -> torch.Tensor:
     """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
-    eval mode and in the mode `precision` resolves to there (`heritagelens.precision`); the model's mode is restored."""
+    eval mode and in float32 ('auto') or the mode `precision` names; the model's mode is restored."""
     out = []
-    device, amp = next(model.parameters()).device, for_model(model, precision)
+    device, amp = next(model.parameters()).device, for_inference(model, precision)
     with evaluating(model):
         for s in range(0, len(images), batch_size):
             x = amp.input(images[s : s + batch_size].to(device).float())

@@ -10,6 +10,9 @@ version: the probe runs once per machine. A mode named explicitly (`--set train.
 Modes: `fp32`, `fp32-cl` (channels-last), `bf16`, `bf16-cl` (bfloat16 autocast), `fp16`, `fp16-cl` (float16
 autocast with loss scaling; meant for GPUs). Every compute path takes its mode from here: training, evaluation and TTA,
 calibration, the deconvnet's top-9 scan, class images, judges, `sort`, the web app, the ONNX check, tuning and DDP.
+Predictions (`for_inference`) take only the layout from 'auto' and stay in float32, so that a model gives the same
+probabilities, accuracies and sorted folders on every machine: on a CPU with AVX-512 BF16, bfloat16 autocast moved
+the bundled model's validation accuracy from its card's 95.33% to 95.25%, for a speed-up of a second or two.
 """
 
 from __future__ import annotations
@@ -251,6 +254,12 @@ def resolve(setting: str, device: torch.device, probe: Probe = time_steps) -> Ch
 def for_model(model: torch.nn.Module, setting: str = "auto") -> Precision:
     """The mode `setting` resolves to on the device `model`'s weights are on."""
     return resolve(setting, next(model.parameters()).device).precision
+
+
+def for_inference(model: torch.nn.Module, setting: str = "auto") -> Precision:
+    """The mode predictions run in: a named mode as it is; 'auto' in float32, in the layout chosen for the machine."""
+    amp = for_model(model, setting)
+    return amp if setting != "auto" else Precision(amp.device_type, None, amp.channels_last)
 
 
 def forget() -> None:
