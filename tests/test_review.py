@@ -12,6 +12,14 @@ from conftest import browser_page, cli, need, serving, wait_text
 from heritagelens.sort import UNCERTAIN, SortError, refile, sort_photos
 from heritagelens.xmp import read_tag, sidecar_path
 
+PAINTED = """e => {
+  const r = e.getBoundingClientRect(), fit = getComputedStyle(e).objectFit;
+  let k = Math.min(r.width / e.naturalWidth, r.height / e.naturalHeight);
+  if (fit === "none") k = 1; else if (fit === "scale-down") k = Math.min(k, 1);
+  return [e.naturalWidth * k, e.naturalHeight * k];
+}"""
+"""The size in CSS pixels at which an <img> paints its picture inside its box (its `object-fit` applied)."""
+
 
 def csv_rows(out):
     with (out / "sort.csv").open() as fh:
@@ -127,6 +135,8 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
         page.fill("#review-folder textarea, #review-folder input", str(out))
         page.click("#review-open")
         wait_text(page, "#review-status", f"(1 of {len(unsure)})")
+        shown = page.eval_on_selector("#review-photo img", PAINTED)  # a 64 px photo, drawn large enough to judge
+        assert max(shown) > 300, shown
         chosen = {}
         for n, how in enumerate(("click", "key", "click")):
             file = unsure[n]

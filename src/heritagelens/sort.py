@@ -590,7 +590,7 @@ class _Sort:
 
     def record(self, row: dict, count: bool = True) -> None:
         row = {c: "" for c in COLUMNS} | row
-        self.journal.write(json.dumps(row) + "\n")
+        self.journal.write(journal_line(row))
         self.done[row["file"]] = row
         if not count:
             return
@@ -601,8 +601,18 @@ class _Sort:
             self.summary.per_class[row["copied_to"].split("/")[0]] += 1
 
     def sync(self) -> None:
-        self.journal.flush()
-        os.fsync(self.journal.fileno())
+        synced(self.journal)
+
+
+def journal_line(row: dict) -> str:
+    """A journal row as the journal holds it: one line of JSON."""
+    return json.dumps(row) + "\n"
+
+
+def synced(fh) -> None:
+    """Flush `fh` and wait until its bytes are on disk: what the journal says must outlive a crash."""
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def sidecar_tag(row: dict, model: str):
@@ -654,9 +664,8 @@ def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict[str
         new = {**row, "class": cls, "copied_to": dest.relative_to(out).as_posix(), "moved_from": old,
                "decided": "person", "model_class": row.get("model_class") or row["class"]}  # fmt: skip
         with (out / JOURNAL).open("a", encoding="utf-8") as journal:
-            journal.write(json.dumps(new) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+            journal.write(journal_line(new))
+            synced(journal)
         if dest != out / old:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(out / old, dest)

@@ -346,6 +346,9 @@ document.addEventListener("keydown", (e) => {
 </script>"""
 """The review tab's number keys: key k clicks class k's button while the tab is showing (never inside a text box)."""
 
+CSS = "#review-photo img { width: 100%; height: 100%; object-fit: contain; }"
+"""The photo under review fills its box, however small the file: a 64 px photo is shown as large as a 4,000 px one."""
+
 
 def address_problem(host: str, port: int) -> str:
     """Why the web app could not listen on `host`:`port` ('' when it can): checked by binding before the model loads,
@@ -382,5 +385,5 @@ def serve(checkpoint: Path | str, root: Path | str | None = None, host: str = "1
     print(f"serving {checkpoint} at http://{host}:{port}", flush=True)
     app.launch(
         server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True, ssr_mode=False,
-        theme=theme, quiet=True, head=KEYS,
+        theme=theme, quiet=True, head=KEYS, css=CSS,
     )  # fmt: skip
