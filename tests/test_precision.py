@@ -194,3 +194,29 @@ def test_train_prints_and_records_the_choice(tiny_data, tmp_path, monkeypatch):
     recorded = json.loads((tmp_path / "run" / "precision.json").read_text())
     assert recorded["mode"] == "fp32-cl" and recorded["measured"] == {"fp32": 1.0}
     assert "precision fp32-cl" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_model_trained_in_bfloat16_predicts_in_float32(monkeypatch, trained, photos, tmp_path):
+    """The training's mode, recorded in the checkpoint, is not the predictions': evaluate, calibrate and sort run in
+    float32 (in the machine's layout) whatever the model was trained in, so their numbers do not depend on the CPU."""
+    import shutil
+
+    from heritagelens.files import atomic_save
+    from heritagelens.jobs.evaluation import calibrate_checkpoint, evaluate_checkpoint
+    from heritagelens.sort import sort_photos
+
+    root, run = trained
+    ckpt_file = tmp_path / "bf16.pt"
+    shutil.copyfile(run / "last.pt", ckpt_file)
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    ckpt["config"]["train"]["precision"] = "bf16-cl"
+    atomic_save(ckpt, ckpt_file)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    resolve("auto", CPU, fake_probe({"fp32": 1.0, "fp32-cl": 2.0, "bf16-cl": 3.0}, []))
+    seen = []
+    autocast = Precision.autocast
+    monkeypatch.setattr(Precision, "autocast", lambda self: seen.append(self.dtype) or autocast(self))
+    evaluate_checkpoint(ckpt_file, "val", root)
+    calibrate_checkpoint(ckpt_file, root)
+    sort_photos(ckpt_file, photos[0], tmp_path / "sorted", progress=False)
+    assert seen and set(seen) == {None}

@@ -10,9 +10,10 @@ version: the probe runs once per machine. A mode named explicitly (`--set train.
 Modes: `fp32`, `fp32-cl` (channels-last), `bf16`, `bf16-cl` (bfloat16 autocast), `fp16`, `fp16-cl` (float16
 autocast with loss scaling; meant for GPUs). Every compute path takes its mode from here: training, evaluation and TTA,
 calibration, the deconvnet's top-9 scan, class images, judges, `sort`, the web app, the ONNX check, tuning and DDP.
-Predictions (`for_inference`) take only the layout from 'auto' and stay in float32, so that a model gives the same
-probabilities, accuracies and sorted folders on every machine: on a CPU with AVX-512 BF16, bfloat16 autocast moved
-the bundled model's validation accuracy from its card's 95.33% to 95.25%, for a speed-up of a second or two.
+Predictions of a trained model (`for_inference`, whatever mode it was trained in) take only the layout from 'auto'
+and stay in float32, so that a model gives the same probabilities, accuracies and sorted folders on every machine:
+on a CPU with AVX-512 BF16, bfloat16 autocast moved the bundled model's validation accuracy from its card's 95.33%
+to 95.25%, for a speed-up of a second or two.
 """
 
 from __future__ import annotations

@@ -325,7 +325,6 @@ def sort_photos(
     when its top probability reaches `min_confidence` (default 0.5), or the threshold at which the model's held-out
     photos were `target_accuracy` right. With `xmp`, every photo's XMP sidecar says its class (`heritagelens.xmp`)."""
     from .checkpoint import checkpoint_file, load_model, temperature
-    from .config import Config
     from .files import atomic_write_json
 
     photos, out = Path(photos), Path(out)
@@ -349,8 +348,7 @@ def sort_photos(
         out.mkdir(parents=True, exist_ok=True)
         with folder_lock(out):
             check_settings(out, settings)
-            run = _Sort(model, classes, t or 1.0, Config.from_dict(ckpt["config"]).train.precision, photos, out,
-                       min_confidence, link, how)  # fmt: skip
+            run = _Sort(model, classes, t or 1.0, photos, out, min_confidence, link, how)
             run.xmp_model = model_name(checkpoint) if xmp else ""
             run.summary.calibrated = t is not None
             run.summary.min_confidence, run.summary.expected = min_confidence, expected
@@ -411,8 +409,8 @@ def folder_lock(out: Path):
 class _Sort:
     """One sort: the decoding pool, the journal, the counts."""
 
-    def __init__(self, model, classes, t, precision, photos, out, min_confidence, link, how):
-        self.model, self.classes, self.t, self.precision = model, classes, t, precision
+    def __init__(self, model, classes, t, photos, out, min_confidence, link, how):
+        self.model, self.classes, self.t = model, classes, t
         self.photos, self.out, self.min_confidence, self.link, self.how = photos, out, min_confidence, link, how
         self.done = read_journal(out, classes)
         self.summary = SortSummary()
@@ -513,7 +511,7 @@ class _Sort:
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         if good:
             x = torch.from_numpy(np.concatenate([decoded[i] for i in good]))
-            probs = probabilities(self.model, x, self.t, precision=self.precision)
+            probs = probabilities(self.model, x, self.t)
             probs = probs.reshape(len(good), -1, len(self.classes)).mean(1)
         rows, staged = [], {}  # staged: destination -> pending copy
         try:

@@ -171,6 +171,7 @@ def objective_fn(
 
     from .distributed import init_world
     from .inference import accuracy
+    from .precision import for_model
     from .runs import estimated_minutes, initial_state
     from .split import prepare
     from .training import eval_model, fit
@@ -210,7 +211,8 @@ def objective_fn(
             trial.set_user_attr("train_minutes", round(minutes, 3))
         trial.set_user_attr("val_accuracy", acc := last["acc"])
         if len(xs):
-            src = accuracy(eval_model(state), xs, ys, precision=cfg.train.precision)
+            mode = for_model(state.model, cfg.train.precision).name  # as fit scored the validation split
+            src = accuracy(eval_model(state), xs, ys, precision=mode)
             trial.set_user_attr("source_accuracy", src)
             acc = (acc + src) / 2
         return acc / minutes if objective == "accuracy-per-minute" else acc

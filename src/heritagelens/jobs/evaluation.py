@@ -60,7 +60,7 @@ def evaluate_checkpoint(
         check_classes(classes, data_classes, checkpoint)
         sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
         images, labels, files = sp.images, sp.labels, sp.files
-    logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
+    logits = predict_logits(model, images, tta=tta)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
     if split == "source":
         result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_ranges)
@@ -120,7 +120,7 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
         raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
     cals = {}
     for name, tta in (("plain", False), ("tta", True)):
-        logits = predict_logits(model, images, tta=tta, precision=cfg.train.precision)
+        logits = predict_logits(model, images, tta=tta)
         cals[name] = calibrate(logits, labels, "val", tta)
     atomic_save({**ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}, path)
     return cals
