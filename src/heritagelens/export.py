@@ -68,12 +68,11 @@ def to_onnx(
 def max_difference(model: nn.Module, classifier: OnnxClassifier, images: torch.Tensor) -> float:
     """Largest absolute difference between the PyTorch model's float32 logits and onnxruntime's on `images` (float32
     whatever the machine's chosen precision, as the graph is; in the memory layout chosen for this machine)."""
-    from .precision import for_model
+    from .precision import for_inference
 
     net = WithTTA(model) if classifier.tta else model
-    layout = for_model(model).memory_format
     with torch.no_grad():
-        ref = net.eval().float()(images.float().contiguous(memory_format=layout)).numpy()
+        ref = net.eval().float()(for_inference(model).input(images.float())).numpy()
     return float(np.abs(classifier.logits(images) - ref).max())
 
 

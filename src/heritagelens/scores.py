@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .models import evaluating
-from .precision import for_model
+from .precision import for_inference
 from .quality import frechet_distance, relative_diversity, spectrum_distance
 
 FEATURE_JUDGE = "robust-cnn"
@@ -37,10 +37,10 @@ def judge_outputs(model: nn.Module, images: torch.Tensor, batch: int = 512) -> t
     """(probabilities (N, K), penultimate features (N, D)) of uint8 or 0..255 float images (N, 3, H, W). Always in
     float32, so that scores compare across machines, in the memory layout chosen for this one."""
     probs, feats = [], []
-    layout = for_model(model).memory_format
+    amp = for_inference(model)
     with evaluating(model):
         for i in range(0, len(images), batch):
-            x = images[i : i + batch].float().contiguous(memory_format=layout)
+            x = amp.input(images[i : i + batch].float())
             f = model.head.flatten(model.head.pool(model.features(model.normalize(x))))
             probs.append(model.head.fc(f).softmax(1))
             feats.append(f)
