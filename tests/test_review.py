@@ -14,7 +14,9 @@ from heritagelens.xmp import read_tag, sidecar_path
 
 PAINTED = """e => {
   const r = e.getBoundingClientRect(), fit = getComputedStyle(e).objectFit;
-  let k = Math.min(r.width / e.naturalWidth, r.height / e.naturalHeight);
+  if (fit === "fill") return [r.width, r.height];
+  const sx = r.width / e.naturalWidth, sy = r.height / e.naturalHeight;
+  let k = fit === "cover" ? Math.max(sx, sy) : Math.min(sx, sy);
   if (fit === "none") k = 1; else if (fit === "scale-down") k = Math.min(k, 1);
   return [e.naturalWidth * k, e.naturalHeight * k];
 }"""
