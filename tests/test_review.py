@@ -137,6 +137,7 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
         page.fill("#review-folder textarea, #review-folder input", str(out))
         page.click("#review-open")
         wait_text(page, "#review-status", f"(1 of {len(unsure)})")
+        page.wait_for_function("() => (document.querySelector('#review-photo img') || {}).naturalWidth > 0")
         shown = page.eval_on_selector("#review-photo img", PAINTED)  # a 64 px photo, drawn large enough to judge
         assert max(shown) > 300, shown
         chosen = {}
