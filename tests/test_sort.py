@@ -373,6 +373,34 @@ def test_an_interrupted_sort_leaves_exactly_one_copy_per_photo(trained, many, tm
     assert_one_copy_per_photo(out, 1200)
 
 
+def test_a_stop_between_a_copy_and_its_row_leaves_no_unrecorded_copy(trained, many, tmp_path, monkeypatch):
+    """Ctrl-C can land after a photo's copy is staged and before its journal row exists (the window in which the
+    row is being made): that copy must not take its name, or the next run copies the photo a second time."""
+    from pathlib import PosixPath
+
+    _, run = trained
+    out = tmp_path / "sorted"
+    relative_to, made = PosixPath.relative_to, []
+
+    def stopped_on_the_hundredth_row(self, other, *a):  # a row's destination, made just after its copy is staged
+        if other == out and self.parent.parent == out:
+            if len(made) == 99:
+                raise KeyboardInterrupt
+            made.append(self)
+        return relative_to(self, other, *a)
+
+    monkeypatch.setattr(PosixPath, "relative_to", stopped_on_the_hundredth_row)
+    with pytest.raises(KeyboardInterrupt):
+        sort_photos(run, many, out, min_confidence=0, progress=False)
+    monkeypatch.undo()
+    journaled = {json.loads(line)["copied_to"] for line in (out / JOURNAL).read_text().splitlines()}
+    named = {p.relative_to(out).as_posix() for p in out.glob("*/*") if not p.name.startswith(".")}
+    assert len(journaled) == 99 and named <= journaled, sorted(named - journaled)
+    assert not list(out.glob("*/.*"))  # the unrecorded copy is gone, not left pending
+    sort_photos(run, many, out, min_confidence=0, progress=False)
+    assert_one_copy_per_photo(out, 1200)
+
+
 def test_two_sorts_into_one_folder_the_second_refused_in_one_line(trained, many, tmp_path):
     _, run = trained
     out = tmp_path / "sorted"

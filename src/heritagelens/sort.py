@@ -539,13 +539,19 @@ class _Sort:
             self.commit(rows, staged)
 
     def commit(self, rows: list[dict], staged: dict[Path, Path]) -> None:
-        """Journal `rows` (dropping the earlier copies they replace), sync, then give the staged copies their names."""
+        """Journal `rows` (dropping the earlier copies they replace), sync, then give the staged copies their names:
+        only those a journaled row names. A copy staged for no row (a stop between staging a photo and making its
+        row) is removed: named, it would be a copy the journal does not know, and the next run would copy it again."""
         for row in rows:
             self.drop_old_copy(row["file"])
             self.record(row)
         self.sync()
+        named = {self.out / row["copied_to"] for row in rows if row.get("copied_to")}
         for dest, tmp in staged.items():
-            os.replace(tmp, dest)
+            if dest in named:
+                os.replace(tmp, dest)
+            else:
+                tmp.unlink(missing_ok=True)
 
     def reconcile(self) -> None:
         """Undo what a killed run left half-done: copies staged but never recorded are removed, and a move the
