@@ -1,10 +1,12 @@
-"""Accuracy and wall time of a recipe over several seeds, on the group-aware and source-held-out validations.
+"""Accuracy and wall time of a recipe over several seeds, on the group-aware and source-held-out validations and
+the outside photos.
 
     AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --seeds 0 1 2 [--set k=v ...] [--record]
 
 Trains one run per seed (one at a time: the machine has 2 cores), evaluates each run's final weights on both
-validation splits (group-aware 'val', and 'source' when the recipe holds a source out) with the recipe's TTA
-setting, and prints a Markdown table plus mean and spread of each. `--record` writes the figures of a named preset
+validation splits (group-aware 'val', and 'source' when the recipe holds a source out) and on the outside photos
+(`<AHE_DATA>-outside`, photos from other sources, when present) with the recipe's TTA setting, and prints a Markdown
+table plus mean and spread of each. `--record` writes the figures of a named preset
 (no `--set`) into the package's `presets.json`, which every report sets its run beside.
 """
 
@@ -24,7 +26,7 @@ import torch
 from heritagelens.config import preset
 from heritagelens.files import atomic_write_json
 from heritagelens.flops import training_flops
-from heritagelens.jobs.evaluation import evaluate_checkpoint, validation_splits
+from heritagelens.jobs.evaluation import evaluate_checkpoint, evaluation_splits
 from heritagelens.precision import cache_key
 from heritagelens.report import PRESET_FIGURES, split_key
 from heritagelens.runs import train_run
@@ -51,8 +53,9 @@ def main():
         minutes = (time.perf_counter() - t) / 60
         plain = evaluate_checkpoint(run / "last.pt", "val", tta=False)
         r = evaluate_checkpoint(run / "last.pt", "val", out_dir=run)
-        held = "source" in validation_splits(run / "last.pt")
-        src = evaluate_checkpoint(run / "last.pt", "source", out_dir=run) if held else None
+        splits = evaluation_splits(run / "last.pt")
+        src = evaluate_checkpoint(run / "last.pt", "source", out_dir=run) if "source" in splits else None
+        out = evaluate_checkpoint(run / "last.pt", "outside", out_dir=run) if "outside" in splits else None
         with (run / "metrics.csv").open(newline="") as f:
             ips = [float(row["images_per_s"]) for row in csv.DictReader(f)]
         split = json.loads((run / "split.json").read_text())
@@ -64,6 +67,8 @@ def main():
                 macro_f1=r.macro["f1"],
                 source_acc=src.accuracy if src else None,
                 source_macro_f1=src.macro["f1"] if src else None,
+                outside_acc=out.accuracy if out else None,
+                outside_macro_f1=out.macro["f1"] if out else None,
                 minutes=minutes,
                 train_img_s=statistics.median(ips),
                 run=str(run),
@@ -76,15 +81,19 @@ def main():
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; preset {a.preset} {' '.join(a.set)}"
     )
-    print("| seed | val acc (TTA) | val acc (no TTA) | macro F1 | source acc (TTA) | train minutes | train img/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| seed | val acc (TTA) | val acc (no TTA) | macro F1 | source acc (TTA) | outside acc (TTA) "
+        "| outside macro F1 | train minutes | train img/s |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    figure = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
-        source = "-" if r["source_acc"] is None else f"{r['source_acc']:.4f}"
         print(
-            f"| {r['seed']} | {r['val_acc']:.4f} | {r['val_acc_no_tta']:.4f} | {r['macro_f1']:.4f} | {source} | "
+            f"| {r['seed']} | {r['val_acc']:.4f} | {r['val_acc_no_tta']:.4f} | {r['macro_f1']:.4f} | "
+            f"{figure(r['source_acc'])} | {figure(r['outside_acc'])} | {figure(r['outside_macro_f1'])} | "
             f"{r['minutes']:.1f} | {r['train_img_s']:.0f} |"
         )
-    for key, name in (("val_acc", "group-aware val"), ("source_acc", "source-held-out")):
+    for key, name in (("val_acc", "group-aware val"), ("source_acc", "source-held-out"), ("outside_acc", "outside")):
         accs = [r[key] for r in rows if r[key] is not None]
         if accs:
             spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -116,6 +125,8 @@ def record(name: str, rows: list[dict]) -> None:
         "seeds": [r["seed"] for r in rows],
         **{k: [round(r[v], 4) for r in rows] for k, v in (("val", "val_acc"), ("val_one_view", "val_acc_no_tta"),
            ("val_macro_f1", "macro_f1"), ("source", "source_acc"), ("source_macro_f1", "source_macro_f1"))},
+        **({k: [round(r[v], 4) for r in rows] for k, v in (("outside", "outside_acc"),
+            ("outside_macro_f1", "outside_macro_f1"))} if all(r["outside_acc"] is not None for r in rows) else {}),
         "train_minutes": [round(r["minutes"], 1) for r in rows],
         "tflop": rows[0]["tflop"],
     }  # fmt: skip

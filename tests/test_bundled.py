@@ -96,6 +96,22 @@ def test_the_bundled_model_ships_with_its_card():
     assert val["ece"] < val["ece_before_calibration"] and "source" in card["figures"] and card["data_key"]
     assert (BUNDLED / MODEL_WEIGHTS).stat().st_size < 10e6  # a few MB: the package stays small
     assert card["onnx"]["sha256"] == file_sha256(BUNDLED / MODEL_ONNX) and card["onnx"]["max_logit_difference"] < 1e-4
+    outside = card["figures"]["outside"]  # photos from other sources than the training's, with their interval
+    assert outside["n"] == 703 and outside["interval"][0] < outside["accuracy"] < outside["interval"][1]
+    assert outside["accuracy"] < val["accuracy"] and "never trained" in outside["photos"]
+
+
+def test_sort_with_the_bundled_model_says_what_its_threshold_means_on_outside_photos(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (300, 200), (120, 110, 100)).save(tmp_path / "photos" / "a.jpg")
+    p = cli("sort", tmp_path / "photos", "--out", tmp_path / "out", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "--min-confidence at 0.50: " in p.stdout
+    assert "of those right, on 703 outside photos (other sources than the training's)" in p.stdout
+    p = cli("sort", tmp_path / "photos", "--out", tmp_path / "out2", "--quiet", "--target-accuracy", "0.98")
+    assert p.returncode == 0 and "98." in p.stdout.split("--min-confidence at ")[1].split(" of those right")[0]
 
 
 def test_the_bundled_graph_gives_the_probabilities_pytorch_gives():
@@ -188,8 +204,13 @@ def test_the_bundled_model_scores_on_the_real_split_what_its_card_says(ahe_root,
     p = cli("evaluate", "--split", "val", "--out", tmp_path, env={"AHE_DATA": str(ahe_root)}, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "no checkpoint given: the bundled model" in p.stderr
-    for split in ("val", "source"):
+    for split in ("val", "source", "outside"):  # the outside photos beside the data root: evaluated too
         got = json.loads((tmp_path / f"eval-{split}.json").read_text())
         want = card["figures"][split]
         assert got["n"] == want["n"] and got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-4), split
         assert got["macro"]["f1"] == pytest.approx(want["macro_f1"], abs=1e-4)
+    assert got["interval"] == pytest.approx(want["interval"], abs=1e-4) and want["n"] == 703
+    risk = json.loads((tmp_path / "risk-coverage-outside.json").read_text())  # what sort quotes, measured again
+    held = card["outside_predictions"]
+    assert risk["n"] == len(held["label"]) == 703
+    assert risk["rows"][2]["filed"] == sum(c >= 0.5 for c in held["confidence"])  # at the default threshold 0.5

@@ -56,8 +56,13 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["groups"] > 7000 and split["images"] == 10130
     assert split["source_held_out"] == "flickr-newest" and not set(split["source_files"]) & set(split["val_files"])
+    outside = summary["splits"]["outside"]  # ../shared/data/ahe64-outside, beside the data: evaluated when present
+    assert outside["n"] == 703 and outside["interval"][0] < outside["accuracy"] < outside["interval"][1]
+    assert outside["holds_out"] == str((ahe_root.parent / "ahe64-outside").resolve())
+    assert f"accuracy on outside [{outside['holds_out']}]: " in p.stdout and "95% interval" in p.stdout
     report = (tmp_path / "run" / "report.html").read_text()
-    assert report.count('<figure class="thumb">') == 24 and "image not found" not in report  # 12 per validation
+    assert report.count('<figure class="thumb">') == 36 and "image not found" not in report  # 12 per evaluation
+    assert "on 703 photos from other sources than the training&#x27;s: " in report  # the headline says it first
     assert "lacks" not in report and "accuracy on val (group-aware validation from train/)" in report
     for views in summary["calibration"].values():  # the temperature can only lower the NLL it was fitted on
         assert views["nll_after"] <= views["nll_before"] and views["ece_after"] <= views["ece_before"] + 1e-9

@@ -67,7 +67,7 @@ def test_a_run_is_set_beside_the_presets_and_told_whether_it_compares(main_run, 
     figures = json.loads(PRESET_FIGURES.read_text())
     s = presets_section(RunReader(run))
     val, source = (json.loads((run / f"eval-{k}.json").read_text())["accuracy"] for k in ("val", "source"))
-    assert f"<td>this run</td><td>{val:.2%}</td><td>{source:.2%}</td>" in s.html
+    assert f"<td>this run</td><td>{val:.2%}</td><td>{source:.2%}</td><td>not measured</td>" in s.html
     assert all(f"<td>{name} ({len(p['val'])} seeds)</td>" in s.html for name, p in figures["presets"].items())
     assert "does not compare directly" in s.html  # a synthetic split, not the one the presets were measured on
     same = tmp_path / "presets.json"

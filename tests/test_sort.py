@@ -465,7 +465,7 @@ def test_the_threshold_says_what_it_means_on_held_out_photos_and_a_target_accura
     held |= {"confidence": [0.9, 0.5], "predicted": [0, 0], "label": [1, 0]}  # the surest photo is wrong
     ckpt["calibration"]["plain"]["held_out"] = held
     torch.save(ckpt, tmp_path / "unsure.pt")
-    with pytest.raises(SortError, match=r"no threshold reaches it on the held-out photos \(best 50.0%\)"):
+    with pytest.raises(SortError, match=r"no threshold reaches it on the held-out validation photos \(best 50.0%\)"):
         sort_photos(tmp_path / "unsure.pt", folder, tmp_path / "c", progress=False, target_accuracy=0.9)
     assert not (tmp_path / "c").exists()
     with pytest.raises(SortError, match="calibrate it"):  # not measured: nothing to pick from

@@ -258,7 +258,18 @@ def cmd_train(args) -> int:
     "evaluate",
     "metrics of a checkpoint on a split",
     MODEL,
-    arg("--split", choices=["val", "source", "test"], default="val"),
+    arg(
+        "--split",
+        choices=["val", "source", "test", "outside"],
+        default="val",
+        help="val (the default) also evaluates the source-held-out split and the outside photos when they exist",
+    ),
+    arg(
+        "--outside",
+        metavar="DIR",
+        help="the outside photos: a folder of class folders of photos from other sources "
+        "than the training's (default: <data root>-outside or ../shared/data/ahe64-outside when either exists)",
+    ),
     data_flag("model"),
     arg("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation"),
     arg("--out", help="folder for eval JSON and PNG (default: beside the checkpoint)"),
@@ -266,22 +277,33 @@ def cmd_train(args) -> int:
 )
 def cmd_evaluate(args) -> int:
     from .files import writable_folder
-    from .jobs.evaluation import evaluate_checkpoint, validation_splits
+    from .jobs.evaluation import evaluate_checkpoint, evaluation_splits
     from .modelcard import BUNDLED
 
     ckpt = _model(args)
     out = writable_folder(_beside(args, ckpt))
     root = Path(args.data) if args.data else default_data_root() if ckpt == BUNDLED else None
     sets = _settings(args, "evaluate", ("data.",), "the model and its recipe are the checkpoint's")
-    splits = validation_splits(ckpt, root, sets) if args.split == "val" else [args.split]  # source beside val
+    sets += [f"data.outside={Path(args.outside).resolve()}"] if args.outside else []
+    splits = evaluation_splits(ckpt, root, sets) if args.split == "val" else [args.split]  # the others beside val
     results = [evaluate_checkpoint(ckpt, s, root=root, tta=args.tta, out_dir=out, data_overrides=sets) for s in splits]
     for r in results:
         print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
         print(r.report() + "\n")
         print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
     if len(results) > 1:
-        print("  ".join(f"accuracy on {r.name}: {r.accuracy:.4f}" for r in results))
+        print(accuracy_lines(results))
     return 0
+
+
+def accuracy_lines(results) -> str:
+    """One line per evaluated split: its accuracy, on which photos, with its 95% interval."""
+    from .metrics import interval_text
+
+    return "\n".join(
+        f"accuracy on {r.name}: {r.accuracy:.4f} (95% interval {interval_text(r.interval)}, {r.n} photos)"
+        for r in results
+    )
 
 
 @command(
@@ -376,7 +398,8 @@ def cmd_calibrate(args) -> int:
     arg("--min-confidence", type=float, metavar="P",
         help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)"),
     arg("--target-accuracy", type=float, metavar="A",
-        help="instead of --min-confidence: the threshold at which the model's held-out photos were A right"),
+        help="instead of --min-confidence: the threshold at which the model's measured photos were A right (the "
+             "bundled model's outside photos, a run's held-out validation photos)"),
     arg("--link", action="store_true", help="hard-link instead of copying (same file system)"),
     arg("--xmp", action="store_true",
         help="write each photo's class beside it in an XMP sidecar (keywords photo managers read; merged)"),
@@ -393,7 +416,7 @@ def cmd_sort(args) -> int:
     s = sort_photos(args.checkpoint, args.photos, args.out, args.min_confidence, args.link, args.view,
                     progress=not args.quiet, target_accuracy=args.target_accuracy, xmp=args.xmp)  # fmt: skip
     if s.expected:
-        print(f"--min-confidence {s.expected.line()}, on {s.expected.n:,} held-out validation photos")
+        print(f"--min-confidence {s.expected.line()}, on {s.expected.n:,} {s.expected_on}")
     print(f"sorted {s.sorted} photo(s) in {s.seconds:.1f} s ({s.images_per_s:.0f} images/s) into {args.out}")
     for name, n in sorted(s.per_class.items(), key=lambda kv: (kv[0] == UNCERTAIN, kv[0])):
         note = f" (top-class probability below {s.min_confidence:.2f})" if name == UNCERTAIN else ""
@@ -667,6 +690,7 @@ def cmd_run(args) -> int:
     print(f"\nclass images: {g['figure']}, made by {made_by}")
     if job.gallery_scores:
         print(job.gallery_scores + "\n")
+    print(accuracy_lines(job.evaluations.values()))
     print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
     print(f"report: {summary['report'] or 'not written (see the warning above)'}")
     return 0

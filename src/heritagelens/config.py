@@ -25,6 +25,7 @@ SPLIT_NAMES = {
     "val": "group-aware validation from train/",
     "source": "source-held-out validation from train/: photos of sources kept out of training",
     "test": "official test split",
+    "outside": "photos from other sources than the train split, a folder of class folders (never trained on)",
 }
 """What each split name an accuracy is printed with means."""
 
@@ -59,6 +60,10 @@ class DataConfig:
     """What loading does with an unreadable file: 'skip' (warn with a count) or 'stop'."""
     cache_dir: str = ""
     """Where decoded tensors are cached; empty means `<root>/.heritagelens-cache` when writable, else ~/.cache."""
+    outside: str = ""
+    """A folder of class folders of photos from other sources than `train/`, only ever evaluated on (never trained,
+    stopped, calibrated or thresholded on); empty means `<root>-outside` beside the root or
+    `../shared/data/ahe64-outside`, whichever exists; 'none' evaluates none."""
 
     def __post_init__(self):
         if self.val_folds < 2:

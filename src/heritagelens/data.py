@@ -85,6 +85,45 @@ def has_split(root: Path, split: str) -> bool:
     return (Path(root) / split).is_dir()
 
 
+OUTSIDE_FOLDERS = ("../shared/data/ahe64-outside",)
+"""Where photos from other sources are looked for, after `<root>-outside` beside the data root."""
+
+
+def find_outside(setting: str, root: Path | str, classes: list[str]) -> Path | None:
+    """The folder of outside photos (`DataConfig.outside`): the `setting` when it names one, None for 'none', else
+    the first of `<root>-outside` beside the data root and `OUTSIDE_FOLDERS` whose class folders are all among
+    `classes` (photos of another taxonomy are not this model's outside photos); None when none is."""
+    if setting == "none":
+        return None
+    if setting:
+        return Path(setting)
+    root = Path(root)
+
+    def fits(folder: Path) -> bool:
+        found = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        return bool(found) and found <= set(classes)
+
+    candidates = (root.parent / f"{root.name}-outside", *map(Path, OUTSIDE_FOLDERS))
+    return next((p for p in candidates if p.is_dir() and fits(p)), None)
+
+
+def load_folder(
+    folder: Path | str, classes: list[str], on_bad_file: str = "skip", cache_dir: Path | str | None = None
+) -> Split:
+    """A folder of class folders (`folder/<class>/*`, each class one of `classes`, any of them may be missing)
+    decoded as one split; its files are named relative to the folder's parent, so they start with its name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {'not a directory' if folder.exists() else 'no such directory'}")
+    if (folder / "train").is_dir():
+        raise DataError(
+            f"{folder}: a dataset root (it holds train/); give a folder of class folders, such as its test/"
+        )
+    if not any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
+        raise DataError(f"{folder}: no class folders; expected {folder}/<class>/*.jpg")
+    return load_split(folder.parent, folder.name, classes, on_bad_file, cache_dir)
+
+
 # ----------------------------------------------------------------------------------------------------------- cache
 
 

@@ -5,6 +5,7 @@ Metrics come from scikit-learn; this module only arranges them. Every result nam
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,7 +41,12 @@ class EvalResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     """(file, problem) of the split's files that could not be read: not counted in any figure."""
     held_out: str = ""
-    """For the source-held-out split: what it holds out, in words."""
+    """Which photos, where the split's name does not say: what the source-held-out split holds out, the outside
+    photos' folder."""
+    interval: list[float] | None = None
+    """The accuracy's 95% interval [low, high] (Wilson score): where the accuracy on more photos like these lies."""
+    folder: str = ""
+    """For a split outside the data root (the outside photos): the folder `mistakes[].file` is relative to."""
 
     @property
     def name(self) -> str:
@@ -59,7 +65,10 @@ class EvalResult:
             lines.append(f"{c:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {int(m['support']):7d}")
         for name, m in (("macro avg", self.macro), ("weighted avg", self.weighted)):
             lines.append(f"{name:<{w}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {self.n:7d}")
-        lines.append(f"accuracy on {self.name} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}")
+        lines.append(
+            f"accuracy on {self.name} ({self.n} images{', TTA' if self.tta else ''}): {self.accuracy:.4f}"
+            + (f", 95% interval {interval_text(self.interval)}" if self.interval else "")
+        )
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} file(s) of {self.split} could not be read and are not counted:")
             lines += [f"  {f}: {problem}" for f, problem in self.unreadable]
@@ -84,6 +93,22 @@ class EvalResult:
         for c, row in zip(self.classes, self.confusion):
             lines.append(f"{c:<{w}}  " + " ".join(f"{v:6d}" for v in row))
         return "\n".join(lines)
+
+
+def wilson_interval(right: int, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of an accuracy of `right` of `n` (95% for z = 1.96): unlike the normal
+    approximation it stays inside [0, 1] and is honest for a few photos or an accuracy near 1."""
+    if n == 0:
+        return [0.0, 1.0]
+    p, zz = right / n, z * z
+    centre = (p + zz / (2 * n)) / (1 + zz / n)
+    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def interval_text(interval: list[float]) -> str:
+    """'90.2%-94.1%'."""
+    return f"{interval[0]:.1%}-{interval[1]:.1%}"
 
 
 def calibration_line(c: dict) -> str:
@@ -122,6 +147,7 @@ def evaluate_logits(
         split=split,
         n=len(y),
         accuracy=float((pred == y).mean()) if len(y) else float("nan"),
+        interval=wilson_interval(int((pred == y).sum()), len(y)),
         tta=tta,
         classes=list(classes),
         per_class=per_class,

@@ -191,21 +191,24 @@ def presets_section(run: RunReader, figures: Path = PRESET_FIGURES) -> Section:
     ref = run.read(str(figures), s, lambda f: json.loads(f.read_text(encoding="utf-8")))
     if ref is None:
         return s
-    header = ["", "group-aware val", "source-held-out", "gap (points)", "macro F1 val / source", "TFLOP",
-              "training minutes"]  # fmt: skip
+    header = ["", "group-aware val", "source-held-out", "outside photos", "gap (points)", "macro F1 val / source",
+              "TFLOP", "training minutes"]  # fmt: skip
     rows = []
     for name, p in ref["presets"].items():
         gap = 100 * (np.mean(p["val"]) - np.mean(p["source"]))
         f1 = f"{np.mean(p['val_macro_f1']):.3f} / {np.mean(p['source_macro_f1']):.3f}"
         minutes = f"{min(p['train_minutes']):.0f}-{max(p['train_minutes']):.0f}"
-        rows.append([f"{name} ({len(p['val'])} seeds)", _mean_sd(p["val"]), _mean_sd(p["source"]), f"{gap:.1f}", f1,
-                     f"{p['tflop']:.0f}", minutes])  # fmt: skip
+        outside = _mean_sd(p["outside"]) if p.get("outside") else "not measured"
+        rows.append([f"{name} ({len(p['val'])} seeds)", _mean_sd(p["val"]), _mean_sd(p["source"]), outside,
+                     f"{gap:.1f}", f1, f"{p['tflop']:.0f}", minutes])  # fmt: skip
     quiet = Section("", "")  # what is missing or unreadable is listed by the sections that show it
-    val, src, summary = (run.json(f, quiet) for f in ("eval-val.json", "eval-source.json", "summary.json"))
+    val, src, out, summary = (run.json(f, quiet) for f in ("eval-val.json", "eval-source.json", "eval-outside.json",
+                                                           "summary.json"))  # fmt: skip
     if all(isinstance(d, dict) and "accuracy" in d and "macro" in d for d in (val, src)):
         compute = summary.get("train_compute") if isinstance(summary, dict) else None
         tflop = compute.get("tflop") if isinstance(compute, dict) else None
-        rows.append(["this run", f"{val['accuracy']:.2%}", f"{src['accuracy']:.2%}",
+        outside = f"{out['accuracy']:.2%}" if isinstance(out, dict) and "accuracy" in out else "not measured"
+        rows.append(["this run", f"{val['accuracy']:.2%}", f"{src['accuracy']:.2%}", outside,
                      f"{100 * (val['accuracy'] - src['accuracy']):.1f}",
                      f"{val['macro']['f1']:.3f} / {src['macro']['f1']:.3f}",
                      "" if tflop is None else f"{tflop:.0f}",
@@ -219,6 +222,70 @@ def presets_section(run: RunReader, figures: Path = PRESET_FIGURES) -> Section:
         + ("This run was validated on the same photographs, so its row compares directly."
            if same else "This run's split is not that one, so its row does not compare directly.")
     )  # fmt: skip
+    return s
+
+
+def bundled_figures() -> dict | None:
+    """The bundled model's card figures (val, source and outside), or None when its card lacks the outside ones."""
+    from .modelcard import BUNDLED, CheckpointError, model_card
+
+    try:
+        figures = model_card(BUNDLED).get("figures") or {}
+    except CheckpointError:
+        return None
+    return figures if all("accuracy" in (figures.get(k) or {}) for k in ("val", "source", "outside")) else None
+
+
+def expectation_section(run: RunReader, bundled: dict | None = None) -> Section:
+    """What to expect on a user's photos, which come from other sources than the training's: this run's accuracy on
+    the outside photos when it was measured, else its validation figures beside how far the bundled model's
+    validations overstated its accuracy on outside photos."""
+    from .metrics import interval_text
+
+    s = Section("expect", "What to expect on your photos")
+    quiet = Section("", "")  # each evaluation section lists what is missing or unreadable
+    got = {k: run.json(f"eval-{k}.json", quiet) for k in ("val", "source", "outside")}
+    got = {k: d for k, d in got.items() if isinstance(d, dict) and "accuracy" in d}
+    if not got:
+        s.missing.append("eval-val.json: no validation evaluated")
+        return s
+
+    def pct(d: dict) -> str:
+        return f"{d['accuracy']:.1%}" + (f" (95% interval {interval_text(d['interval'])})" if d.get("interval") else "")
+
+    names = {"val": "the group-aware validation", "source": "the source-held-out validation"}
+    said = "; ".join(f"{names[k]} {pct(d)}" for k, d in got.items() if k in names)
+    if "outside" in got:
+        o = got["outside"]
+        over = ", ".join(
+            f"{names[k]} by {100 * (d['accuracy'] - o['accuracy']):+.1f} points" for k, d in got.items() if k in names
+        )
+        s.headline = f"on {o['n']} photos from other sources than the training's: {pct(o)}"
+        s.html = para(
+            f"Measured on {o['n']} photos from other sources than the training's ({o.get('held_out') or 'outside'}), "
+            f"never trained, stopped, calibrated or thresholded on: accuracy {pct(o)}. The validation splits carved "
+            f"from train/ said {said}: above the outside figure, {over}. Photos from other sources are what a "
+            "user's photos are: expect the outside figure."
+        )
+        return s
+    bundled = bundled_figures() if bundled is None else bundled
+    key = "source" if "source" in got else "val"
+    figure = f"This run was measured on validation splits carved from train/ only ({said}): no outside photos were "
+    figure += "evaluated (heritagelens evaluate RUN --split outside --outside DIR)."
+    if not bundled:
+        s.headline = f"{names[key]}: {pct(got[key])}; not measured on photos from other sources"
+        s.html = para(figure + " How far these figures overstate accuracy on photos from elsewhere is not known.")
+        return s
+    gap = bundled[key]["accuracy"] - bundled["outside"]["accuracy"]
+    guess = got[key]["accuracy"] - gap
+    s.headline = f"{names[key]}: {pct(got[key])}; on photos from other sources expect about {guess:.1%}"
+    s.html = para(
+        f"{figure} For the bundled model (the default recipe), {names[key]} said {bundled[key]['accuracy']:.1%} "
+        f"and {bundled['outside']['n']} photos from other sources than the training's "
+        f"({bundled['outside'].get('photos', 'outside photos')}) gave {bundled['outside']['accuracy']:.1%}: "
+        f"it overstated by {100 * gap:.1f} points. Taken over to this run, expect about {guess:.1%} on your photos; "
+        "a recipe that generalizes differently moves that guess."
+    )
     return s
 
 
@@ -238,7 +305,7 @@ def training_section(run: RunReader) -> Section:
 
 
 def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
-    from .metrics import EvalResult, Mistake, calibration_line
+    from .metrics import EvalResult, Mistake, calibration_line, interval_text
 
     split = name.removeprefix("eval-").removesuffix(".json")
     s = Section(eval_id(name), f"Evaluation on {split_label(split)}")
@@ -250,41 +317,51 @@ def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
     rows = [[c, f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), m["support"]] for c, m in r.per_class.items()]
     rows += [[k + " avg", f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), r.n] for k, m in
              (("macro", r.macro), ("weighted", r.weighted))]  # fmt: skip
+    interval = f" (95% interval {interval_text(r.interval)})" if r.interval else ""
     s.headline = (
-        f"accuracy on {split_label(split)}{f' [{r.held_out}]' if r.held_out else ''}: {r.accuracy:.4f}, "
+        f"accuracy on {split_label(split)}{f' [{r.held_out}]' if r.held_out else ''}: {r.accuracy:.4f}{interval}, "
         f"macro F1 {r.macro['f1']:.4f} "
         f"({r.n} images{', test-time augmentation' if r.tta else ''})"
     )
+    photos = Path(r.folder) if r.folder else data_root
     s.html = (
         f'<p class="headline">{html.escape(s.headline)}</p>'
         + table(["class", "precision", "recall", "F1", "support"], rows, "metrics")
         + "<h3>Confusion matrix</h3>"
         + img(png_bytes(figure_image(confusion_figure(r))), f"confusion matrix, {split}", 620)
-        + mistakes_html(r, data_root, s)
+        + mistakes_html(r, photos, s)
     )
     if r.calibration:
         png = run.png(f"reliability-{split}.png", s)
         s.html += "<h3>Calibration</h3>" + para(calibration_line(r.calibration))
         s.html += img(png, f"reliability diagram, {split}", 760) if png else ""
-    if split == "val" and (run.path / "risk-coverage.json").exists():
-        s.html += risk_coverage_html(run, s)
+    stem = {"val": "risk-coverage", "outside": "risk-coverage-outside"}.get(split)
+    if stem and (run.path / f"{stem}.json").exists():
+        s.html += risk_coverage_html(run, s, stem)
     return s
 
 
-def risk_coverage_html(run: RunReader, s: Section) -> str:
-    """What `sort --min-confidence` means, measured on the held-out photos: the table and the curve."""
-    d = run.json("risk-coverage.json", s)
+def risk_coverage_html(run: RunReader, s: Section, stem: str = "risk-coverage") -> str:
+    """What `sort --min-confidence` means, measured on the held-out or the outside photos: the table and the curve."""
+    d = run.json(f"{stem}.json", s)
     if d is None:
         return ""
     pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
     rows = [[f"{r['threshold']:.2f}", pct(r["coverage"]), pct(r["accuracy"]), r["filed"]] for r in d["rows"]]
-    png = run.png("risk-coverage.png", s)
+    png = run.png(f"{stem}.png", s)
+    outside = d.get("split") == "outside"
+    photos = "outside photos, from other sources than the training's" if outside else "held-out validation photos"
+    picks = (
+        "Photos like a user's: a threshold chosen on validation files about this share of them, this accurately."
+        if outside
+        else "sort --target-accuracy picks the threshold from these figures."
+    )
     return (
         "<h3>Filing the sure photos (risk-coverage)</h3>"
         + para(
-            f"What a confidence threshold (sort --min-confidence) does on the {d['n']} held-out validation photos "
+            f"What a confidence threshold (sort --min-confidence) does on the {d['n']} {photos} "
             f"({d['view']}): the share of photos filed into a class, the rest left to a person, and how many of "
-            "those filed are right. sort --target-accuracy picks the threshold from these figures."
+            f"those filed are right. {picks}"
         )
         + table(["threshold", "photos filed", "of those right", "filed"], rows, "metrics")
         + (img(png, "risk-coverage curve and per-class figures", 820) if png else "")
@@ -451,6 +528,7 @@ def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[st
         safely("split.json", "data", "Data and validation split", data_section, run),
         safely("metrics.csv", "training", "Training curves", training_section, run),
         safely(PRESET_FIGURES.name, "presets", "This run beside the measured presets", presets_section, run),
+        safely("eval-*.json", "expect", "What to expect on your photos", expectation_section, run),
     ]
     evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (f.stem != "eval-val", f.stem))
     for f in evals:

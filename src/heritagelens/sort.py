@@ -82,7 +82,10 @@ class SortSummary:
     sidecars: Counter = field(default_factory=Counter)
     """XMP sidecars 'written', 'unchanged' (they said so already) and 'failed' (a row per folder in sort.csv)."""
     expected: Filed | None = None
-    """What `min_confidence` does on the model's held-out validation photos (when its calibration measured it)."""
+    """What `min_confidence` does on the model's measured photos (when they were measured): its outside photos when
+    its card holds them (the bundled model's), else its held-out validation photos."""
+    expected_on: str = ""
+    """Which photos `expected` was measured on, in words."""
 
     @property
     def done(self) -> int:
@@ -322,8 +325,9 @@ def sort_photos(
     target_accuracy: float | None = None, xmp: bool = False,
 ) -> SortSummary:  # fmt: skip
     """Sort every photo under `photos` into `out` (see the module docstring); returns the counts. A photo is filed
-    when its top probability reaches `min_confidence` (default 0.5), or the threshold at which the model's held-out
-    photos were `target_accuracy` right. With `xmp`, every photo's XMP sidecar says its class (`heritagelens.xmp`)."""
+    when its top probability reaches `min_confidence` (default 0.5), or the threshold at which the model's measured
+    photos (`measured_photos`) were `target_accuracy` right. With `xmp`, every photo's XMP sidecar says its class
+    (`heritagelens.xmp`)."""
     from .checkpoint import checkpoint_file, load_model, temperature
     from .files import atomic_write_json
 
@@ -340,7 +344,7 @@ def sort_photos(
         raise SortError(f"{photos}: no files to sort")
     model, classes, ckpt = load_model(checkpoint)
     t = temperature(ckpt, tta=False)
-    min_confidence, expected = meaning(ckpt, checkpoint, min_confidence, target_accuracy)
+    min_confidence, expected, expected_on = meaning(ckpt, checkpoint, min_confidence, target_accuracy)
     settings = {"photos": str(photos.resolve()), "checkpoint": str(checkpoint_file(checkpoint).resolve()),
                 "temperature": t, "view": how}  # fmt: skip
     run = None
@@ -352,6 +356,7 @@ def sort_photos(
             run.xmp_model = model_name(checkpoint) if xmp else ""
             run.summary.calibrated = t is not None
             run.summary.min_confidence, run.summary.expected = min_confidence, expected
+            run.summary.expected_on = expected_on
             if not (out / META).exists():
                 atomic_write_json(settings, out / META)
             return run.go(batch_size, progress)
@@ -367,12 +372,24 @@ def model_name(checkpoint: Path | str) -> str:
     return "HeritageLens bundled model" if Path(checkpoint) == BUNDLED else str(checkpoint_file(checkpoint).resolve())
 
 
-def meaning(ckpt: dict, checkpoint: Path | str, min_confidence: float | None, target: float | None):
-    """(the threshold to sort at, what it does on the model's held-out photos or None when not measured)."""
+def measured_photos(ckpt: dict) -> tuple[dict[str, list] | None, str]:
+    """The photos a threshold's meaning is measured on, as (each photo's calibrated prediction, what they are): a
+    model folder's outside photos when its card holds them (photos from other sources than the training's, like a
+    user's), else the held-out validation photos its calibration measured; (None, '') when neither."""
+    outside = (ckpt.get("card") or {}).get("outside_predictions")
+    if isinstance(outside, dict) and outside.get("label"):
+        return outside, "outside photos (other sources than the training's)"
     held = ((ckpt.get("calibration") or {}).get("plain") or {}).get("held_out")
+    return (held, "held-out validation photos") if held else (None, "")
+
+
+def meaning(ckpt: dict, checkpoint: Path | str, min_confidence: float | None, target: float | None):
+    """(the threshold to sort at, what it does on the model's measured photos or None when not measured, which
+    photos those are)."""
+    held, on = measured_photos(ckpt)
     if target is None:
         min_confidence = 0.5 if min_confidence is None else min_confidence
-        return min_confidence, filed_at(held, min_confidence) if held else None
+        return min_confidence, filed_at(held, min_confidence) if held else None, on
     if not held:
         raise SortError(
             f"{checkpoint}: --target-accuracy needs the held-out figures that 'heritagelens calibrate' measures: "
@@ -381,8 +398,8 @@ def meaning(ckpt: dict, checkpoint: Path | str, min_confidence: float | None, ta
     pick = threshold_for(held, target)
     if pick is None:
         best = max(curve(held)[2])
-        raise SortError(f"--target-accuracy {target}: no threshold reaches it on the held-out photos (best {best:.1%})")
-    return pick.threshold, pick
+        raise SortError(f"--target-accuracy {target}: no threshold reaches it on the {on} (best {best:.1%})")
+    return pick.threshold, pick, on
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
-"""Evaluating and calibrating a checkpoint on its validation splits or the official test split, into files.
+"""Evaluating and calibrating a checkpoint on its validation splits, the official test split or the outside photos,
+into files.
 
 For each evaluated split a run folder gets `eval-<split>.json`, `eval-<split>.txt`, `confusion-<split>.png` and, once
 the checkpoint is calibrated, `reliability-<split>.png`; evaluated on 'val', a calibrated checkpoint also gets
-`risk-coverage.json` and `.png`: what each confidence threshold files, and how accurately, one view as `sort` sees.
+`risk-coverage.json` and `.png`: what each confidence threshold files, and how accurately, one view as `sort` sees;
+on 'outside', `risk-coverage-outside.json` and `.png`, the same measured on photos from other sources.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..checkpoint import (
     read_checkpoint,
     temperature,
 )
+from ..config import Config
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
@@ -35,6 +38,25 @@ def validation_splits(checkpoint: Path | str, root: Path | str | None = None, da
     return ["val"] + ["source"] * bool(len(prep.source_idx))
 
 
+def evaluation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
+    """The validation splits, and 'outside' when there are outside photos to evaluate on."""
+    ckpt = read_checkpoint(checkpoint)
+    cfg = data_config_of(ckpt, root, data_overrides)
+    outside = data.find_outside(cfg.data.outside, cfg.data.root, ckpt["classes"]) is not None
+    return validation_splits(checkpoint, root, data_overrides) + ["outside"] * outside
+
+
+def outside_folder(cfg: Config, classes: list[str], checkpoint: Path | str) -> Path:
+    """The folder of outside photos `cfg` names or finds (`data.find_outside`); `DataError` when there is none."""
+    folder = data.find_outside(cfg.data.outside, cfg.data.root, classes)
+    if folder is None:
+        raise data.DataError(
+            f"{checkpoint}: no outside photos to evaluate on: give --outside DIR (a folder of class folders of photos "
+            f"from other sources than the training's), or place them in {Path(cfg.data.root)}-outside"
+        )
+    return folder
+
+
 def evaluate_checkpoint(
     checkpoint: Path | str,
     split: str,
@@ -44,11 +66,12 @@ def evaluate_checkpoint(
     data_overrides: list[str] = (),
 ) -> EvalResult:
     """Evaluate a checkpoint on 'val' (its own group-aware validation split), 'source' (its source-held-out
-    validation split) or 'test' (the data root's test/), with
-    `data_overrides` (`data.*` assignments) applied to its config; the test split's unreadable files are listed."""
+    validation split), 'test' (the data root's test/) or 'outside' (the folder `data.outside` names or finds), with
+    `data_overrides` (`data.*` assignments) applied to its config; unreadable test or outside files are listed."""
     model, classes, ckpt = load_model(checkpoint)
     cfg = data_config_of(ckpt, root, data_overrides)
     tta = cfg.train.tta if tta is None else tta
+    folder = ""
     if split in ("val", "source"):
         prep = prepared_for(cfg, classes, checkpoint)
         idx = prep.held_out(split)
@@ -58,13 +81,21 @@ def evaluate_checkpoint(
     else:
         data_classes = data.list_classes(cfg.data.root, "train") if data.has_split(cfg.data.root, "train") else classes
         check_classes(classes, data_classes, checkpoint)
-        sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
+        if split == "outside":
+            where = outside_folder(cfg, classes, checkpoint)
+            sp = data.load_folder(where, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
+            folder = str(where.resolve().parent)
+        else:
+            sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
         images, labels, files = sp.images, sp.labels, sp.files
     logits = predict_logits(model, images, tta=tta)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
+    result.folder = folder
     if split == "source":
         result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_ranges)
-    if split == "test":
+    if split == "outside":
+        result.held_out = str(where.resolve())
+    if split in ("test", "outside"):
         result.unreadable = [(str(f), problem) for f, problem in sp.bad]
     t = temperature(ckpt, tta)
     if t is not None:
@@ -85,26 +116,52 @@ def evaluate_checkpoint(
         held = ckpt["calibration"].get("plain", {}).get("held_out") if t is not None else None
         if split == "val" and held and root is None:
             write_risk_coverage(held, classes, out_dir)
+        if split == "outside" and temperature(ckpt, False) is not None:
+            one_view = predict_logits(model, images, tta=False) if tta else logits
+            write_risk_coverage(outside_predictions(one_view, labels, ckpt), classes, out_dir, "outside")
     return result
+
+
+def outside_predictions(one_view: torch.Tensor, labels: torch.Tensor, ckpt: dict) -> dict[str, list]:
+    """Each outside photo's calibrated top probability (one view, the temperature fitted on validation: nothing is
+    fitted on these photos), predicted and true class, as `calibration.held_out_predictions` gives them."""
+    conf, pred = torch.softmax(one_view.double() / temperature(ckpt, False), 1).max(1)
+    return {"confidence": [round(float(c), 5) for c in conf], "predicted": pred.tolist(), "label": labels.tolist()}
 
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def write_risk_coverage(held: dict[str, list], classes: list[str], out_dir: Path | str) -> None:
-    """`risk-coverage.json` (coverage and accuracy at `THRESHOLDS`, overall and per predicted class) and its figure."""
+RISK_VIEWS = {
+    "val": (
+        "risk-coverage",
+        "held-out photos",
+        "one view, calibrated with a temperature fitted on the other half of the split",
+    ),
+    "outside": (
+        "risk-coverage-outside",
+        "outside photos",
+        "one view, calibrated with the temperature fitted on the group-aware validation split",
+    ),
+}
+"""Per split: the files' stem, what its photos are, and how their probabilities were made."""
+
+
+def write_risk_coverage(held: dict[str, list], classes: list[str], out_dir: Path | str, split: str = "val") -> None:
+    """`risk-coverage.json` (or `risk-coverage-outside.json`): coverage and accuracy at `THRESHOLDS`, overall and
+    per predicted class, and its figure."""
+    stem, photos, view = RISK_VIEWS[split]
 
     def row(t, k=None):
         f = filed_at(held, t, k)
         return {"threshold": t, "n": f.n, "filed": f.filed, "coverage": f.coverage, "accuracy": f.accuracy}
 
-    d = {"split": "val", "view": "one view, calibrated with a temperature fitted on the other half of the split",
-         "n": len(held["label"]), "rows": [row(t) for t in THRESHOLDS],
+    d = {"split": split, "view": view, "n": len(held["label"]), "rows": [row(t) for t in THRESHOLDS],
          "per_class": {c: [row(t, k) for t in THRESHOLDS] for k, c in enumerate(classes)}}  # fmt: skip
-    atomic_write_json(d, Path(out_dir) / "risk-coverage.json")
-    title = f"val ({d['n']} held-out photos, one view): filing the photos the model is sure of"
+    atomic_write_json(d, Path(out_dir) / f"{stem}.json")
+    title = f"{split} ({d['n']} {photos}, one view): filing the photos the model is sure of"
     png = png_bytes(figure_image(risk_coverage_figure(held, classes, 0.5, title)))
-    atomic_write_bytes(png, Path(out_dir) / "risk-coverage.png")
+    atomic_write_bytes(png, Path(out_dir) / f"{stem}.png")
 
 
 def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None) -> dict[str, Calibration]:

@@ -45,8 +45,9 @@ class MainJob:
 
 
 def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJob:
-    """Train, then evaluate the final weights on validation and, when the data has one, the official test split;
-    deconvnet figure-2 grids for the two deepest layers; the class-image gallery with its scores; the report.
+    """Train, then evaluate the final weights on validation and, when they exist, the official test split and the
+    outside photos (`data.outside`); deconvnet figure-2 grids for the two deepest layers; the class-image gallery
+    with its scores; the report.
 
     Writes `summary.json`: the headline figures, each named by its split, and each stage's time.
     """
@@ -64,9 +65,17 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
     with stage(stages, "evaluate"):
         validations = ["val"] + (["source"] if len(prep.source_idx) else [])
-        for split in validations + (["test"] if data.has_split(cfg.data.root, "test") else []):
+        others = ["test"] * data.has_split(cfg.data.root, "test")
+        others += ["outside"] * (data.find_outside(cfg.data.outside, cfg.data.root, prep.split.classes) is not None)
+        for split in validations + others:
             job.evaluations[split] = r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
-            summary["splits"][split] = {"accuracy": r.accuracy, "macro_f1": r.macro["f1"], "n": r.n, "tta": r.tta}
+            summary["splits"][split] = {
+                "accuracy": r.accuracy,
+                "interval": r.interval,
+                "macro_f1": r.macro["f1"],
+                "n": r.n,
+                "tta": r.tta,
+            }
             summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}
     with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
         model, _, _ = load_model(run / "last.pt")
