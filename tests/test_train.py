@@ -266,8 +266,24 @@ def test_grayscale_sets_all_channels_to_the_luma_of_the_chosen_share():
     assert torch.allclose(out[grey, 0], luma, atol=1e-3)
 
 
+def test_saturation_moves_each_image_towards_or_away_from_its_own_grey_by_one_factor():
+    x = torch.rand(64, 3, 8, 8, generator=_g(3)) * 100 + 50  # room both ways before 0 and 255 clip
+    x[:, 0] += 20  # no pixel grey already: each has a colour to move
+    assert torch.equal(training.batch_saturation(x, 0.0, _g()), x)
+    out = training.batch_saturation(x, 0.5, _g())
+    grey = training.luma(x)
+    colour = (x - grey).abs() > 2
+    factor = (out - grey) / (x - grey)
+    per_image = factor[:, 0, 0, 0].view(-1, 1, 1, 1).expand_as(factor)
+    assert torch.allclose(factor[colour], per_image[colour], atol=1e-3)  # one factor per image
+    factor = per_image.flatten(1)
+    assert factor.min() < 0.8 and factor.max() > 1.2 and factor.min() >= 0.5 - 1e-3 and factor.max() <= 1.5 + 1e-3
+    assert torch.allclose(training.luma(out), grey, atol=1e-3)  # the brightness of each pixel is kept
+
+
 def test_bad_photographer_augmentations_are_refused():
-    for bad in ("white_balance=1.0", "sharpness=1.5", "grayscale=-0.1", "jpeg_quality=99", "jpeg_share=2"):
+    for bad in ("white_balance=1.0", "sharpness=1.5", "grayscale=-0.1", "jpeg_quality=99", "jpeg_share=2",
+                "saturation=1.5"):  # fmt: skip
         with pytest.raises(ConfigError, match="train"):
             Config().override([f"train.{bad}"])
 
@@ -382,6 +398,50 @@ def test_fine_tuning_refuses_another_model(tiny_data, tmp_path):
     other = tiny_config(tiny_data, "model.widths=[8,32]", f"train.init_from={tmp_path / 'a' / 'last.pt'}")
     with pytest.raises(CheckpointError, match="another model"):
         train_run(other, tmp_path / "b", progress=False)
+
+
+def test_the_distillation_loss_is_zero_at_the_teacher_and_grows_away_from_it():
+    teacher = torch.randn(8, 5)
+    assert training.distillation_loss(teacher, teacher, 3.0).abs() < 1e-6
+    near, far = teacher + 0.1 * torch.randn(8, 5), torch.randn(8, 5)
+    assert 0 < training.distillation_loss(near, teacher, 3.0) < training.distillation_loss(far, teacher, 3.0)
+    logits = far.clone().requires_grad_(True)
+    for _ in range(1000):  # following its gradient brings the model's softmax to the teacher's
+        (grad,) = torch.autograd.grad(training.distillation_loss(logits, teacher, 2.0), logits)
+        logits = (logits - 2.0 * grad).detach().requires_grad_(True)
+    assert torch.allclose(torch.softmax(logits / 2, 1), torch.softmax(teacher / 2, 1), atol=1e-3)
+
+
+def test_a_student_distilled_from_a_teacher_learns_to_answer_as_it_does(tiny_data, tmp_path):
+    train_run(tiny_config(tiny_data, "train.epochs=3"), tmp_path / "teacher", progress=False)
+    ckpt = read_checkpoint(tmp_path / "teacher" / "last.pt")
+    for k in ("head.fc.weight", "head.fc.bias"):  # a teacher that names every class as the next one
+        ckpt["model"][k] = ckpt["model"][k].roll(1, 0)
+        if ckpt.get("ema"):
+            ckpt["ema"]["module." + k] = ckpt["ema"]["module." + k].roll(1, 0)
+    torch.save(ckpt, tmp_path / "rolled.pt")
+    teacher, _, _ = load_model(tmp_path / "rolled.pt")
+    kd = [f'train.teachers=["{tmp_path / "rolled.pt"}"]', "train.kd_weight=1.0", "train.kd_temperature=1"]
+    student, prep = train_run(tiny_config(tiny_data, "train.epochs=3", *kd), tmp_path / "student", progress=False)
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["train"]["kd_weight"] == 1.0
+    x, labels = prep.split.images[prep.val_idx].float(), prep.split.labels[prep.val_idx]
+    with torch.no_grad():
+        want = teacher(x).argmax(1)
+        got = training.eval_model(student).eval()(x).argmax(1)
+    assert (want != labels).float().mean() > 0.9  # the teacher is wrong by design...
+    assert (got == want).float().mean() > 0.9  # ...and the student, taught by it alone, answers as it does
+    for bad in (["train.kd_weight=0.5"], [kd[0]], [kd[0], "train.kd_weight=1.5"]):  # one without the other
+        with pytest.raises(ConfigError, match="teachers"):
+            tiny_config(tiny_data, *bad)
+    other = make_other_classes(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="a teacher must know this run's classes"):
+        train_run(tiny_config(other, "train.epochs=1", *kd), tmp_path / "refused", progress=False)
+
+
+def make_other_classes(root):
+    from conftest import make_dataset
+
+    return make_dataset(root, classes=("arch", "dome", "portal"))
 
 
 # ------------------------------------------------------------------------------------------ progressive resizing

@@ -160,6 +160,9 @@ class TrainConfig:
     """Side of a random square zeroed in each image (0 turns it off)."""
     colour_jitter: float = 0.1
     """Per-image brightness and contrast jitter: factors drawn from [1-x, 1+x]."""
+    saturation: float = 0.0
+    """Per-image saturation jitter: each image moved towards or away from its own grey by a factor drawn from
+    [1-x, 1+x] (0 is off, at most 1)."""
     white_balance: float = 0.0
     """Another camera's colour cast: each colour channel of each image scaled by its own factor in [1-x, 1+x]."""
     sharpness: float = 0.0
@@ -205,9 +208,25 @@ class TrainConfig:
     optimizer and the schedule start afresh (empty: random initial weights)."""
     limit_train: int = 0
     """Use only the first N training images after shuffling (0 = all); for quick checks."""
+    teachers: tuple[str, ...] = ()
+    """Knowledge distillation (Hinton et al. 2015): checkpoints or model folders of models of the same classes whose
+    softmax of their mean logits at `kd_temperature` the model also learns to match, on every training batch as
+    augmented (the teachers see it at 64 px). Empty: no teachers."""
+    kd_weight: float = 0.0
+    """With `teachers`: the share of the loss that is matching them (the rest is the labels' cross-entropy)."""
+    kd_temperature: float = 3.0
+    """With `teachers`: the softmax temperature of both sides of the match (the loss is scaled by its square)."""
 
     def __post_init__(self):
         self.snapshot_epochs = tuple(self.snapshot_epochs)
+        self.teachers = tuple(self.teachers)
+        if bool(self.teachers) != (self.kd_weight > 0) or not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0:
+            raise ConfigError(
+                "train.teachers and train.kd_weight go together (kd_weight in (0, 1] with teachers, 0 without), "
+                "train.kd_temperature must be positive"
+            )
+        if not 0.0 <= self.saturation <= 1.0:
+            raise ConfigError("train.saturation must be in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be positive")
         if self.lr <= 0:

@@ -97,6 +97,25 @@ def starting_model(cfg: Config, classes: list[str]):
     return model_from_checkpoint(ckpt, path).train()
 
 
+def teacher_for(cfg: Config, classes: list[str]):
+    """The teachers of `cfg.train.teachers` as one function, a batch -> the mean of their logits (B, C), each checked
+    to know `classes` in that order; None without teachers."""
+    if not cfg.train.teachers:
+        return None
+    device = init_world(cfg.train.device).device
+    models = []
+    for path in cfg.train.teachers:
+        ckpt = read_checkpoint(path)
+        if list(ckpt["classes"]) != list(classes):
+            raise CheckpointError(f"{path}: a teacher must know this run's classes in its order ({', '.join(classes)})")
+        models.append(model_from_checkpoint(ckpt, path).to(device).eval())
+
+    def teach(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in models]).mean(0)
+
+    return teach
+
+
 _SAID: set[str] = set()
 """Precision lines already printed by this process."""
 
@@ -230,5 +249,6 @@ def train_run(
 
     xt, yt = s.images[prep.train_idx], s.labels[prep.train_idx]
     xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]
-    state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+    teacher = teacher_for(cfg, s.classes)
+    state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress, teacher=teacher)
     return state, prep

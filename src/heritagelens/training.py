@@ -89,6 +89,21 @@ def batch_colour(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
     return ((x - m) * c + m * b).clamp(0, 255)
 
 
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """The grey of each pixel, ITU-R 601 luma. x: (B, 3, H, W) -> (B, 1, H, W)."""
+    return (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def batch_saturation(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Random saturation per image: a blend of the image and its grey (`luma`), factor in [1 - strength,
+    1 + strength] (0 is grey, 1 the image, above 1 more colourful); 0..255 kept."""
+    if strength == 0:
+        return x
+    s = 1 + (torch.rand(x.shape[0], 1, 1, 1, generator=g) * 2 - 1) * strength
+    grey = luma(x)
+    return (grey + s * (x - grey)).clamp(0, 255)
+
+
 def batch_white_balance(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
     """Scale each colour channel of each image by its own factor in [1 - strength, 1 + strength]; 0..255 kept."""
     if strength == 0:
@@ -129,8 +144,7 @@ def batch_grayscale(x: torch.Tensor, share: float, g: torch.Generator) -> torch.
     if share == 0:
         return x
     chosen = torch.rand(x.shape[0], generator=g) < share
-    luma = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return torch.where(chosen[:, None, None, None], luma.expand_as(x), x)
+    return torch.where(chosen[:, None, None, None], luma(x).expand_as(x), x)
 
 
 def epoch_side(epoch: int, epochs: int, cfg: TrainConfig, full: int = 64) -> int:
@@ -162,6 +176,7 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator, flips: torch.
     if cfg.flip:
         x = batch_flip(x, g) if flips is None else torch.where(flips[:, None, None, None], x.flip(3), x)
     x = batch_colour(x, cfg.colour_jitter, g)
+    x = batch_saturation(x, cfg.saturation, g)
     x = batch_white_balance(x, cfg.white_balance, g)
     x = batch_sharpness(x, cfg.sharpness, g)
     x = batch_grayscale(x, cfg.grayscale, g)
@@ -200,6 +215,14 @@ def get_lr(step: int, total_steps: int, cfg: TrainConfig) -> float:
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence of the model's softmax at `temperature` from the teacher's, times the temperature squared (so its
+    gradients keep their size as the temperature changes; Hinton et al. 2015), averaged over the batch."""
+    t = temperature
+    target = torch.softmax(teacher_logits / t, 1)
+    return F.kl_div(torch.log_softmax(logits / t, 1), target, reduction="batchmean") * t * t
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -277,8 +300,11 @@ def fit(
     val_labels: torch.Tensor,
     on_epoch: Callable[[TrainState, EpochResult], None] = lambda s, r: None,
     progress: bool = True,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainState:
-    """Train from `state.epoch` to `cfg.train.epochs`, calling `on_epoch` after each (it saves checkpoints).
+    """Train from `state.epoch` to `cfg.train.epochs`, calling `on_epoch` after each (it saves checkpoints). With a
+    `teacher` (64 px batch -> logits (B, C), see `runs.teacher_for`), the loss is also the match of its softmax
+    (`distillation_loss`).
 
     Images stay uint8 on the CPU and are augmented there, a global batch at a time; under torchrun every process
     augments the same batch and trains on its share (see `heritagelens.distributed`)."""
@@ -308,8 +334,8 @@ def fit(
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
             flips = (base[idx] + epoch) % 2 == 1 if base is not None else None
-            x = augment(train_images[idx], tc, g, flips)  # the whole global batch: the same draws in every process
-            x = batch_resize(x, side)
+            full_x = augment(train_images[idx], tc, g, flips)  # the whole global batch: the same draws everywhere
+            x = batch_resize(full_x, side)
             start = torch.rand(x.shape, generator=g) if tc.adv_eps > 0 else None  # FGSM's, for the whole batch too
             y = train_labels[idx]
             if len(idx) < w.size:  # a last batch smaller than the number of processes: skipped by all of them alike
@@ -325,6 +351,11 @@ def fit(
             with amp.autocast():
                 logits = forward(x)
                 loss = criterion(logits.float(), y)
+                if teacher is not None:  # the teachers see the batch at full size, whatever side the model trains at
+                    with torch.no_grad():
+                        taught = teacher(amp.input(full_x[part].to(device, non_blocking=True))).float()
+                    soft = distillation_loss(logits.float(), taught, tc.kd_temperature)
+                    loss = (1 - tc.kd_weight) * loss + tc.kd_weight * soft
             opt.zero_grad(set_to_none=True)
             # DDP averages the processes' gradients: weighting each share's mean by its size makes that average the
             # gradient of the mean loss over the whole global batch.

@@ -172,7 +172,7 @@ def objective_fn(
     from .distributed import init_world
     from .inference import accuracy
     from .precision import for_model
-    from .runs import estimated_minutes, initial_state
+    from .runs import estimated_minutes, initial_state, teacher_for
     from .split import prepare
     from .training import eval_model, fit
 
@@ -205,7 +205,8 @@ def objective_fn(
 
         t0 = time.perf_counter()
         try:
-            state = fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch=on_epoch, progress=progress)
+            teacher = teacher_for(cfg, prep.split.classes)
+            state = fit(cfg, initial_state(cfg, prep), xt, yt, xv, yv, on_epoch, progress, teacher)
         finally:  # a pruned trial too says how long it trained
             minutes = (time.perf_counter() - t0) / 60
             trial.set_user_attr("train_minutes", round(minutes, 3))

@@ -1,0 +1,97 @@
+"""Two recipes compared on the same photos, seed by seed: the paired difference of their accuracies on the group-aware
+validation, the source-held-out validation and the outside photos.
+
+    AHE_DATA=../shared/data/ahe64 python bench/paired.py --a RUN_A0 RUN_A1 RUN_A2 --b RUN_B0 RUN_B1 RUN_B2 \\
+        [--names default zoom] [--tta/--no-tta]
+
+Each RUN is a run folder (its `last.pt`) or a model folder; the i-th run of --a is paired with the i-th of --b (the
+same seed). Every split is the photos both were measured on (the runs' own validation splits must be the same: the
+split is seeded apart from training). Prints, per split, each recipe's mean accuracy over seeds, the mean paired
+difference with its sample spread over seeds, and a 95% interval of that difference from a paired bootstrap over the
+photos (the same resampled photos for every seed and both recipes), so a difference of a point on 703 photos is told
+from noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heritagelens import data
+from heritagelens.checkpoint import checkpoint_file, load_model
+from heritagelens.inference import predict_logits
+from heritagelens.split import checkpoint_split
+
+SPLITS = ("val", "source", "outside")
+
+
+def photos(ckpt: dict, path: Path, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The images, labels and files of `split` as the checkpoint at `path` was measured on it."""
+    if split == "outside":
+        folder = data.find_outside("", root, ckpt["classes"])
+        if folder is None:
+            raise SystemExit(f"no outside photos beside {root}")
+        sp = data.load_folder(folder, ckpt["classes"])
+        return sp.images, sp.labels, sp.files
+    _, prep = checkpoint_split(ckpt, path, root)
+    idx = prep.held_out(split)
+    return prep.split.images[idx], prep.split.labels[idx], [prep.split.files[i] for i in idx]
+
+
+def correct(run: str, root: str, tta: bool) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per split: the files and whether the run's model got each right."""
+    path = checkpoint_file(run)
+    model, _, ckpt = load_model(path)
+    out = {}
+    for split in SPLITS:
+        images, labels, files = photos(ckpt, path, split, root)
+        pred = predict_logits(model, images, tta=tta).argmax(1)
+        out[split] = (files, (pred == labels).numpy())
+    return out
+
+
+def paired(a: list[np.ndarray], b: list[np.ndarray], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of accuracy(b) - accuracy(a), and its 95% paired-bootstrap interval over the photos."""
+    a, b = np.stack(a).astype(float), np.stack(b).astype(float)  # (seeds, photos)
+    diff = (b - a).mean(0)  # per photo, averaged over seeds
+    rng = np.random.default_rng(seed)
+    boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(draws)]
+    return float(diff.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--a", nargs="+", required=True, help="runs of the first recipe, one per seed")
+    p.add_argument("--b", nargs="+", required=True, help="runs of the second recipe, in the same seed order")
+    p.add_argument("--names", nargs=2, default=["A", "B"])
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
+    a = p.parse_args()
+    if len(a.a) != len(a.b):
+        p.error("--a and --b pair run by run: give as many of each")
+    root = os.environ.get("AHE_DATA", "data/ahe64")
+    runs = {name: [correct(r, root, a.tta) for r in rs] for name, rs in zip(a.names, (a.a, a.b))}
+    first, second = a.names
+    print(f"{first}: {' '.join(a.a)}\n{second}: {' '.join(a.b)}\n{'TTA' if a.tta else 'one view'}, {root}")
+    print(f"\n| split | photos | {first} | {second} | {second} - {first} (seeds) | paired 95% interval |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for split in SPLITS:
+        files = {tuple(run[split][0]) for rs in runs.values() for run in rs}
+        if len(files) != 1:
+            raise SystemExit(f"{split}: the runs were not measured on the same photos")
+        acc = {name: [float(run[split][1].mean()) for run in rs] for name, rs in runs.items()}
+        per_seed = [y - x for x, y in zip(acc[first], acc[second])]
+        spread = f" ± {100 * statistics.stdev(per_seed):.2f}" if len(per_seed) > 1 else ""
+        mean, low, high = paired([r[split][1] for r in runs[first]], [r[split][1] for r in runs[second]])
+        print(
+            f"| {split} | {len(next(iter(files)))} | {statistics.mean(acc[first]):.2%} | "
+            f"{statistics.mean(acc[second]):.2%} | {100 * mean:+.2f}{spread} | {100 * low:+.2f} to {100 * high:+.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
