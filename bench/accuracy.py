@@ -2,6 +2,7 @@
 the outside photos.
 
     AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --seeds 0 1 2 [--set k=v ...] [--record]
+    AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --add-outside RUN0 RUN1 RUN2
 
 Trains one run per seed (one at a time: the machine has 2 cores), evaluates each run's final weights on both
 validation splits (group-aware 'val', and 'source' when the recipe holds a source out) and on the outside photos
@@ -39,9 +40,20 @@ def main():
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", default="runs/bench-accuracy")
     p.add_argument("--record", action="store_true", help="write the figures into the package's presets.json")
+    p.add_argument(
+        "--add-outside",
+        nargs="+",
+        metavar="RUN",
+        help="no training: add the outside figures of these finished runs of the recorded seeds (run or model "
+        "folders, in the recorded seeds' order) to the preset's record, once their validation figures are found "
+        "to be the recorded ones",
+    )
     a = p.parse_args()
     if a.record and a.set:
         p.error("--record is for a named preset as it is: no --set")
+    if a.add_outside:
+        add_outside(a.preset, a.add_outside)
+        return
     rows = []
     for seed in a.seeds:
         cfg = preset(a.preset).override(a.set)
@@ -103,6 +115,34 @@ def main():
             )
     if a.record:
         record(a.preset, rows)
+
+
+def add_outside(name: str, runs: list[str]) -> None:
+    """The outside figures of `runs` into the preset's record, each run checked to give the recorded validation
+    figures (the same recipe and seed, reproduced): nothing is recorded otherwise."""
+    from heritagelens.checkpoint import checkpoint_file
+
+    root = os.environ.get("AHE_DATA", "data/ahe64")
+    ref = json.loads(PRESET_FIGURES.read_text())
+    p = ref["presets"][name]
+    if len(runs) != len(p["seeds"]):
+        raise SystemExit(f"{name}: {len(p['seeds'])} recorded seeds ({p['seeds']}), {len(runs)} runs given")
+    outside, f1 = [], []
+    for seed, val, source, run in zip(p["seeds"], p["val"], p["source"], runs):
+        ckpt = checkpoint_file(run)
+        got = {s: evaluate_checkpoint(ckpt, s, root=root) for s in ("val", "source", "outside")}
+        if abs(got["val"].accuracy - val) > 1e-4 or abs(got["source"].accuracy - source) > 1e-4:
+            raise SystemExit(
+                f"{run}: val {got['val'].accuracy:.4f}, source {got['source'].accuracy:.4f}; seed {seed} of {name} "
+                f"recorded {val}, {source}: not that run"
+            )
+        outside.append(round(got["outside"].accuracy, 4))
+        f1.append(round(got["outside"].macro["f1"], 4))
+        print(f"seed {seed}: {run}: val {val}, source {source} as recorded; outside {outside[-1]}", flush=True)
+    photos = f"{got['outside'].n} photos of {Path(got['outside'].held_out).name}"
+    p |= {"outside": outside, "outside_macro_f1": f1, "outside_photos": photos}
+    atomic_write_json(ref, PRESET_FIGURES)
+    print(f"recorded the outside figures of {name} in {PRESET_FIGURES}")
 
 
 def record(name: str, rows: list[dict]) -> None:

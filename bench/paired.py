@@ -2,14 +2,14 @@
 validation, the source-held-out validation and the outside photos.
 
     AHE_DATA=../shared/data/ahe64 python bench/paired.py --a RUN_A0 RUN_A1 RUN_A2 --b RUN_B0 RUN_B1 RUN_B2 \\
-        [--names default zoom] [--tta/--no-tta]
+        [--names default zoom] [--tta/--no-tta] [--ensemble]
 
 Each RUN is a run folder (its `last.pt`) or a model folder; the i-th run of --a is paired with the i-th of --b (the
 same seed). Every split is the photos both were measured on (the runs' own validation splits must be the same: the
 split is seeded apart from training). Prints, per split, each recipe's mean accuracy over seeds, the mean paired
 difference with its sample spread over seeds, and a 95% interval of that difference from a paired bootstrap over the
 photos (the same resampled photos for every seed and both recipes), so a difference of a point on 703 photos is told
-from noise.
+from noise. With `--ensemble`, B is the ensemble of the --b runs (their mean softmax), set beside each run of A.
 """
 
 from __future__ import annotations
@@ -43,16 +43,22 @@ def photos(ckpt: dict, path: Path, split: str, root: str) -> tuple[torch.Tensor,
     return prep.split.images[idx], prep.split.labels[idx], [prep.split.files[i] for i in idx]
 
 
-def correct(run: str, root: str, tta: bool) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per split: the files and whether the run's model got each right."""
+def probabilities(run: str, root: str, tta: bool) -> dict[str, tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """Per split: the files, the run's model's softmax (N, C) and the true labels."""
     path = checkpoint_file(run)
     model, _, ckpt = load_model(path)
     out = {}
     for split in SPLITS:
         images, labels, files = photos(ckpt, path, split, root)
-        pred = predict_logits(model, images, tta=tta).argmax(1)
-        out[split] = (files, (pred == labels).numpy())
+        out[split] = (files, torch.softmax(predict_logits(model, images, tta=tta).double(), 1), labels)
     return out
+
+
+def correct(members: list[dict], split: str) -> tuple[list[str], np.ndarray]:
+    """The files of `split` and whether the mean softmax of `members` (one run's, or an ensemble's) got each right."""
+    files, _, labels = members[0][split]
+    mean = torch.stack([m[split][1] for m in members]).mean(0)
+    return files, (mean.argmax(1) == labels).numpy()
 
 
 def paired(a: list[np.ndarray], b: list[np.ndarray], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -70,11 +76,19 @@ def main() -> None:
     p.add_argument("--b", nargs="+", required=True, help="runs of the second recipe, in the same seed order")
     p.add_argument("--names", nargs=2, default=["A", "B"])
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--ensemble", action="store_true", help="B is one model: the mean softmax of the --b runs, paired with each A"
+    )
     a = p.parse_args()
-    if len(a.a) != len(a.b):
+    if len(a.a) != len(a.b) and not a.ensemble:
         p.error("--a and --b pair run by run: give as many of each")
     root = os.environ.get("AHE_DATA", "data/ahe64")
-    runs = {name: [correct(r, root, a.tta) for r in rs] for name, rs in zip(a.names, (a.a, a.b))}
+    probs = {name: [probabilities(r, root, a.tta) for r in rs] for name, rs in zip(a.names, (a.a, a.b))}
+    if a.ensemble:  # the ensemble's answer stands beside every run of A
+        probs[a.names[1]] = [probs[a.names[1]]] * len(a.a)
+    else:
+        probs = {name: [[m] for m in ms] for name, ms in probs.items()}
+    runs = {name: [{split: correct(ms, split) for split in SPLITS} for ms in groups] for name, groups in probs.items()}
     first, second = a.names
     print(f"{first}: {' '.join(a.a)}\n{second}: {' '.join(a.b)}\n{'TTA' if a.tta else 'one view'}, {root}")
     print(f"\n| split | photos | {first} | {second} | {second} - {first} (seeds) | paired 95% interval |")

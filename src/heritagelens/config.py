@@ -25,7 +25,7 @@ SPLIT_NAMES = {
     "val": "group-aware validation from train/",
     "source": "source-held-out validation from train/: photos of sources kept out of training",
     "test": "official test split",
-    "outside": "photos from other sources than the train split, a folder of class folders (never trained on)",
+    "outside": "photos from other sources than the train split, never trained on",
 }
 """What each split name an accuracy is printed with means."""
 

@@ -530,7 +530,8 @@ def build(run_path: Path | str, data_root: Path | str | None = None) -> tuple[st
         safely(PRESET_FIGURES.name, "presets", "This run beside the measured presets", presets_section, run),
         safely("eval-*.json", "expect", "What to expect on your photos", expectation_section, run),
     ]
-    evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (f.stem != "eval-val", f.stem))
+    order = ["eval-val", "eval-source", "eval-test", "eval-outside"]  # the validations, then photos from elsewhere
+    evals = sorted(run.path.glob("eval-*.json"), key=lambda f: (order.index(f.stem) if f.stem in order else 4, f.stem))
     for f in evals:
         sections.append(safely(f.name, eval_id(f.name), f"Evaluation ({f.name})", eval_section, run, f.name, root))
     if not evals:
