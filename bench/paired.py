@@ -84,11 +84,10 @@ def main() -> None:
         p.error("--a and --b pair run by run: give as many of each")
     root = os.environ.get("AHE_DATA", "data/ahe64")
     probs = {name: [probabilities(r, root, a.tta) for r in rs] for name, rs in zip(a.names, (a.a, a.b))}
-    if a.ensemble:  # the ensemble's answer stands beside every run of A
-        probs[a.names[1]] = [probs[a.names[1]]] * len(a.a)
-    else:
-        probs = {name: [[m] for m in ms] for name, ms in probs.items()}
-    runs = {name: [{split: correct(ms, split) for split in SPLITS} for ms in groups] for name, groups in probs.items()}
+    groups = {name: [[m] for m in ms] for name, ms in probs.items()}  # each run alone...
+    if a.ensemble:  # ...or the ensemble's answer beside every run of A
+        groups[a.names[1]] = [probs[a.names[1]]] * len(a.a)
+    runs = {name: [{split: correct(ms, split) for split in SPLITS} for ms in g] for name, g in groups.items()}
     first, second = a.names
     print(f"{first}: {' '.join(a.a)}\n{second}: {' '.join(a.b)}\n{'TTA' if a.tta else 'one view'}, {root}")
     print(f"\n| split | photos | {first} | {second} | {second} - {first} (seeds) | paired 95% interval |")

@@ -69,6 +69,8 @@ def test_a_run_is_set_beside_the_presets_and_told_whether_it_compares(main_run, 
     val, source = (json.loads((run / f"eval-{k}.json").read_text())["accuracy"] for k in ("val", "source"))
     assert f"<td>this run</td><td>{val:.2%}</td><td>{source:.2%}</td><td>not measured</td>" in s.html
     assert all(f"<td>{name} ({len(p['val'])} seeds)</td>" in s.html for name, p in figures["presets"].items())
+    outside = figures["presets"]["default"]["outside"]  # the recorded seeds on the outside photos, where measured
+    assert len(outside) == 3 and f"<td>{np.mean(outside):.2%} ± {np.std(outside, ddof=1):.2%}</td>" in s.html
     assert "does not compare directly" in s.html  # a synthetic split, not the one the presets were measured on
     same = tmp_path / "presets.json"
     same.write_text(json.dumps({**figures, "split_key": split_key(json.loads((run / "split.json").read_text()))}))
