@@ -21,6 +21,7 @@ SECTIONS = [
     "data",
     "training",
     "presets",
+    "expect",
     "eval-val",
     "eval-source",
     "eval-test",

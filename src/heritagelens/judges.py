@@ -89,7 +89,8 @@ def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
     and the training files' names and sizes (not where they sit). It leaves out the defaults the overrides apply to:
     those may move on (a new setting, a new default recipe) without retraining a judge, whose checkpoint or card
     holds its whole recipe; a deliberate change of the judges is a new `PANEL_VERSION`."""
-    unkeyed = ("root", "cache_dir", "source_val", "source_share")  # where the data sits; what judges never hold out
+    # where the data sits; what judges never hold out or see
+    unkeyed = ("root", "cache_dir", "source_val", "source_share", "outside")
     split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in unkeyed}
     d = {"panel": PANEL_VERSION, "judge": name, "recipe": [*JUDGES[name], *extra], "split": split}
     return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), data_cfg)
