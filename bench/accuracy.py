@@ -3,12 +3,15 @@ the outside photos.
 
     AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --seeds 0 1 2 [--set k=v ...] [--record]
     AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --add-outside RUN0 RUN1 RUN2
+    AHE_DATA=../shared/data/ahe64 python bench/accuracy.py --preset default --seeds 0 1 2 --runs RUN0 RUN1 RUN2
 
 Trains one run per seed (one at a time: the machine has 2 cores), evaluates each run's final weights on both
 validation splits (group-aware 'val', and 'source' when the recipe holds a source out) and on the outside photos
 (`<AHE_DATA>-outside`, photos from other sources, when present) with the recipe's TTA setting, and prints a Markdown
 table plus mean and spread of each. `--record` writes the figures of a named preset
-(no `--set`) into the package's `presets.json`, which every report sets its run beside.
+(no `--set`) into the package's `presets.json`, which every report sets its run beside. `--runs` measures
+finished runs instead of training (each checked to be the recipe with its seed; its minutes are the sum of its
+epochs' seconds in `metrics.csv`).
 """
 
 from __future__ import annotations
@@ -48,21 +51,28 @@ def main():
         "folders, in the recorded seeds' order) to the preset's record, once their validation figures are found "
         "to be the recorded ones",
     )
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="no training: measure these runs of --seeds, in order")
     a = p.parse_args()
     if a.record and a.set:
         p.error("--record is for a named preset as it is: no --set")
     if a.add_outside:
         add_outside(a.preset, a.add_outside)
         return
+    if a.runs and len(a.runs) != len(a.seeds):
+        p.error(f"--runs: {len(a.runs)} runs for {len(a.seeds)} seeds")
     rows = []
-    for seed in a.seeds:
+    for i, seed in enumerate(a.seeds):
         cfg = preset(a.preset).override(a.set)
         cfg.data.root = os.environ.get("AHE_DATA", "data/ahe64")
         cfg.train.seed = seed
-        run = Path(a.out) / f"{a.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        t = time.perf_counter()
-        train_run(cfg, run, progress=False)
-        minutes = (time.perf_counter() - t) / 60
+        if a.runs:
+            run = Path(a.runs[i])
+            minutes = trained_minutes(run, cfg)
+        else:
+            run = Path(a.out) / f"{a.preset}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+            t = time.perf_counter()
+            train_run(cfg, run, progress=False)
+            minutes = (time.perf_counter() - t) / 60
         plain = evaluate_checkpoint(run / "last.pt", "val", tta=False)
         r = evaluate_checkpoint(run / "last.pt", "val", out_dir=run)
         splits = evaluation_splits(run / "last.pt")
@@ -115,6 +125,18 @@ def main():
             )
     if a.record:
         record(a.preset, rows)
+
+
+def trained_minutes(run: Path, cfg) -> float:
+    """The training minutes of a finished run of `cfg` (its epochs' seconds); refuses a run of another recipe."""
+    used = json.loads((run / "config.json").read_text())
+    want = json.loads(json.dumps(cfg.to_dict()))  # tuples as the saved config has them: lists
+    for section in ("model", "train"):
+        differs = {k for k in want[section] if want[section][k] != used[section].get(k)} - {"device", "threads"}
+        if differs:
+            raise SystemExit(f"{run}: not this recipe with seed {cfg.train.seed} ({section}: {sorted(differs)})")
+    with (run / "metrics.csv").open(newline="") as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
 
 
 def add_outside(name: str, runs: list[str]) -> None:

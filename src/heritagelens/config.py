@@ -477,12 +477,19 @@ SGD = ["train.optimizer=sgd"]
 CLASSIC = [*SGD, "train.epochs=28", "train.batch_size=128", "train.lr=0.08", "train.res_min=64"]
 """The default recipe before it was cut to a third of its compute: 28 epochs of SGD at 64 px."""
 
+COLOUR = ["train.saturation=0.3", "train.colour_jitter=0.2"]
+"""The default recipe's colour augmentation: per-image saturation jitter and stronger brightness/contrast jitter,
+chosen over `TrainConfig`'s own (no saturation jitter, colour jitter 0.1) on photos from other sources than the
+training's (3 seeds, paired: BENCHMARKS.md). A preset rather than a `TrainConfig` default, so that a checkpoint
+saved before it reads back as it was trained."""
+
 BEST = ["model.widths=[48,96,192,384]", "train.epochs=20", "train.minutes=60"]
 """The most accurate recipe for whoever has an hour: the default recipe 1.5 times as wide, over 20 epochs, held
-within 60 minutes by the time budget on a slower machine (its accuracy and time in BENCHMARKS.md)."""
+within 60 minutes by the time budget on a slower machine (its accuracy and time in BENCHMARKS.md). It keeps
+`TrainConfig`'s colour augmentation, with which it was measured, until measured with `COLOUR`."""
 
 PRESETS: dict[str, list[str]] = {
-    "default": [],
+    "default": COLOUR,
     "quick": ["train.epochs=3", "model.widths=[16,32,64,64]"],
     "best": BEST,
     "classic": CLASSIC,
