@@ -11,7 +11,7 @@ from conftest import SETS, cli, metrics, tiny_config
 from heritagelens import inference, training
 from heritagelens import runs as run_module
 from heritagelens.checkpoint import CheckpointError, load_model, read_checkpoint
-from heritagelens.config import Config, ConfigError, TrainConfig
+from heritagelens.config import Config, ConfigError, TrainConfig, preset
 from heritagelens.jobs.evaluation import evaluate_checkpoint
 from heritagelens.models import build_model
 from heritagelens.runs import train_run
@@ -318,6 +318,15 @@ def test_robust_preset_trains_on_an_attack_at_every_step(tiny_data, tmp_path, mo
     state, prep = train_run(cfg, tmp_path / "run", progress=False)
     assert len(radii) == -(-len(prep.train_idx) // cfg.train.batch_size)  # one attacked batch per step
     assert all(0 < r <= 4.0 + 1e-4 for r in radii)  # within the L-inf radius of 4/255 in pixel units
+
+
+def test_the_galleries_robust_model_keeps_no_colour_jitter_of_the_default_recipe():
+    from heritagelens.jobs.pipeline import robust_config
+
+    default = preset("default")
+    assert default.train.saturation > 0 and default.train.colour_jitter > 0.1  # the default's colour recipe
+    robust = robust_config(default, "run/last.pt").train
+    assert robust.saturation == 0 and robust.colour_jitter == 0 and robust.adv_eps > 0
 
 
 def test_every_named_preset_is_tested_here():

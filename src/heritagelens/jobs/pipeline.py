@@ -99,7 +99,10 @@ def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
     `gallery.robust_from='standard'`, fine-tuned from the `standard` checkpoint (no time budget: its epochs are few)."""
     g = cfg.gallery
     extra = [f"train.init_from={standard}", f"train.lr={g.robust_lr}"] if g.robust_from == "standard" else []
-    return cfg.override([*ROBUST, *SGD, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
+    # ROBUST turns off the colour jitter it replaces; the default recipe's saturation jitter came after it (and the
+    # judges' keys hash ROBUST itself), so it is turned off here
+    off = ["train.saturation=0"]
+    return cfg.override([*ROBUST, *off, *SGD, f"train.epochs={g.robust_epochs}", "train.minutes=0", *extra])
 
 
 def gallery_job(
