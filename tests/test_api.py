@@ -21,13 +21,16 @@ def readme_example() -> str:
 def test_the_readme_example_runs(trained, tmp_path):
     root, run = trained
     code = readme_example()
-    mine = f'RUN, DATA = {str(run)!r}, {str(root)!r}\nLAYER, CLASS = "conv2_1", "dome"\n'
-    code, swaps = re.subn(r"^RUN, DATA = .*\nLAYER, CLASS = .*\n", mine, code, flags=re.M)
+    photo = next((root / "train" / "dome").iterdir())
+    mine = f'RUN, DATA = {str(run)!r}, {str(root)!r}\nLAYER, CLASS = "conv2_1", "dome"\nPHOTO = {str(photo)!r}\n'
+    code, swaps = re.subn(r"^RUN, DATA = .*\nLAYER, CLASS = .*\nPHOTO = .*\n", mine, code, flags=re.M)
     assert swaps == 1
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    first, shape = p.stdout.strip().splitlines()
+    first, one, shape = p.stdout.strip().splitlines()
     assert first.startswith("['") and any(c in first for c in ("arch", "bell", "dome"))
+    name, prob = one.split()
+    assert name in ("arch", "bell", "dome") and 1 / 3 <= float(prob) <= 1
     assert shape == "torch.Size([4, 3, 64, 64])"
 
 

@@ -25,7 +25,7 @@ _API = {
     "load_model": "checkpoint",
     "temperature": "checkpoint",
     "load_split": "data",
-    "decode": "images",
+    "decode": "inference",
     "predict_logits": "inference",
     "probabilities": "inference",
     "evaluate": "jobs.evaluation:evaluate_checkpoint",

@@ -24,11 +24,13 @@ class DataError(HeritageLensError):
 
 
 def open_image(path: Path | str, size: int = IMAGE_SIZE) -> Image.Image:
-    """Open any image Pillow reads, apply EXIF rotation, convert to RGB and resize to `size` x `size`.
+    """Open any image Pillow reads, apply EXIF rotation, convert to RGB and resize to `size` x `size`: the one
+    decode behind every command, so that a photo gets one probability whichever command is asked (a large JPEG is
+    decoded at the scale `sort` decodes it, at least twice `size` on each side, before the resize).
 
     Raises `DataError` naming the file when it is empty, truncated, not an image or too large.
     """
-    return read_rgb(path, size).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return read_rgb(path, 2 * size).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def read_rgb(path: Path | str, at_least: int = IMAGE_SIZE) -> Image.Image:
@@ -107,7 +109,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode(path: Path | str) -> np.ndarray:
-    """One image as a (3, 64, 64) uint8 array."""
+    """One image as a (3, 64, 64) uint8 array (`heritagelens.decode` gives it as a tensor)."""
     return np.asarray(open_image(path), dtype=np.uint8).transpose(2, 0, 1).copy()
 
 

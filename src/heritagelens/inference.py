@@ -8,8 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import images as _images
 from .models import evaluating
 from .precision import for_inference
+
+
+def decode(path) -> torch.Tensor:
+    """One photo as the models take it, a (3, 64, 64) uint8 tensor, decoded as every command decodes it (any format
+    Pillow reads, upright, in RGB); raises `images.DataError` naming the file. `decode(p)[None]` is a batch of one."""
+    return torch.from_numpy(_images.decode(path))
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -23,7 +30,12 @@ def predict_logits(
     model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, precision: str = "auto"
 ) -> torch.Tensor:
     """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
-    eval mode and in float32 ('auto') or the mode `precision` names; the model's mode is restored."""
+    eval mode and in float32 ('auto') or the mode `precision` names; the model's mode is restored. A numpy array
+    is taken as well."""
+    images = torch.as_tensor(images)
+    if images.dim() != 4:
+        shape = tuple(images.shape)
+        raise ValueError(f"images of shape {shape}: expected a batch (N, 3, H, W); one image is image[None]")
     out = []
     device, amp = next(model.parameters()).device, for_inference(model, precision)
     with evaluating(model):

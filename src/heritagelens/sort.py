@@ -123,7 +123,8 @@ def views(im: Image.Image, how: str, size: int = IMAGE_SIZE) -> np.ndarray:
 
 
 def load(path: Path, how: str) -> np.ndarray:
-    """`views` of the photo at `path` (decoded at reduced scale when large); raises `DataError`."""
+    """`views` of the photo at `path` (decoded at reduced scale when large, as `images.open_image` decodes it: the
+    'whole' view is `images.decode`'s pixels); raises `DataError`."""
     return views(read_rgb(path, at_least=2 * IMAGE_SIZE), how)
 
 

@@ -116,17 +116,25 @@ def image_view(
 
 
 def comparison(
-    model: HeritageCNN, image: torch.Tensor, classes: list[str], layer: str, target: int | None = None
+    model: HeritageCNN,
+    image: torch.Tensor,
+    classes: list[str],
+    layer: str,
+    target: int | None = None,
+    temperature: float | None = None,
 ) -> tuple[Image.Image, dict]:
     """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion for one image (3, H, W) uint8, all
-    for `target` (default: the predicted class) at `layer` (its strongest channel)."""
-    probs = probabilities(model, image[None])[0]
+    for `target` (default: the predicted class) at `layer` (its strongest channel). The probability it quotes is
+    the calibrated one `predict` and `sort` give when `temperature` is the checkpoint's, and says 'uncalibrated'
+    when it is None."""
+    probs = probabilities(model, image[None], temperature)[0]
     target = int(probs.argmax()) if target is None else target
+    kind = "" if temperature else ", uncalibrated"
     channels, _, proj, _ = strongest_channels(model, image, layer, 1)
     maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}
     occ = occlusion(model, image, target, layer)
     title = (
-        f"target {classes[target]} (p={probs[target]:.2f}); predicted {classes[int(probs.argmax())]}; "
+        f"target {classes[target]} ({probs[target]:.1%}{kind}); predicted {classes[int(probs.argmax())]}; "
         f"deconvnet and occlusion feature: {layer} channel {int(channels[0])}"
     )
     panels = explanation_panels(image, proj[0], maps, occ.probability, occ.feature, classes[target])
@@ -134,6 +142,7 @@ def comparison(
     index = {
         "target": classes[target],
         "probability": round(float(probs[target]), 4),
+        "calibrated": temperature is not None,
         "layer": layer,
         "channel": int(channels[0]),
         "occlusion": {

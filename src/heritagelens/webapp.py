@@ -56,7 +56,7 @@ class Explorer:
     def __init__(self, checkpoint: Path | str, root: Path | str | None = None):
         self.checkpoint = Path(checkpoint)
         self.model, self.classes, ckpt = load_model(self.checkpoint)
-        self.temperature = temperature(ckpt, tta=False) or 1.0  # calibrated probabilities once calibrated
+        self.temperature = temperature(ckpt, tta=False)  # calibrated probabilities once calibrated (None: not yet)
         self.layers = conv_layer_names(self.model)
         self.explainer = copy.deepcopy(self.model)
         robust = robust_checkpoint(self.checkpoint)
@@ -103,12 +103,16 @@ class Explorer:
         x, why = self.image(path, picked)
         if x is None:
             return Classified(None, None, None, why)
-        probs = probabilities(self.model, x[None], self.temperature)[0]
-        top = probs.topk(min(5, len(self.classes)))
+        top5 = self.top5(x)
         fig, _ = image_view(self.model, x, self.layers, n=6)
-        top5 = {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}
-        name = Path(picked or path).name
-        return Classified(big(x), top5, fig, f"**{name}**: {next(iter(top5))} ({float(top.values[0]):.1%})")
+        name, (best, p) = Path(picked or path).name, next(iter(top5.items()))
+        return Classified(big(x), top5, fig, f"**{name}**: {best} ({p:.1%})")
+
+    def top5(self, x: torch.Tensor) -> dict[str, float]:
+        """The five most probable classes of a decoded image, strongest first: the calibrated probabilities
+        `predict` and `sort` give."""
+        top = probabilities(self.model, x[None], self.temperature)[0].topk(min(5, len(self.classes)))
+        return {self.classes[i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())}
 
     def maps(self, path: str | None, picked: str | None = None) -> Image.Image | None:
         """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion, at the deepest conv layer."""
@@ -116,7 +120,7 @@ class Explorer:
         if x is None:
             return None  # the classify step has already said why
         with self.locks["explainer"]:
-            return comparison(self.explainer, x, self.classes, self.layers[-1])[0]
+            return comparison(self.explainer, x, self.classes, self.layers[-1], temperature=self.temperature)[0]
 
     def channel(self, layer: str, channel: float | None) -> tuple[Image.Image | None, str]:
         """Zeiler & Fergus figure 2 for one channel: its top-9 training images and their projections."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import images
-from ..checkpoint import check_classes, load_model
+from ..checkpoint import check_classes, load_model, temperature
 from ..deconvnet import (
     DeconvError,
     top_activations,
@@ -78,7 +78,7 @@ def write_image_view(
 ) -> list[Path]:
     """`deconv-<image>.png` (every layer's strongest projections) and `compare-<image>.png` (the deconvnet beside
     the gradient methods and occlusion), each with a JSON index."""
-    model, classes, _ = load_model(checkpoint)
+    model, classes, ckpt = load_model(checkpoint)
     if target is not None and target not in classes:
         raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")
     image = torch.from_numpy(images.decode(image_path))
@@ -87,7 +87,8 @@ def write_image_view(
     out = Path(out_dir) / f"deconv-{Path(image_path).stem}.png"
     atomic_write_bytes(png_bytes(fig), out)
     atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
-    fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None)
+    t = temperature(ckpt, tta=False)  # the probability `predict` and `sort` give
+    fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None, t)
     out2 = Path(out_dir) / f"compare-{Path(image_path).stem}.png"
     atomic_write_bytes(png_bytes(fig), out2)
     atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
