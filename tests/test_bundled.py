@@ -191,7 +191,7 @@ def test_commands_given_no_checkpoint_use_the_bundled_model_and_say_so(tmp_path)
 def test_predict_still_tells_a_checkpoint_from_an_image(trained, tmp_path):
     root, run = trained
     image = next((root / "test").rglob("*.jpg"))
-    assert_one_line_error(cli("predict", run / "last.pt"), "last.pt: no image given after the checkpoint")
+    assert_one_line_error(cli("predict", run / "last.pt"), "last.pt: no image given after the model")
     p = cli("predict", image, image)
     assert p.returncode == 0 and p.stdout.count(f"{image}: ") == 2 and "bundled model" in p.stderr
     first, second = p.stdout.splitlines()

@@ -46,7 +46,11 @@ def test_predict_reports_each_image_and_names_bad_ones(trained, tmp_path):
 def test_layers_lists_names_shapes_and_parameters(trained):
     p = cli("layers", trained[1] / "last.pt")
     assert p.returncode == 0, p.stderr
-    assert "features.conv1_1" in p.stdout and "(8, 64, 64)" in p.stdout and "head.fc" in p.stdout
+    table = {line.split()[0]: line for line in p.stdout.splitlines()[1:-2]}
+    assert "(8, 64, 64)" in table["conv1_1"] and "head.fc" in table and "features.conv1_1" not in p.stdout
+    taken = p.stdout.splitlines()[-1]
+    assert taken.startswith("conv layers (what deconv --layer takes): conv1_1, conv2_1")
+    assert all(name in table for name in taken.partition(": ")[2].split(", "))
     assert "classes: arch, bell, dome" in p.stdout
 
 

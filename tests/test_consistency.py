@@ -5,6 +5,7 @@ API) give the same calibrated numbers to 3 decimals."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 
@@ -181,3 +182,24 @@ def test_an_uncalibrated_probability_says_so(photos, tmp_path):
     x = hl.decode(photos[0])
     _, index = comparison(model, x, classes, LAYER)
     assert index["calibrated"] is False
+
+
+def test_predict_takes_a_folder_options_anywhere_and_writes_csv_and_json(photos, api, tmp_path):
+    probs, classes = api
+    (tmp_path / "notes.txt").write_text("not an image")  # a folder's other files are left out
+    p = cli("predict", photos[0].parent, "--top", "2", "--csv")  # no model named: the bundled one
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    assert [r["file"] for r in rows] == [str(f) for f in photos]  # every image under the folder, sorted
+    for photo, r in zip(photos, rows):
+        assert r["class"] == classes[int(probs[photo.name].argmax())] and r["error"] == ""
+        assert _close(float(r["probability"]), float(probs[photo.name].max())) and r["top"].count("; ") == 1
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    p = cli("predict", BUNDLED, photos[0], "--json", bad, "--top", "1", photos[1])
+    assert p.returncode != 0  # one image could not be read
+    got = json.loads(p.stdout)
+    assert [g["file"] for g in got] == [str(photos[0]), str(bad), str(photos[1])]
+    assert "error" in got[1] and str(bad) not in got[1]["error"]
+    assert got[0]["class"] == rows[0]["class"] and f"{got[0]['probability']:.4f}" == rows[0]["probability"]
+    assert len(got[2]["top"]) == 1 and got[2]["top"][0]["class"] == rows[1]["class"]

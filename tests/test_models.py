@@ -32,10 +32,10 @@ def test_layer_names_are_stable_and_complete():
 def test_layer_table_shapes_and_parameter_counts():
     m = build_model(ModelConfig(widths=(8, 16), depths=(1, 1), kernel_size=3), num_classes=5)
     rows = {name: (shape, n) for name, _, shape, n in layer_table(m)}
-    assert rows["features.conv1_1"] == ((8, 64, 64), 3 * 8 * 9)
-    assert rows["features.bn1_1"] == ((8, 64, 64), 16)
-    assert rows["features.pool1"] == ((8, 32, 32), 0)
-    assert rows["features.pool2"] == ((16, 16, 16), 0)
+    assert rows["conv1_1"] == ((8, 64, 64), 3 * 8 * 9)
+    assert rows["bn1_1"] == ((8, 64, 64), 16)
+    assert rows["pool1"] == ((8, 32, 32), 0)
+    assert rows["pool2"] == ((16, 16, 16), 0)
     assert rows["head.fc"] == ((5,), 16 * 5 + 5)
     assert sum(n for _, n in rows.values()) == sum(p.numel() for p in m.parameters())
 
@@ -70,7 +70,7 @@ def test_resnet_judge_architecture_trains_and_is_not_mirrorable():
     torch.manual_seed(0)
     m = build_model(ModelConfig(arch="resnet", widths=(8, 16), depths=(2, 1)), 4)
     rows = {name: shape for name, _, shape, _ in layer_table(m)}
-    assert rows["features.block1_2"] == (8, 64, 64) and rows["features.block2_1"] == (16, 32, 32)
+    assert rows["block1_2"] == (8, 64, 64) and rows["block2_1"] == (16, 32, 32)
     nn.functional.cross_entropy(m(torch.rand(3, 3, 64, 64) * 255), torch.tensor([0, 1, 3])).backward()
     assert all(p.grad is not None for p in m.parameters())
     with pytest.raises(DeconvError, match=r"layer 'block1_1' \(ResidualBlock\) cannot be mirrored"):

@@ -99,6 +99,8 @@ class Command:
     func: Callable[[argparse.Namespace], int]
     interrupted: str = ""
     """What to do after Ctrl-C (commands that keep nothing half-done leave it empty: run them again)."""
+    epilog: str = ""
+    """An example, shown at the end of the command's `--help`."""
 
 
 COMMANDS: dict[str, Command] = {}
@@ -112,12 +114,12 @@ def arg(*flags: str, **options) -> tuple[tuple, dict]:
     return flags, options
 
 
-def command(name: str, help: str, *arguments, interrupted: str = ""):
+def command(name: str, help: str, *arguments, interrupted: str = "", epilog: str = ""):
     """Register the decorated `cmd_*` function as subcommand `name` with `arguments` (`arg(...)` or lists of them)."""
 
     def register(func):
         flat = [a for x in arguments for a in (x if isinstance(x, list) else [x])]
-        COMMANDS[name] = Command(help, flat, func, interrupted)
+        COMMANDS[name] = Command(help, flat, func, interrupted, epilog)
         return func
 
     return register
@@ -312,39 +314,89 @@ def accuracy_lines(results) -> str:
     arg(
         "paths",
         nargs="+",
-        metavar="[CHECKPOINT] IMAGE",
-        help="a checkpoint, run folder, model folder or exported .onnx file (default: the bundled model), then images",
+        metavar="[MODEL] IMAGE",
+        help="a checkpoint, run folder, model folder or exported .onnx file (default: the bundled model), then "
+        "images and folders of images (every image in them, sorted); options may come anywhere",
     ),
-    arg("--top", type=int, default=3),
-    arg("--tta", action="store_true"),
+    arg("--top", type=int, default=3, help="classes to show per image (default: 3)"),
+    arg("--tta", action="store_true", help="average the test-time views (mirror, 2 px shifts): slower, under PyTorch"),
+    arg("--csv", action="store_true", help="print CSV (file, class, probability, top, error) instead of lines"),
+    arg("--json", action="store_true", help="print one JSON list, an object per image, instead of lines"),
+    epilog="example: heritagelens predict photos/ --top 5 --csv > predictions.csv",
 )
 def cmd_predict(args) -> int:
     """Top-k classes per image: an exported .onnx file or a model folder with its graph (the bundled model among them)
-    under onnxruntime, without loading PyTorch; a checkpoint, or any model with --tta, under PyTorch."""
-    import numpy as np
-
+    under onnxruntime, without loading PyTorch; a checkpoint, or any model with --tta, under PyTorch. Probabilities
+    are the calibrated ones `sort` and the web app give."""
     from .images import DataError, decode
 
     if args.top < 1:
         raise UsageError(f"--top {args.top}: must be at least 1 (classes to show per image)")
-    first = Path(args.paths[0])
-    named = first.suffix.lower() in (".pt", ".pth", ".onnx") or first.is_dir()
-    args.checkpoint, args.images = (first, args.paths[1:]) if named else (None, args.paths)
-    if not args.images:
-        raise UsageError(f"predict {first}: no image given after the checkpoint")
-    args.checkpoint = _model(args)
-    probabilities, classes = _predictor(Path(args.checkpoint), args.tta)
-    failed = 0
-    for path in args.images:
+    if args.csv and args.json:
+        raise UsageError("--csv and --json: give one of them")
+    args.checkpoint, images = _model_and_images(args.paths)
+    probabilities, classes = _predictor(Path(_model(args)), args.tta)
+    rows = []
+    for path in images:
         try:
             probs = probabilities(decode(path)[None])[0]
         except DataError as e:
-            print(f"heritagelens: error: {e}", file=sys.stderr)
-            failed += 1
+            rows.append({"file": str(path), "error": str(e).removeprefix(f"{path}: ")})
+            if not (args.csv or args.json):
+                print(f"heritagelens: error: {e}", file=sys.stderr)
             continue
-        top = np.argsort(-probs, kind="stable")[: args.top]
-        print(f"{path}: " + ", ".join(f"{classes[i]} {probs[i]:.3f}" for i in top))
-    return EXIT_ERROR if failed else 0
+        top = sorted(range(len(classes)), key=lambda i: -probs[i])[: args.top]
+        rows.append({"file": str(path), "top": [(classes[i], round(float(probs[i]), 4)) for i in top]})
+        if not (args.csv or args.json):
+            print(f"{path}: " + ", ".join(f"{classes[i]} {probs[i]:.3f}" for i in top))
+    if args.csv or args.json:
+        _print_predictions(rows, as_json=args.json)
+    return EXIT_ERROR if any("error" in r for r in rows) else 0
+
+
+def _model_and_images(paths: list[str]) -> tuple[Path | None, list[Path]]:
+    """`predict`'s paths: the model when the first names one (a .pt, .pth or .onnx file, a model or run folder), and
+    the images: files as given, folders as every image file under them, sorted."""
+    from .images import IMAGE_SUFFIXES
+    from .modelcard import is_model_folder
+
+    first = Path(paths[0])
+    is_model = first.suffix.lower() in (".pt", ".pth", ".onnx") or is_model_folder(first)
+    is_model = is_model or (first.is_dir() and any((first / n).is_file() for n in ("last.pt", "best.pt")))
+    model, given = (first, paths[1:]) if is_model else (None, paths)
+    if not given:
+        raise UsageError(f"predict {first}: no image given after the model")
+    images: list[Path] = []
+    for p in map(Path, given):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise UsageError(f"{p}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            images += found
+        else:
+            images.append(p)
+    return model, images
+
+
+def _print_predictions(rows: list[dict], as_json: bool) -> None:
+    """`predict --csv` (file, class, probability, top as 'class p; ...', error) or `--json` on stdout."""
+    import csv
+    import json
+
+    if as_json:
+        out = [{"file": r["file"], "error": r["error"]} if "error" in r else
+               {"file": r["file"], "class": r["top"][0][0], "probability": r["top"][0][1],
+                "top": [{"class": c, "probability": p} for c, p in r["top"]]} for r in rows]  # fmt: skip
+        print(json.dumps(out, indent=1, ensure_ascii=False))
+        return
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(["file", "class", "probability", "top", "error"])
+    for r in rows:
+        if "error" in r:
+            w.writerow([r["file"], "", "", "", r["error"]])
+        else:
+            top = "; ".join(f"{c} {p:.4f}" for c, p in r["top"])
+            w.writerow([r["file"], r["top"][0][0], f"{r['top'][0][1]:.4f}", top, ""])
 
 
 def _predictor(model: Path, tta: bool) -> tuple[Callable, list[str]]:
@@ -488,7 +540,7 @@ def _need_extra(extra: str, what: str, modules: list[str]) -> None:
 @command("layers", "each layer's name, output shape and parameter count", MODEL)
 def cmd_layers(args) -> int:
     from .checkpoint import load_model
-    from .models import layer_table
+    from .models import conv_layer_names, layer_table
 
     model, classes, ckpt = load_model(_model(args))
     rows = layer_table(model)
@@ -496,6 +548,7 @@ def cmd_layers(args) -> int:
     for name, kind, shape, n in rows:
         print(f"{name:<22}{kind:<20}{str(tuple(shape)):<18}{n:>10,}")
     print(f"total parameters: {sum(p.numel() for p in model.parameters()):,}; classes: {', '.join(classes)}")
+    print(f"conv layers (what deconv --layer takes): {', '.join(conv_layer_names(model))}")
     return 0
 
 
@@ -749,15 +802,27 @@ def build_parser() -> argparse.ArgumentParser:
         if group and group not in groups:
             parent = sub.add_parser(group, help=GROUPS[group])
             groups[group] = parent.add_subparsers(dest=f"{group}_command", required=True)
-        sp = (groups[group] if group else sub).add_parser(leaf, help=c.help)
+        sp = (groups[group] if group else sub).add_parser(leaf, help=c.help, epilog=c.epilog or None)
         for flags, options in c.arguments:
             sp.add_argument(*flags, **options)
         sp.set_defaults(command_name=name)
     return p
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, before any heavy import (`--help` loads neither torch nor numpy). A command whose
+    positionals are a list (`predict`'s paths) takes options anywhere among them."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not isinstance(getattr(args, "paths", None), list) or any(e.startswith("-") for e in extra):
+            parser.parse_args(argv)  # argparse's own one-line error
+        args.paths += extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # before any heavy import: `--help` loads neither torch nor numpy
+    args = parse(argv)
     try:
         if launched_size() > 1 and args.command_name != "train":
             raise UsageError("only 'train' runs under torchrun; tune in parallel by starting workers on one --storage")

@@ -130,7 +130,8 @@ def rectified_name(model: HeritageCNN, layer: str) -> str | None:
 
 
 def layer_table(model: HeritageCNN, image_size: int = IMAGE_SIZE) -> list[tuple[str, str, tuple[int, ...], int]]:
-    """(name, type, output shape without batch, parameter count) for every layer, in forward order."""
+    """(name, type, output shape without batch, parameter count) for every layer, in forward order. A feature layer
+    is named as `--layer` and `conv_layer_names` name it (`conv3_2`), a head layer as `head.<name>`."""
     rows = []
     x = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad(), evaluating(model):
@@ -139,5 +140,6 @@ def layer_table(model: HeritageCNN, image_size: int = IMAGE_SIZE) -> list[tuple[
             for name, m in getattr(model, part).named_children():
                 x = m(x)
                 n_params = sum(p.numel() for p in m.parameters())
-                rows.append((f"{part}.{name}", type(m).__name__, tuple(x.shape[1:]), n_params))
+                shown = name if part == "features" else f"{part}.{name}"
+                rows.append((shown, type(m).__name__, tuple(x.shape[1:]), n_params))
     return rows
