@@ -38,12 +38,14 @@ def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidec
     assert len(unsure) == len(truth)
     classes = ["arch", "bell", "dome"]
     for f in unsure[:3]:
-        assert read_tag(sidecar_path(folder / f).read_bytes()).filed is None  # no keyword while unsure
+        unsure_tag = read_tag(sidecar_path(folder / f).read_bytes())
+        assert unsure_tag.filed is None and unsure_tag.decided_by == "model"  # 'to review' while unsure
         row = refile(out, f, truth[f], classes)[f]
         assert row["copied_to"].startswith(truth[f] + "/") and (out / row["copied_to"]).is_file()
         assert not (out / before[f]["copied_to"]).exists()
         tag = read_tag(sidecar_path(folder / f).read_bytes())
         assert tag.filed == truth[f] and tag.top == before[f]["class"]  # the person's class; the model's guess kept
+        assert tag.decided_by == "person"
     after = csv_rows(out)
     for f in unsure[:3]:
         assert (after[f]["class"], after[f]["decided"]) == (truth[f], "person")

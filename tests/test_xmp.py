@@ -45,6 +45,7 @@ def test_exiftool_reads_our_keywords_and_fields(tmp_path):
     assert as_list(info["XMP-dc:Subject"]) == ["altar"]
     assert as_list(info["XMP-lr:HierarchicalSubject"]) == ["HeritageLens|altar"]
     assert info["XMP-heritagelens:Class"] == "altar" and float(info["XMP-heritagelens:Probability"]) == 0.93
+    assert info["XMP-heritagelens:DecidedBy"] == "model"
 
 
 def exiftool_sidecar(path) -> None:
@@ -76,10 +77,16 @@ def test_a_sidecar_another_tool_wrote_keeps_everything_and_a_later_run_replaces_
     (info,) = exiftool(side)
     assert as_list(info["XMP-dc:Subject"]) == ["nave", "altar"]
     assert as_list(info["XMP-lr:HierarchicalSubject"]) == ["Places|Chapel", "HeritageLens|altar"]
-    write_sidecar(photo, Tag(None, "altar", 0.3, "m"))  # unsure now: our keywords go, the person's stay
+    write_sidecar(photo, Tag(None, "altar", 0.3, "m"))  # unsure now: our keyword says so, the person's stay
     (info,) = exiftool(side)
-    assert as_list(info["XMP-dc:Subject"]) == ["nave", "altar"] and info["XMP-xmp:Rating"] == 4
-    assert as_list(info.get("XMP-lr:HierarchicalSubject")) == ["Places|Chapel"]
+    assert as_list(info["XMP-dc:Subject"]) == ["nave", "altar", "to review"] and info["XMP-xmp:Rating"] == 4
+    assert as_list(info.get("XMP-lr:HierarchicalSubject")) == ["Places|Chapel", "HeritageLens|to review"]
+    write_sidecar(photo, Tag("apse", "altar", 0.3, "m", "person"))  # a person filed it: 'to review' goes
+    (info,) = exiftool(side)
+    assert (
+        as_list(info["XMP-dc:Subject"]) == ["nave", "altar", "apse"] and info["XMP-heritagelens:DecidedBy"] == "person"
+    )
+    assert as_list(info.get("XMP-lr:HierarchicalSubject")) == ["Places|Chapel", "HeritageLens|apse"]
     assert photo.read_bytes() == b"not read"
 
 
@@ -119,9 +126,10 @@ def test_sort_xmp_tags_every_photo_beside_its_original_and_reruns_change_only_wh
     p = cli("sort", run, folder, "--out", tmp_path / "out", "--xmp", "--min-confidence", "0", "--quiet")
     assert f"0 written, {len(readable)} up to date" in p.stdout  # nothing changed: nothing rewritten
     p = cli("sort", run, folder, "--out", tmp_path / "out", "--xmp", "--min-confidence", "1", "--quiet")
-    assert f"{len(readable)} written, 0 up to date" in p.stdout  # all unsure now: every keyword taken back
+    assert f"{len(readable)} written, 0 up to date" in p.stdout  # all unsure now: every class keyword taken back
     info = exiftool(folder / f"{readable[0]}.xmp")[0]
-    assert "XMP-dc:Subject" not in info and info["XMP-heritagelens:Class"] == classes[readable[0]]
+    assert as_list(info["XMP-dc:Subject"]) == ["to review"] and info["XMP-heritagelens:Class"] == classes[readable[0]]
+    assert as_list(info["XMP-lr:HierarchicalSubject"]) == ["HeritageLens|to review"]
 
 
 def test_a_folder_where_sidecars_cannot_be_written_is_one_row_of_sort_csv(trained, read_only, tmp_path):

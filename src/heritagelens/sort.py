@@ -639,12 +639,12 @@ def synced(fh) -> None:
 
 def sidecar_tag(row: dict, model: str):
     """What a photo's sidecar says for its `sort.csv` row: its class as a keyword when filed (by the model or a
-    person), none when it waits in `_uncertain/`."""
+    person, and which), 'to review' when it waits in `_uncertain/`."""
     from .xmp import Tag
 
     filed = row["copied_to"].split("/")[0] != UNCERTAIN
-    top = row.get("model_class") or row["class"]
-    return Tag(row["class"] if filed else None, top, float(row.get("p", row["probability"])), model)
+    top, by = row.get("model_class") or row["class"], "person" if row.get("decided") == "person" else "model"
+    return Tag(row["class"] if filed else None, top, float(row.get("p", row["probability"])), model, by)
 
 
 # ----------------------------------------------------------------------------------------------- a person's review

@@ -4,9 +4,11 @@ Beside `IMG_0001.jpg` the sidecar is `IMG_0001.jpg.xmp` (digiKam's and darktable
 in extension keep two sidecars), or `IMG_0001.xmp` when that one exists already (Lightroom's). The photo itself is
 never opened for writing.
 
-A filed photo carries its class in `dc:subject` and as `HeritageLens|<class>` in `lr:hierarchicalSubject`; every
-photo carries the model's class, calibrated probability and the model's name in the `heritagelens:` namespace. A photo
-the model was unsure of gets no keyword: a person decides it. A sidecar that exists is merged: every other element,
+A filed photo carries its class in `dc:subject` and as `HeritageLens|<class>` in `lr:hierarchicalSubject`; a photo
+the model was unsure of carries `to review` and `HeritageLens|to review` instead, so that a photo manager gathers what
+waits for a person. Every photo carries the model's class, calibrated probability, the model's name and who decided
+its class (`heritagelens:decidedBy`: 'model', or 'person' once filed on the Review tab) in the `heritagelens:`
+namespace. A sidecar that exists is merged: every other element,
 attribute and keyword stays as it was, and a later run replaces only what an earlier one added (the keywords it
 added are listed in `heritagelens:keywordsAdded`, so a keyword the person had typed is never taken away).
 """
@@ -27,6 +29,8 @@ DC, LR = "http://purl.org/dc/elements/1.1/", "http://ns.adobe.com/lightroom/1.0/
 HL = "http://ns.heritagelens.org/1.0/"
 PREFIXES = {"x": X, "rdf": RDF, "dc": DC, "lr": LR, "heritagelens": HL}
 HIERARCHY = "HeritageLens|"
+TO_REVIEW = "to review"
+"""The keyword of a photo the model was unsure of (as `HeritageLens|to review` in the hierarchy)."""
 PACKET = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n', '\n<?xpacket end="w"?>\n')
 
 
@@ -37,12 +41,13 @@ class XmpError(HeritageLensError):
 @dataclass(frozen=True)
 class Tag:
     """What a sidecar says of a photo: the class if filed (None when a person must decide), the model's top class
-    and its calibrated probability, and which model said so."""
+    and its calibrated probability, which model said so, and who filed it ('model' or 'person')."""
 
     filed: str | None
     top: str
     probability: float
     model: str
+    decided_by: str = "model"
 
 
 def sidecar_path(photo: Path) -> Path:
@@ -64,13 +69,14 @@ def _tag_of(root: ET.Element) -> Tag | None:
     ours = next((d for d in root.iter(_q(RDF, "Description")) if d.find(_q(HL, "class")) is not None), None)
     if ours is None:
         return None
-    filed = [s.removeprefix(HIERARCHY) for s in _all(root, LR, "hierarchicalSubject") if s.startswith(HIERARCHY)]
+    ours_kw = [s.removeprefix(HIERARCHY) for s in _all(root, LR, "hierarchicalSubject") if s.startswith(HIERARCHY)]
+    filed = [k for k in ours_kw if k != TO_REVIEW]
     try:
         p = float(ours.findtext(_q(HL, "probability")))
     except (TypeError, ValueError):
         p = float("nan")
-    top, model = (ours.findtext(_q(HL, k)) or "" for k in ("class", "model"))
-    return Tag(filed[0] if filed else None, top, p, model)
+    top, model, by = (ours.findtext(_q(HL, k)) or "" for k in ("class", "model", "decidedBy"))
+    return Tag(filed[0] if filed else None, top, p, model, by)
 
 
 def merged(existing: bytes | None, tag: Tag) -> bytes:
@@ -89,12 +95,19 @@ def _merged(root: ET.Element, tag: Tag) -> bytes:
         ours = ET.SubElement(rdf, _q(RDF, "Description"), {_q(RDF, "about"): ""})
     subject_home = next((d for d in descriptions if d.find(_q(DC, "subject")) is not None), ours)
     subjects = [s for s in _bag(subject_home, DC, "subject") if s not in added]
-    now_added = [tag.filed] if tag.filed and tag.filed not in subjects else []
+    keyword = tag.filed or TO_REVIEW
+    now_added = [keyword] if keyword not in subjects else []
     _set_bag(subject_home, DC, "subject", subjects + now_added)
     hier_home = next((d for d in descriptions if d.find(_q(LR, "hierarchicalSubject")) is not None), ours)
     hier = [s for s in _bag(hier_home, LR, "hierarchicalSubject") if not s.startswith(HIERARCHY)]
-    _set_bag(hier_home, LR, "hierarchicalSubject", hier + ([HIERARCHY + tag.filed] if tag.filed else []))
-    for name, value in (("class", tag.top), ("probability", f"{tag.probability:.4f}"), ("model", tag.model)):
+    _set_bag(hier_home, LR, "hierarchicalSubject", [*hier, HIERARCHY + keyword])
+    fields = {
+        "class": tag.top,
+        "probability": f"{tag.probability:.4f}",
+        "model": tag.model,
+        "decidedBy": tag.decided_by,
+    }
+    for name, value in fields.items():
         el = ours.find(_q(HL, name))
         (el if el is not None else ET.SubElement(ours, _q(HL, name))).text = value
     _set_bag(ours, HL, "keywordsAdded", now_added)
