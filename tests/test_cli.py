@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 import torch
 from conftest import SETS, TINY_JUDGES, assert_one_line_error, cli
 from PIL import Image
+
+from heritagelens.jobs.deconv import image_view_paths
 
 
 def test_train_writes_a_complete_run_folder(trained):
@@ -166,7 +169,8 @@ def test_deconv_top9_writes_the_figure_and_index(trained, tmp_path):
     root, run = trained
     p = cli("deconv", run / "last.pt", "--top9", "--layer", "conv2_1", "--channels", "0", "3", "--out", tmp_path)
     assert p.returncode == 0, p.stderr
-    png, index = tmp_path / "deconv-top9-conv2_1.png", json.loads((tmp_path / "deconv-top9-conv2_1.json").read_text())
+    png = tmp_path / "deconv-top9-conv2_1-ch0-3.png"  # named by the channels it shows
+    index = json.loads(png.with_suffix(".json").read_text())
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert index["shown_channels"] == [0, 3] and len(index["channels"]) == 16
     top = index["channels"]["3"]
@@ -188,13 +192,25 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
     image = next((root / "test" / "dome").iterdir())
     p = cli("deconv", run, "--image", image, "--out", tmp_path)
     assert p.returncode == 0, p.stderr
-    index = json.loads((tmp_path / f"deconv-{image.stem}.json").read_text())
+    view, compared = image_view_paths(tmp_path, image)
+    assert view.name.startswith(f"deconv-{image.stem}-") and compared.name.startswith(f"compare-{image.stem}-")
+    index = json.loads(view.with_suffix(".json").read_text())
     assert list(index["layers"]) == ["conv1_1", "conv2_1"] and len(index["layers"]["conv2_1"]) == 9
-    p = cli("deconv", run, "--image", image, "--out", tmp_path, "--target", "bell")
+    before = compared.read_bytes()
+    again = cli("deconv", run, "--image", image, "--out", tmp_path, "--target", "bell")  # refused: nothing replaced
+    assert_one_line_error(again, f"{view}: exists already", "--force")
+    assert compared.read_bytes() == before
+    p = cli("deconv", run, "--image", image, "--out", tmp_path, "--target", "bell", "--force")
     assert p.returncode == 0, p.stderr
-    compare = json.loads((tmp_path / f"compare-{image.stem}.json").read_text())
+    compare = json.loads(compared.with_suffix(".json").read_text())
     assert compare["target"] == "bell" and compare["layer"] == "conv2_1" and 0 <= compare["probability"] <= 1
-    assert (tmp_path / f"compare-{image.stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert compared.read_bytes()[:4] == b"\x89PNG"
+    twin = tmp_path / "card2" / image.name  # another card's photo of the same name: its own figures
+    twin.parent.mkdir()
+    shutil.copyfile(next((root / "test" / "arch").iterdir()), twin)
+    assert cli("deconv", run, "--image", twin, "--out", tmp_path, "--layer", "conv1_1").returncode == 0
+    assert compared.read_bytes() != image_view_paths(tmp_path, twin)[1].read_bytes()
+    assert json.loads(image_view_paths(tmp_path, twin)[0].with_suffix(".json").read_text())["image"] == str(twin)
 
 
 @pytest.mark.parametrize(
@@ -248,28 +264,28 @@ def dreamed(trained, tmp_path_factory):
 
 def test_dream_writes_images_gallery_and_scores(dreamed):
     out, p = dreamed
-    meta = json.loads((out / "dream-maco.json").read_text())
+    meta = json.loads((out / "dream-maco-bell.json").read_text())
     assert meta["classes"] == ["bell"] and meta["samples"] == 2 and meta["config"]["param"] == "phase"
-    assert sorted(f.name for f in (out / "dream-maco").iterdir()) == ["bell-0.png", "bell-1.png"]
-    assert (out / "dream-maco.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(f.name for f in (out / "dream-maco-bell").iterdir()) == ["bell-0.png", "bell-1.png"]
+    assert (out / "dream-maco-bell.png").read_bytes()[:4] == b"\x89PNG"
     sets = meta["scores"]
     assert list(sets) == ["maco (this gallery)", "naive ascent (floor)", "real val (ceiling)"]
     for s in sets.values():
         assert s["n"] == 2 and set(s["judges"]) == {"robust-resnet", "robust-cnn"} and list(s["per_class"]) == ["bell"]
         assert 0 <= s["judges"]["robust-cnn"]["recognised"] <= 1 and s["frechet"] >= 0
     assert sorted(meta["judges"]) == ["robust-cnn", "robust-resnet"]
-    assert "real val (ceiling)" in p.stdout and (out / "dream-maco.txt").read_text() in p.stdout + "\n"
+    assert "real val (ceiling)" in p.stdout and (out / "dream-maco-bell.txt").read_text() in p.stdout + "\n"
 
 
 def test_dream_score_scores_a_folder_beside_real_images(trained, dreamed, tmp_path):
     out, _ = dreamed
-    p = cli("dream-score", out / "dream-maco", "--data", trained[0], "--judges", out / "judges",
+    p = cli("dream-score", out / "dream-maco-bell", "--data", trained[0], "--judges", out / "judges",
             "--set", "data.val_folds=4", *TINY_JUDGES, "--json", tmp_path / "s.json")  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "training judge" not in p.stdout  # the cached judges were found by their content key
     report = json.loads((tmp_path / "s.json").read_text())
-    assert len(report["files"]) == 2 and set(report["scores"]) == {"dream-maco", "real val (ceiling)"}
-    assert report["scores"]["dream-maco"]["n"] == 2 and report["scores"]["real val (ceiling)"]["n"] == 2
+    assert len(report["files"]) == 2 and set(report["scores"]) == {"dream-maco-bell", "real val (ceiling)"}
+    assert report["scores"]["dream-maco-bell"]["n"] == 2 and report["scores"]["real val (ceiling)"]["n"] == 2
 
 
 def test_dream_score_bad_folders(trained, tmp_path):
@@ -286,12 +302,15 @@ def test_dream_of_channels_and_of_a_class_from_a_photo(trained, tmp_path):
     root, run = trained
     p = cli("dream", run, "--channel", "conv2_1:3,5", "--samples", "2", "--unit", "--out", tmp_path)
     assert p.returncode == 0, p.stderr
-    meta = json.loads((tmp_path / "dream-default-conv2_1.json").read_text())
+    meta = json.loads((tmp_path / "dream-default-conv2_1-ch3-5-centre.json").read_text())
     assert meta["channels"] == [3, 5] and meta["unit"] == "centre"
     photo = next((root / "train" / "arch").iterdir())
     p = cli("dream", run, "--class", "dome", "--from", photo, "--samples", "1", "--no-score", "--out", tmp_path)
     assert p.returncode == 0, p.stderr
-    assert json.loads((tmp_path / "dream-default.json").read_text())["from_image"] == str(photo)
+    assert json.loads((tmp_path / "dream-default-dome.json").read_text())["from_image"] == str(photo)
+    p = cli("dream", run, "--class", "bell", "--samples", "1", "--no-score", "--out", tmp_path)  # another class
+    assert p.returncode == 0 and (tmp_path / "dream-default-dome.png").exists(), p.stderr
+    assert_one_line_error(cli("dream", run, "--class", "bell", "--out", tmp_path), "dream-default-bell.png: exists")
 
 
 def test_dream_without_scores_trains_no_judges(trained, tmp_path):
@@ -299,8 +318,8 @@ def test_dream_without_scores_trains_no_judges(trained, tmp_path):
     before = sorted(judges.rglob("*")) if judges.exists() else []
     p = cli("dream", trained[1], "--class", "dome", "--samples", "1", "--no-score", "--out", tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "scores" not in json.loads((tmp_path / "dream-default.json").read_text())
-    assert not (tmp_path / "dream-default.txt").exists()
+    assert "scores" not in json.loads((tmp_path / "dream-default-dome.json").read_text())
+    assert not (tmp_path / "dream-default-dome.txt").exists()
     assert "judge" not in p.stdout + p.stderr and (sorted(judges.rglob("*")) if judges.exists() else []) == before
 
 

@@ -137,6 +137,7 @@ MODEL = arg("checkpoint", nargs="?", help="checkpoint file, run folder or model 
 QUIET = arg("--quiet", action="store_true", help="no progress bar")
 DEVICE = arg("--device", help="auto (CUDA when present, the default), cpu, cuda or cuda:K")
 OUT_BESIDE = arg("--out", help="output folder (default: beside the checkpoint)")
+FORCE = arg("--force", action="store_true", help="replace the figures an earlier run wrote under the same names")
 JUDGES_DIR = arg("--judges", help="folder of cached judges (default: judges/ in the data cache)")
 
 
@@ -564,13 +565,14 @@ def cmd_layers(args) -> int:
     arg("--evolution", action="store_true", help="figure 4: a run's snapshots, strongest projections"),
     data_flag("model", "--top9"),
     OUT_BESIDE,
+    FORCE,
 )
 def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
     from .checkpoint import load_model, run_folder
     from .deconvnet import layers_up_to
-    from .files import writable_folder
-    from .jobs.deconv import write_evolution, write_image_view, write_top9
+    from .files import refuse_existing, writable_folder
+    from .jobs.deconv import image_view_paths, top9_path, write_evolution, write_image_view, write_top9
 
     ckpt = _model(args)
     model, _, _ = load_model(ckpt)
@@ -585,12 +587,15 @@ def cmd_deconv(args) -> int:
     if args.evolution:
         if len(layers) != 1:
             raise UsageError("deconv --evolution needs one --layer NAME")
+        refuse_existing([out / f"deconv-evolution-{layers[0]}.png"], args.force)
         written = [write_evolution(run_folder(ckpt), layers[0], out, args.channels, args.data)]
     elif args.top9:
         if not layers:
             raise UsageError("deconv --top9 needs --layer NAME (see 'heritagelens layers')")
+        refuse_existing([top9_path(out, layer, args.channels) for layer in layers], args.force)
         written = write_top9(ckpt, layers, out, args.channels, args.data)
     else:
+        refuse_existing(image_view_paths(out, args.image), args.force)
         written = write_image_view(ckpt, args.image, out, layers or None, args.channels, args.target)
     for w in written:
         print(f"written: {w} and {w.with_suffix('.json').name}")
@@ -612,6 +617,7 @@ def cmd_deconv(args) -> int:
     arg("--seed", type=int, default=0),
     data_flag("model", "image statistics and scores"),
     OUT_BESIDE,
+    FORCE,
     JUDGES_DIR,
     arg("--score", action=argparse.BooleanOptionalAction, default=True, help="score with the judges"),
     arg("--quiet", action="store_true", help="no progress bar while judges train"),
@@ -621,12 +627,14 @@ def cmd_dream(args) -> int:
     channels of a layer (--channel LAYER:C[,C...], --unit for the centre neuron)."""
     from .config import Config
     from .dream import dream_preset
-    from .jobs.gallery import write_dream, write_feature_dream
+    from .files import refuse_existing
+    from .jobs.gallery import dream_stem, feature_dream_path, write_dream, write_feature_dream
 
     if sum(map(bool, (args.class_name, args.all, args.channel))) != 1:
         raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
     ckpt = _model(args)
     out = _beside(args, ckpt)
+    names = [args.class_name] if args.class_name else None
     sets = _settings(args, "dream", ("dream.", "gallery.judge_overrides="))
     cfg = Config(dream=dream_preset(args.preset)).override(sets)
     if args.channel:
@@ -635,13 +643,15 @@ def cmd_dream(args) -> int:
             channels = [int(c) for c in cs.split(",")]
         except ValueError:
             raise UsageError(f"--channel wants LAYER:C[,C...] such as conv4_2:3,17, not '{args.channel}'") from None
+        refuse_existing([feature_dream_path(out, args.preset, layer, channels, args.unit)], args.force)
         written = write_feature_dream(
             ckpt, layer, channels, out, cfg.dream, args.preset, args.samples, args.seed, args.data,
             centre_unit=args.unit, init_image=args.start,
         )  # fmt: skip
         print(f"written: {written} and {written.with_suffix('.json').name}")
         return 0
-    names = [args.class_name] if args.class_name else None
+    stem = dream_stem(out, args.preset, names)
+    refuse_existing([stem.with_name(stem.name + e) for e in (".png", ".json")], args.force)
     made = write_dream(
         ckpt, names, out, cfg.dream, args.preset, args.samples, args.seed, args.data, score=args.score,
         judges_dir=args.judges, judge_extra=cfg.gallery.judge_overrides, init_image=args.start, progress=not args.quiet,

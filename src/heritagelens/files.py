@@ -43,6 +43,15 @@ def writable_folder(folder: Path | str) -> Path:
     return folder
 
 
+def refuse_existing(paths: list[Path], force: bool) -> None:
+    """Before a command's work: refuse to replace what an earlier run wrote (`paths` its outputs), unless `force`."""
+    there = next((p for p in paths if p.exists()), None)
+    if there is not None and not force:
+        raise WriteError(
+            f"{there}: exists already (an earlier run wrote it); --force replaces it, --out DIR writes elsewhere"
+        )
+
+
 def atomic_write_bytes(data: bytes, path: Path | str) -> Path:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
     path = Path(path)

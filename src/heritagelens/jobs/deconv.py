@@ -3,6 +3,7 @@ beside the other explanation methods, and feature evolution over a run's snapsho
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -23,6 +24,20 @@ from ..split import train_split
 from ..visualize import comparison, default_channels, evolution, image_view, top9_figure
 
 
+def top9_path(out_dir: Path | str, layer: str, channels: list[int] | None = None) -> Path:
+    """`deconv-top9-<layer>.png` (the strongest channels, as the main job draws it), or `...-ch3-17.png` for the
+    channels chosen."""
+    chosen = "-ch" + "-".join(map(str, channels)) if channels else ""
+    return Path(out_dir) / f"deconv-top9-{layer}{chosen}.png"
+
+
+def image_view_paths(out_dir: Path | str, image_path: Path | str) -> list[Path]:
+    """`deconv-<photo>-<key>.png` and `compare-<photo>-<key>.png`: the key (6 hex digits of the photo's full path)
+    keeps two cards' `IMG_0001.jpg` apart."""
+    key = hashlib.sha256(str(Path(image_path).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:6]
+    return [Path(out_dir) / f"{kind}-{Path(image_path).stem}-{key}.png" for kind in ("deconv", "compare")]
+
+
 def write_top9(
     checkpoint: Path | str,
     layers: list[str],
@@ -30,7 +45,7 @@ def write_top9(
     channels: list[int] | None = None,
     root: Path | str | None = None,
 ) -> list[Path]:
-    """Figure-2 grids (`deconv-top9-<layer>.png`) and indexes (`.json`) for each layer, over the train split."""
+    """Figure-2 grids (`top9_path`) and indexes (`.json`) for each layer, over the train split."""
     model, classes, ckpt = load_model(checkpoint)
     split = train_split(ckpt, root)
     check_classes(classes, split.classes, checkpoint)
@@ -38,7 +53,7 @@ def write_top9(
     written = []
     for layer in layers:
         fig, index = top9_figure(model, split, layer, channels, top=tops[layer])
-        out = Path(out_dir) / f"deconv-top9-{layer}.png"
+        out = top9_path(out_dir, layer, channels)
         atomic_write_bytes(png_bytes(fig), out)
         atomic_write_json(index, out.with_suffix(".json"))
         written.append(out)
@@ -76,20 +91,19 @@ def write_image_view(
     channels: list[int] | None = None,
     target: str | None = None,
 ) -> list[Path]:
-    """`deconv-<image>.png` (every layer's strongest projections) and `compare-<image>.png` (the deconvnet beside
-    the gradient methods and occlusion), each with a JSON index."""
+    """`deconv-<photo>-<key>.png` (every layer's strongest projections) and `compare-<photo>-<key>.png` (the
+    deconvnet beside the gradient methods and occlusion), each with a JSON index (`image_view_paths`)."""
     model, classes, ckpt = load_model(checkpoint)
     if target is not None and target not in classes:
         raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")
     image = torch.from_numpy(images.decode(image_path))
     layers = layers or conv_layer_names(model)
     fig, index = image_view(model, image, layers, channels)
-    out = Path(out_dir) / f"deconv-{Path(image_path).stem}.png"
+    out, out2 = image_view_paths(out_dir, image_path)
     atomic_write_bytes(png_bytes(fig), out)
     atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
     t = temperature(ckpt, tta=False)  # the probability `predict` and `sort` give
     fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None, t)
-    out2 = Path(out_dir) / f"compare-{Path(image_path).stem}.png"
     atomic_write_bytes(png_bytes(fig), out2)
     atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
     return [out, out2]

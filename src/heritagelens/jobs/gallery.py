@@ -39,6 +39,17 @@ class Gallery:
     """The score tables, as in `dream-<label>.txt` (empty when not scored)."""
 
 
+def dream_stem(out_dir: Path | str, label: str, class_names: list[str] | None = None) -> Path:
+    """Where `write_dream` writes (add .png, .json, .txt, or nothing for the images' folder): `dream-<label>` for
+    every class, `dream-<label>-<class>` for one or a few."""
+    return Path(out_dir) / "-".join(["dream", label, *(class_names or [])])
+
+
+def feature_dream_path(out_dir: Path | str, label: str, layer: str, channels: list[int], centre: bool) -> Path:
+    """`dream-<label>-<layer>-ch3-17.png` (`-centre` for the centre unit)."""
+    return Path(out_dir) / f"dream-{label}-{layer}-ch{'-'.join(map(str, channels))}{'-centre' if centre else ''}.png"
+
+
 def write_dream(
     checkpoint: Path | str,
     class_names: list[str] | None,
@@ -57,8 +68,8 @@ def write_dream(
     floor_samples: int | None = None,
 ) -> Gallery:
     """A gallery of `samples` class images per class and, with `score`, its quality report beside the naive-ascent
-    floor and the real-image ceiling: `dream-<label>.png` (upscaled), `dream-<label>.json` (recipe and scores),
-    `dream-<label>.txt` (score tables) and the images at 64 px as `dream-<label>/<class>-<i>.png`. With
+    floor and the real-image ceiling, under `dream_stem`: `.png` (upscaled), `.json` (recipe and scores), `.txt`
+    (score tables) and the images at 64 px as `<stem>/<class>-<i>.png`, none left from an earlier gallery. With
     `init_image`, every image starts from that photograph instead of noise. The floor is naive ascent on the same
     model with as many steps, `floor_samples` images per class (default: `samples`); `standard_model` adds naive
     ascent on that (non-robust) model as a second floor."""
@@ -76,8 +87,12 @@ def write_dream(
     t0 = time.perf_counter()
     result = class_images(model, ks, samples, dream_cfg, stats, seed, init)
     seconds = time.perf_counter() - t0
-    out = Path(out_dir)
-    write_images(result.images, [f"{n}-{i}" for n in names for i in range(samples)], out / f"dream-{label}")
+    stem = dream_stem(out_dir, label, class_names)
+    for old in stem.glob("*-*.png") if stem.is_dir() else []:  # an earlier gallery's images (its own names only)
+        if old.stem.rpartition("-")[0] in classes:
+            old.unlink()
+    stem.with_name(stem.name + ".txt").unlink(missing_ok=True)  # an unscored gallery has no score tables
+    write_images(result.images, [f"{n}-{i}" for n in names for i in range(samples)], stem)
     meta = {
         "preset": label,
         "config": dataclasses.asdict(dream_cfg),
@@ -101,11 +116,11 @@ def write_dream(
         verdict = mine["judges"][HEADLINE_JUDGE]["per_class"]
         titles = [f"{n}: {HEADLINE_JUDGE} judge {verdict[n]['recognised']:.0%}" for n in names]
         text = score_table(scores) + "\n\nper class, this gallery:\n" + per_class_table(mine, classes)
-        atomic_write_text(text + "\n", out / f"dream-{label}.txt")
+        atomic_write_text(text + "\n", stem.with_name(stem.name + ".txt"))
     fig = gallery(result.images, titles, samples, title=f"class images, preset {label}, seed {seed}")
-    atomic_write_bytes(png_bytes(fig), out / f"dream-{label}.png")
-    atomic_write_json(meta, out / f"dream-{label}.json")
-    return Gallery(out / f"dream-{label}.png", meta, text)
+    png = atomic_write_bytes(png_bytes(fig), stem.with_name(stem.name + ".png"))
+    atomic_write_json(meta, png.with_suffix(".json"))
+    return Gallery(png, meta, text)
 
 
 def write_images(images: torch.Tensor, names: list[str], folder: Path) -> None:
@@ -155,7 +170,7 @@ def write_feature_dream(
     init_image: Path | str | None = None,
 ) -> Path:
     """Images maximizing channels of `layer` (their mean activation, or with `centre_unit` the one neuron at the
-    centre of the map), `samples` each: `dream-<label>-<layer>.png` and `.json`."""
+    centre of the map), `samples` each: `feature_dream_path` and its `.json`."""
     model, classes, ckpt = load_model(checkpoint)
     convs = conv_layer_names(model)
     if layer not in convs:
@@ -167,8 +182,7 @@ def write_feature_dream(
     result = dream(model, objective, channels, samples, dream_cfg, stats, seed, start_images(init_image, len(which)))
     names = [f"{layer}:{c}" + (" centre" if centre_unit else "") for c in channels]
     fig = gallery(result.images, names, samples, title=f"{layer}, preset {label}, seed {seed}")
-    out = Path(out_dir) / f"dream-{label}-{layer}.png"
-    atomic_write_bytes(png_bytes(fig), out)
+    out = atomic_write_bytes(png_bytes(fig), feature_dream_path(out_dir, label, layer, channels, centre_unit))
     meta = {"layer": layer, "channels": channels, "unit": "centre" if centre_unit else "mean", "samples": samples}
     meta |= {"seed": seed, "preset": label, "config": dataclasses.asdict(dream_cfg), "final": result.scores[-1]}
     atomic_write_json(meta, out.with_suffix(".json"))
