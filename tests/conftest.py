@@ -147,9 +147,11 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("heritagelens: error: "), p.stderr
+    errors = [ln for ln in lines if ln.startswith("heritagelens: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], p.stderr  # one error line, the last
+    assert all(ln.startswith("heritagelens: ") for ln in lines), p.stderr  # before it, only what was being done
     for n in needles:
-        assert n in lines[0], lines[0]
+        assert n in errors[0], errors[0]
 
 
 @pytest.fixture(scope="session")

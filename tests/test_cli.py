@@ -219,6 +219,9 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
         (["--top9", "--layer", "conv7_1"], ["unknown layer 'conv7_1'; conv layers: conv1_1, conv2_1"]),
         (["--top9"], ["needs --layer"]),
         (["--top9", "--layer", "conv1_1", "--channels", "8"], ["channel 8 out of range", "0..7"]),
+        # checked before the dataset is read (here there is none): a bad channel costs no scan
+        (["--top9", "--layer", "conv2_1", "--channels", "16", "--data", "/no/data"], ["channel 16 out of range"]),
+        (["--image", __file__, "--channels", "12"], ["channel 12 out of range: layer 'conv1_1' has channels 0..7"]),
         (["--image", "/no/such.jpg"], ["/no/such.jpg: no such file"]),
         ([], ["exactly one of --top9"]),
         (["--evolution"], ["needs one --layer"]),
@@ -501,3 +504,25 @@ def test_a_read_only_folder_is_one_line_before_any_work(trained, read_only):
     assert_one_line_error(cli("export", run, "--out", folder / "m.onnx"), f"{folder}: {why}")
     assert_one_line_error(cli("train", "--data", root, "--out", folder / "run", *SETS), f"{folder / 'run'}: cannot")
     assert (folder / "last.pt").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    "args,first",
+    [
+        (["evaluate", "{run}", "--split", "test"], "heritagelens: evaluating {run} on test ("),
+        (["calibrate", "{run}/last.pt"], "heritagelens: calibrating {run}/last.pt on its validation split"),
+        (["deconv", "{run}", "--top9", "--layer", "conv2_1"], "heritagelens: deconv: {run}, the top 9 of every"),
+        (["dream", "{run}", "--class", "dome", "--samples", "1", "--no-score"], "heritagelens: dream: {run}, 1 im"),
+    ],
+)
+def test_a_slow_command_says_first_what_it_does(trained, tmp_path, args, first):
+    """Its first line names the model and the photos; a later one how many (the bar is drawn on a terminal only)."""
+    root, run = trained
+    work = tmp_path / "run"
+    shutil.copytree(run, work)  # calibrate rewrites its checkpoint, deconv and dream write beside it
+    p = cli(*(a.format(run=work) for a in args))
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0].startswith(first.format(run=work)), p.stderr
+    if args[0] in ("evaluate", "calibrate", "deconv"):
+        assert any(" photos" in ln and any(c.isdigit() for c in ln) for ln in lines[1:]), p.stderr

@@ -570,16 +570,19 @@ def cmd_layers(args) -> int:
 def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
     from .checkpoint import load_model, run_folder
-    from .deconvnet import layers_up_to
+    from .deconvnet import check_channels, layers_up_to
     from .files import refuse_existing, writable_folder
     from .jobs.deconv import image_view_paths, top9_path, write_evolution, write_image_view, write_top9
+    from .models import conv_layer_names
 
     ckpt = _model(args)
     model, _, _ = load_model(ckpt)
     out = writable_folder(_beside(args, ckpt))
     layers = args.layer or []
-    for layer in layers:
+    for layer in layers or conv_layer_names(model):
         layers_up_to(model, layer)  # an unknown name fails now, listing the valid ones
+        if args.channels:  # and a channel the layer lacks, before the scan over the dataset
+            check_channels(args.channels, getattr(model.features, layer).out_channels, layer)
     if sum([args.top9, bool(args.image), args.evolution]) != 1:
         raise UsageError(
             "deconv needs exactly one of --top9 (with --layer), --evolution (with --layer) or --image PATH"
@@ -833,6 +836,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    from .progress import show
+
+    show(bars=not getattr(args, "quiet", False))  # what each slow step does, on stderr
     try:
         if launched_size() > 1 and args.command_name != "train":
             raise UsageError("only 'train' runs under torchrun; tune in parallel by starting workers on one --storage")

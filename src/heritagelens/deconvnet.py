@@ -19,6 +19,7 @@ from torch import nn
 from .errors import HeritageLensError
 from .models import HeritageCNN, conv_layer_names, evaluating, rectified_name
 from .precision import for_model
+from .progress import bar
 
 MIRRORED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)
 
@@ -216,15 +217,18 @@ def top_activations_of(
     k: int = 9,
     batch_size: int = 512,
     precision: str = "auto",
+    progress: str | None = None,
 ) -> dict[str, TopK]:
-    """`top_activations` of several layers, all from one forward pass over `images` (the deepest layer's)."""
+    """`top_activations` of several layers, all from one forward pass over `images` (the deepest layer's);
+    `progress` names a bar over the images (`heritagelens.progress`)."""
     ends = {layer: len(layers_up_to(model, layer)) - 1 for layer in layers}  # validates names before the long pass
     modules = [m for _, m in layers_up_to(model, max(ends, key=ends.get))]
     best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     amp = for_model(model, precision)
-    with evaluating(model):
+    with evaluating(model), bar(len(images), progress) as shown:
         for s in range(0, len(images), batch_size):
             x = amp.input(images[s : s + batch_size].float())
+            shown.update(len(x))
             with amp.autocast():
                 h, maps = model.normalize(x.to(model.normalize.std.dtype)), {}
                 for i, m in enumerate(modules):  # no pooling switches: only the ranking is needed here

@@ -11,6 +11,7 @@ from torch import nn
 from . import images as _images
 from .models import evaluating
 from .precision import for_inference
+from .progress import bar
 
 
 def decode(path) -> torch.Tensor:
@@ -27,23 +28,29 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, tta: bool = False, batch_size: int = 256, precision: str = "auto"
+    model: nn.Module,
+    images: torch.Tensor,
+    tta: bool = False,
+    batch_size: int = 256,
+    precision: str = "auto",
+    progress: str | None = None,
 ) -> torch.Tensor:
     """Logits (N, classes) in float32 on the CPU for uint8 images (N, 3, 64, 64), computed on the model's device in
     eval mode and in float32 ('auto') or the mode `precision` names; the model's mode is restored. A numpy array
-    is taken as well."""
+    is taken as well. `progress` names a bar over the photos (`heritagelens.progress`)."""
     images = torch.as_tensor(images)
     if images.dim() != 4:
         shape = tuple(images.shape)
         raise ValueError(f"images of shape {shape}: expected a batch (N, 3, H, W); one image is image[None]")
     out = []
     device, amp = next(model.parameters()).device, for_inference(model, precision)
-    with evaluating(model):
+    with evaluating(model), bar(len(images), progress) as shown:
         for s in range(0, len(images), batch_size):
             x = amp.input(images[s : s + batch_size].to(device).float())
             views = tta_views(x) if tta else [x]
             with amp.autocast():
                 out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
+            shown.update(len(x))
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -20,6 +20,7 @@ from ..figures import (
 )
 from ..files import atomic_write_bytes, atomic_write_json
 from ..models import conv_layer_names
+from ..progress import say
 from ..split import train_split
 from ..visualize import comparison, default_channels, evolution, image_view, top9_figure
 
@@ -46,10 +47,12 @@ def write_top9(
     root: Path | str | None = None,
 ) -> list[Path]:
     """Figure-2 grids (`top9_path`) and indexes (`.json`) for each layer, over the train split."""
+    say(f"deconv: {checkpoint}, the top 9 of every channel of {', '.join(layers)} over its train split")
     model, classes, ckpt = load_model(checkpoint)
     split = train_split(ckpt, root)
     check_classes(classes, split.classes, checkpoint)
-    tops = top_activations_of(model, split.images, layers)  # one pass over the split for every layer
+    say(f"train split: {len(split.labels)} photos, one pass for every layer, then {len(layers)} figure(s)")
+    tops = top_activations_of(model, split.images, layers, progress="top 9")  # one pass for every layer
     written = []
     for layer in layers:
         fig, index = top9_figure(model, split, layer, channels, top=tops[layer])
@@ -68,6 +71,7 @@ def write_evolution(
     files = sorted(run.glob("epoch-*.pt"), key=lambda f: int(f.stem.split("-")[1])) + [run / "last.pt"]
     if len(files) < 2 or not files[-1].exists():
         raise DeconvError(f"{run}: no epoch-N.pt snapshots (train with --set 'train.snapshot_epochs=[1,5,10]')")
+    say(f"deconv: {run}, {layer} over {len(files)} snapshots")
     snapshots = []
     for f in files:
         model, classes, ckpt = load_model(f)
@@ -93,6 +97,7 @@ def write_image_view(
 ) -> list[Path]:
     """`deconv-<photo>-<key>.png` (every layer's strongest projections) and `compare-<photo>-<key>.png` (the
     deconvnet beside the gradient methods and occlusion), each with a JSON index (`image_view_paths`)."""
+    say(f"deconv: {checkpoint}, projections of {image_path} and the comparison maps (occlusion takes seconds)")
     model, classes, ckpt = load_model(checkpoint)
     if target is not None and target not in classes:
         raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")

@@ -24,11 +24,12 @@ from ..checkpoint import (
     read_checkpoint,
     temperature,
 )
-from ..config import Config
+from ..config import SPLIT_NAMES, Config
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
 from ..metrics import EvalResult, evaluate_logits
+from ..progress import say
 from ..split import checkpoint_split, data_config_of, prepared_for
 
 
@@ -68,6 +69,7 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on 'val' (its own group-aware validation split), 'source' (its source-held-out
     validation split), 'test' (the data root's test/) or 'outside' (the folder `data.outside` names or finds), with
     `data_overrides` (`data.*` assignments) applied to its config; unreadable test or outside files are listed."""
+    say(f"evaluating {checkpoint} on {split} ({SPLIT_NAMES.get(split, split)})")
     model, classes, ckpt = load_model(checkpoint)
     cfg = data_config_of(ckpt, root, data_overrides)
     tta = cfg.train.tta if tta is None else tta
@@ -88,7 +90,8 @@ def evaluate_checkpoint(
         else:
             sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
         images, labels, files = sp.images, sp.labels, sp.files
-    logits = predict_logits(model, images, tta=tta)
+    say(f"{split}: {len(labels)} photos{', each in 4 views (TTA)' if tta else ''}")
+    logits = predict_logits(model, images, tta=tta, progress=split)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
     result.folder = folder
     if split == "source":
@@ -170,14 +173,16 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
     path = checkpoint_file(checkpoint)
     if is_model_folder(path):  # its card is not a checkpoint to rewrite
         raise CheckpointError(f"{path}: a model folder only serves predictions: calibrate its checkpoint")
+    say(f"calibrating {path} on its validation split")
     model, classes, ckpt = load_model(path)
     cfg, prep = checkpoint_split(ckpt, path, root)
     images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
     if len(labels) == 0:
         raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
+    say(f"val: {len(labels)} photos, one view then 4 (TTA), a temperature for each")
     cals = {}
     for name, tta in (("plain", False), ("tta", True)):
-        logits = predict_logits(model, images, tta=tta)
+        logits = predict_logits(model, images, tta=tta, progress="TTA" if tta else "one view")
         cals[name] = calibrate(logits, labels, "val", tta)
     atomic_save({**ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}, path)
     return cals

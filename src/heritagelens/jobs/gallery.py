@@ -25,6 +25,7 @@ from ..figures import (
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..judges import score_sets
 from ..models import HeritageCNN, conv_layer_names
+from ..progress import say
 from ..scores import HEADLINE_JUDGE, per_class_table, score_table
 from ..split import checkpoint_split, train_split
 
@@ -73,6 +74,8 @@ def write_dream(
     `init_image`, every image starts from that photograph instead of noise. The floor is naive ascent on the same
     model with as many steps, `floor_samples` images per class (default: `samples`); `standard_model` adds naive
     ascent on that (non-robust) model as a second floor."""
+    what = f"{', '.join(class_names)}" if class_names else "every class"
+    say(f"dream: {checkpoint}, {samples} image(s) of {what}, preset {label}" + (", then scored" if score else ""))
     model, classes, ckpt = load_model(checkpoint)
     names = class_names or classes
     for n in names:
@@ -106,6 +109,7 @@ def write_dream(
     }
     titles, text = names, ""
     if score:
+        say(f"scoring {len(result.images)} image(s) with the judges, beside naive ascent and real photos")
         sets = {f"{label} (this gallery)": (result.images, torch.tensor(ks).repeat_interleave(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
         sets |= naive_floors(floors, ks, floor_samples or samples, dream_cfg.steps, stats, seed)
@@ -171,6 +175,7 @@ def write_feature_dream(
 ) -> Path:
     """Images maximizing channels of `layer` (their mean activation, or with `centre_unit` the one neuron at the
     centre of the map), `samples` each: `feature_dream_path` and its `.json`."""
+    say(f"dream: {checkpoint}, {samples} image(s) of each of {layer} channel(s) {', '.join(map(str, channels))}")
     model, classes, ckpt = load_model(checkpoint)
     convs = conv_layer_names(model)
     if layer not in convs:
