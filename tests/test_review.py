@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import browser_page, cli, need, serving, wait_text
 
-from heritagelens.sort import UNCERTAIN, SortError, refile, sort_photos
+from heritagelens.sort import JOURNAL, LOCK, UNCERTAIN, SortError, decide, refile, sort_photos, undo
 from heritagelens.xmp import read_tag, sidecar_path
 
 PAINTED = """e => {
@@ -58,6 +58,33 @@ def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidec
     assert sum(1 for _ in out.rglob("*") if _.is_file() and _.parent.name in (*classes, UNCERTAIN)) == len(truth)
 
 
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file under `folders` (the sort's lock aside) and its bytes."""
+    return {str(f): f.read_bytes() for d in folders for f in sorted(d.rglob("*")) if f.is_file() and f.name != LOCK}
+
+
+def test_undo_takes_decisions_back_byte_for_byte_last_first(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    out, classes = tmp_path / "out", ["arch", "bell", "dome"]
+    sort_photos(run, folder, out, min_confidence=1, progress=False, xmp=True)  # every photo unsure, each a sidecar
+    before = snapshot(out, folder)
+    first, second = sorted(truth)[:2]
+    _, d1 = decide(out, first, truth[first], classes)
+    middle = snapshot(out, folder)
+    rows, d2 = decide(out, second, "arch" if truth[second] != "arch" else "bell", classes)
+    assert rows[second]["decided"] == "person" and snapshot(out, folder) != middle
+    with pytest.raises(SortError, match="has changed since .* cannot be undone"):
+        undo(d1, classes)  # not the last decision: refused, nothing changed
+    assert undo(d2, classes)[second]["copied_to"].startswith(UNCERTAIN + "/")
+    assert snapshot(out, folder) == middle  # copy, sort.csv, journal and sidecar as they were
+    undo(d1, classes)
+    assert snapshot(out, folder) == before
+    assert (out / JOURNAL).read_bytes() == before[str(out / JOURNAL)]
+    with pytest.raises(SortError, match="cannot be undone"):
+        undo(d1, classes)  # once only
+
+
 def test_a_decision_refuses_what_the_sort_did_not_file(trained, photos, tmp_path):
     _, run = trained
     folder, truth = photos
@@ -100,6 +127,34 @@ def test_the_review_tab_pages_through_the_unsure_photos_and_files_them(trained, 
     assert "not a folder 'heritagelens sort' wrote" in ex.review(str(tmp_path), UNSURE).status
 
 
+def test_the_review_tab_moves_undoes_and_files_several_without_filing_twice(trained, photos, tmp_path):
+    need("gradio")
+    from heritagelens.webapp import UNSURE, Explorer
+
+    root, run = trained
+    folder, truth = photos
+    out = str(tmp_path / "out")
+    sort_photos(run, folder, out, min_confidence=1, progress=False)
+    ex, unsure = Explorer(run, root), sorted(truth)
+    assert ex.review(out, UNSURE, after=unsure[0], back=True).file == unsure[-1]  # round at the start
+    assert ex.review(out, UNSURE, after=unsure[1], back=True).file == unsure[0]
+    assert ex.review(out, UNSURE, after=unsure[0]).file == unsure[1]
+    before = csv_rows(tmp_path / "out")
+    ex.decide(out, UNSURE, unsure[0], 0)
+    twice = ex.decide(out, UNSURE, unsure[0], 1)  # the key again, for the photo that was on the page
+    assert "Nothing filed" in twice.status and csv_rows(tmp_path / "out")[unsure[0]]["class"] == "arch"
+    assert twice.file == unsure[1] and len(ex.decisions) == 1
+    r = ex.undo(out, UNSURE)
+    assert r.file == unsure[0] and r.status.startswith(f"Undone: {unsure[0]} is back in {UNCERTAIN}/. Now:")
+    assert csv_rows(tmp_path / "out") == before and "Nothing to undo" in ex.undo(out, UNSURE).status
+    grid, files = ex.thumbnails(out, UNSURE)
+    assert files == unsure and len(grid) == len(unsure) and grid[0][1].startswith(f"{unsure[0]}: ")
+    r = ex.file_photos(out, UNSURE, files[:2], 2)
+    assert r.status == f"Filed {files[0]}, {files[1]} as dome." and len(ex.decisions) == 2
+    assert [csv_rows(tmp_path / "out")[f]["class"] for f in files[:2]] == ["dome", "dome"]
+    assert ex.thumbnails(out, UNSURE)[1] == unsure[2:]
+
+
 def test_the_review_tab_refuses_a_sort_of_another_model(trained, photos, tmp_path):
     need("gradio")
     from heritagelens.webapp import UNSURE, Explorer
@@ -116,10 +171,12 @@ def test_the_review_tab_refuses_a_sort_of_another_model(trained, photos, tmp_pat
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, tmp_path):
-    """The bundled model sorts real photos it never trained on; three decisions on the page (two clicks, one key),
-    then the folder, sort.csv and the sidecars say what the person decided."""
+    """The bundled model sorts real photos it never trained on; on the page: arrows move without deciding, three
+    decisions (two clicks, one key), Ctrl+Z takes the last back byte for byte, two photos filed at once from the
+    grid; then the folder, sort.csv and the sidecars say what the person decided."""
     from heritagelens.data import name_key
     from heritagelens.modelcard import BUNDLED, model_card
+    from heritagelens.webapp import key_of
 
     classes = model_card(BUNDLED)["classes"]
     photos = tmp_path / "photos"
@@ -142,21 +199,48 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
         page.wait_for_function("() => (document.querySelector('#review-photo img') || {}).naturalWidth > 0")
         shown = page.eval_on_selector("#review-photo img", PAINTED)  # a 64 px photo, drawn large enough to judge
         assert max(shown) > 300, shown
+        keys = page.inner_text("#review-file-0"), page.inner_text("#review-file-9")
+        assert keys[0].startswith("1 · ") and keys[1].startswith("0 · "), keys  # the keys, 1-based
+        page.click("#review-status")  # focus off the text box
+        page.keyboard.press("ArrowRight")
+        wait_text(page, "#review-status", f"{unsure[1]} (2 of {len(unsure)})")
+        page.keyboard.press("ArrowLeft")
+        wait_text(page, "#review-status", f"{unsure[0]} (1 of {len(unsure)})")
+        assert csv_rows(out)[unsure[0]]["copied_to"].startswith(UNCERTAIN)  # moving decided nothing
         chosen = {}
         for n, how in enumerate(("click", "key", "click")):
             file = unsure[n]
+            before_last = snapshot(out, photos)
             k = int(Path(file).name.split("-")[0])  # the true class, from the name the test gave it
             if how == "click":
                 page.click(f"#review-file-{k}")
             else:
-                page.click("#review-status")  # focus off the text box
-                page.keyboard.press(str(k))
+                page.click("#review-status")
+                page.keyboard.press(key_of(k))  # the key its button shows
             wait_text(page, "#review-status", f"Filed {file} as {classes[k]}")
             chosen[file] = classes[k]
+        last = unsure[2]
+        page.click("#review-status")
+        page.keyboard.press("Control+z")
+        wait_text(page, "#review-status", f"Undone: {last} is back in {UNCERTAIN}/")
+        assert snapshot(out, photos) == before_last  # copy, sort.csv, journal and sidecar as they were
+        del chosen[last]
+        page.click("#review-grid-box .label-wrap")  # open the grid
+        boxes = page.locator("#review-ticked label")
+        boxes.first.wait_for()
+        ticked = [boxes.nth(i).inner_text().strip() for i in range(2)]
+        assert ticked == unsure[2:4]  # the queue in file order, the undone photo back in it
+        for i in range(2):
+            boxes.nth(i).click()
+        page.click("#review-into input")
+        page.click("ul[role=listbox] li:has-text('vault')")
+        page.click("#review-file-ticked")
+        wait_text(page, "#review-status", f"Filed {', '.join(ticked)} as vault")
+        chosen |= dict.fromkeys(ticked, "vault")
         page.screenshot(path=tmp_path / "review.png", full_page=True)
     rows = csv_rows(out)
     for file, cls in chosen.items():
         assert rows[file]["class"] == cls and rows[file]["decided"] == "person"
         assert (out / rows[file]["copied_to"]).parent.name == cls and (out / rows[file]["copied_to"]).is_file()
         assert read_tag(sidecar_path(photos / file).read_bytes()).filed == cls
-    assert all(rows[f]["copied_to"].startswith(UNCERTAIN) for f in unsure[3:])
+    assert all(rows[f]["copied_to"].startswith(UNCERTAIN) for f in unsure[4:])  # the rest wait

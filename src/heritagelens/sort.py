@@ -671,6 +671,29 @@ def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict[str
     """A person files photo `file` (as `sort.csv` names it) into class `cls`: its copy moves to `OUT/<cls>/`, the move
     is journaled and synced before it is made (as every sort move is), `sort.csv` is rewritten, and the photo's XMP
     sidecar, when a sort wrote one, says the new class. Returns every row of the sort, the photo's new one in it."""
+    return decide(out, file, cls, classes)[0]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one person's decision changed in a sort, enough to take it back byte for byte (`undo`)."""
+
+    out: Path
+    file: str
+    before: str
+    """Where the copy was (`copied_to`, relative to `out`)."""
+    after: str
+    journal: tuple[int, int]
+    """The journal's length before and after the decision."""
+    csv: bytes
+    """`sort.csv` before it."""
+    sidecar: Path | None
+    sidecar_bytes: bytes | None
+    """The photo's sidecar before it (None: the decision wrote none)."""
+
+
+def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[dict[str, dict], Decision]:
+    """`refile`, and what it changed (`Decision`), so that `undo` can take it back."""
     from .xmp import XmpError, read_tag, sidecar_path, write_sidecar
 
     out = Path(out)
@@ -681,6 +704,7 @@ def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict[str
         row = done.get(file)
         if row is None or row.get("error") or not row.get("copied_to"):
             raise SortError(f"{out}: '{file}' is not a photo this sort filed")
+        journal_size, csv_bytes = (out / JOURNAL).stat().st_size, (out / CSV_NAME).read_bytes()
         old = row["copied_to"]
         dest = free_name(out / cls / flat_name(Path(file)), mine=out / old)
         new = {**row, "class": cls, "copied_to": dest.relative_to(out).as_posix(), "moved_from": old,
@@ -693,15 +717,43 @@ def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict[str
             os.replace(out / old, dest)
         done[file] = new
         write_csv(out, done)
-    photo = Path(sort_settings(out)["photos"]) / file
-    side = sidecar_path(photo)
-    try:
-        tag = read_tag(side.read_bytes()) if side.exists() else None
-        if tag is not None:
-            write_sidecar(photo, sidecar_tag(new, tag.model))
-    except (OSError, XmpError) as e:
-        new["sidecar_error"] = str(e)
-    return done
+        photo = Path(sort_settings(out)["photos"]) / file
+        side, side_bytes = sidecar_path(photo), None
+        try:
+            tag = read_tag(side_bytes := side.read_bytes()) if side.exists() else None
+            if tag is None or write_sidecar(photo, sidecar_tag(new, tag.model)) is None:
+                side_bytes = None  # not written: nothing to restore
+        except (OSError, XmpError) as e:
+            new["sidecar_error"] = str(e)
+            side_bytes = None
+        after = (out / JOURNAL).stat().st_size
+    d = Decision(out, file, old, new["copied_to"], (journal_size, after), csv_bytes,
+                 side if side_bytes is not None else None, side_bytes)  # fmt: skip
+    return done, d
+
+
+def undo(d: Decision, classes: list[str]) -> dict[str, dict]:
+    """Take decision `d` back: the copy returns where it was, and the journal, `sort.csv` and the photo's sidecar
+    are as they were, byte for byte. Refused (one line, nothing changed) when the sort has been written since."""
+    from .files import atomic_write_bytes
+
+    out = d.out
+    with folder_lock(out):
+        if (out / JOURNAL).stat().st_size != d.journal[1]:
+            raise SortError(f"{out}: the sort has changed since {d.file} was filed; that decision cannot be undone")
+        if not (out / d.after).is_file():
+            raise SortError(f"{out / d.after}: gone; the decision on {d.file} cannot be undone")
+        if d.before != d.after and (out / d.before).exists():
+            raise SortError(f"{out / d.before}: exists again; {d.file} cannot go back there")
+        if d.before != d.after:
+            os.replace(out / d.after, out / d.before)
+        with (out / JOURNAL).open("r+b") as journal:
+            journal.truncate(d.journal[0])
+            synced(journal)
+        atomic_write_bytes(d.csv, out / CSV_NAME)
+        if d.sidecar is not None:
+            atomic_write_bytes(d.sidecar_bytes, d.sidecar)
+        return sorted_rows(out, classes)
 
 
 def _batches(items: Iterator, n: int) -> Iterator[list]:

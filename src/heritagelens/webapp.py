@@ -28,7 +28,7 @@ from .dream import DreamError, class_images, dream_preset, image_stats
 from .figures import gallery
 from .inference import probabilities
 from .models import conv_layer_names
-from .sort import UNCERTAIN, SortError, refile, sort_settings, sorted_rows
+from .sort import UNCERTAIN, Decision, SortError, decide, sort_settings, sorted_rows, undo
 from .visualize import comparison, image_view, top9_figure
 
 MAX_UPLOAD_MB = 25
@@ -75,6 +75,8 @@ class Explorer:
         self.picks = self._picks()
         self.tops: dict[str, TopK] = {}
         self.locks = {k: threading.Lock() for k in ("tops", "explainer", "dreamer")}
+        self.decisions: list[Decision] = []
+        """The review's decisions of this session, the last one last: what Undo takes back."""
 
     def _picks(self) -> list[str]:
         """A few training images per class to pick from (relative to the data root)."""
@@ -175,15 +177,31 @@ class Explorer:
         queue = [r for _, r in sorted(rows.items()) if not r.get("error") and r["copied_to"].split("/")[0] == where]
         return out, Path(settings["photos"]), queue
 
-    def review(self, folder: str, show: str, after: str = "", rows: dict | None = None) -> Reviewed:
-        """The next photo of the queue after `after` (in file order, from the start again at the end)."""
+    def review(
+        self,
+        folder: str,
+        show: str,
+        after: str = "",
+        rows: dict | None = None,
+        back: bool = False,
+        at: str = "",
+        status: str = "",
+    ) -> Reviewed:
+        """Photo `at` of the queue, else the next one after `after` in file order (with `back`, the one before it),
+        going round at either end; `status` says first what was just done."""
         try:
             out, photos, queue = self.review_queue(folder, show, rows)
         except SortError as e:
             return Reviewed(None, None, "", f"**{e}**")
         if not queue:
             return Reviewed(None, None, "", f"Nothing to review in {out / (UNCERTAIN if show == UNSURE else show)}.")
-        k, row = next(((k, r) for k, r in enumerate(queue) if r["file"] > after), (0, queue[0]))
+        order = list(enumerate(queue))
+        if at and any(r["file"] == at for r in queue):
+            k, row = next((k, r) for k, r in order if r["file"] == at)
+        elif back:
+            k, row = next(((k, r) for k, r in reversed(order) if r["file"] < after), order[-1])
+        else:
+            k, row = next(((k, r) for k, r in order if r["file"] > after), order[0])
         top3 = {c: float(p) for c, p in (t.rsplit(" ", 1) for t in row["top3"].split("; "))}
         said = f"the model says {row['class']} ({float(row['probability']):.1%})"
         if row.get("decided"):
@@ -193,20 +211,64 @@ class Explorer:
             image.thumbnail((640, 640))
         except images.DataError as e:  # gone or changed since the sort: it can still be filed
             image, said = None, f"{said}; the original cannot be shown ({str(e).split(': ', 1)[-1]})"
-        return Reviewed(image, top3, row["file"], f"**{row['file']}** ({k + 1} of {len(queue)}): {said}")
+        text = f"**{row['file']}** ({k + 1} of {len(queue)}): {said}"
+        return Reviewed(image, top3, row["file"], f"{status} {'Now' if at else 'Next'}: {text}" if status else text)
 
     def decide(self, folder: str, show: str, file: str, k: int) -> Reviewed:
-        """File photo `file` into class `k` (the copy moves, `sort.csv`, the journal and the sidecar follow), then
-        show the next one."""
-        if not file:
+        """File photo `file`, the one on the page, into class `k` (the copy moves, `sort.csv`, the journal and the
+        sidecar follow), then show the next one. A photo already filed by a person is left as it is: a decision sent
+        twice files nothing else."""
+        r = self.file_photos(folder, show, [file] if file else [], k)
+        return r if not file or r.status.startswith("**") else self.review(folder, show, after=file, status=r.status)
+
+    def file_photos(self, folder: str, show: str, files: list[str], k: int) -> Reviewed:
+        """File each of `files` (those ticked on the grid) into class `k`; each decision can be undone."""
+        if not files:
             return self.review(folder, show)
+        out, filed = Path(folder).expanduser(), []
         try:
-            rows = refile(Path(folder).expanduser(), file, self.classes[k], self.classes)
+            _, _, queue = self.review_queue(folder, show)
+            waiting = {r["file"] for r in queue}
+            for file in files:
+                if file not in waiting:
+                    continue  # filed out of this queue already (a key pressed twice): never filed again
+                _, d = decide(out, file, self.classes[k], self.classes)
+                self.decisions.append(d)
+                filed.append(file)
         except SortError as e:
-            return Reviewed(None, None, file, f"**{e}**")
-        r = self.review(folder, show, after=file, rows=rows)
-        r.status = f"Filed {file} as {self.classes[k]}. Next: {r.status}"
-        return r
+            return Reviewed(None, None, files[0], f"**{e}**")
+        said = f"Filed {', '.join(filed)} as {self.classes[k]}." if filed else "Nothing filed (not in this queue now)."
+        return Reviewed(None, None, files[-1], said)
+
+    def undo(self, folder: str, show: str) -> Reviewed:
+        """Take the last decision of this session back (copy, `sort.csv`, journal and sidecar as they were) and show
+        that photo again."""
+        if not self.decisions:
+            return self.review(folder, show, status="Nothing to undo.")
+        d = self.decisions[-1]
+        try:
+            rows = undo(d, self.classes)
+        except SortError as e:
+            return Reviewed(None, None, d.file, f"**{e}**")
+        self.decisions.pop()
+        back = f"Undone: {d.file} is back in {d.before.split('/')[0]}/."
+        return self.review(folder, show, at=d.file, rows=rows, status=back)
+
+    def thumbnails(self, folder: str, show: str, n: int = 60) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+        """The queue as a grid: (thumbnail, caption) of its first `n` photos, and their files in the same order."""
+        try:
+            _, photos, queue = self.review_queue(folder, show)
+        except SortError:
+            return [], []
+        grid = []
+        for r in queue[:n]:
+            try:
+                im = images.read_rgb(photos / r["file"], at_least=160)
+                im.thumbnail((160, 160))
+            except images.DataError:
+                im = Image.new("RGB", (160, 160), (200, 200, 200))
+            grid.append((im, f"{r['file']}: {r['class']} {float(r['probability']):.0%}"))
+        return grid, [r["file"] for r in queue]
 
     def explain(self, folder: str, file: str) -> tuple[Image.Image | None, Image.Image | None]:
         """The deconvnet's strongest projections and the comparison maps (Grad-CAM among them) of a reviewed photo."""
@@ -308,11 +370,17 @@ def class_images_tab(gr, ex: Explorer) -> None:
     make.click(ex.dream, [cls, samples, seed], [dreamed, status], api_name="dream", concurrency_limit=1)
 
 
+def key_of(k: int) -> str:
+    """The key that files into class `k` (0-based): 1 to 9, then 0 for the tenth; none beyond."""
+    return str((k + 1) % 10) if k < 10 else ""
+
+
 def review_tab(gr, ex: Explorer) -> None:
     gr.Markdown(
         "Open the output folder of `heritagelens sort` (sorted with this model) and file the photos it was unsure "
-        "of: click a class, or press its number key. The copy moves, and `sort.csv`, the journal and the photo's XMP "
-        "sidecar follow; no later sort moves it back."
+        "of: click a class or press its key (1 to 9, 0 for the tenth); ← and → move without deciding; Ctrl+Z or "
+        "**Undo** takes the last decision back. The copy moves, and `sort.csv`, the journal and the photo's XMP "
+        "sidecar follow; no later sort moves it back. On the grid below, tick several photos and file them at once."
     )
     with gr.Row():
         folder = gr.Textbox(label="sort output folder", elem_id="review-folder", scale=3)
@@ -321,34 +389,71 @@ def review_tab(gr, ex: Explorer) -> None:
     status = gr.Markdown(elem_id="review-status")
     current = gr.State("")
     with gr.Row():
+        prev = gr.Button("← previous", elem_id="review-prev", min_width=80)
+        nxt = gr.Button("next →", elem_id="review-next", min_width=80)
+        back = gr.Button("Undo (Ctrl+Z)", elem_id="review-undo", min_width=80)
+    with gr.Row():
         photo = gr.Image(label="the photo", interactive=False, elem_id="review-photo", height=420)
         top3 = gr.Label(num_top_classes=3, label="the model's top 3 (calibrated)", elem_id="review-top3")
     with gr.Row():
-        buttons = [gr.Button(f"{k} · {c}", elem_id=f"review-file-{k}", min_width=80) for k, c in enumerate(ex.classes)]
+        buttons = [
+            gr.Button(f"{key_of(k)} · {c}" if key_of(k) else c, elem_id=f"review-file-{k}", min_width=80)
+            for k, c in enumerate(ex.classes)
+        ]
     projections = gr.Image(label="deconvnet: strongest channels per layer", interactive=False, elem_id="review-proj")
     maps = gr.Image(label="deconvnet, saliency, guided backprop, Grad-CAM and occlusion", interactive=False,
                     elem_id="review-maps")  # fmt: skip
+    with gr.Accordion("the queue as a grid: file several photos at once", open=False, elem_id="review-grid-box"):
+        grid = gr.Gallery(label="the queue", columns=6, height=360, elem_id="review-grid", allow_preview=False)
+        ticked = gr.CheckboxGroup([], label="photos to file together", elem_id="review-ticked")
+        with gr.Row():
+            into = gr.Dropdown(ex.classes, value=ex.classes[0], label="into class", elem_id="review-into")
+            file_all = gr.Button("File the ticked photos", elem_id="review-file-ticked")
     outs = [photo, top3, current, status]
 
     def shown(r: Reviewed):
         return r.image, r.top3, r.file, r.status
 
-    opened = start.click(lambda f, s: shown(ex.review(f, s)), [folder, show], outs, api_name="review")
-    opened.then(ex.explain, [folder, current], [projections, maps])
+    def queue(f, s):
+        g, files = ex.thumbnails(f, s)
+        return g, gr.CheckboxGroup(choices=files, value=[])
+
+    def after(event):
+        event.then(ex.explain, [folder, current], [projections, maps]).then(queue, [folder, show], [grid, ticked])
+
+    after(start.click(lambda f, s: shown(ex.review(f, s)), [folder, show], outs, api_name="review"))
+    after(nxt.click(lambda f, s, c: shown(ex.review(f, s, after=c)), [folder, show, current], outs, api_name="next"))
+    after(prev.click(lambda f, s, c: shown(ex.review(f, s, after=c, back=True)), [folder, show, current], outs,
+                     api_name="previous"))  # fmt: skip
+    after(back.click(lambda f, s: shown(ex.undo(f, s)), [folder, show], outs, api_name="undo", concurrency_limit=1))
     for k, button in enumerate(buttons):
-        decided = button.click(lambda f, s, c, k=k: shown(ex.decide(f, s, c, k)), [folder, show, current], outs,
-                               api_name=f"decide_{k}", concurrency_limit=1)  # fmt: skip
-        decided.then(ex.explain, [folder, current], [projections, maps])
+        after(button.click(lambda f, s, c, k=k: shown(ex.decide(f, s, c, k)), [folder, show, current], outs,
+                           api_name=f"decide_{k}", concurrency_limit=1))  # fmt: skip
+
+    def file_ticked(f, s, files, cls):
+        r = ex.file_photos(f, s, files or [], ex.classes.index(cls))
+        nxt = ex.review(f, s, status=r.status) if not r.status.startswith("**") else r
+        return shown(nxt)
+
+    after(file_all.click(file_ticked, [folder, show, ticked, into], outs, api_name="file_ticked", concurrency_limit=1))
 
 
 KEYS = """<script>
 document.addEventListener("keydown", (e) => {
-  if (e.ctrlKey || e.altKey || e.metaKey || ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName)) return;
-  const b = document.getElementById("review-file-" + e.key);
-  if (b && b.offsetParent !== null) { e.preventDefault(); b.click(); }
+  if (["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName)) return;
+  const click = (id) => {
+    const b = document.getElementById(id);
+    if (b && b.offsetParent !== null) { e.preventDefault(); b.click(); }
+  };
+  if ((e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === "z") return click("review-undo");
+  if (e.ctrlKey || e.altKey || e.metaKey) return;
+  if (e.key === "ArrowLeft") return click("review-prev");
+  if (e.key === "ArrowRight") return click("review-next");
+  if (/^[0-9]$/.test(e.key)) click("review-file-" + ((Number(e.key) + 9) % 10));
 });
 </script>"""
-"""The review tab's number keys: key k clicks class k's button while the tab is showing (never inside a text box)."""
+"""The review tab's keys while it is showing (never inside a text box): 1 to 9 and 0 file into the class of the button
+that shows the key, the arrows move without deciding, Ctrl+Z (Cmd+Z) undoes."""
 
 CSS = "#review-photo img { width: 100%; height: 100%; object-fit: contain; }"
 """The photo under review fills its box, however small the file: a 64 px photo is shown as large as a 4,000 px one."""
