@@ -25,6 +25,7 @@ def test_the_readme_example_runs(trained, tmp_path):
     mine = f'RUN, DATA = {str(run)!r}, {str(root)!r}\nLAYER, CLASS = "conv2_1", "dome"\nPHOTO = {str(photo)!r}\n'
     code, swaps = re.subn(r"^RUN, DATA = .*\nLAYER, CLASS = .*\nPHOTO = .*\n", mine, code, flags=re.M)
     assert swaps == 1
+    code += 'assert why.maps["grad_cam"].shape == (64, 64) and why.maps["deconvnet"].shape == (3, 64, 64)\n'
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     first, one, shape = p.stdout.strip().splitlines()

@@ -5,7 +5,8 @@ The Python API, for notebooks (each name's docstring is where it is defined; the
 - recipes and training: `Config`, `preset`, `train` (one training run into a folder), `run` (the main job)
 - models and data: `load_model`, `temperature`, `load_split`, `decode`
 - predictions: `predict_logits`, `probabilities` (calibrated), `evaluate`, `calibrate`
-- the deconvnet: `project` (Zeiler & Fergus's projection), `top_activations` (figure 2's top 9 per channel)
+- the deconvnet: `project` (Zeiler & Fergus's projection), `top_activations` (figure 2's top 9 per channel),
+  `explain` (one image's deconvnet, saliency, guided backprop, Grad-CAM and occlusion maps)
 - class images: `class_images`, `dream_preset`, `image_stats`, `score_folder` (scored by the judges)
 
 Names are imported on first use, so that `import heritagelens` (and `heritagelens --help`) stays light.
@@ -32,6 +33,7 @@ _API = {
     "calibrate": "jobs.evaluation:calibrate_checkpoint",
     "project": "deconvnet",
     "top_activations": "deconvnet",
+    "explain": "visualize",
     "class_images": "dream",
     "dream_preset": "dream",
     "image_stats": "dream",

@@ -4,6 +4,8 @@ the web app shows them, and `heritagelens.jobs` writes them to disk."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from PIL import Image
 
@@ -27,7 +29,7 @@ from .figures import (
     projection_to_rgb,
 )
 from .inference import probabilities
-from .models import HeritageCNN
+from .models import HeritageCNN, conv_layer_names
 
 
 def default_channels(top, labels: torch.Tensor, n: int) -> list[int]:
@@ -115,6 +117,49 @@ def image_view(
     return per_image_view(image, rows), index
 
 
+@dataclass
+class Explanation:
+    """Why a model gave one image its class: every map of the comparison figure, as tensors at the image's size
+    (occlusion's at its grid of positions)."""
+
+    target: int
+    """The class explained (the predicted one unless asked for another)."""
+    predicted: int
+    probability: float
+    """The target's probability: calibrated when a temperature was given (`calibrated`)."""
+    calibrated: bool
+    layer: str
+    channel: int
+    """The strongest channel of `layer`: the one the deconvnet projects and occlusion's feature map follows."""
+    maps: dict[str, torch.Tensor]
+    """'deconvnet' and 'guided_backprop' (3, H, W); 'saliency' and 'grad_cam' (H, W); 'occlusion_probability'
+    (the target's probability with each patch greyed) and 'occlusion_feature' (the channel's activation), (h, w)."""
+    occlusion: dict[str, int]
+    """The occluding patch's size and stride, in pixels."""
+
+
+def explain(
+    model: HeritageCNN,
+    image: torch.Tensor,
+    layer: str | None = None,
+    target: int | None = None,
+    temperature: float | None = None,
+) -> Explanation:
+    """The deconvnet projection of the strongest channel of `layer` (default: the deepest conv layer), saliency,
+    guided backprop, Grad-CAM and both occlusion maps of one uint8 image (3, H, W), for class `target` (default:
+    the predicted one)."""
+    layer = layer or conv_layer_names(model)[-1]
+    probs = probabilities(model, image[None], temperature)[0]
+    predicted = int(probs.argmax())
+    target = predicted if target is None else target
+    channels, _, proj, _ = strongest_channels(model, image, layer, 1)
+    maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}
+    occ = occlusion(model, image, target, layer)
+    maps = {"deconvnet": proj[0], **maps, "occlusion_probability": occ.probability, "occlusion_feature": occ.feature}
+    return Explanation(target, predicted, float(probs[target]), temperature is not None, layer, int(channels[0]), maps,
+                       {"size": occ.size, "stride": occ.stride})  # fmt: skip
+
+
 def comparison(
     model: HeritageCNN,
     image: torch.Tensor,
@@ -124,31 +169,25 @@ def comparison(
     temperature: float | None = None,
 ) -> tuple[Image.Image, dict]:
     """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion for one image (3, H, W) uint8, all
-    for `target` (default: the predicted class) at `layer` (its strongest channel). The probability it quotes is
-    the calibrated one `predict` and `sort` give when `temperature` is the checkpoint's, and says 'uncalibrated'
-    when it is None."""
-    probs = probabilities(model, image[None], temperature)[0]
-    target = int(probs.argmax()) if target is None else target
-    kind = "" if temperature else ", uncalibrated"
-    channels, _, proj, _ = strongest_channels(model, image, layer, 1)
-    maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}
-    occ = occlusion(model, image, target, layer)
+    for `target` (default: the predicted class) at `layer` (its strongest channel): `explain`, drawn. The
+    probability it quotes is the calibrated one `predict` and `sort` give when `temperature` is the checkpoint's,
+    and says 'uncalibrated' when it is None."""
+    e = explain(model, image, layer, target, temperature)
+    kind = "" if e.calibrated else ", uncalibrated"
     title = (
-        f"target {classes[target]} ({probs[target]:.1%}{kind}); predicted {classes[int(probs.argmax())]}; "
-        f"deconvnet and occlusion feature: {layer} channel {int(channels[0])}"
+        f"target {classes[e.target]} ({e.probability:.1%}{kind}); predicted {classes[e.predicted]}; "
+        f"deconvnet and occlusion feature: {layer} channel {e.channel}"
     )
-    panels = explanation_panels(image, proj[0], maps, occ.probability, occ.feature, classes[target])
+    m = e.maps
+    panels = explanation_panels(image, m["deconvnet"], m, m["occlusion_probability"], m["occlusion_feature"],
+                                classes[e.target])  # fmt: skip
     fig = comparison_figure(image, title, panels)
     index = {
-        "target": classes[target],
-        "probability": round(float(probs[target]), 4),
-        "calibrated": temperature is not None,
+        "target": classes[e.target],
+        "probability": round(e.probability, 4),
+        "calibrated": e.calibrated,
         "layer": layer,
-        "channel": int(channels[0]),
-        "occlusion": {
-            "size": occ.size,
-            "stride": occ.stride,
-            "min_probability": round(float(occ.probability.min()), 4),
-        },
+        "channel": e.channel,
+        "occlusion": {**e.occlusion, "min_probability": round(float(m["occlusion_probability"].min()), 4)},
     }
     return fig, index
