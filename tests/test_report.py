@@ -59,6 +59,9 @@ def test_the_main_job_ends_with_a_complete_report(main_run):
     images = embedded_images(text)
     assert len(images) >= 1 + 2 + 2 + 2 + 1  # curves, 2 confusion matrices, 2 reliability diagrams, 2 grids, gallery
     assert "http://" not in text and "https://" not in text  # nothing fetched when viewed
+    summary = text[text.index('<div class="summary"') :]
+    assert summary.startswith('<div class="summary" id="summary"><p class="plain">This model names the element right')
+    assert " in 100 photos like the training" in summary.split("</p>")[0]
 
 
 def test_a_run_is_set_beside_the_presets_and_told_whether_it_compares(main_run, tmp_path):
@@ -159,10 +162,23 @@ def test_report_in_a_browser_has_every_section_and_no_broken_image(main_run, chr
         page.goto((run / "report.html").as_uri())
         ids = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
         sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
-        page.click("text=Class images")  # the nav link scrolls to the gallery
+        page.click("nav >> text=Class images")  # the nav link scrolls to the gallery
         scrolled = page.evaluate("window.scrollY")
+        clear = page.evaluate("""() => document.querySelector('#gallery h2').getBoundingClientRect().top >=
+                                       document.querySelector('nav').getBoundingClientRect().bottom""")
+        page.click("#gallery img")  # a figure, clicked: as large as the window
+        enlarged = page.eval_on_selector("#big img", "e => e.getBoundingClientRect().width")
+        page.keyboard.press("Escape")
+        closed = page.eval_on_selector("#big", "e => e.hidden")
         page.screenshot(path=tmp_path / "report.png", full_page=True)
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto((run / "report.html").as_uri())
+        widths = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        phone.screenshot(path=tmp_path / "phone.png")
         browser.close()
+    assert clear, "the heading jumped to is hidden under the sticky navigation"
+    assert enlarged > 900 and closed
+    assert widths[0] <= widths[1], widths  # nothing wider than a phone: wide tables scroll inside their box
     assert ids[: len(SECTIONS)] == SECTIONS
     assert sizes and all(ok and w > 0 and h > 0 for ok, w, h in sizes), "a broken image"
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

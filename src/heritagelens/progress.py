@@ -38,7 +38,7 @@ def bar(total: int, what: str | None, unit: str = "photo"):
     bars, on a terminal."""
     on = what is not None and log.isEnabledFor(logging.INFO)
     on = on and any(isinstance(h, _Lines) and h.bars for h in log.handlers)
-    from tqdm.auto import tqdm  # here: `--help` and `predict` start without it
+    from tqdm import tqdm  # here: `--help` and `predict` start without it; a terminal bar (the CLI draws it)
 
     off = None if on else True  # None: tqdm's own test, drawn on a terminal only (never into a pipe or a log file)
     return tqdm(total=total, desc=what, unit=unit, disable=off, leave=False, dynamic_ncols=True, file=sys.stderr)

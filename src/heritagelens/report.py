@@ -49,6 +49,13 @@ class Section:
     """What this section would show but the run folder lacks, each as 'file: problem'."""
     headline: str = ""
     """One line for the summary at the top of the report, if the section has a headline figure."""
+    plain: str = ""
+    """A sentence without jargon that opens the report, if the section has one."""
+
+
+def in_100(accuracy: float) -> str:
+    """An accuracy as a person says it: 'about 94 in 100'."""
+    return f"about {round(100 * accuracy)} in 100"
 
 
 class RunReader:
@@ -115,7 +122,7 @@ def table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if any(header) else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
     head = f"<thead><tr>{head}</tr></thead>" if head else ""
-    return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
+    return f'<div class="wide"><table class="{cls}">{head}<tbody>{body}</tbody></table></div>'
 
 
 def para(text: str) -> str:
@@ -261,6 +268,9 @@ def expectation_section(run: RunReader, bundled: dict | None = None) -> Section:
             f"{names[k]} by {100 * (d['accuracy'] - o['accuracy']):+.1f} points" for k, d in got.items() if k in names
         )
         s.headline = f"on {o['n']} photos from other sources than the training's: {pct(o)}"
+        like = got.get("val", o)["accuracy"]
+        s.plain = (f"This model names the element right in {in_100(like)} photos like the training's, and in "
+                   f"{in_100(o['accuracy'])} photos from other sources, which is what your photos are.")  # fmt: skip
         s.html = para(
             f"Measured on {o['n']} photos from other sources than the training's ({o.get('held_out') or 'outside'}), "
             f"never trained, stopped, calibrated or thresholded on: accuracy {pct(o)}. The validation splits carved "
@@ -272,13 +282,16 @@ def expectation_section(run: RunReader, bundled: dict | None = None) -> Section:
     key = "source" if "source" in got else "val"
     figure = f"This run was measured on validation splits carved from train/ only ({said}): no outside photos were "
     figure += "evaluated (heritagelens evaluate RUN --split outside --outside DIR)."
+    s.plain = f"This model names the element right in {in_100(got[key]['accuracy'])} photos like the training's"
     if not bundled:
+        s.plain += "; how it does on photos from other sources was not measured."
         s.headline = f"{names[key]}: {pct(got[key])}; not measured on photos from other sources"
         s.html = para(figure + " How far these figures overstate accuracy on photos from elsewhere is not known.")
         return s
     gap = bundled[key]["accuracy"] - bundled["outside"]["accuracy"]
     guess = got[key]["accuracy"] - gap
     s.headline = f"{names[key]}: {pct(got[key])}; on photos from other sources expect about {guess:.1%}"
+    s.plain += f", and, judging by the bundled model, in {in_100(guess)} photos from other sources (your photos)."
     s.html = para(
         f"{figure} For the bundled model (the default recipe), {names[key]} said {bundled[key]['accuracy']:.1%} "
         f"and {bundled['outside']['n']} photos from other sources than the training's "
@@ -557,7 +570,8 @@ def html_page(title: str, subtitle: str, sections: list[Section]) -> str:
     nav = " · ".join(f'<a href="#{s.id}">{html.escape(s.title.split(":")[0])}</a>' for s in sections)
     missing = [m for s in sections for m in s.missing]
     lines = "".join(f"<li>{html.escape(s.headline)}</li>" for s in sections if s.headline)
-    warn = f'<div class="summary" id="summary"><ul>{lines}</ul></div>' if lines else ""
+    plain = "".join(f'<p class="plain">{html.escape(s.plain)}</p>' for s in sections if s.plain)
+    warn = f'<div class="summary" id="summary">{plain}<ul>{lines}</ul></div>' if lines or plain else ""
     if missing:
         items = "".join(f"<li>{html.escape(m)}</li>" for m in missing)
         lacks = f"<b>This run folder lacks {len(missing)} piece(s):</b>"
@@ -571,11 +585,13 @@ def html_page(title: str, subtitle: str, sections: list[Section]) -> str:
     )
     made = time.strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(subtitle)} · report made {made} by heritagelens {__version__}</p>
-<nav>{nav}</nav>{warn}{body}</body></html>
+<nav>{nav}</nav>{warn}{body}
+<div id="big" hidden></div><script>{ENLARGE}</script></body></html>
 """
 
 
@@ -599,12 +615,37 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}
 table.facts td{text-align:left}table.config td{text-align:left;font-family:ui-monospace,monospace}
-.headline{font-size:1.15em}.summary{background:#eef5ff;border:1px solid #9cc0f0;padding:.2em 1em;margin:1em 0}
+.headline{font-size:1.15em}.plain{font-size:1.2em;font-weight:600;margin:.6em 0}
+.summary{background:#eef5ff;border:1px solid #9cc0f0;padding:.2em 1em;margin:1em 0}
 details summary{cursor:pointer;margin:.5em 0}
 .missing{background:#fff4e5;border:1px solid #f0b35a;padding:.5em 1em;margin:1em 0}
 .lack{color:#a15c00}
 figure.thumb{display:inline-block;margin:4px;width:150px;vertical-align:top;font-size:.8em}
 figure.thumb small{color:#777;word-break:break-all}
 .nothumb{width:128px;height:128px;background:#eee;display:flex;align-items:center;justify-content:center}
-img{max-width:100%;height:auto}
+img{max-width:100%;height:auto;cursor:zoom-in}
+html{scroll-padding-top:4em}
+.wide{overflow-x:auto;max-width:100%}
+#big{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;align-items:center;justify-content:center;
+z-index:10;cursor:zoom-out}#big[hidden]{display:none}
+#big img{width:96vw;height:96vh;object-fit:contain;image-rendering:pixelated}
 """
+"""`scroll-padding-top` (set to the sticky nav's height by `ENLARGE`'s script) keeps a heading clear of the nav after a
+jump; `.wide` lets a table scroll sideways on a
+phone instead of widening the page; `#big` shows a clicked figure at the size of the window."""
+
+ENLARGE = """const pad = () => {
+  document.documentElement.style.scrollPaddingTop = document.querySelector("nav").offsetHeight + 8 + "px";
+};
+pad(); addEventListener("resize", pad);
+document.addEventListener("click", (e) => {
+  const big = document.getElementById("big");
+  if (e.target.closest("#big")) { big.hidden = true; big.replaceChildren(); return; }
+  if (e.target.tagName !== "IMG") return;
+  const copy = e.target.cloneNode(); copy.removeAttribute("width"); big.replaceChildren(copy); big.hidden = false;
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") document.getElementById("big").hidden = true;
+});"""
+"""A jump clears the nav, however many lines it wraps to; click a figure to see it as large as the window, click again
+or Esc to close."""
