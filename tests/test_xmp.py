@@ -153,3 +153,20 @@ def test_a_folder_where_sidecars_cannot_be_written_is_one_row_of_sort_csv(traine
     assert "cannot write the sidecar (" in rows["ro/"]["error"]  # read-only file system, or permission denied
     assert sorted(f.name for f in (tmp_path / "open").iterdir()) == ["0.jpg", "0.jpg.xmp", "2.jpg", "2.jpg.xmp",
                                                                       "4.jpg", "4.jpg.xmp"]  # fmt: skip
+
+
+def test_a_sidecar_keeps_its_mode_and_a_new_one_gets_the_user_s_umask(tmp_path, monkeypatch):
+    import stat
+
+    from heritagelens import files
+
+    monkeypatch.setattr(files, "UMASK", 0o027)
+    photo = tmp_path / "a.jpg"
+    write_sidecar(photo, Tag("apse", "apse", 0.9, "m"))
+    assert stat.S_IMODE(sidecar_path(photo).stat().st_mode) == 0o640  # not the temporary file's 0600
+    other = tmp_path / "b.jpg"
+    sidecar_path(other).write_bytes(merged(None, Tag("altar", "altar", 0.9, "m")))
+    sidecar_path(other).chmod(0o664)  # a shared folder's sidecar, readable and writable by the group
+    write_sidecar(other, Tag("column", "column", 0.8, "m"))
+    assert read_tag(sidecar_path(other).read_bytes()).top == "column"
+    assert stat.S_IMODE(sidecar_path(other).stat().st_mode) == 0o664

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,12 +54,32 @@ def refuse_existing(paths: list[Path], force: bool) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+"""The process's umask when the package was imported: a new file gets the mode any program of the user's would."""
+
+
 def atomic_write_bytes(data: bytes, path: Path | str) -> Path:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`. The file keeps the mode
+    (and, where allowed, the owner) of the one it replaces; a new one gets 0666 less the user's umask, as any
+    program's would (not the temporary file's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        try:
+            old = path.stat()
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                with contextlib.suppress(OSError):  # only root may give a file away: the mode is kept all the same
+                    os.fchown(fd, old.st_uid, old.st_gid)
+        except FileNotFoundError:
+            os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
