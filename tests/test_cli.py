@@ -526,3 +526,19 @@ def test_a_slow_command_says_first_what_it_does(trained, tmp_path, args, first):
     assert lines[0].startswith(first.format(run=work)), p.stderr
     if args[0] in ("evaluate", "calibrate", "deconv"):
         assert any(" photos" in ln and any(c.isdigit() for c in ln) for ln in lines[1:]), p.stderr
+
+
+def test_every_option_is_described_and_every_command_has_an_example_it_accepts():
+    import shlex
+
+    from heritagelens.cli import COMMANDS, EXAMPLES, parse
+
+    assert set(EXAMPLES) == set(COMMANDS)
+    for name, c in COMMANDS.items():
+        for flags, options in c.arguments:
+            assert options.get("help"), (name, flags)
+        words = shlex.split(EXAMPLES[name].split(" > ")[0])
+        assert words[0] == "heritagelens"
+        assert parse(words[1:]).command_name == name, name  # the example parses as that command
+    p = cli("predict", "--help")
+    assert "example: heritagelens predict photos/ --top 5 --csv" in p.stdout and "(default: 3)" in p.stdout

@@ -99,8 +99,6 @@ class Command:
     func: Callable[[argparse.Namespace], int]
     interrupted: str = ""
     """What to do after Ctrl-C (commands that keep nothing half-done leave it empty: run them again)."""
-    epilog: str = ""
-    """An example, shown at the end of the command's `--help`."""
 
 
 COMMANDS: dict[str, Command] = {}
@@ -108,18 +106,38 @@ COMMANDS: dict[str, Command] = {}
 
 GROUPS = {"data": "inspect or fetch a dataset"}
 
+EXAMPLES = {
+    "data check": "heritagelens data check data/ahe64",
+    "data fetch": "heritagelens data fetch --source https://host/ahe64.zip --sha256 HEX",
+    "train": "heritagelens train --preset best --seed 1 --out runs/best-1",
+    "evaluate": "heritagelens evaluate runs/best-1 --split outside --outside ~/photos-by-class",
+    "predict": "heritagelens predict photos/ --top 5 --csv > predictions.csv",
+    "calibrate": "heritagelens calibrate runs/best-1",
+    "sort": "heritagelens sort ~/Pictures/survey --out ~/Pictures/survey-sorted --xmp --target-accuracy 0.98",
+    "export": "heritagelens export runs/best-1 --out model.onnx",
+    "layers": "heritagelens layers runs/best-1",
+    "deconv": "heritagelens deconv runs/best-1 --top9 --layer conv4_2 --channels 3 17",
+    "dream": "heritagelens dream runs/best-1 --class gargoyle --samples 8",
+    "dream-score": "heritagelens dream-score runs/best-1/dream-default-gargoyle",
+    "tune": "heritagelens tune --trials 20 --storage sqlite:///tune.db",
+    "run": "heritagelens run --preset best --seed 1",
+    "serve": "heritagelens serve runs/best-1 --port 7860",
+    "report": "heritagelens report runs/best-1 --out best-1.html",
+}
+"""An example of each command, shown at the end of its `--help`."""
+
 
 def arg(*flags: str, **options) -> tuple[tuple, dict]:
     """One `add_argument` call, to be made when the parser is built."""
     return flags, options
 
 
-def command(name: str, help: str, *arguments, interrupted: str = "", epilog: str = ""):
+def command(name: str, help: str, *arguments, interrupted: str = ""):
     """Register the decorated `cmd_*` function as subcommand `name` with `arguments` (`arg(...)` or lists of them)."""
 
     def register(func):
         flat = [a for x in arguments for a in (x if isinstance(x, list) else [x])]
-        COMMANDS[name] = Command(help, flat, func, interrupted, epilog)
+        COMMANDS[name] = Command(help, flat, func, interrupted)
         return func
 
     return register
@@ -149,16 +167,16 @@ def recipe_flags(
     """The flags that choose a training recipe and where it runs."""
     return [
         data_flag(),
-        arg("--preset", default="default", help=preset),
-        arg("--set", action="append", metavar="SECTION.KEY=VALUE", help=sets),
-        arg("--seed", type=int, help=seed),
+        arg("--preset", default="default", help=preset + " (default: default)"),
+        arg("--set", action="append", metavar="SECTION.KEY=VALUE", help=sets + " (repeatable; e.g. train.lr=0.05)"),
+        arg("--seed", type=int, help=seed or "random seed of the training (default: the recipe's, 0)"),
         QUIET,
         DEVICE,
     ]
 
 
 TRAINING = [
-    arg("--epochs", type=int),
+    arg("--epochs", type=int, help="epochs to train (default: the recipe's)"),
     arg("--minutes", type=float, help="time budget of the training: as many epochs as fit here"),
     arg("--out", help="run folder (default: runs/<date-time>)"),
 ]
@@ -323,7 +341,6 @@ def accuracy_lines(results) -> str:
     arg("--tta", action="store_true", help="average the test-time views (mirror, 2 px shifts): slower, under PyTorch"),
     arg("--csv", action="store_true", help="print CSV (file, class, probability, top, error) instead of lines"),
     arg("--json", action="store_true", help="print one JSON list, an object per image, instead of lines"),
-    epilog="example: heritagelens predict photos/ --top 5 --csv > predictions.csv",
 )
 def cmd_predict(args) -> int:
     """Top-k classes per image: an exported .onnx file or a model folder with its graph (the bundled model among them)
@@ -497,7 +514,7 @@ def cmd_sort(args) -> int:
     "export",
     "the model as an ONNX file for onnxruntime, checked against PyTorch",
     MODEL,
-    arg("--format", choices=["onnx"], default="onnx"),
+    arg("--format", choices=["onnx"], default="onnx", help="file format (default: onnx, read by onnxruntime)"),
     arg("--out", help="output file (default: model.onnx beside the checkpoint)"),
     arg("--tta", action="store_true", help="average the test-time views inside the graph"),
     data_flag("model", "checking the export"),
@@ -616,8 +633,8 @@ def cmd_deconv(args) -> int:
     arg("--from", dest="start", metavar="IMAGE", help="start from this image instead of noise"),
     arg("--preset", default="default", help="default, naive, fourier or maco (heritagelens.dream)"),
     arg("--set", action="append", metavar="SECTION.KEY=VALUE", help="a dream.* knob, or gallery.judge_overrides"),
-    arg("--samples", type=int, default=4),
-    arg("--seed", type=int, default=0),
+    arg("--samples", type=int, default=4, help="images per class or channel (default: 4)"),
+    arg("--seed", type=int, default=0, help="seed of the starting noise and transforms (default: 0)"),
     data_flag("model", "image statistics and scores"),
     OUT_BESIDE,
     FORCE,
@@ -669,7 +686,7 @@ def cmd_dream(args) -> int:
 @command(
     "dream-score",
     "score a folder of class images (<class>/*.png or <class>-N.png)",
-    arg("folder"),
+    arg("folder", help="folder of images: <class>/*.png or <class>-N.png"),
     data_flag(),
     JUDGES_DIR,
     arg("--seed", type=int, default=0, help="which real validation images form the ceiling"),
@@ -701,7 +718,12 @@ def cmd_dream_score(args) -> int:
     arg("--study", default="heritagelens", help="study name (workers with the same name share it)"),
     arg("--timeout", type=float, help="stop starting trials after this many seconds"),
     arg("--trial-minutes", type=float, metavar="M", help="prune, before it starts, a trial estimated to train longer"),
-    arg("--objective", choices=["accuracy", "accuracy-per-minute"], default="accuracy"),
+    arg(
+        "--objective",
+        choices=["accuracy", "accuracy-per-minute"],
+        default="accuracy",
+        help="what each trial maximizes on the validation split (default: accuracy)",
+    ),  # fmt: skip
     arg("--runs", default="runs", help="folder for the default database and the --show figures"),
     arg("--no-base", action="store_true", help="do not start a new study with the base recipe itself"),
     arg("--show", action="store_true", help="best trials, importances, plots and the best config"),
@@ -766,7 +788,7 @@ def cmd_run(args) -> int:
     "serve",
     "the explorer web app for a model (Gradio)",
     MODEL,
-    arg("--port", type=int, default=7860),
+    arg("--port", type=int, default=7860, help="port to listen on (default: 7860)"),
     arg("--host", default="127.0.0.1", help="address to bind (default: this machine only)"),
     data_flag("model", "top-9 images and class images"),
 )
@@ -815,7 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
         if group and group not in groups:
             parent = sub.add_parser(group, help=GROUPS[group])
             groups[group] = parent.add_subparsers(dest=f"{group}_command", required=True)
-        sp = (groups[group] if group else sub).add_parser(leaf, help=c.help, epilog=c.epilog or None)
+        sp = (groups[group] if group else sub).add_parser(leaf, help=c.help, epilog=f"example: {EXAMPLES[name]}")
         for flags, options in c.arguments:
             sp.add_argument(*flags, **options)
         sp.set_defaults(command_name=name)
