@@ -129,14 +129,28 @@ def test_a_person_uploads_a_real_photo_picks_a_channel_and_makes_a_class_image(p
     assert loaded_image(page, "#projections")[0] > 6 * 64
     assert loaded_image(page, "#maps")[0] > 700
     page.screenshot(path=tmp_path / "classified.png", full_page=True)
+    page.click("#strongest input")  # one of the photo's projected channels: a link to its top 9
+    option = page.locator("li[role=option]").first
+    chosen = option.inner_text().strip()
+    option.click()
+    page.click("#follow")
+    layer, _, c = chosen.partition(":")
+    assert wait_text(page, "#channel-status", f"{layer} channel {c}: strongest on train/")
+    assert page.locator("#top9").is_visible()  # the Channels tab, showing that channel's top 9
 
-    page.click("button[role=tab]:has-text('Channels')")
     page.click("#layer input")
     page.click("li[role=option]:has-text('conv2_1')")
-    page.fill("#channel input", "7")
+    assert wait_text(page, "#channel", "channel (0 to 15 in conv2_1)")  # the range, for the layer chosen
+    page.fill("#channel input[type=number]", "7")
     page.click("#show")
     assert wait_text(page, "#channel-status", "conv2_1 channel 7: strongest on train/")
     assert loaded_image(page, "#top9")[0] > 200
+    page.click("#channel-next")
+    assert wait_text(page, "#channel-status", "conv2_1 channel 8: strongest on train/")
+    page.click("#channel-prev")
+    assert wait_text(page, "#channel-status", "conv2_1 channel 7: strongest on train/")
+    page.click("#channel-prev")
+    assert wait_text(page, "#channel-status", "conv2_1 channel 6: strongest on train/")
 
     page.click("button[role=tab]:has-text('Class images')")
     page.click("#class input")

@@ -11,6 +11,7 @@ page out with Gradio. Problems with an upload become a message on the page, neve
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import threading
 import time
@@ -44,6 +45,8 @@ class Classified:
     top5: dict[str, float] | None
     projections: Image.Image | None
     status: str
+    strongest: list[str] = dataclasses.field(default_factory=list)
+    """The channels whose projections are shown, strongest first, as 'layer:channel' (each a link to its top 9)."""
 
 
 class Explorer:
@@ -106,9 +109,18 @@ class Explorer:
         if x is None:
             return Classified(None, None, None, why)
         top5 = self.top5(x)
-        fig, _ = image_view(self.model, x, self.layers, n=6)
+        fig, index = image_view(self.model, x, self.layers, n=6)
         name, (best, p) = Path(picked or path).name, next(iter(top5.items()))
-        return Classified(big(x), top5, fig, f"**{name}**: {best} ({p:.1%})")
+        strongest = [f"{layer}:{c['channel']}" for layer in reversed(self.layers) for c in index[layer]]
+        return Classified(big(x), top5, fig, f"**{name}**: {best} ({p:.1%})", strongest)
+
+    @property
+    def calibrated(self) -> str:
+        """What the probabilities shown are: 'calibrated', or 'uncalibrated' before `heritagelens calibrate`."""
+        return "calibrated" if self.temperature is not None else "uncalibrated"
+
+    def n_channels(self, layer: str) -> int:
+        return getattr(self.model.features, layer).out_channels if layer in self.layers else 0
 
     def top5(self, x: torch.Tensor) -> dict[str, float]:
         """The five most probable classes of a decoded image, strongest first: the calibrated probabilities
@@ -306,18 +318,38 @@ def build_app(ex: Explorer):
             f"# HeritageLens explorer\nModel `{ex.checkpoint.resolve()}` · {len(ex.classes)} classes: "
             + ", ".join(ex.classes)
         )
-        with gr.Tab("Classify an image"):
-            classify_tab(gr, ex)
-        with gr.Tab("Channels"):
-            channels_tab(gr, ex)
-        with gr.Tab("Class images"):
-            class_images_tab(gr, ex)
-        with gr.Tab("Review a sort"):
-            review_tab(gr, ex)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Classify an image", id="classify"):
+                go = classify_tab(gr, ex)
+            with gr.Tab("Channels", id="channels"):
+                shown = channels_tab(gr, ex)
+            with gr.Tab("Class images", id="class-images"):
+                class_images_tab(gr, ex)
+            with gr.Tab("Review a sort", id="review"):
+                review_tab(gr, ex)
+        pick, button = go
+        layer, channel, top9, status = shown
+
+        def follow(choice):
+            """From a projection on the Classify tab to its channel's top 9 on the Channels tab."""
+            if not choice:
+                return gr.Tabs(), gr.Dropdown(), gr.Slider(), None, "Pick one of the photo's channels first."
+            name, _, c = choice.partition(":")
+            fig, said = ex.channel(name, int(c))
+            return gr.Tabs(selected="channels"), name, channel_slider(gr, ex, name, int(c)), fig, said
+
+        button.click(follow, [pick], [tabs, layer, channel, top9, status], api_name="follow")
     return app
 
 
-def classify_tab(gr, ex: Explorer) -> None:
+def figure(gr, caption: str, elem_id: str):
+    """A figure with its caption above it, never drawn over its own title (Gradio's label would be)."""
+    gr.Markdown(f"**{caption}**", elem_classes=["caption"])
+    return gr.Image(show_label=False, interactive=False, elem_id=elem_id)
+
+
+def classify_tab(gr, ex: Explorer):
+    """The tab; returns (the photo's channels, the button that shows one's top 9) for the Channels tab's link."""
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label=f"Upload a photograph (up to {MAX_UPLOAD_MB} MB)", type="filepath",
@@ -326,36 +358,58 @@ def classify_tab(gr, ex: Explorer) -> None:
         with gr.Column(scale=1):
             seen = gr.Image(label="as the model sees it (64 px)", interactive=False, elem_id="seen")
         with gr.Column(scale=1):
-            top5 = gr.Label(num_top_classes=5, label="top-5 prediction", elem_id="top5")
+            top5 = gr.Label(num_top_classes=5, label=f"top-5 prediction ({ex.calibrated})", elem_id="top5")
     status = gr.Markdown(elem_id="status")
-    projections = gr.Image(label="deconvnet: strongest channels per layer", interactive=False, elem_id="projections")
-    maps = gr.Image(label="deconvnet, saliency, guided backprop, Grad-CAM and occlusion (deepest layer)",
-                    interactive=False, elem_id="maps")  # fmt: skip
+    projections = figure(gr, "deconvnet: the strongest channels of each layer", "projections")
+    with gr.Row():
+        strongest = gr.Dropdown([], label="one of these channels (layer:channel, deepest first)", elem_id="strongest")
+        follow = gr.Button("Show its top 9 →", elem_id="follow")
+    maps = figure(gr, "deconvnet, saliency, guided backprop, Grad-CAM and occlusion (deepest layer)", "maps")
 
     def classify(path, pick):
         r = ex.classify(path, pick)
-        return r.image, r.top5, r.projections, r.status
+        return r.image, r.top5, r.projections, r.status, gr.Dropdown(choices=r.strongest, value=None)
 
-    outs = [seen, top5, projections, status]
+    outs = [seen, top5, projections, status, strongest]
     for trigger, args, name in (
         (upload.upload, [upload, gr.State(None)], "classify"),
         (picked.input, [gr.State(None), picked], "classify_picked"),
     ):
         trigger(classify, args, outs, api_name=name).then(ex.maps, args, maps, api_name=f"maps_{name}")
+    return strongest, follow
 
 
-def channels_tab(gr, ex: Explorer) -> None:
+def channel_slider(gr, ex: Explorer, layer: str, value: int = 0):
+    n = ex.n_channels(layer)
+    return gr.Slider(0, max(n - 1, 0), value=value, step=1, label=f"channel (0 to {n - 1} in {layer})")
+
+
+def channels_tab(gr, ex: Explorer):
+    """The tab; returns its layer, channel, figure and status, which the Classify tab's link sets."""
     gr.Markdown(
         "What a channel responds to: its 9 strongest training images and their deconvnet projections. "
         "The first look at a layer ranks every training image (seconds); later looks are instant."
     )
     with gr.Row():
         layer = gr.Dropdown(ex.layers, value=ex.layers[-1], label="layer", elem_id="layer")
-        channel = gr.Number(value=0, precision=0, minimum=0, label="channel", elem_id="channel")
+        n = ex.n_channels(ex.layers[-1])
+        channel = gr.Slider(0, n - 1, value=0, step=1, label=f"channel (0 to {n - 1} in {ex.layers[-1]})",
+                            elem_id="channel")  # fmt: skip
+        prev = gr.Button("← previous", elem_id="channel-prev", min_width=60)
+        nxt = gr.Button("next →", elem_id="channel-next", min_width=60)
         show = gr.Button("Show top 9", elem_id="show")
     status = gr.Markdown(elem_id="channel-status")
-    top9 = gr.Image(label="top 9", interactive=False, elem_id="top9")
+    top9 = figure(gr, "top 9 training images, their projections and receptive fields", "top9")
+    layer.change(lambda name: channel_slider(gr, ex, name), [layer], [channel])
     show.click(ex.channel, [layer, channel], [top9, status], api_name="channel")
+
+    def step(name, c, by):
+        c = (int(c or 0) + by) % max(ex.n_channels(name), 1)
+        return (c, *ex.channel(name, c))
+
+    prev.click(lambda name, c: step(name, c, -1), [layer, channel], [channel, top9, status], api_name="channel_prev")
+    nxt.click(lambda name, c: step(name, c, 1), [layer, channel], [channel, top9, status], api_name="channel_next")
+    return layer, channel, top9, status
 
 
 def class_images_tab(gr, ex: Explorer) -> None:
@@ -366,7 +420,7 @@ def class_images_tab(gr, ex: Explorer) -> None:
         seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed")
         make = gr.Button("Generate", elem_id="generate")
     status = gr.Markdown(elem_id="dream-status")
-    dreamed = gr.Image(label="class images", interactive=False, elem_id="dreamed")
+    dreamed = figure(gr, "class images", "dreamed")
     make.click(ex.dream, [cls, samples, seed], [dreamed, status], api_name="dream", concurrency_limit=1)
 
 
@@ -394,15 +448,14 @@ def review_tab(gr, ex: Explorer) -> None:
         back = gr.Button("Undo (Ctrl+Z)", elem_id="review-undo", min_width=80)
     with gr.Row():
         photo = gr.Image(label="the photo", interactive=False, elem_id="review-photo", height=420)
-        top3 = gr.Label(num_top_classes=3, label="the model's top 3 (calibrated)", elem_id="review-top3")
+        top3 = gr.Label(num_top_classes=3, label="the model's top 3 (as sort.csv gives it)", elem_id="review-top3")
     with gr.Row():
         buttons = [
             gr.Button(f"{key_of(k)} · {c}" if key_of(k) else c, elem_id=f"review-file-{k}", min_width=80)
             for k, c in enumerate(ex.classes)
         ]
-    projections = gr.Image(label="deconvnet: strongest channels per layer", interactive=False, elem_id="review-proj")
-    maps = gr.Image(label="deconvnet, saliency, guided backprop, Grad-CAM and occlusion", interactive=False,
-                    elem_id="review-maps")  # fmt: skip
+    projections = figure(gr, "deconvnet: the strongest channels of each layer", "review-proj")
+    maps = figure(gr, "deconvnet, saliency, guided backprop, Grad-CAM and occlusion", "review-maps")
     with gr.Accordion("the queue as a grid: file several photos at once", open=False, elem_id="review-grid-box"):
         grid = gr.Gallery(label="the queue", columns=6, height=360, elem_id="review-grid", allow_preview=False)
         ticked = gr.CheckboxGroup([], label="photos to file together", elem_id="review-ticked")
