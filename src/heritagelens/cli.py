@@ -186,7 +186,9 @@ RESUME_ADVICE = "continue with 'heritagelens train --resume RUN'"
 @command("data check", "counts, sizes, modes, unreadable files and duplicates", arg("data", nargs="?", help="root"))
 def cmd_data_check(args) -> int:
     from .data import check
+    from .progress import say
 
+    say(f"data check: reading every image under {_root(args)} (and hashing them for duplicates)")
     r = check(_root(args))
     splits = list(r.counts)
     print(f"data root: {r.root}")
@@ -526,6 +528,7 @@ def cmd_export(args) -> int:
     from .checkpoint import load_model, temperature
     from .export import checked_onnx
     from .files import atomic_write_bytes, writable_folder
+    from .progress import say
 
     ckpt = _model(args)
     model, classes, checkpoint = load_model(ckpt)
@@ -533,6 +536,7 @@ def cmd_export(args) -> int:
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; give the file to write, such as {out / 'model.onnx'}")
     writable_folder(out.parent)
+    say(f"export: {ckpt} to {out}, then checked against PyTorch on a few hundred images")
     blob, diff, what = checked_onnx(
         model, classes, checkpoint, tta=args.tta, temperature=temperature(checkpoint, args.tta), source=str(ckpt),
         root=args.data, tolerance=args.tolerance, name=out,
@@ -800,7 +804,11 @@ def cmd_serve(args) -> int:
     problem = address_problem(args.host, args.port)
     if problem:
         raise UsageError(problem)
-    serve(_model(args), args.data, args.host, args.port)
+    from .progress import say
+
+    model = _model(args)
+    say(f"serve: loading {model} and its training images, then http://{args.host}:{args.port}")
+    serve(model, args.data, args.host, args.port)
     return 0
 
 
@@ -813,9 +821,11 @@ def cmd_serve(args) -> int:
 )
 def cmd_report(args) -> int:
     """One self-contained HTML page for a run folder; what the folder lacks is listed on it."""
+    from .progress import say
     from .report import write_report
 
     run = Path(args.run)
+    say(f"report: {run}, its figures and the photos of its mistakes, into one page")
     out, missing = write_report(run, args.out, args.data)
     for m in missing:
         print(f"heritagelens: warning: {run}: {m}", file=sys.stderr)
