@@ -228,8 +228,8 @@ class Explorer:
 
     def decide(self, folder: str, show: str, file: str, k: int) -> Reviewed:
         """File photo `file`, the one on the page, into class `k` (the copy moves, `sort.csv`, the journal and the
-        sidecar follow), then show the next one. A photo already filed by a person is left as it is: a decision sent
-        twice files nothing else."""
+        sidecar follow), then show the next one. A photo no longer in this queue (filed out of it by a decision sent
+        twice) is left where it is."""
         r = self.file_photos(folder, show, [file] if file else [], k)
         return r if not file or r.status.startswith("**") else self.review(folder, show, after=file, status=r.status)
 
