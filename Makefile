@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(VENV)/bin/heritagelens run
 
+# two workers, a file each at a time, one thread each: the waits of one (servers, browsers, subprocesses) overlap
+# the other's work, and neither slows the other by sharing threads
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -60,3 +60,31 @@ def test_captum_neuron_deconvolution_agrees_with_our_deconvnet():
             r, q = pos[b].tolist()
             theirs = NeuronDeconvolution(model, relu).attribute(images[b : b + 1], neuron_selector=(1, r, q))
             torch.testing.assert_close(proj[b], theirs[0] * act[b, 1, r, q], rtol=1e-6, atol=1e-9)
+
+
+def test_the_comparison_draws_each_map_with_its_colour_bar_and_the_heat_maps_over_the_photo(monkeypatch):
+    """Four maps (saliency, Grad-CAM, both occlusions), four colour bars; given the photo at its own shape (a red
+    300 x 100 frame), the input panel and the Grad-CAM overlay show it, not the grey 64 px input."""
+    import numpy as np
+
+    from heritagelens import figures
+    from heritagelens.visualize import comparison
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(widths=(8, 16, 16, 16), depths=(1, 1, 1, 1)), 3).eval()
+    image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    drawn, real = [], figures.figure_image
+    monkeypatch.setattr(figures, "figure_image", lambda fig: drawn.append(fig) or real(fig))
+    photo = np.zeros((100, 300, 3), np.uint8)
+    photo[..., 0] = 255
+    plain, _ = comparison(model, image, ["a", "b", "c"], "conv4_1", temperature=None)
+    over, _ = comparison(model, image, ["a", "b", "c"], "conv4_1", temperature=None, photo=photo)
+    for fig in drawn:
+        bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        assert len(fig.axes) == 7 + 4 and len(bars) == 4
+    titles = [ax.get_title() for ax in drawn[1].axes]
+    assert "input (300 x 100 px)" in titles
+    red = lambda im: int(((np.asarray(im)[..., 0] > 200) & (np.asarray(im)[..., 1] < 80)).sum())  # noqa: E731
+    assert red(plain) < 50 < 2000 < red(over)
+    gradcam = drawn[1].axes[titles.index("Grad-CAM")]
+    assert gradcam.images[0].get_array().shape[:2] == (100, 300)  # the photo under the map, at its resolution

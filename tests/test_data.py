@@ -351,5 +351,6 @@ def test_conversion_sees_the_reduced_image_never_the_full_one(tmp_path, monkeypa
     seen, real = [], images.to_rgb
     monkeypatch.setattr(images, "to_rgb", lambda im: seen.append(im.size) or real(im))
     x = images.decode(tmp_path / "big16.png")
-    assert seen and max(seen[0]) <= 4 * 64 * 4 / 3 and min(seen[0]) >= 2 * 64  # 3000 px reduced by 23: 173 x 130
+    at_least = 2 * images.IMAGE_SIZE  # every decode reads at twice the model's size before the resize
+    assert seen and max(seen[0]) <= 4 * at_least * 4 / 3 and min(seen[0]) >= 2 * at_least  # 3000 px / 11: 363 x 272
     assert abs(x.mean() - 40000 / 65535 * 255) <= 1

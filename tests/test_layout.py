@@ -114,3 +114,19 @@ def test_the_check_finds_a_cycle_through_a_function_level_import(tmp_path):
     assert cycle(graph) == []
     (pkg / "e.py").write_text("def f():\n    from .gone import g\n")
     assert unresolved(pkg) == ["e.py: .gone"]
+
+
+def test_the_readme_shows_the_screenshots_the_script_makes():
+    """Every image the README shows exists; the screenshots are the ones `docs/screenshots.py` writes."""
+    import re
+
+    from PIL import Image
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    shown = set(re.findall(r'<img src="([^"]+)"', readme)) | set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme))
+    for rel in shown:
+        with Image.open(root / rel) as im:
+            assert im.width >= 600, rel  # a screenshot or figure, not a placeholder
+    made = set(re.findall(r'shoot\(page, a\.out, "([a-z-]+)"', (root / "docs" / "screenshots.py").read_text()))
+    assert {f"docs/screenshots/{n}.png" for n in made} <= shown and len(made) == 5

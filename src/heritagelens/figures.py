@@ -171,6 +171,8 @@ class Panel:
     """Drawn half-transparent over the input image (a heat map)."""
     limits: tuple[float, float] | None = None
     """A fixed colour range (probabilities: 0 to 1); None scales to the map's own range."""
+    is_input: bool = False
+    """The model's input: replaced by the photo at its own resolution when the figure is given one."""
 
 
 def explanation_panels(
@@ -184,7 +186,7 @@ def explanation_panels(
     """The image, the deconvnet projection of its strongest deepest feature, saliency, guided backpropagation,
     Grad-CAM over the image, and the two occlusion maps of Zeiler & Fergus section 4.2."""
     return [
-        Panel("input", image_to_rgb(image)),
+        Panel("input", image_to_rgb(image), is_input=True),
         Panel("deconvnet", projection_to_rgb(deconv)),
         Panel("saliency |grad|", maps["saliency"].numpy(), "gray"),
         Panel("guided backprop", projection_to_rgb(maps["guided_backprop"])),
@@ -194,17 +196,34 @@ def explanation_panels(
     ]
 
 
-def comparison_figure(image: torch.Tensor, title: str, panels: list[Panel]) -> Image.Image:
-    """The panels of one image side by side."""
+def comparison_figure(
+    image: torch.Tensor, title: str, panels: list[Panel], photo: np.ndarray | None = None
+) -> Image.Image:
+    """The panels of one image side by side, each map with its colour bar. With `photo` (the photo at its own
+    resolution, RGB (H, W, 3)), the input is shown as that photo and the heat maps are laid over it, stretched from
+    the model's square input back to the photo's shape (the input is the whole frame resized to a square)."""
     plt = pyplot()
 
-    rgb = image_to_rgb(image)
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels), 2.6), dpi=100)
+    base = image_to_rgb(image) if photo is None else photo
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels), 3.0), dpi=100)
     for ax, p in zip(axes, panels):
+        if p.is_input and photo is not None:
+            ax.imshow(photo)
+            ax.set_title(f"input ({photo.shape[1]} x {photo.shape[0]} px)", fontsize=8)
+            ax.axis("off")
+            continue
+        extent = None
         if p.over_input:
-            ax.imshow(rgb)
+            ax.imshow(base)
+            extent = (-0.5, base.shape[1] - 0.5, base.shape[0] - 0.5, -0.5)
         vmin, vmax = p.limits or (None, None)
-        ax.imshow(p.image, cmap=p.cmap, alpha=0.5 if p.over_input else None, vmin=vmin, vmax=vmax)
+        shown = ax.imshow(p.image, cmap=p.cmap, alpha=0.5 if p.over_input else None, vmin=vmin, vmax=vmax,
+                          extent=extent, interpolation="bilinear" if extent else "antialiased")  # fmt: skip
+        if p.cmap is not None:  # a map: what its colours mean
+            bar = fig.colorbar(shown, ax=ax, orientation="horizontal", fraction=0.06, pad=0.04)
+            bar.ax.tick_params(labelsize=6)
+            bar.locator = plt.MaxNLocator(3)
+            bar.update_ticks()
         ax.set_title(p.title, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

@@ -33,6 +33,14 @@ def open_image(path: Path | str, size: int = IMAGE_SIZE) -> Image.Image:
     return read_rgb(path, 2 * size).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
+def for_display(path: Path | str, longest: int = 512) -> Image.Image:
+    """The photo in RGB, upright, at its own shape and at most `longest` px on its long side: what a figure draws
+    heat maps over."""
+    im = read_rgb(path, longest // 2)
+    im.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    return im
+
+
 def read_rgb(path: Path | str, at_least: int = IMAGE_SIZE) -> Image.Image:
     """Any image Pillow reads, upright (EXIF rotation applied) and in RGB; a JPEG much larger than `at_least` px is
     decoded at 1/2 to 1/8 scale, never below `at_least` on either side. Raises `DataError` naming the file."""

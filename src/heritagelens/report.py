@@ -308,8 +308,8 @@ def training_section(run: RunReader) -> Section:
     if rows:
         best = max(rows, key=lambda r: float(r["val_acc"]))
         s.html = img(png_bytes(curves_figure(rows)), "training curves") + para(
-            f"{len(rows)} epochs; best val (group-aware validation) accuracy {float(best['val_acc']):.4f} at epoch "
-            f"{best['epoch']}, last {float(rows[-1]['val_acc']):.4f}. Per-epoch validation is without test-time "
+            f"{len(rows)} epochs; best val (group-aware validation) accuracy {float(best['val_acc']):.2%} at epoch "
+            f"{best['epoch']}, last {float(rows[-1]['val_acc']):.2%}. Per-epoch validation is without test-time "
             "augmentation; the evaluation below uses the final weights as configured."
         )
     elif rows is not None:
@@ -332,8 +332,8 @@ def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
              (("macro", r.macro), ("weighted", r.weighted))]  # fmt: skip
     interval = f" (95% interval {interval_text(r.interval)})" if r.interval else ""
     s.headline = (
-        f"accuracy on {split_label(split)}{f' [{r.held_out}]' if r.held_out else ''}: {r.accuracy:.4f}{interval}, "
-        f"macro F1 {r.macro['f1']:.4f} "
+        f"accuracy on {split_label(split)}{f' [{r.held_out}]' if r.held_out else ''}: {r.accuracy:.2%}{interval}, "
+        f"macro F1 {r.macro['f1']:.3f} "
         f"({r.n} images{', test-time augmentation' if r.tta else ''})"
     )
     photos = Path(r.folder) if r.folder else data_root
@@ -431,9 +431,9 @@ def gallery_section(run: RunReader) -> Section:
     meta = run.json("dream-gallery.json", s)
     robust = run.json("robust/eval-val.json", Section("", "")) if (run.path / "robust").is_dir() else None
     if robust is not None:
-        s.headline = f"class images made by the robust model (its accuracy on val: {robust['accuracy']:.4f})"
+        s.headline = f"class images made by the robust model (its accuracy on val: {robust['accuracy']:.2%})"
         s.html += para(
-            f"Made by the robust model trained beside the standard one (robust/), accuracy {robust['accuracy']:.4f} "
+            f"Made by the robust model trained beside the standard one (robust/), accuracy {robust['accuracy']:.2%} "
             f"on {split_label('val')}."
         )
     if png is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -167,11 +168,13 @@ def comparison(
     layer: str,
     target: int | None = None,
     temperature: float | None = None,
+    photo: np.ndarray | None = None,
 ) -> tuple[Image.Image, dict]:
     """The deconvnet beside saliency, guided backprop, Grad-CAM and occlusion for one image (3, H, W) uint8, all
     for `target` (default: the predicted class) at `layer` (its strongest channel): `explain`, drawn. The
     probability it quotes is the calibrated one `predict` and `sort` give when `temperature` is the checkpoint's,
-    and says 'uncalibrated' when it is None."""
+    and says 'uncalibrated' when it is None. `photo` (RGB (H, W, 3) at the photo's own resolution) is what the heat
+    maps are drawn over (default: the model's input)."""
     e = explain(model, image, layer, target, temperature)
     kind = "" if e.calibrated else ", uncalibrated"
     title = (
@@ -181,7 +184,7 @@ def comparison(
     m = e.maps
     panels = explanation_panels(image, m["deconvnet"], m, m["occlusion_probability"], m["occlusion_feature"],
                                 classes[e.target])  # fmt: skip
-    fig = comparison_figure(image, title, panels)
+    fig = comparison_figure(image, title, panels, photo)
     index = {
         "target": classes[e.target],
         "probability": round(e.probability, 4),

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -133,8 +134,10 @@ class Explorer:
         x, _ = self.image(path, picked)
         if x is None:
             return None  # the classify step has already said why
+        photo = np.asarray(images.for_display(path or self.root / picked))  # the heat maps over the photo itself
         with self.locks["explainer"]:
-            return comparison(self.explainer, x, self.classes, self.layers[-1], temperature=self.temperature)[0]
+            return comparison(self.explainer, x, self.classes, self.layers[-1], temperature=self.temperature,
+                              photo=photo)[0]  # fmt: skip
 
     def channel(self, layer: str, channel: float | None) -> tuple[Image.Image | None, str]:
         """Zeiler & Fergus figure 2 for one channel: its top-9 training images and their projections."""

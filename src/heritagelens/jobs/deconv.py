@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import images
@@ -108,7 +109,8 @@ def write_image_view(
     atomic_write_bytes(png_bytes(fig), out)
     atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
     t = temperature(ckpt, tta=False)  # the probability `predict` and `sort` give
-    fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None, t)
+    photo = np.asarray(images.for_display(image_path))  # the heat maps over the photo at its own resolution
+    fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None, t, photo)
     atomic_write_bytes(png_bytes(fig), out2)
     atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
     return [out, out2]
