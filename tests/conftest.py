@@ -76,10 +76,16 @@ SLOW = {"main_run", "chromium", "postgres", "ddp_results"}
 `pytest -m "not slow and not realdata"` is the quick inner loop."""
 
 
+LONGEST_FIRST = ("test_realdata.py", "test_bundled.py")
+"""The files whose tests take longest (the real-data main job, the bundled model on three sets): collected first, so
+that `make test`'s two workers (a file each at a time) start them at once rather than end on them."""
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the rest keep their order
 
 
 def metrics(run: Path) -> list[dict[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -211,6 +212,37 @@ def test_deconv_of_one_image_covers_every_layer(trained, tmp_path):
     assert cli("deconv", run, "--image", twin, "--out", tmp_path, "--layer", "conv1_1").returncode == 0
     assert compared.read_bytes() != image_view_paths(tmp_path, twin)[1].read_bytes()
     assert json.loads(image_view_paths(tmp_path, twin)[0].with_suffix(".json").read_text())["image"] == str(twin)
+
+
+def test_deconv_of_a_folder_writes_one_set_per_photo_and_an_index(trained, tmp_path):
+    """Two cards' IMG_0001.jpg and a truncated photo: two sets of figures, three rows, the bad one saying why."""
+    import heritagelens as hl
+    from heritagelens.jobs.deconv import INDEX
+
+    root, run = trained
+    photos = tmp_path / "photos"
+    for card, cls in (("card1", "dome"), ("card2", "arch")):
+        (photos / card).mkdir(parents=True)
+        shutil.copyfile(next((root / "test" / cls).iterdir()), photos / card / "IMG_0001.jpg")
+    (photos / "card2" / "IMG_0002.jpg").write_bytes((photos / "card1" / "IMG_0001.jpg").read_bytes()[:300])
+    out = tmp_path / "out"
+    p = cli("deconv", run, "--image", photos, "--out", out)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader((out / INDEX).open()))
+    assert [r["photo"] for r in rows] == [str(f) for f in sorted(photos.rglob("*.jpg"))]
+    good = [r for r in rows if not r["problem"]]
+    assert len(good) == 2 and "truncated" in rows[2]["problem"] and rows[2]["compare"] == ""
+    for r in good:  # each set its own, quoting the probability predict gives
+        assert (out / r["deconv"]).is_file() and (out / r["compare"]).is_file()
+        assert json.loads((out / r["compare"]).with_suffix(".json").read_text())["image"] == r["photo"]
+        model, classes, ckpt = hl.load_model(run)
+        want = hl.probabilities(model, hl.decode(r["photo"])[None], hl.temperature(ckpt, tta=False))[0]
+        assert r["class"] == classes[int(want.argmax())] and float(r["probability"]) == pytest.approx(
+            float(want.max()), abs=1e-3
+        )
+    assert len({r["compare"] for r in good}) == 2 and len(list(out.glob("*.png"))) == 4
+    again = cli("deconv", run, "--image", photos, "--out", out)
+    assert_one_line_error(again, "exists already", "--force")
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
         *("--set", "gallery.robust_from=standard", "--set", "gallery.robust_epochs=1"),
         *("--set", "gallery.samples=1", "--set", "gallery.floor_samples=1", "--set", "dream.steps=16"),
         *("--set", f"gallery.judges_dir={tmp_path / 'judges'}"),
+        *("--set", "train.threads=2"),  # both cores, though `make test` gives each worker one: the longest test
         env={"AHE_DATA": str(ahe_root)},
         timeout=900,  # a guard against a hang, not a speed check: about 2.5 minutes on a 2-core CPU
     )

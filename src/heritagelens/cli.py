@@ -377,7 +377,7 @@ def cmd_predict(args) -> int:
 def _model_and_images(paths: list[str]) -> tuple[Path | None, list[Path]]:
     """`predict`'s paths: the model when the first names one (a .pt, .pth or .onnx file, a model or run folder), and
     the images: files as given, folders as every image file under them, sorted."""
-    from .images import IMAGE_SUFFIXES
+    from .images import IMAGE_SUFFIXES, image_files
     from .modelcard import is_model_folder
 
     first = Path(paths[0])
@@ -389,7 +389,7 @@ def _model_and_images(paths: list[str]) -> tuple[Path | None, list[Path]]:
     images: list[Path] = []
     for p in map(Path, given):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = image_files(p)
             if not found:
                 raise UsageError(f"{p}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
             images += found
@@ -580,7 +580,7 @@ def cmd_layers(args) -> int:
     MODEL,
     arg("--layer", action="append", help="conv layer name (repeatable; default with --image: all)"),
     arg("--channels", type=int, nargs="+", help="channels to show (default: the strongest)"),
-    arg("--image", help="project the strongest channels of this image"),
+    arg("--image", help="project the strongest channels of this image (a folder: of every image under it)"),
     arg("--target", help="class for the comparison maps with --image (default: the predicted one)"),
     arg("--top9", action="store_true", help="figure 2: top-9 train images per channel, projected"),
     arg("--evolution", action="store_true", help="figure 4: a run's snapshots, strongest projections"),
@@ -593,7 +593,15 @@ def cmd_deconv(args) -> int:
     from .checkpoint import load_model, run_folder
     from .deconvnet import check_channels, layers_up_to
     from .files import refuse_existing, writable_folder
-    from .jobs.deconv import image_view_paths, top9_path, write_evolution, write_image_view, write_top9
+    from .jobs.deconv import (
+        INDEX,
+        image_view_paths,
+        top9_path,
+        write_evolution,
+        write_image_view,
+        write_image_views,
+        write_top9,
+    )
     from .models import conv_layer_names
 
     ckpt = _model(args)
@@ -618,6 +626,16 @@ def cmd_deconv(args) -> int:
             raise UsageError("deconv --top9 needs --layer NAME (see 'heritagelens layers')")
         refuse_existing([top9_path(out, layer, args.channels) for layer in layers], args.force)
         written = write_top9(ckpt, layers, out, args.channels, args.data)
+    elif Path(args.image).is_dir():
+        from .images import IMAGE_SUFFIXES, image_files
+
+        photos = image_files(args.image)
+        if not photos:
+            raise UsageError(f"{args.image}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        refuse_existing([p for f in photos for p in image_view_paths(out, f)] + [out / INDEX], args.force)
+        index = write_image_views(ckpt, photos, out, layers or None, args.channels, args.target)
+        print(f"written: {index} (one row per photo: its class, probability and figures)")
+        return 0
     else:
         refuse_existing(image_view_paths(out, args.image), args.force)
         written = write_image_view(ckpt, args.image, out, layers or None, args.channels, args.target)

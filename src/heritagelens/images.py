@@ -23,6 +23,11 @@ class DataError(HeritageLensError):
     """A problem with the data on disk; the message is one line naming the file and the problem."""
 
 
+def image_files(folder: Path | str) -> list[Path]:
+    """Every image file under `folder` (by suffix, `IMAGE_SUFFIXES`), in path order."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
 def open_image(path: Path | str, size: int = IMAGE_SIZE) -> Image.Image:
     """Open any image Pillow reads, apply EXIF rotation, convert to RGB and resize to `size` x `size`: the one
     decode behind every command, so that a photo gets one probability whichever command is asked (a large JPEG is

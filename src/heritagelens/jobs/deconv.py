@@ -3,7 +3,9 @@ beside the other explanation methods, and feature evolution over a run's snapsho
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from ..figures import (
 )
 from ..files import atomic_write_bytes, atomic_write_json
 from ..models import conv_layer_names
-from ..progress import say
+from ..progress import bar, say
 from ..split import train_split
 from ..visualize import comparison, default_channels, evolution, image_view, top9_figure
 
@@ -88,6 +90,10 @@ def write_evolution(
     return out
 
 
+INDEX = "deconv-index.csv"
+"""What `deconv --image FOLDER` writes beside the figures: one row per photo."""
+
+
 def write_image_view(
     checkpoint: Path | str,
     image_path: Path | str,
@@ -99,18 +105,65 @@ def write_image_view(
     """`deconv-<photo>-<key>.png` (every layer's strongest projections) and `compare-<photo>-<key>.png` (the
     deconvnet beside the gradient methods and occlusion), each with a JSON index (`image_view_paths`)."""
     say(f"deconv: {checkpoint}, projections of {image_path} and the comparison maps (occlusion takes seconds)")
+    loaded = _loaded(checkpoint, target)
+    return _image_view(loaded, image_path, out_dir, layers, channels, target)[0]
+
+
+def write_image_views(
+    checkpoint: Path | str,
+    photos: list[Path],
+    out_dir: Path | str,
+    layers: list[str] | None = None,
+    channels: list[int] | None = None,
+    target: str | None = None,
+) -> Path:
+    """`write_image_view` for each of `photos` (the model loaded once) and `deconv-index.csv` beside the figures:
+    per photo, its class, the probability `predict` gives it, both figures, or why it could not be read (the others
+    go on). Returns the index's path."""
+    say(f"deconv: {checkpoint}, projections and comparison maps of {len(photos)} photo(s) (seconds each)")
+    loaded = _loaded(checkpoint, target)
+    rows = []
+    with bar(len(photos), "deconv") as shown:
+        for photo in photos:
+            try:
+                written, index = _image_view(loaded, photo, out_dir, layers, channels, target)
+                row = {"photo": str(photo), "class": index["target"], "probability": index["probability"],
+                       "calibrated": index["calibrated"], "deconv": written[0].name, "compare": written[1].name,
+                       "problem": ""}  # fmt: skip
+            except images.DataError as e:
+                row = dict.fromkeys(("class", "probability", "calibrated", "deconv", "compare"), "")
+                row |= {"photo": str(photo), "problem": str(e).removeprefix(f"{photo}: ")}
+            rows.append(row)
+            shown.update(1)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["photo", "class", "probability", "calibrated", "deconv", "compare", "problem"])
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(out_dir) / INDEX
+    atomic_write_bytes(text.getvalue().encode("utf-8", "surrogateescape"), path)
+    return path
+
+
+def _loaded(checkpoint: Path | str, target: str | None) -> tuple:
     model, classes, ckpt = load_model(checkpoint)
     if target is not None and target not in classes:
         raise DeconvError(f"unknown class '{target}'; classes: {', '.join(classes)}")
+    return model, classes, temperature(ckpt, tta=False)  # the probability `predict` and `sort` give
+
+
+def _image_view(
+    loaded: tuple, image_path: Path | str, out_dir: Path | str, layers: list[str] | None, channels, target
+) -> tuple[list[Path], dict]:
+    """Both figures of one photo and their JSON; (paths, the comparison's index)."""
+    model, classes, t = loaded
     image = torch.from_numpy(images.decode(image_path))
     layers = layers or conv_layer_names(model)
     fig, index = image_view(model, image, layers, channels)
     out, out2 = image_view_paths(out_dir, image_path)
     atomic_write_bytes(png_bytes(fig), out)
     atomic_write_json({"image": str(image_path), "layers": index}, out.with_suffix(".json"))
-    t = temperature(ckpt, tta=False)  # the probability `predict` and `sort` give
     photo = np.asarray(images.for_display(image_path))  # the heat maps over the photo at its own resolution
     fig, index = comparison(model, image, classes, layers[-1], classes.index(target) if target else None, t, photo)
     atomic_write_bytes(png_bytes(fig), out2)
     atomic_write_json({"image": str(image_path), **index}, out2.with_suffix(".json"))
-    return [out, out2]
+    return [out, out2], index
