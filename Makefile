@@ -19,7 +19,7 @@ run: $(STAMP)
 # two workers, a file each at a time, one thread each: the waits of one (servers, browsers, subprocesses) overlap
 # the other's work, and neither slows the other by sharing threads
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
