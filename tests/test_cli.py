@@ -385,6 +385,8 @@ def test_dream_bad_input_gives_one_line(trained, tmp_path, args, needles):
         (lambda c: c["calibration"]["plain"].update(temperature=-1.0), ["temperature (plain) is -1.0", "refused"]),
         (lambda c: c["calibration"]["tta"].update(temperature=float("nan")), ["temperature (tta) is nan"]),
         (lambda c: c["calibration"]["plain"].update(temperature=0), ["temperature (plain) is 0,"]),
+        (lambda c: c["calibration"]["plain"].update(temperature=1e-320), ["is 1e-320", "not a fitted one"]),
+        (lambda c: c["calibration"]["tta"].update(temperature=1e300), ["is 1e+300", "(0.05 to 20)"]),
         (lambda c: c["config"]["model"].update(widths=[10**5, 10**5]), ["do not fit", "shape"]),  # 360 GB if built
         (lambda c: c["config"]["model"].update(widths=[10**9, 10**9]), ["a model that cannot be built"]),
         (lambda c: c["model"].pop(next(iter(c["model"]))), ["do not fit", "missing"]),

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .modelcard import TEMPERATURES
+
 BINS = 15
 
 
@@ -54,9 +56,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if len(labels) == 0:
         return 1.0
     z = logits.double()
-    r = minimize_scalar(lambda log_t: nll(z, labels, float(np.exp(log_t))), bounds=(np.log(0.05), np.log(20)),
+    low, high = TEMPERATURES
+    r = minimize_scalar(lambda log_t: nll(z, labels, float(np.exp(log_t))), bounds=(np.log(low), np.log(high)),
                         method="bounded", options={"xatol": 1e-5})  # fmt: skip
-    return float(np.exp(r.x))
+    return float(np.clip(np.exp(r.x), low, high))  # within the bounds a checkpoint's check accepts, to the last bit
 
 
 def held_out_probabilities(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -101,7 +101,7 @@ def check_calibration(calibration: Any, path: Path | str) -> None:
         t = cal.get("temperature") if isinstance(cal, dict) else None
         if not valid_temperature(t):
             raise CheckpointError(
-                f"{path}: calibration temperature ({name}) is {t!r}, not a finite positive number: file refused"
+                f"{path}: calibration temperature ({name}) is {t!r}, not a fitted one (0.05 to 20): file refused"
             )
 
 

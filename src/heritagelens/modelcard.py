@@ -20,8 +20,14 @@ class CheckpointError(HeritageLensError):
     """A file that is not a usable HeritageLens checkpoint; the message names the file and the problem."""
 
 
+TEMPERATURES = (0.05, 20.0)
+"""The temperatures calibration fits between (`calibration.fit_temperature`): a stored one outside them was never
+fitted (1e-320 makes every probability NaN, 1e300 makes them all equal) and the file holding it is refused."""
+
+
 def valid_temperature(t: Any) -> bool:
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+    low, high = TEMPERATURES
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and low <= t <= high
 
 
 def is_model_folder(path: Path | str) -> bool:

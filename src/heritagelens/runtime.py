@@ -51,7 +51,7 @@ class OnnxClassifier:
             raise ExportError(f"{path}: its HeritageLens metadata is unreadable") from None
         if not valid_temperature(self.temperature):
             t = self.temperature
-            raise ExportError(f"{path}: its calibration temperature is {t!r}, not a finite positive number: refused")
+            raise ExportError(f"{path}: its calibration temperature is {t!r}, not a fitted one (0.05 to 20): refused")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if (
             [i.name for i in inputs] != [INPUT]
