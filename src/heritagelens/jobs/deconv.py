@@ -91,7 +91,8 @@ def write_evolution(
 
 
 INDEX = "deconv-index.csv"
-"""What `deconv --image FOLDER` writes beside the figures: one row per photo."""
+"""What `deconv --image FOLDER` writes beside the figures: one row per photo, in `INDEX_COLUMNS`."""
+INDEX_COLUMNS = ("photo", "class", "probability", "calibrated", "deconv", "compare", "problem")
 
 
 def write_image_view(
@@ -131,12 +132,14 @@ def write_image_views(
                        "calibrated": index["calibrated"], "deconv": written[0].name, "compare": written[1].name,
                        "problem": ""}  # fmt: skip
             except images.DataError as e:
-                row = dict.fromkeys(("class", "probability", "calibrated", "deconv", "compare"), "")
-                row |= {"photo": str(photo), "problem": str(e).removeprefix(f"{photo}: ")}
+                row = dict.fromkeys(INDEX_COLUMNS, "") | {
+                    "photo": str(photo),
+                    "problem": str(e).removeprefix(f"{photo}: "),
+                }
             rows.append(row)
             shown.update(1)
     text = io.StringIO()
-    writer = csv.DictWriter(text, ["photo", "class", "probability", "calibrated", "deconv", "compare", "problem"])
+    writer = csv.DictWriter(text, INDEX_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     path = Path(out_dir) / INDEX
