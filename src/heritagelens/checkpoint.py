@@ -20,6 +20,7 @@ from .modelcard import (
     MODEL_FORMAT,
     MODEL_WEIGHTS,
     CheckpointError,
+    check_class_names,
     is_model_folder,
     model_card,
     valid_temperature,
@@ -84,9 +85,7 @@ def checked(ckpt: dict[str, Any], path: Path | str) -> dict[str, Any]:
     for key in ("config", "classes", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: not a usable HeritageLens checkpoint (no '{key}' entry)")
-    classes = ckpt["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
-        raise CheckpointError(f"{path}: its class names are not a list of names")
+    check_class_names(ckpt["classes"], path)
     check_calibration(ckpt.get("calibration"), path)
     return ckpt
 

@@ -21,6 +21,7 @@ from PIL import Image
 from .config import IMAGE_SIZE
 from .files import atomic_save, file_sha256, safe_load
 from .images import DataError, decode_many, open_image
+from .modelcard import class_name_problem
 
 CACHE_VERSION = 1
 SPLITS = ("train", "test")
@@ -54,6 +55,9 @@ def list_classes(root: Path, split: str = "train") -> list[str]:
     classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{d}: no class folders; expected <root>/{split}/<class>/*.jpg")
+    for c in classes:
+        if problem := class_name_problem(c):
+            raise DataError(f"{d / c}: the class folder's name {problem}; rename the folder")
     return classes
 
 

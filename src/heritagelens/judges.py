@@ -31,6 +31,7 @@ from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint,
 from .config import ROBUST, SGD, Config, DataConfig
 from .errors import HeritageLensError
 from .files import atomic_write_json
+from .modelcard import check_class_names
 from .runs import train_run
 from .scores import gallery_scores, real_images
 from .split import prepare
@@ -147,6 +148,10 @@ def shipped_judge(name: str, key: str, panel_dir: Path | str | None = None) -> J
     except CheckpointError as e:
         raise JudgeError(str(e)) from None
     ckpt = {"config": entry["config"], "classes": entry["classes"], "model": weights}
+    try:
+        check_class_names(entry["classes"], path)
+    except CheckpointError as e:
+        raise JudgeError(str(e)) from None
     return Judge(name, model_from_checkpoint(ckpt, path), list(entry["classes"]), path, entry["config"])
 
 

@@ -30,6 +30,51 @@ def valid_temperature(t: Any) -> bool:
     return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and low <= t <= high
 
 
+UNSURE_FOLDER = "_uncertain"
+"""The folder a sort keeps the photos its model was unsure of: no class may take its name."""
+FORBIDDEN_IN_NAMES = set('/\\<>:"|?*')
+"""Characters a class name may not hold: path separators, and what Windows refuses in a file name."""
+NAME_BYTES = 100
+
+
+def class_name_problem(name: Any) -> str:
+    """Why `name` cannot be a class name ('' when it can). A class names a folder: in a dataset, and in a sort's
+    output, where photos are copied to `OUT/<class>/`. So one rule holds wherever a model or a dataset is read: a
+    single, visible folder name that means the same on every file system, nothing that leads out of a folder."""
+    if not isinstance(name, str) or not name:
+        return "is not a name"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid text"
+    if any(c in FORBIDDEN_IN_NAMES or ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds a path separator or a character file systems refuse"
+    if name.startswith("."):
+        return "begins with '.' (a hidden or parent folder)"
+    if name != name.strip():
+        return "begins or ends with a space"
+    if size > NAME_BYTES:
+        return f"is longer than {NAME_BYTES} bytes"
+    if name == UNSURE_FOLDER:
+        return "is the name of a sort's folder of unsure photos"
+    return ""
+
+
+def check_class_names(classes: Any, path: Path | str) -> list[str]:
+    """`classes` once they are a list of distinct safe names (`class_name_problem`); raises `CheckpointError`."""
+    if not isinstance(classes, list) or not classes:
+        raise CheckpointError(f"{path}: its class names are not a list of names")
+    for c in classes:
+        problem = class_name_problem(c)
+        if problem:
+            raise CheckpointError(f"{path}: class name {str(c)[:60]!r} {problem}: refused")
+    folded = [c.casefold() for c in classes]
+    if len(set(folded)) != len(folded):
+        twice = next(c for c in classes if folded.count(c.casefold()) > 1)
+        raise CheckpointError(f"{path}: class name {twice!r} appears twice (letter case aside): refused")
+    return classes
+
+
 def is_model_folder(path: Path | str) -> bool:
     return Path(path).is_dir() and (Path(path) / MODEL_CARD).is_file()
 

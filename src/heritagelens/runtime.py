@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HeritageLensError
-from .modelcard import MODEL_ONNX, CheckpointError, model_card, valid_temperature
+from .modelcard import MODEL_ONNX, CheckpointError, check_class_names, model_card, valid_temperature
 
 INPUT = "images"
 OUTPUT = "logits"
@@ -44,11 +44,15 @@ class OnnxClassifier:
         if "heritagelens.classes" not in props:
             raise ExportError(f"{path}: an ONNX model, but not one exported by HeritageLens (no class names)")
         try:
-            self.classes: list[str] = [str(c) for c in json.loads(props["heritagelens.classes"])]
+            classes = json.loads(props["heritagelens.classes"])
             self.tta: bool = bool(json.loads(props.get("heritagelens.tta", "false")))
             self.temperature: float = float(json.loads(props.get("heritagelens.temperature", "1.0")))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise ExportError(f"{path}: its HeritageLens metadata is unreadable") from None
+        try:
+            self.classes: list[str] = check_class_names(classes, path)
+        except CheckpointError as e:
+            raise ExportError(str(e)) from None
         if not valid_temperature(self.temperature):
             t = self.temperature
             raise ExportError(f"{path}: its calibration temperature is {t!r}, not a fitted one (0.05 to 20): refused")

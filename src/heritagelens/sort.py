@@ -42,8 +42,9 @@ from .config import IMAGE_SIZE
 from .errors import HeritageLensError
 from .images import DataError, read_rgb
 from .inference import probabilities
+from .modelcard import UNSURE_FOLDER
 
-UNCERTAIN = "_uncertain"
+UNCERTAIN = UNSURE_FOLDER
 JOURNAL = ".heritagelens-sort.jsonl"
 META = ".heritagelens-sort.json"
 """The settings of the first run into an output folder (photo folder, model, calibration, view): later runs into it
@@ -191,14 +192,37 @@ def photo_files(photos: Path, problems: list[tuple[str, str]]) -> Iterator[Path]
                 problems.append((path.relative_to(photos).as_posix(), "not a regular file, not read"))
 
 
+NAME_BYTES = 200
+"""The longest flat name a copy gets, in bytes (file systems allow 255: room is left for `~2` and the pending names)."""
+
+
 def flat_name(rel: Path) -> str:
-    """The name a photo gets in OUT/<class>/: its path below the photo folder, folders joined by '__' (a very long
-    one shortened, made unique by a hash of the path)."""
-    name = "__".join(rel.parts)
-    if len(name.encode()) > 200:
-        digest = hashlib.sha1(rel.as_posix().encode()).hexdigest()[:12]
-        name = f"{rel.stem[:120]}-{digest}{rel.suffix[:20]}"
+    """The name a photo gets in OUT/<class>/: its path below the photo folder, folders joined by '__' and backslashes
+    made '_' (a path separator elsewhere); a name over `NAME_BYTES` bytes is shortened, by bytes and on a character's
+    edge, and made unique by a hash of the path. A name that is not valid UTF-8 keeps its bytes."""
+    name = "__".join(rel.parts).replace("\\", "_")
+    if len(os.fsencode(name)) > NAME_BYTES:
+        digest = hashlib.sha1(os.fsencode(rel.as_posix())).hexdigest()[:12]
+        name = f"{clipped(rel.stem, 120)}-{digest}{clipped(rel.suffix, 20)}".replace("\\", "_")
     return name
+
+
+def clipped(text: str, size: int) -> str:
+    """The longest start of `text` of at most `size` bytes as the file system stores it, cut between characters."""
+    raw = os.fsencode(text)
+    if len(raw) <= size:
+        return text
+    while size and 0x80 <= raw[size] < 0xC0:  # a UTF-8 continuation byte: the character began earlier
+        size -= 1
+    return os.fsdecode(raw[:size])
+
+
+def shown(name: str) -> str:
+    """A file name as text any program reads: bytes that are not UTF-8 (a name from another system) as `\\xe9`."""
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file system name decodes to
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def identity(path: Path) -> list[int]:
@@ -239,6 +263,8 @@ def _journal_row(raw: bytes, inside: _Inside, classes: list[str]) -> dict | None
         return None
     if not isinstance(row, dict) or not isinstance(row.get("file"), str):
         return None
+    if not photo_path_ok(row["file"], folder_row=not row.get("copied_to")):
+        return None
     copied, cls = row.get("copied_to") or "", row.get("class") or ""
     if not (isinstance(copied, str) and isinstance(cls, str)) or cls and cls not in classes:
         return None
@@ -252,6 +278,42 @@ def _journal_row(raw: bytes, inside: _Inside, classes: list[str]) -> dict | None
     except (TypeError, ValueError):
         return None
     return row
+
+
+def photo_path_ok(rel: str, folder_row: bool = False) -> bool:
+    """Whether `rel` names a photo below the photo folder as `photo_files` lists them: relative, forward slashes, no
+    '..', no hidden part (with `folder_row`, a folder's own row, ending in '/', is one too)."""
+    if folder_row and rel.endswith("/"):
+        rel = rel[:-1]
+    parts = rel.split("/")
+    return (
+        bool(rel)
+        and "\0" not in rel
+        and not rel.startswith("/")
+        and not any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+        and not (os.sep != "/" and ("\\" in rel or ":" in rel))
+    )
+
+
+def photo_in(photos: Path, rel: str) -> Path:
+    """The photo `rel` (a journal's `file`) names below `photos`, once it lies there: no '..', no folder linked
+    elsewhere on the way; raises `SortError` otherwise."""
+    path = photos / rel
+    if not photo_path_ok(rel) or photos.resolve() not in path.resolve().parents:
+        raise SortError(f"{path}: not a photo inside the photo folder {photos}; left alone")
+    return path
+
+
+def own_folder(out: Path, name: str) -> Path:
+    """`OUT/<name>`, a folder a sort copies into, once it is a folder of its own: not a symbolic link, nor a file,
+    and directly in OUT; raises `SortError` otherwise (the sort stops before a copy goes through it)."""
+    folder = out / name
+    if "/" in name or name in ("", ".", "..") or folder.is_symlink() or folder.exists() and not folder.is_dir():
+        raise SortError(
+            f"{folder}: a symbolic link or not a folder; a sort copies only into folders of its own: move it away and "
+            "run again"
+        )
+    return folder
 
 
 class _Inside:
@@ -310,7 +372,7 @@ def write_csv(out: Path, rows: dict[str, dict]) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows[k] for k in sorted(rows))
+    w.writerows({**rows[k], "file": shown(k), "copied_to": shown(rows[k].get("copied_to") or "")} for k in sorted(rows))
     return atomic_write_text(buf.getvalue(), out / CSV_NAME)
 
 
@@ -433,6 +495,7 @@ class _Sort:
         self.done = read_journal(out, classes)
         self.summary = SortSummary()
         self.journal = None
+        self.checked: set[str] = set()
         self.xmp_model = ""
         """With a model's name: XMP sidecars are written beside the photos, saying that model's classes."""
 
@@ -484,11 +547,17 @@ class _Sort:
         def one(row: dict) -> tuple[str, str]:
             """('written' or 'unchanged', '') or ('failed', the problem)."""
             try:
-                written = write_sidecar(self.photos / row["file"], sidecar_tag(row, self.xmp_model))
+                photo, shared = photo_in(self.photos, row["file"]), stems[stem(row["file"])] > 1
+                written = write_sidecar(photo, sidecar_tag(row, self.xmp_model), shared)
                 return "written" if written else "unchanged", ""
-            except XmpError as e:
+            except (XmpError, SortError) as e:
                 return "failed", str(e)
 
+        def stem(file: str) -> tuple[str, str]:
+            folder, _, name = file.rpartition("/")
+            return folder, Path(name).stem
+
+        stems = Counter(stem(f) for f in self.done)  # pair.jpg and pair.png: neither takes pair.xmp
         rows = [r for r in self.done.values() if r.get("copied_to") and not r.get("error")]
         problems: dict[str, dict] = {}
         with ThreadPoolExecutor(4) as pool:  # mostly waiting on the disk
@@ -522,6 +591,13 @@ class _Sort:
     def folder(self, cls: str, p: float) -> str:
         return cls if p >= self.min_confidence else UNCERTAIN
 
+    def into(self, name: str) -> Path:
+        """`OUT/<name>` once checked to be the sort's own folder (`own_folder`), checked once a run."""
+        if name not in self.checked:
+            own_folder(self.out, name)
+            self.checked.add(name)
+        return self.out / name
+
     def finish(self, chunk: list, decoded: list) -> None:
         """Classify a decoded batch and place its photos in two phases: each is copied under a pending name, the
         batch's rows are journaled and synced, and only then do the copies take their names. Whatever stops the
@@ -540,7 +616,7 @@ class _Sort:
                 top3 = "; ".join(f"{self.classes[int(k)]} {float(v):.3f}" for v, k in zip(top.values, top.indices))
                 row = {"file": rel, "class": best, "probability": f"{p:.4f}", "top3": top3, "identity": ident, "p": p}
                 old = self.done.get(rel, {}).get("copied_to")
-                dest = self.out / self.folder(best, p) / flat_name(Path(rel))
+                dest = self.into(self.folder(best, p)) / flat_name(Path(rel))
                 dest = free_name(dest, staged.keys(), self.out / old if old else None)
                 try:
                     staged[dest] = stage(path, dest, self.link)
@@ -575,7 +651,7 @@ class _Sort:
         """Undo what a killed run left half-done: copies staged but never recorded are removed, and a move the
         journal records but that had not happened yet is made."""
         for folder in (self.out / f for f in [*self.classes, UNCERTAIN]):
-            if folder.is_dir():
+            if folder.is_dir() and not folder.is_symlink():
                 for f in folder.iterdir():
                     if PENDING.match(f.name):
                         f.unlink(missing_ok=True)
@@ -601,7 +677,7 @@ class _Sort:
                 continue
             want = self.folder(row["class"], float(row.get("p", row["probability"])))
             if old.split("/")[0] != want and (self.out / old).exists():
-                dest = free_name(self.out / want / flat_name(Path(row["file"])), moves.keys())
+                dest = free_name(self.into(want) / flat_name(Path(row["file"])), moves.keys())
                 self.record({**row, "copied_to": dest.relative_to(self.out).as_posix(), "moved_from": old}, count=False)
                 moves[dest] = self.out / old
         self.sync()
@@ -694,7 +770,7 @@ class Decision:
 
 def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[dict[str, dict], Decision]:
     """`refile`, and what it changed (`Decision`), so that `undo` can take it back."""
-    from .xmp import XmpError, read_tag, sidecar_path, write_sidecar
+    from .xmp import XmpError, read_regular, read_tag, sidecar_path, write_sidecar
 
     out = Path(out)
     if cls not in classes:
@@ -704,9 +780,10 @@ def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[di
         row = done.get(file)
         if row is None or row.get("error") or not row.get("copied_to"):
             raise SortError(f"{out}: '{file}' is not a photo this sort filed")
+        photo = photo_in(Path(sort_settings(out)["photos"]), file)
         journal_size, csv_bytes = (out / JOURNAL).stat().st_size, (out / CSV_NAME).read_bytes()
         old = row["copied_to"]
-        dest = free_name(out / cls / flat_name(Path(file)), mine=out / old)
+        dest = free_name(own_folder(out, cls) / flat_name(Path(file)), mine=out / old)
         new = {**row, "class": cls, "copied_to": dest.relative_to(out).as_posix(), "moved_from": old,
                "decided": "person", "model_class": row.get("model_class") or row["class"]}  # fmt: skip
         with (out / JOURNAL).open("a", encoding="utf-8") as journal:
@@ -717,10 +794,9 @@ def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[di
             os.replace(out / old, dest)
         done[file] = new
         write_csv(out, done)
-        photo = Path(sort_settings(out)["photos"]) / file
         side, side_bytes = sidecar_path(photo), None
         try:
-            tag = read_tag(side_bytes := side.read_bytes()) if side.exists() else None
+            tag = read_tag(side_bytes := read_regular(side)) if side.exists() else None
             if tag is None or write_sidecar(photo, sidecar_tag(new, tag.model)) is None:
                 side_bytes = None  # not written: nothing to restore
         except (OSError, XmpError) as e:

@@ -30,7 +30,7 @@ from .dream import DreamError, class_images, dream_preset, image_stats
 from .figures import gallery
 from .inference import probabilities
 from .models import conv_layer_names
-from .sort import UNCERTAIN, Decision, SortError, decide, sort_settings, sorted_rows, undo
+from .sort import UNCERTAIN, Decision, SortError, decide, photo_in, sort_settings, sorted_rows, undo
 from .visualize import comparison, image_view, top9_figure
 
 MAX_UPLOAD_MB = 25
@@ -222,9 +222,9 @@ class Explorer:
         if row.get("decided"):
             said = f"filed by a person as {row['class']}"
         try:
-            image = images.read_rgb(photos / row["file"], at_least=480)
+            image = images.read_rgb(photo_in(photos, row["file"]), at_least=480)
             image.thumbnail((640, 640))
-        except images.DataError as e:  # gone or changed since the sort: it can still be filed
+        except (images.DataError, SortError) as e:  # gone or changed since the sort: it can still be filed
             image, said = None, f"{said}; the original cannot be shown ({str(e).split(': ', 1)[-1]})"
         text = f"**{row['file']}** ({k + 1} of {len(queue)}): {said}"
         return Reviewed(image, top3, row["file"], f"{status} {'Now' if at else 'Next'}: {text}" if status else text)
@@ -278,9 +278,9 @@ class Explorer:
         grid = []
         for r in queue[:n]:
             try:
-                im = images.read_rgb(photos / r["file"], at_least=160)
+                im = images.read_rgb(photo_in(photos, r["file"]), at_least=160)
                 im.thumbnail((160, 160))
-            except images.DataError:
+            except (images.DataError, SortError):
                 im = Image.new("RGB", (160, 160), (200, 200, 200))
             grid.append((im, f"{r['file']}: {r['class']} {float(r['probability']):.0%}"))
         return grid, [r["file"] for r in queue]

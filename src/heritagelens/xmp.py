@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +52,21 @@ class Tag:
     decided_by: str = "model"
 
 
-def sidecar_path(photo: Path) -> Path:
-    """`photo.jpg.xmp`, or `photo.xmp` when only that one exists."""
+def sidecar_path(photo: Path, shared: bool | None = None) -> Path:
+    """`photo.jpg.xmp`, or `photo.xmp` when only that one exists and no other photo beside it has the same stem
+    (`pair.jpg` and `pair.png` beside one `pair.xmp`: which one it describes is unclear, so each gets its own full
+    name and `pair.xmp` is left as it is). `shared` says whether such a sibling exists, when the caller knows."""
     full, short = photo.with_name(photo.name + ".xmp"), photo.with_suffix(".xmp")
-    return short if short.exists() and not full.exists() else full
+    if full.exists() or not short.exists():
+        return full
+    if shared is None:
+        siblings = photo.parent.glob(glob_escape(photo.stem) + ".*")
+        shared = any(p != photo and p.suffix.lower() != ".xmp" for p in siblings)
+    return full if shared else short
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
 
 
 def _q(ns: str, name: str) -> str:
@@ -62,7 +75,27 @@ def _q(ns: str, name: str) -> str:
 
 def read_tag(xml: bytes) -> Tag | None:
     """Our tag in a sidecar's bytes (None when no run wrote one)."""
-    return _tag_of(_parse(xml))
+    try:
+        return _tag_of(_parse(xml))
+    except RecursionError:
+        raise XmpError("nested too deeply to be XMP a photo manager wrote: left as it is") from None
+
+
+MAX_SIDECAR = 16 << 20
+"""The largest sidecar read (a photo manager's are a few kilobytes)."""
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of `path` once it is a regular file (not a FIFO, a device or a link to one) of at most
+    `MAX_SIDECAR` bytes: reading anything else could block or never end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise XmpError("not a regular file: left as it is")
+        if st.st_size > MAX_SIDECAR:
+            raise XmpError(f"larger than {MAX_SIDECAR >> 20} MB, not a sidecar: left as it is")
+        return f.read(MAX_SIDECAR + 1)
 
 
 def _tag_of(root: ET.Element) -> Tag | None:
@@ -114,19 +147,26 @@ def _merged(root: ET.Element, tag: Tag) -> bytes:
     return _serialize(root)
 
 
-def write_sidecar(photo: Path, tag: Tag) -> Path | None:
-    """Merge `tag` into the photo's sidecar, atomically; None when it said so already (nothing written)."""
-    path = sidecar_path(photo)
+def write_sidecar(photo: Path, tag: Tag, shared: bool | None = None) -> Path | None:
+    """Merge `tag` into the photo's sidecar (`sidecar_path`), atomically, keeping its mode and owner; None when it
+    said so already (nothing written). A read-only sidecar is left as it is (`XmpError`)."""
+    path = sidecar_path(photo, shared)
     tag = dataclasses.replace(tag, probability=round(tag.probability, 4))  # as written
     try:
-        root = _parse(path.read_bytes()) if path.exists() else ET.Element(_q(X, "xmpmeta"))
+        if path.is_symlink():
+            raise XmpError("a symbolic link: left as it is")
+        root = _parse(read_regular(path)) if path.exists() else ET.Element(_q(X, "xmpmeta"))
         if _tag_of(root) == tag:
             return None
+        if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
+            raise XmpError("read-only: left as it is")
         blob = _merged(root, tag)
     except OSError as e:
         raise XmpError(f"{path}: cannot read the sidecar ({e.strerror or e})") from None
     except XmpError as e:
         raise XmpError(f"{path}: {e}") from None
+    except RecursionError:
+        raise XmpError(f"{path}: nested too deeply to be XMP a photo manager wrote: left as it is") from None
     try:
         atomic_write_bytes(blob, path)
     except OSError as e:

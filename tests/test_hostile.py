@@ -1,0 +1,229 @@
+"""Hostile inputs, round 2: class names that are paths, names the file system stores as bytes or refuses, sidecars
+shared, read-only or nested without end, and a journal or an output folder crafted to lead a sort elsewhere. Each
+test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_one_line_error, cli, digest
+
+from heritagelens import data
+from heritagelens.checkpoint import CheckpointError, read_checkpoint, write_model_folder
+from heritagelens.files import safe_load
+from heritagelens.modelcard import MODEL_CARD, check_class_names
+from heritagelens.sort import CSV_NAME, JOURNAL, NAME_BYTES, SortError, photo_in, sort_photos
+
+BAD_NAMES = ["..", "../../escaped", "/tmp/abs", "a/b", "a\\b", ".hidden", "_uncertain", "", "x" * 101, "tab\there"]
+
+
+def csv_rows(out: Path) -> dict[str, dict]:
+    import csv
+
+    with (out / CSV_NAME).open(encoding="utf-8") as f:  # strict UTF-8: what a spreadsheet reads
+        return {r["file"]: r for r in csv.DictReader(f)}
+
+
+def photo(trained, k: int = 0) -> Path:
+    return sorted((trained[0] / "test").rglob("*.jpg"))[k]
+
+
+def crafted(trained, tmp_path: Path, classes: list[str]) -> Path:
+    ckpt = safe_load(trained[1] / "last.pt")
+    ckpt["classes"] = classes
+    torch.save(ckpt, tmp_path / "crafted.pt")
+    return tmp_path / "crafted.pt"
+
+
+# ------------------------------------------------------------------------------------------------- class names
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_a_class_name_that_is_not_a_plain_folder_name_is_refused_wherever_a_model_is_read(trained, tmp_path, bad):
+    classes = list(safe_load(trained[1] / "last.pt")["classes"])
+    classes[1] = bad
+    with pytest.raises(CheckpointError, match="crafted.pt: (class name|its class names)"):
+        read_checkpoint(crafted(trained, tmp_path, classes))
+    with pytest.raises(CheckpointError):
+        check_class_names(classes, "card.json")
+
+
+def test_a_model_folder_or_onnx_file_with_a_path_for_a_class_is_refused(trained, tmp_path):
+    from heritagelens.modelcard import BUNDLED, MODEL_ONNX
+    from heritagelens.runtime import ExportError, OnnxClassifier
+
+    folder = write_model_folder(trained[1] / "last.pt", tmp_path / "model").parent
+    card = json.loads((folder / MODEL_CARD).read_text())
+    card["classes"][0] = "../../outside"
+    (folder / MODEL_CARD).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="class name '../../outside' holds a path separator"):
+        read_checkpoint(folder)
+
+    import onnx
+
+    graph = onnx.load(BUNDLED / MODEL_ONNX)
+    meta = {p.key: p for p in graph.metadata_props}
+    for value, needle in (('["..", "b"]', "class name '..' begins with '.'"), ('"altar"', "not a list of names")):
+        meta["heritagelens.classes"].value = value
+        onnx.save(graph, tmp_path / "crafted.onnx")
+        with pytest.raises(ExportError, match=needle):
+            OnnxClassifier(tmp_path / "crafted.onnx")
+
+
+def test_sort_with_a_crafted_class_copies_nothing_anywhere(trained, tmp_path):
+    classes = list(safe_load(trained[1] / "last.pt")["classes"])
+    classes[0] = "../../escaped"
+    model = crafted(trained, tmp_path, classes)
+    (tmp_path / "photos").mkdir()
+    shutil.copy(photo(trained), tmp_path / "photos" / "a.jpg")
+    p = cli("sort", model, tmp_path / "photos", "--out", tmp_path / "a" / "b" / "out", "--min-confidence", "0")
+    assert_one_line_error(p, "class name '../../escaped' holds a path separator")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.pt", "photos"]  # no 'escaped', no out
+
+
+def test_a_class_folder_named_as_the_unsure_folder_or_a_hidden_one_is_refused_in_a_dataset(tmp_path):
+    (tmp_path / "train" / "_uncertain").mkdir(parents=True)
+    (tmp_path / "train" / "apse").mkdir()
+    with pytest.raises(data.DataError, match="_uncertain: the class folder's name is the name of a sort's folder"):
+        data.list_classes(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ names as the disk has them
+
+
+def test_a_photo_whose_name_is_not_utf8_is_sorted_once_and_listed_readably(trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9.jpg")  # Latin-1, from an old camera or a Windows share
+    shutil.copy(photo(trained), folder / odd)
+    out = tmp_path / "out"
+    first = sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    assert first.sorted == 1
+    row = csv_rows(out)["caf\\xe9.jpg"]
+    assert row["copied_to"].endswith("/caf\\xe9.jpg") and not row["error"]
+    copies = [p for p in out.rglob("*.jpg")]
+    assert [os.fsencode(p.name) for p in copies] == [b"caf\xe9.jpg"]  # the copy keeps the photo's bytes
+    again = sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    assert (again.sorted, again.skipped) == (0, 1) and len(list(out.rglob("*.jpg"))) == 1
+
+
+def test_a_long_legal_name_is_shortened_by_bytes_and_stays_unique(trained, tmp_path):
+    folder = tmp_path / "photos"
+    deep = folder / ("\u5efa" * 83)  # 249 bytes, a legal folder name
+    deep.mkdir(parents=True)
+    names = ["\U0001f3db" * 62 + ".jpg", "\U0001f3db" * 61 + "\u00e9.jpg"]  # 252 and 249 bytes
+    for n in names:
+        shutil.copy(photo(trained), deep / n)
+    out = tmp_path / "out"
+    s = sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    assert s.sorted == 2 and s.unreadable == 0
+    copies = sorted(out.rglob("*.jpg"))
+    assert len(copies) == 2 and len({p.name for p in copies}) == 2
+    assert all(len(os.fsencode(p.name)) <= NAME_BYTES for p in copies)
+    assert all(p.name.endswith(".jpg") for p in copies)
+    again = sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    assert (again.sorted, again.skipped) == (0, 2)
+
+
+def test_a_name_with_a_backslash_is_copied_once_however_often_the_sort_runs(trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photo(trained), folder / "a\\b.jpg")
+    out = tmp_path / "out"
+    sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    for _ in range(2):
+        again = sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+        assert (again.sorted, again.skipped) == (0, 1)
+    assert [p.name for p in out.rglob("*.jpg")] == ["a_b.jpg"]
+
+
+# ----------------------------------------------------------------------------------------------------- sidecars
+
+
+def test_two_photos_beside_one_lightroom_sidecar_leave_it_alone_and_get_their_own(trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photo(trained, 0), folder / "pair.jpg")
+    from PIL import Image
+
+    Image.open(photo(trained, -1)).save(folder / "pair.png")
+    shared = folder / "pair.xmp"
+    shared.write_text('<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
+    before = shared.read_bytes()
+    out = tmp_path / "out"
+    s = sort_photos(trained[1], folder, out, min_confidence=0, progress=False, xmp=True)
+    assert s.sidecars["written"] == 2 and shared.read_bytes() == before
+    assert (folder / "pair.jpg.xmp").is_file() and (folder / "pair.png.xmp").is_file()
+    again = sort_photos(trained[1], folder, out, min_confidence=0, progress=False, xmp=True)
+    assert again.sidecars["unchanged"] == 2 and shared.read_bytes() == before
+
+
+def test_a_read_only_nested_or_special_sidecar_is_left_as_it_is_and_the_sort_finishes(trained, tmp_path):
+    folder = tmp_path / "photos"
+    for k, sub in enumerate(("ro", "deep", "fifo", "link")):
+        (folder / sub).mkdir(parents=True)
+        shutil.copy(photo(trained, k), folder / sub / "a.jpg" if k == 0 else folder / sub / f"{'abcd'[k]}.jpg")
+    os.mkfifo(folder / "fifo" / "c.jpg.xmp")  # reading it would wait for a writer that never comes
+    (folder / "link" / "d.jpg.xmp").symlink_to("/dev/zero")
+    ro = folder / "ro" / "a.jpg.xmp"
+    ro.write_text('<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
+    ro.chmod(0o444)
+    nested = "<n>" * 5000 + "</n>" * 5000
+    deep = folder / "deep" / "b.jpg.xmp"
+    deep.write_text(f'<x:xmpmeta xmlns:x="adobe:ns:meta/">{nested}</x:xmpmeta>')
+    before = digest(folder)
+    out = tmp_path / "out"
+    s = sort_photos(trained[1], folder, out, min_confidence=0, progress=False, xmp=True)
+    assert s.sorted == 4 and s.sidecars["failed"] == 4
+    rows = csv_rows(out)
+    assert "read-only: left as it is" in rows["ro/"]["error"]
+    assert "nested too deeply" in rows["deep/"]["error"]
+    assert "not a regular file" in rows["fifo/"]["error"] and "a symbolic link" in rows["link/"]["error"]
+    assert digest(folder) == before
+
+
+# ------------------------------------------------------------------------------------------- journal and OUT
+
+
+def test_a_crafted_journal_row_never_leads_a_sidecar_or_the_review_outside_the_photo_folder(trained, tmp_path):
+    folder, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    shutil.copy(photo(trained), folder / "a.jpg")
+    shutil.copy(photo(trained), outside / "victim.jpg")
+    out = tmp_path / "out"
+    sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    row = json.loads((out / JOURNAL).read_text().splitlines()[0])
+    with (out / JOURNAL).open("a") as f:
+        f.write(json.dumps({**row, "file": "../elsewhere/victim.jpg"}) + "\n")
+    s = sort_photos(trained[1], folder, out, min_confidence=0, progress=False, xmp=True)
+    assert s.sidecars["written"] == 1
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.jpg"]  # no sidecar written beside it
+    assert "../elsewhere/victim.jpg" not in csv_rows(out)
+    (folder / "linked").symlink_to(outside)
+    with pytest.raises(SortError, match="not a photo inside the photo folder"):
+        photo_in(folder, "linked/victim.jpg")
+    with pytest.raises(SortError, match="not a photo inside the photo folder"):
+        photo_in(folder, "../elsewhere/victim.jpg")
+
+
+def test_a_class_folder_in_out_that_is_a_link_stops_the_sort_before_a_copy_goes_through(trained, tmp_path):
+    folder, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    shutil.copy(photo(trained), folder / "a.jpg")
+    out = tmp_path / "out"
+    sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    (cls,) = [p for p in out.iterdir() if p.is_dir()]
+    shutil.rmtree(cls)
+    cls.symlink_to(outside)
+    shutil.copy(photo(trained), folder / "b.jpg")
+    for _ in range(2):
+        with pytest.raises(SortError, match=f"{cls.name}: a symbolic link or not a folder"):
+            sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
+    assert list(outside.iterdir()) == []
