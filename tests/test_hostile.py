@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, cli, digest
+from conftest import SETS, assert_one_line_error, cli, digest
 
 from heritagelens import data
 from heritagelens.checkpoint import CheckpointError, read_checkpoint, write_model_folder
@@ -227,3 +227,87 @@ def test_a_class_folder_in_out_that_is_a_link_stops_the_sort_before_a_copy_goes_
         with pytest.raises(SortError, match=f"{cls.name}: a symbolic link or not a folder"):
             sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
     assert list(outside.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ where commands write
+
+
+def test_train_into_a_folder_holding_other_files_is_refused_and_touches_nothing(trained, tmp_path):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": true}')
+    (mine / "train.log").write_text("my log\n")
+    before = digest(mine)
+    p = cli("train", "--data", trained[0], "--epochs", "1", "--out", mine, "--quiet", *SETS)
+    assert_one_line_error(p, f"{mine}: already holds files (not a run to resume)")
+    assert digest(mine) == before
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_the_last_good_one_is_kept(
+    trained, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from heritagelens import checkpoint
+    from heritagelens import cli as hl_cli
+
+    real, saved = checkpoint.atomic_save, []
+
+    def full_after_the_first_epoch(obj, path):
+        if Path(path).name == "last.pt" and saved:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(path)
+        return real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", full_after_the_first_epoch)
+    run = tmp_path / "run"
+    rc = hl_cli.main(["train", "--data", str(trained[0]), "--epochs", "3", "--out", str(run), "--quiet", *SETS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("heritagelens: error: ") and "Traceback" not in "\n".join(err)
+    assert f"{run / 'last.pt'}: cannot write the checkpoint (No space left on device)" in err[-1]
+    assert "the one written before is kept" in err[-1]
+    assert safe_load(run / "last.pt")["epoch"] == 1  # whole, from the epoch before the disk filled
+
+
+@pytest.mark.parametrize("what", ["folder", "fifo", "link"])
+def test_report_out_is_a_new_path_or_a_regular_file_never_what_else_is_there(trained, tmp_path, what):
+    target = tmp_path / "target"
+    if what == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    elif what == "fifo":
+        os.mkfifo(target)
+    else:
+        (tmp_path / "real.html").write_text("mine")
+        target.symlink_to(tmp_path / "real.html")
+    p = cli("report", trained[1], "--out", target)
+    assert_one_line_error(p, f"{target}: exists and is not a regular file")
+    assert what != "folder" or (target / "keep.txt").read_text() == "mine"
+    assert what != "link" or (tmp_path / "real.html").read_text() == "mine" and target.is_symlink()
+    assert cli("report", trained[1], "--out", tmp_path / "new.html").returncode == 0
+
+
+def test_tune_against_a_server_that_accepts_and_never_answers_is_one_line(monkeypatch):
+    import socket
+    import threading
+
+    from heritagelens import tune
+
+    monkeypatch.setattr(tune, "CONNECT_SECONDS", 2)  # libpq's least
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel accepts; nothing ever answers
+        url = f"postgresql://heritagelens@127.0.0.1:{server.getsockname()[1]}/studies"
+        outcome = []
+
+        def attempt():
+            try:
+                tune.open_study(url, "study")
+            except tune.TuneError as e:
+                outcome.append(str(e))
+
+        t = threading.Thread(target=attempt, daemon=True)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "tune waited on the server without end"
+    assert outcome and "the database server did not answer within 2 s" in outcome[0]

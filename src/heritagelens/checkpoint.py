@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .config import Config, ConfigError
-from .files import atomic_save, atomic_write_bytes, atomic_write_json, file_sha256, safe_load
+from .files import WriteError, atomic_save, atomic_write_bytes, atomic_write_json, file_sha256, safe_load
 from .modelcard import (
     MODEL_CARD,
     MODEL_FORMAT,
@@ -45,7 +45,11 @@ def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: l
         "ema": state.ema.state_dict() if state.ema is not None else None,
         **extra,
     }
-    return atomic_save(ckpt, path)
+    try:
+        return atomic_save(ckpt, path)
+    except OSError as e:  # a full disk, a quota: the file it would have replaced is whole (the write is atomic)
+        kept = "the one written before is kept" if Path(path).exists() else "none was written before"
+        raise WriteError(f"{path}: cannot write the checkpoint ({e.strerror or e}); {kept}") from None
 
 
 def checkpoint_file(path: Path | str) -> Path:

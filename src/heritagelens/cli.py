@@ -262,6 +262,10 @@ def cmd_train(args) -> int:
             raise UsageError("under torchrun, train needs --out (every process must name the same run folder)")
         if (run / "last.pt").exists():
             raise UsageError(f"{run}: already holds a run; use --resume {run} or another --out")
+        if main and run.is_dir() and any(run.iterdir()):  # under torchrun the other processes are writing into it
+            raise UsageError(f"{run}: already holds files (not a run to resume); give an empty or new --out")
+        if main and run.exists() and not run.is_dir():
+            raise UsageError(f"{run}: exists and is not a folder; give an empty or new --out")
         if main:
             print(cfg.to_json())
     if main:

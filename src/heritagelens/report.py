@@ -26,7 +26,7 @@ from . import __version__
 from .config import SPLIT_NAMES
 from .errors import HeritageLensError
 from .figures import confusion_figure, curves_figure, figure_image, png_bytes
-from .files import atomic_write_text
+from .files import atomic_write_text, writable_folder
 from .scores import per_class_rows, score_rows
 
 PRESET_FIGURES = Path(__file__).with_name("presets.json")
@@ -598,9 +598,13 @@ def html_page(title: str, subtitle: str, sections: list[Section]) -> str:
 def write_report(
     run_path: Path | str, out: Path | str | None = None, data_root: Path | str | None = None
 ) -> tuple[Path, list[str]]:
-    """Write the report (default `RUN/report.html`) atomically; its path, and what the run folder lacks."""
-    text, sections = build(run_path, data_root)
+    """Write the report (default `RUN/report.html`) atomically; its path, and what the run folder lacks. Where it
+    goes is checked first: a new path, or a regular file to replace (never a folder, a link or a device)."""
     out = Path(out) if out else Path(run_path) / "report.html"
+    if out.is_symlink() or out.exists() and not out.is_file():
+        raise ReportError(f"{out}: exists and is not a regular file; give a new path or the report file to replace")
+    writable_folder(out.parent)
+    text, sections = build(run_path, data_root)
     atomic_write_text(text, out)
     return out, [m for s in sections for m in s.missing]
 

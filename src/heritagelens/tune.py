@@ -114,8 +114,12 @@ def open_or_create_study(storage: str, name: str, create: bool = True, attempts:
                 warnings.simplefilter("ignore")  # heartbeats and grouped TPE are marked experimental
                 return _open_study(storage, name, create)
         except (IntegrityError, OperationalError, ProgrammingError) as e:
+            why = str(e.orig or e).splitlines()[0][:160]
+            if "timeout expired" in why or "timed out" in why:
+                raise TuneError(
+                    f"{storage}: the database server did not answer within {CONNECT_SECONDS} s ({why})"
+                ) from None
             if attempt == attempts - 1:
-                why = str(e.orig or e).splitlines()[0][:160]
                 raise TuneError(f"{storage}: cannot open the study storage after {attempts} attempts ({why})") from None
             time.sleep(0.5 + random.random())
         except KeyError:
@@ -123,6 +127,25 @@ def open_or_create_study(storage: str, name: str, create: bool = True, attempts:
         except Exception as e:  # SQLAlchemy's errors for a bad URL or an unreachable server
             raise TuneError(f"{storage}: cannot open the study storage ({type(e).__name__}: {str(e)[:160]})") from None
     raise AssertionError("unreachable")
+
+
+CONNECT_SECONDS = 10
+"""How long a database server may take to answer a connection: one that accepts and never answers is one line."""
+STATEMENT_SECONDS = 120
+"""The longest one statement may run on a PostgreSQL server (Optuna's take milliseconds)."""
+
+
+def engine_kwargs(storage: str) -> dict | None:
+    """SQLAlchemy's arguments for `storage`: SQLite waits its turn for the file's lock; PostgreSQL (and MySQL) give
+    up on a server that does not answer."""
+    if storage.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60, "isolation_level": None}}
+    if storage.startswith("postgresql"):
+        options = f"-c statement_timeout={STATEMENT_SECONDS * 1000}"
+        return {"connect_args": {"connect_timeout": CONNECT_SECONDS, "options": options}}
+    if storage.startswith("mysql"):
+        return {"connect_args": {"connect_timeout": CONNECT_SECONDS, "read_timeout": STATEMENT_SECONDS}}
+    return None
 
 
 def _open_study(storage: str, name: str, create: bool):
@@ -134,7 +157,7 @@ def _open_study(storage: str, name: str, create: bool):
     rdb = RDBStorage(
         storage, heartbeat_interval=30, grace_period=120,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None,
+        engine_kwargs=engine_kwargs(storage),
     )  # fmt: skip
     if sqlite:
         _serialize_sqlite_transactions(rdb.engine)
