@@ -311,3 +311,299 @@ def test_tune_against_a_server_that_accepts_and_never_answers_is_one_line(monkey
         t.join(60)
         assert not t.is_alive(), "tune waited on the server without end"
     assert outcome and "the database server did not answer within 2 s" in outcome[0]
+
+
+# ------------------------------------------------------------------------------------ a crafted sort folder
+
+
+def sorted_once(trained, tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(2):
+        shutil.copy(photo(trained, k), folder / f"p{k}.jpg")
+    out = tmp_path / "out"
+    sort_photos(trained[1], folder, out, min_confidence=1, progress=False)  # both wait in _uncertain/
+    return folder, out
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        lambda row: json.dumps({k: v for k, v in row.items() if k != "class"}),
+        lambda row: json.dumps({**row, "p": "", "probability": ""}),
+        lambda row: json.dumps({**row, "p": float("nan")}),
+        lambda row: json.dumps({**row, "top3": 7, "model_class": ["x"]}),
+        lambda row: "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_a_crafted_journal_row_is_refused_with_a_warning_not_a_traceback(trained, tmp_path, line, capsys):
+    folder, out = sorted_once(trained, tmp_path)
+    row = json.loads((out / JOURNAL).read_text().splitlines()[0])
+    with (out / JOURNAL).open("a") as f:
+        f.write(line(row) + "\n")
+    s = sort_photos(trained[1], folder, out, min_confidence=0.5, progress=False, xmp=True)
+    assert "refused (not a row of this sort" in capsys.readouterr().err
+    assert s.done + s.skipped == 2 and set(csv_rows(out)) == {"p0.jpg", "p1.jpg"}
+
+
+@pytest.mark.parametrize("settings", ["[]", '{"photos": 3}', "[" * 100_000])
+def test_crafted_sort_settings_are_one_line(trained, tmp_path, settings):
+    from heritagelens.sort import META, sort_settings
+
+    folder, out = sorted_once(trained, tmp_path)
+    (out / META).write_text(settings)
+    with pytest.raises(SortError, match="unreadable"):
+        sort_settings(out)
+    with pytest.raises(SortError, match="unreadable|sorted earlier with another photo folder"):
+        sort_photos(trained[1], folder, out, progress=False)
+
+
+def test_a_review_of_a_copy_deleted_since_records_nothing(trained, tmp_path):
+    from heritagelens.sort import decide, sorted_rows
+
+    folder, out = sorted_once(trained, tmp_path)
+    classes = list(safe_load(trained[1] / "last.pt")["classes"])
+    rows = sorted_rows(out, classes)
+    (out / rows["p0.jpg"]["copied_to"]).unlink()  # deleted in a file manager while the page showed it
+    journal = (out / JOURNAL).read_bytes()
+    with pytest.raises(SortError, match="the copy of p0.jpg is gone"):
+        decide(out, "p0.jpg", classes[0], classes)
+    assert (out / JOURNAL).read_bytes() == journal
+
+
+def test_the_review_tab_answers_a_folder_name_too_long_for_the_file_system(trained):
+    from heritagelens.webapp import UNSURE, Explorer
+
+    r = Explorer(trained[1], trained[0]).review("x" * 5000, UNSURE)
+    assert r.status.startswith("**") and "File name too long" in r.status and len(r.status) < 400
+
+
+# ------------------------------------------------------------------------------ low: one line, nothing lost, no hang
+
+
+def with_calibration(trained, tmp_path: Path, held_out) -> Path:
+    ckpt = safe_load(trained[1] / "last.pt")
+    ckpt["calibration"] = {"plain": {"temperature": 1.5, "held_out": held_out}, "tta": {"temperature": 1.4}}
+    torch.save(ckpt, tmp_path / "calibrated.pt")
+    return tmp_path / "calibrated.pt"
+
+
+@pytest.mark.parametrize(
+    "held_out",
+    [
+        {"confidence": ["x"], "predicted": [0], "label": [0]},
+        {"confidence": [float("nan"), 0.9], "predicted": [0, 1], "label": [0, 1]},
+        {"confidence": [0.9, 0.8], "predicted": [0], "label": [0, 1]},
+        "garbage",
+    ],
+)
+def test_garbage_held_out_figures_count_as_none_measured(trained, tmp_path, held_out):
+    model = with_calibration(trained, tmp_path, held_out)
+    (tmp_path / "photos").mkdir()
+    shutil.copy(photo(trained), tmp_path / "photos" / "a.jpg")
+    p = cli("sort", model, tmp_path / "photos", "--out", tmp_path / "out", "--target-accuracy", "0.9")
+    assert_one_line_error(p, "--target-accuracy needs the held-out figures")
+    p = cli("sort", model, tmp_path / "photos", "--out", tmp_path / "out2", "--quiet")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(
+    "craft, needle",
+    [
+        (lambda c: c.update(config=[]), "checkpoint config unreadable"),
+        (lambda c: c.update(config={"model": []}), "checkpoint config unreadable"),
+        (lambda c: c["config"]["model"].update(widths="abc"), "checkpoint config unreadable"),
+    ],
+)
+def test_a_config_that_is_not_a_table_is_one_line(trained, tmp_path, craft, needle):
+    ckpt = safe_load(trained[1] / "last.pt")
+    craft(ckpt)
+    torch.save(ckpt, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match=needle):
+        read_checkpoint(tmp_path / "crafted.pt")
+
+
+def test_a_card_nested_without_end_is_one_line(trained, tmp_path):
+    folder = write_model_folder(trained[1] / "last.pt", tmp_path / "model").parent
+    (folder / MODEL_CARD).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(CheckpointError, match="unreadable model card"):
+        read_checkpoint(folder)
+
+
+def onnx_graph(path: Path, nodes: list, inits: list, in_type: int | None = None) -> Path:
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    inputs = [h.make_tensor_value_info("images", in_type or TensorProto.FLOAT, ["N", 3, 64, 64])]
+    outputs = [h.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])]
+    model = h.make_model(h.make_graph(nodes, "g", inputs, outputs, inits), opset_imports=[h.make_opsetid("", 18)])
+    h.set_model_props(model, {"heritagelens.classes": json.dumps([f"c{k}" for k in range(10)])})
+    onnx.save(model, path)
+    return path
+
+
+def test_an_onnx_graph_of_another_input_of_nan_or_without_end_is_one_line(tmp_path, monkeypatch):
+    import numpy as np
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    from heritagelens import runtime
+    from heritagelens.runtime import ExportError, OnnxClassifier
+
+    w = h.make_tensor("W", TensorProto.FLOAT, [12288, 10], np.zeros(12288 * 10, np.float32))
+    flat = [h.make_node("Flatten", ["images"], ["f"]), h.make_node("MatMul", ["f", "W"], ["z"])]
+    images = np.zeros((2, 3, 64, 64), np.uint8)
+    ints = onnx_graph(tmp_path / "int.onnx", [h.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+                      h.make_node("Flatten", ["x"], ["f"]), h.make_node("MatMul", ["f", "W"], ["logits"])], [w],
+                      TensorProto.INT64)  # fmt: skip
+    with pytest.raises(ExportError, match="inputs or outputs are not those of a HeritageLens export"):
+        OnnxClassifier(ints)
+    one = h.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nan = onnx_graph(tmp_path / "nan.onnx", [*flat, h.make_node("Sub", ["z", "one"], ["m"]),
+                     h.make_node("Log", ["m"], ["logits"])], [w, one])  # fmt: skip
+    with pytest.raises(ExportError, match="not a finite logit per class and image"):
+        OnnxClassifier(nan).probabilities(images)
+    body = h.make_graph(
+        [h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_in"], ["v_out"])], "body",
+        [h.make_tensor_value_info("i", TensorProto.INT64, []), h.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [h.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    trip = h.make_tensor("trip", TensorProto.INT64, [], [10**15])
+    cond = h.make_tensor("cond", TensorProto.BOOL, [], [True])
+    loop = onnx_graph(tmp_path / "loop.onnx", [*flat, h.make_node("Loop", ["trip", "cond", "z"], ["logits"],
+                      body=body)], [w, trip, cond])  # fmt: skip
+    monkeypatch.setattr(runtime, "RUN_SECONDS", 1.0)
+    with pytest.raises(ExportError, match=r"the graph failed on 2 image\(s\) \(stopped after 1.0 s\)"):
+        OnnxClassifier(loop).probabilities(images)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "card.json", "model.onnx", "last.pt"])
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_fifo_or_endless_device_in_place_of_a_model_file_is_refused_unread(trained, tmp_path, name, kind):
+    from heritagelens.runtime import ExportError, OnnxClassifier
+
+    folder = write_model_folder(trained[1] / "last.pt", tmp_path / "model").parent
+    target = folder / name
+    target.unlink(missing_ok=True)
+    os.mkfifo(target) if kind == "fifo" else target.symlink_to("/dev/zero")
+    with pytest.raises((CheckpointError, ExportError), match="not a regular file"):
+        if name == "model.onnx":
+            OnnxClassifier(target)
+        else:
+            read_checkpoint(target if name == "last.pt" else folder)
+
+
+def test_a_fifo_in_place_of_the_sort_lock_is_one_line(trained, tmp_path):
+    from heritagelens.sort import LOCK
+
+    folder, out = sorted_once(trained, tmp_path)
+    (out / LOCK).unlink()
+    os.mkfifo(out / LOCK)
+    with pytest.raises(SortError, match="cannot hold the sort's lock"):
+        sort_photos(trained[1], folder, out, progress=False)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["dream", "{run}", "--class", "arch", "--seed", str(2**64)], "must be a whole number from 0 to 2**63 - 1"),
+        (["dream", "{run}", "--class", "arch", "--samples", "100000000"], "at most 256, not 100000000"),
+        (["train", "--data", "{root}", "--set", "model.kernel_size=-1"], "model.kernel_size must be odd and positive"),
+        (["train", "--data", "{root}", "--set", "train.threads=-1"], "train.threads and train.limit_train must be 0"),
+        (["train", "--data", "{root}", "--set", "train.limit_train=-5"], "train.limit_train must be 0"),
+        (["train", "--data", "{root}", "--seed", "-1"], "--seed -1: must be a whole number from 0"),
+        (["serve", "{run}", "--host", "::1"], "an IPv6 address"),
+        (["serve", "{run}", "--host", "h" * 300], "not a host name"),
+        (["train", "--data", "{root}", "--preset", "{deep}"], "deep.json"),
+    ],
+)
+def test_settings_out_of_range_are_one_line(trained, tmp_path, args, needle):
+    root, run = trained
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    argv = [a.format(run=run, root=root, deep=tmp_path / "deep.json") for a in args]
+    p = cli(*argv, "--out", tmp_path / "o") if argv[0] != "serve" else cli(*argv)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert needle in p.stderr.strip().splitlines()[-1], p.stderr
+
+
+@pytest.mark.parametrize(
+    "craft, needle",
+    [
+        (lambda c: c.update(epoch="garbage"), "its epoch (garbage) is not one of its training's"),
+        (lambda c: c.update(epoch=10**9), "is not one of its training's"),
+        (lambda c: c.update(optimizer={"state": 5, "param_groups": "x"}), "its optimizer state does not fit"),
+    ],
+)
+def test_resume_of_a_checkpoint_with_a_garbage_training_state_is_one_line(trained, tmp_path, craft, needle):
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    ckpt = safe_load(run / "last.pt")
+    ckpt["epoch"] = 1
+    craft(ckpt)
+    torch.save(ckpt, run / "last.pt")
+    assert_one_line_error(cli("train", "--resume", run, "--quiet"), needle)
+
+
+def test_a_keyword_in_resource_form_stays_in_the_sidecar():
+    from heritagelens.xmp import Tag, merged, read_tag
+
+    person = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag>'
+        b'<rdf:li rdf:resource="http://vocab.getty.edu/aat/300002775"/><rdf:li>Lincoln</rdf:li>'
+        b"</rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    once = merged(person, Tag("apse", "apse", 0.9, "m"))
+    twice = merged(once, Tag(None, "apse", 0.4, "m"))
+    for xml in (once, twice):
+        assert b'rdf:resource="http://vocab.getty.edu/aat/300002775"' in xml and b"Lincoln" in xml
+    assert b"<rdf:li />" not in twice and read_tag(twice).filed is None
+
+
+def test_dream_dream_score_and_tune_check_where_they_write_before_the_work(trained, read_only, tmp_path):
+    root, run = trained
+    folder, freeze = read_only
+    freeze()
+    why = f"{folder}: cannot write into this folder"
+    assert_one_line_error(cli("dream", run, "--class", "arch", "--samples", "1", "--out", folder), why)
+    (tmp_path / "imgs").mkdir()
+    assert_one_line_error(cli("dream-score", tmp_path / "imgs", "--json", folder / "s.json", "--data", root), why)
+    assert_one_line_error(cli("tune", "--trials", "1", "--runs", folder, "--data", root), why)
+    (tmp_path / "file").write_text("mine")
+    p = cli("tune", "--show", "--runs", tmp_path / "file")
+    assert_one_line_error(p, f"{tmp_path / 'file'}: --runs names a file, not a folder")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_unreadable_class_folder_or_photo_is_one_line_in_data_check_and_train(trained, tmp_path):
+    """Run without the capability that lets root read anything, so that permissions hold as for any user."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("util-linux setpriv missing")
+    root = tmp_path / "ahe"
+    shutil.copytree(trained[0], root)
+    locked = sorted((root / "train").iterdir())[1]
+    as_a_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def run(*args):
+        import subprocess
+        import sys
+
+        cmd = [*as_a_user, sys.executable, "-m", "heritagelens", *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    first = sorted(locked.iterdir())[0]
+    first.chmod(0)
+    p = run("data", "check", root)
+    assert "Traceback" not in p.stderr and f"{first}: cannot read this file (Permission denied)" in p.stdout
+    locked.chmod(0)
+    try:
+        p = run("data", "check", root)
+        assert "Traceback" not in p.stderr and f"{locked}: cannot read this folder (Permission denied)" in p.stdout
+        assert_one_line_error(run("train", "--data", root, "--out", tmp_path / "run", "--quiet", *SETS),
+                              f"{locked}: cannot read this folder (Permission denied)")  # fmt: skip
+    finally:
+        locked.chmod(0o755)

@@ -11,6 +11,7 @@ measured on the other, both ways round.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,6 +112,23 @@ def held_out_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[str
     from which every threshold's coverage and accuracy follow (`filed_at`, `threshold_for`)."""
     conf, pred = held_out_probabilities(logits, labels).max(1)
     return {"confidence": [round(float(c), 5) for c in conf], "predicted": pred.tolist(), "label": labels.tolist()}
+
+
+def measured(held: Any) -> dict[str, list] | None:
+    """`held` when it is what `held_out_predictions` makes (equal, non-empty lists: a confidence in [0, 1], a
+    predicted and a true class index per photo), else None: figures read from a file are checked before use."""
+    if not isinstance(held, dict):
+        return None
+    cols = [held.get(k) for k in ("confidence", "predicted", "label")]
+    if not all(isinstance(c, list) for c in cols) or not cols[0] or len({len(c) for c in cols}) != 1:
+        return None
+    if not all(_is_number(c) and 0 <= c <= 1 for c in cols[0]):  # NaN fails the range
+        return None
+    return held if all(_is_number(v) and isinstance(v, int) and v >= 0 for v in cols[1] + cols[2]) else None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def filed_at(held: dict[str, list], threshold: float, predicted: int | None = None) -> Filed:

@@ -14,8 +14,18 @@ from typing import Any
 import torch
 
 from .config import Config, ConfigError
-from .files import WriteError, atomic_save, atomic_write_bytes, atomic_write_json, file_sha256, safe_load
+from .files import (
+    SpecialFileError,
+    WriteError,
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_sha256,
+    regular_size,
+    safe_load,
+)
 from .modelcard import (
+    MAX_WEIGHTS,
     MODEL_CARD,
     MODEL_FORMAT,
     MODEL_WEIGHTS,
@@ -73,7 +83,10 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     if is_model_folder(path):
         return read_model_folder(path)
     try:
+        regular_size(path, MAX_WEIGHTS)
         ckpt = safe_load(path)
+    except SpecialFileError as e:
+        raise CheckpointError(f"{path}: {e}: not read") from None
     except Exception as e:  # pickle errors, zip errors, refused globals: all mean "not a checkpoint we can read"
         raise CheckpointError(f"{path}: not a HeritageLens checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -91,7 +104,16 @@ def checked(ckpt: dict[str, Any], path: Path | str) -> dict[str, Any]:
             raise CheckpointError(f"{path}: not a usable HeritageLens checkpoint (no '{key}' entry)")
     check_class_names(ckpt["classes"], path)
     check_calibration(ckpt.get("calibration"), path)
+    config_of(ckpt, path)
     return ckpt
+
+
+def config_of(ckpt: dict[str, Any], path: Path | str) -> Config:
+    """The checkpoint's config, or `CheckpointError` naming the file when it is not one."""
+    try:
+        return Config.from_dict(ckpt["config"])
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"{path}: checkpoint config unreadable ({str(e)[:160]})") from None
 
 
 def check_calibration(calibration: Any, path: Path | str) -> None:
@@ -110,10 +132,7 @@ def check_calibration(calibration: Any, path: Path | str) -> None:
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint", averaged: bool = True) -> HeritageCNN:
     """The model described by the checkpoint's config, with its weights (the averaged ones when present)."""
-    try:
-        cfg = Config.from_dict(ckpt["config"])
-    except (ConfigError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: checkpoint config unreadable ({e})") from None
+    cfg = config_of(ckpt, path)
     weights = ckpt["model"]
     if averaged and ckpt.get("ema"):
         weights = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
@@ -173,10 +192,17 @@ def resume_state(ckpt: dict[str, Any], cfg: Config, path: Path | str) -> TrainSt
     """The training state saved in `ckpt`, ready to continue."""
     model = model_from_checkpoint(ckpt, path, averaged=False).train()
     state = new_state(model, cfg.train)
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    if state.ema is not None and ckpt.get("ema"):
-        state.ema.load_state_dict(ckpt["ema"])
-    state.epoch = int(ckpt["epoch"])
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= cfg.train.epochs:
+        raise CheckpointError(f"{path}: its epoch ({str(epoch)[:40]}) is not one of its training's: cannot resume")
+    try:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        if state.ema is not None and ckpt.get("ema"):
+            state.ema.load_state_dict(ckpt["ema"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        raise CheckpointError(f"{path}: its optimizer state does not fit the model ({why}): cannot resume") from None
+    state.epoch = epoch
     return state
 
 
@@ -211,9 +237,12 @@ def read_weights(path: Path | str, sha256: str, what: str = "weights") -> dict[s
     from safetensors.torch import load_file
 
     try:
+        regular_size(path, MAX_WEIGHTS)
         if file_sha256(path) != sha256:
             raise CheckpointError(f"{path}: {what} not the file its card records (SHA-256 differs)")
         return load_file(path)
+    except SpecialFileError as e:
+        raise CheckpointError(f"{path}: {what} {e}: not read") from None
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{path}: {what} unreadable ({type(e).__name__}: {e})") from None
 

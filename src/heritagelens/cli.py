@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import KAGGLE_DATASET, PRESETS, SPLIT_NAMES, launched_size
+from .config import KAGGLE_DATASET, PRESETS, SPLIT_NAMES, ConfigError, check_seed, launched_size
 from .errors import HeritageLensError
+from .files import writable_file, writable_folder
 
 EXIT_ERROR = 2
 
@@ -82,6 +83,15 @@ def _beside(args, ckpt: Path) -> Path:
     from .modelcard import BUNDLED
 
     return Path(args.out) if args.out else Path(".") if ckpt == BUNDLED else run_folder(ckpt)
+
+
+def seed_number(text: str) -> int:
+    """`--seed`: a whole number every random generator takes (0 to 2**63 - 1), else argparse's one-line error."""
+    try:
+        return check_seed(int(text), "--seed")
+    except (ValueError, ConfigError) as e:
+        why = str(e) if isinstance(e, ConfigError) else f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(why) from None
 
 
 def _run_dir(args) -> Path:
@@ -169,7 +179,7 @@ def recipe_flags(
         data_flag(),
         arg("--preset", default="default", help=preset + " (default: default)"),
         arg("--set", action="append", metavar="SECTION.KEY=VALUE", help=sets + " (repeatable; e.g. train.lr=0.05)"),
-        arg("--seed", type=int, help=seed or "random seed of the training (default: the recipe's, 0)"),
+        arg("--seed", type=seed_number, help=seed or "random seed of the training (default: the recipe's, 0)"),
         QUIET,
         DEVICE,
     ]
@@ -247,7 +257,6 @@ def cmd_data_fetch(args) -> int:
 def cmd_train(args) -> int:
     """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
     from .distributed import close_world
-    from .files import writable_folder
     from .runs import train_run
 
     main = int(os.environ.get("RANK", "0")) == 0
@@ -303,7 +312,6 @@ def cmd_train(args) -> int:
     arg("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)"),
 )
 def cmd_evaluate(args) -> int:
-    from .files import writable_folder
     from .jobs.evaluation import evaluate_checkpoint, evaluation_splits
     from .modelcard import BUNDLED
 
@@ -454,7 +462,6 @@ def _predictor(model: Path, tta: bool) -> tuple[Callable, list[str]]:
 def cmd_calibrate(args) -> int:
     """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
     from .checkpoint import checkpoint_file
-    from .files import writable_folder
     from .jobs.evaluation import calibrate_checkpoint
 
     writable_folder(checkpoint_file(args.checkpoint).parent)  # the checkpoint is rewritten beside itself
@@ -531,7 +538,7 @@ def cmd_export(args) -> int:
     _need_extra(*EXPORT_EXTRA)
     from .checkpoint import load_model, temperature
     from .export import checked_onnx
-    from .files import atomic_write_bytes, writable_folder
+    from .files import atomic_write_bytes
     from .progress import say
 
     ckpt = _model(args)
@@ -596,7 +603,7 @@ def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
     from .checkpoint import load_model, run_folder
     from .deconvnet import check_channels, layers_up_to
-    from .files import refuse_existing, writable_folder
+    from .files import refuse_existing
     from .jobs.deconv import (
         INDEX,
         image_view_paths,
@@ -660,7 +667,7 @@ def cmd_deconv(args) -> int:
     arg("--preset", default="default", help="default, naive, fourier or maco (heritagelens.dream)"),
     arg("--set", action="append", metavar="SECTION.KEY=VALUE", help="a dream.* knob, or gallery.judge_overrides"),
     arg("--samples", type=int, default=4, help="images per class or channel (default: 4)"),
-    arg("--seed", type=int, default=0, help="seed of the starting noise and transforms (default: 0)"),
+    arg("--seed", type=seed_number, default=0, help="seed of the starting noise and transforms (default: 0)"),
     data_flag("model", "image statistics and scores"),
     OUT_BESIDE,
     FORCE,
@@ -679,7 +686,7 @@ def cmd_dream(args) -> int:
     if sum(map(bool, (args.class_name, args.all, args.channel))) != 1:
         raise UsageError("dream needs exactly one of --class NAME, --all or --channel LAYER:C")
     ckpt = _model(args)
-    out = _beside(args, ckpt)
+    out = writable_folder(_beside(args, ckpt))
     names = [args.class_name] if args.class_name else None
     sets = _settings(args, "dream", ("dream.", "gallery.judge_overrides="))
     cfg = Config(dream=dream_preset(args.preset)).override(sets)
@@ -715,7 +722,7 @@ def cmd_dream(args) -> int:
     arg("folder", help="folder of images: <class>/*.png or <class>-N.png"),
     data_flag(),
     JUDGES_DIR,
-    arg("--seed", type=int, default=0, help="which real validation images form the ceiling"),
+    arg("--seed", type=seed_number, default=0, help="which real validation images form the ceiling"),
     arg("--json", help="also write the scores to this JSON file"),
     arg("--set", action="append", metavar="SECTION.KEY=VALUE", help="data.* or gallery.judge_overrides"),
 )
@@ -725,6 +732,8 @@ def cmd_dream_score(args) -> int:
     from .files import atomic_write_json
     from .jobs.gallery import score_folder
 
+    if args.json:
+        writable_file(Path(args.json))
     sets = _settings(args, "dream-score", ("data.", "gallery.judge_overrides="))
     cfg = Config().override([*sets, f"data.root={_root(args).resolve()}"])
     report = score_folder(args.folder, cfg.data, args.judges, args.seed, cfg.gallery.judge_overrides)
@@ -761,6 +770,11 @@ def cmd_tune(args) -> int:
 
     if not args.show and not args.trials:
         raise UsageError("tune needs --trials N (the study's total of finished trials) or --show")
+    if not args.storage or args.show:  # the default database and the --show figures go there
+        runs = Path(args.runs)
+        if runs.exists() and not runs.is_dir():
+            raise UsageError(f"{runs}: --runs names a file, not a folder")
+        writable_folder(runs)
     storage = args.storage or default_storage(args.runs)
     if args.show:
         study = open_study(storage, args.study, create=False)
@@ -787,7 +801,6 @@ def cmd_tune(args) -> int:
 )
 def cmd_run(args) -> int:
     """The main job: train with the chosen recipe, evaluate on validation (and test when present), write the run."""
-    from .files import writable_folder
     from .jobs.pipeline import main_job
 
     cfg = _config(args)

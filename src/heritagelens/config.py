@@ -68,6 +68,7 @@ class DataConfig:
     def __post_init__(self):
         if self.val_folds < 2:
             raise ConfigError("data.val_folds must be at least 2")
+        check_seed(self.split_seed, "data.split_seed")
         if not 0 <= self.val_fold < self.val_folds:
             raise ConfigError(f"data.val_fold must be in 0..{self.val_folds - 1}")
         if self.on_bad_file not in ("skip", "stop"):
@@ -85,6 +86,16 @@ class DataConfig:
     def source_ranges(self) -> int:
         """How many equal ranges of each class's Flickr ids a 'flickr-*' hold-out cuts (the last is 'flickr-newest')."""
         return max(1, round(1 / self.source_share))
+
+
+SEEDS = 2**63
+"""Seeds are whole numbers from 0 to 2**63 - 1: what every random generator takes (NumPy, PyTorch)."""
+
+
+def check_seed(seed: int, what: str) -> int:
+    if not (isinstance(seed, int) and 0 <= seed < SEEDS):
+        raise ConfigError(f"{what} {seed}: must be a whole number from 0 to 2**63 - 1")
+    return seed
 
 
 @dataclass
@@ -111,8 +122,8 @@ class ModelConfig:
             raise ConfigError("model.widths and model.depths must be non-empty and of equal length")
         if min(self.widths) < 1 or min(self.depths) < 1:
             raise ConfigError("model.widths and model.depths must be positive")
-        if self.kernel_size % 2 != 1:
-            raise ConfigError("model.kernel_size must be odd")
+        if self.kernel_size < 1 or self.kernel_size % 2 != 1:
+            raise ConfigError("model.kernel_size must be odd and positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
         if self.arch not in ("plain", "resnet"):
@@ -229,6 +240,9 @@ class TrainConfig:
             raise ConfigError("train.saturation must be in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be positive")
+        if self.threads < 0 or self.limit_train < 0:
+            raise ConfigError("train.threads and train.limit_train must be 0 (the default: all) or more")
+        check_seed(self.seed, "train.seed")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
         if self.optimizer not in ("sgd", "muon"):
@@ -338,6 +352,7 @@ class GalleryConfig:
             raise ConfigError("gallery.model must be 'robust' or 'self'")
         if min(self.samples, self.floor_samples, self.robust_epochs) < 1:
             raise ConfigError("gallery.samples, gallery.floor_samples and gallery.robust_epochs must be at least 1")
+        check_seed(self.seed, "gallery.seed")
 
 
 @dataclass
@@ -362,6 +377,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
+            raise ConfigError("a config is a table of sections (data, model, train...), each a table of settings")
         d = _upgrade(d)
         try:
             return cls(
@@ -528,7 +545,7 @@ def preset(name: str) -> Config:
 
         try:
             return Config.from_dict(json.loads(Path(name).read_text(encoding="utf-8")))
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError, AttributeError, RecursionError) as e:
             raise ConfigError(f"{name}: not a readable config file ({type(e).__name__}: {e})") from None
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; known: {', '.join(sorted(PRESETS))} or a config .json file")

@@ -42,6 +42,14 @@ class Split:
 # ---------------------------------------------------------------------------------------------------------- layout
 
 
+def folder_entries(folder: Path) -> list[Path]:
+    """What `folder` holds; one line naming it when it cannot be read (permissions, a file system gone)."""
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise DataError(f"{folder}: cannot read this folder ({e.strerror or e})") from None
+
+
 def list_classes(root: Path, split: str = "train") -> list[str]:
     """Sorted class folder names of `root/split`, checked to be a usable layout."""
     root = Path(root)
@@ -52,7 +60,7 @@ def list_classes(root: Path, split: str = "train") -> list[str]:
     d = root / split
     if not d.is_dir():
         raise DataError(f"{d}: missing; expected the layout <root>/train/<class>/*.jpg")
-    classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in folder_entries(d) if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{d}: no class folders; expected <root>/{split}/<class>/*.jpg")
     for c in classes:
@@ -67,7 +75,7 @@ def list_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], 
     Raises `DataError` for an empty class folder or a class folder that is not among `classes`.
     """
     d = Path(root) / split
-    found = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = sorted(p.name for p in folder_entries(d) if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in found if c not in classes]
     if unknown:
         raise DataError(
@@ -77,7 +85,7 @@ def list_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], 
     for i, c in enumerate(classes):
         if not (d / c).is_dir():
             continue  # a test split may lack a class; the train split never does (its classes come from it)
-        members = sorted(p for p in (d / c).iterdir() if p.is_file() and not p.name.startswith("."))
+        members = sorted(p for p in folder_entries(d / c) if p.is_file() and not p.name.startswith("."))
         if not members:
             raise DataError(f"{d / c}: empty class folder")
         files += members
@@ -250,7 +258,11 @@ def check(root: Path | str) -> CheckReport:
         for c in [p.name for p in entries if p.is_dir()]:
             if c not in classes:
                 problems.append(f"{root / split / c}: class '{c}' is not in train/")
-            inside = sorted(p for p in (root / split / c).iterdir() if not p.name.startswith("."))
+            try:
+                inside = sorted(p for p in folder_entries(root / split / c) if not p.name.startswith("."))
+            except DataError as e:
+                problems.append(str(e))
+                continue
             members = [p for p in inside if p.is_file()]
             ignored += [f"{p}: {'a folder' if p.is_dir() else 'not a regular file'}, ignored" for p in inside
                         if not p.is_file()]  # fmt: skip
@@ -258,7 +270,11 @@ def check(root: Path | str) -> CheckReport:
             if not members:
                 problems.append(f"{root / split / c}: empty class folder")
             for p in members:
-                by_hash.setdefault(file_sha256(p), []).append(str(p.relative_to(root)))
+                try:
+                    by_hash.setdefault(file_sha256(p), []).append(str(p.relative_to(root)))
+                except OSError as e:
+                    bad.append((str(p), f"cannot read this file ({e.strerror or e})"))
+                    continue
                 try:
                     open_image(p)  # first: it refuses what is too large to open (a decompression bomb)
                     with warnings.catch_warnings(), Image.open(p) as im:

@@ -24,6 +24,31 @@ def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class SpecialFileError(HeritageLensError):
+    """A path a command reads that is not a regular file of a sensible size: a FIFO, a device, a link to one."""
+
+
+def regular_size(fd_or_path: int | Path | str, limit: int) -> int:
+    """The size of an open file or a path (links followed) once it is a regular file of at most `limit` bytes;
+    `SpecialFileError` otherwise: reading a FIFO waits for a writer, `/dev/zero` never ends."""
+    st = os.fstat(fd_or_path) if isinstance(fd_or_path, int) else os.stat(fd_or_path)
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecialFileError("not a regular file (a FIFO, a device or a link to one)")
+    if st.st_size > limit:
+        raise SpecialFileError(f"larger than {limit >> 20} MB")
+    return st.st_size
+
+
+def read_regular(path: Path | str, limit: int, follow: bool = True) -> bytes:
+    """The bytes of `path` once it is a regular file of at most `limit` bytes (`regular_size`); opened without
+    waiting, so that a FIFO is refused rather than waited on; with `follow` False, a symbolic link is refused too."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        regular_size(fd, limit)
+        return f.read(limit + 1)
+
+
 class WriteError(HeritageLensError):
     """A folder a command must write into cannot be written; the message names it."""
 
@@ -43,6 +68,14 @@ def writable_folder(folder: Path | str) -> Path:
     except OSError as e:
         raise WriteError(f"{folder}: cannot write into this folder ({e.strerror or e})") from None
     return folder
+
+
+def writable_file(path: Path) -> Path:
+    """`path` once a file may be written there: a new path or a regular file, in a folder that can be written."""
+    if path.is_symlink() or path.exists() and not path.is_file():
+        raise WriteError(f"{path}: exists and is not a regular file; give a new path or a file to replace")
+    writable_folder(path.parent)
+    return path
 
 
 def refuse_existing(paths: list[Path], force: bool) -> None:

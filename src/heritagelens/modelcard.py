@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HeritageLensError
+from .files import SpecialFileError, read_regular
 
 MODEL_FORMAT = "heritagelens-model"
 MODEL_CARD, MODEL_WEIGHTS, MODEL_ONNX = "card.json", "model.safetensors", "model.onnx"
+MAX_CARD, MAX_WEIGHTS = 64 << 20, 4 << 30
+"""The largest card and weights file read (the bundled model's are 0.2 MB and 4.7 MB)."""
 BUNDLED = Path(__file__).parent / "bundled"
 """The model that ships with the package: the default recipe trained by `bench/bundled.py` (see its card)."""
 
@@ -76,16 +79,19 @@ def check_class_names(classes: Any, path: Path | str) -> list[str]:
 
 
 def is_model_folder(path: Path | str) -> bool:
-    return Path(path).is_dir() and (Path(path) / MODEL_CARD).is_file()
+    card = Path(path) / MODEL_CARD
+    return Path(path).is_dir() and (card.exists() or card.is_symlink()) and not card.is_dir()  # a FIFO: refused later
 
 
 def model_card(folder: Path | str) -> dict[str, Any]:
     """The card of a model folder, checked to be one."""
     path = Path(folder) / MODEL_CARD
     try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable model card ({type(e).__name__}: {e})") from None
+        card = json.loads(read_regular(path, MAX_CARD).decode("utf-8"))
+    except SpecialFileError as e:
+        raise CheckpointError(f"{path}: {e}: not read") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable model card ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT or not isinstance(card.get("sha256"), str):
         raise CheckpointError(f"{path}: not a HeritageLens model card (no '{MODEL_FORMAT}' marker)")
     return card
@@ -94,6 +100,10 @@ def model_card(folder: Path | str) -> dict[str, Any]:
 def describe_model(path: Path | str) -> str:
     """One line naming a model folder by its card: recipe, seed and validation accuracy."""
     card = model_card(path)
-    made, val = card.get("made_by") or {}, (card.get("figures") or {}).get("val") or {}
-    acc = f", {val['accuracy']:.1%} on its group-aware validation split" if "accuracy" in val else ""
+    made, figures = card.get("made_by"), card.get("figures")
+    made = made if isinstance(made, dict) else {}
+    val = figures.get("val") if isinstance(figures, dict) else None
+    accuracy = val.get("accuracy") if isinstance(val, dict) else None
+    good = isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and 0 <= accuracy <= 1
+    acc = f", {accuracy:.1%} on its group-aware validation split" if good else ""
     return f"{path} ({made.get('recipe', 'a')} recipe, seed {made.get('seed', '?')}{acc})"

@@ -26,7 +26,7 @@ from . import __version__
 from .config import SPLIT_NAMES
 from .errors import HeritageLensError
 from .figures import confusion_figure, curves_figure, figure_image, png_bytes
-from .files import atomic_write_text, writable_folder
+from .files import atomic_write_text, writable_file
 from .scores import per_class_rows, score_rows
 
 PRESET_FIGURES = Path(__file__).with_name("presets.json")
@@ -601,9 +601,7 @@ def write_report(
     """Write the report (default `RUN/report.html`) atomically; its path, and what the run folder lacks. Where it
     goes is checked first: a new path, or a regular file to replace (never a folder, a link or a device)."""
     out = Path(out) if out else Path(run_path) / "report.html"
-    if out.is_symlink() or out.exists() and not out.is_file():
-        raise ReportError(f"{out}: exists and is not a regular file; give a new path or the report file to replace")
-    writable_folder(out.parent)
+    writable_file(out)
     text, sections = build(run_path, data_root)
     atomic_write_text(text, out)
     return out, [m for s in sections for m in s.missing]

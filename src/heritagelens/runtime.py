@@ -11,15 +11,21 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from .errors import HeritageLensError
-from .modelcard import MODEL_ONNX, CheckpointError, check_class_names, model_card, valid_temperature
+from .files import SpecialFileError, regular_size
+from .modelcard import MAX_WEIGHTS, MODEL_ONNX, CheckpointError, check_class_names, model_card, valid_temperature
 
 INPUT = "images"
 OUTPUT = "logits"
+
+
+RUN_SECONDS = 120.0
+"""The longest one batch may take in an exported graph (a HeritageLens model takes milliseconds)."""
 
 
 class ExportError(HeritageLensError):
@@ -34,10 +40,17 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         path = Path(path)
-        if model is None and not path.is_file():
+        if model is None and not path.exists():
             raise ExportError(f"{path}: no such file")
         try:
-            self.session = ort.InferenceSession(model or str(path), providers=["CPUExecutionProvider"])
+            if model is None:
+                regular_size(path, MAX_WEIGHTS)
+        except SpecialFileError as e:
+            raise ExportError(f"{path}: {e}: not read") from None
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 4  # its failures become our one line, not its log on stderr
+            self.session = ort.InferenceSession(model or str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own classes for every kind of bad file
             raise ExportError(f"{path}: not an ONNX model onnxruntime can load ({str(e)[:120]})") from None
         props = self.session.get_modelmeta().custom_metadata_map
@@ -59,16 +72,43 @@ class OnnxClassifier:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if (
             [i.name for i in inputs] != [INPUT]
+            or inputs[0].type != "tensor(float)"
+            or list(inputs[0].shape[1:]) != [3, 64, 64]
+            or len(outputs) != 1
             or outputs[0].name != OUTPUT
+            or outputs[0].type != "tensor(float)"
             or outputs[0].shape[-1] != len(self.classes)
         ):
             raise ExportError(f"{path}: its inputs or outputs are not those of a HeritageLens export")
+        self.path = path
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits (N, classes) for uint8 images (N, 3, 64, 64), as an array or a CPU tensor."""
         x = np.asarray(images, dtype=np.float32)
-        out = [self.session.run([OUTPUT], {INPUT: x[s : s + batch_size]})[0] for s in range(0, len(x), batch_size)]
+        out = [self._run(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """One batch through the graph, stopped after `RUN_SECONDS` (a graph may loop nearly without end); what the
+        graph gives checked to be a finite logit per class and image."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        timer = threading.Timer(RUN_SECONDS, lambda: setattr(options, "terminate", True))
+        timer.start()
+        try:
+            (z,) = self.session.run([OUTPUT], {INPUT: x}, options)
+        except Exception as e:  # onnxruntime's own classes: out of memory, a bad node, a terminated run
+            stopped = options.terminate
+            why = f"stopped after {RUN_SECONDS} s" if stopped else str(e).splitlines()[0][:160] if str(e) else ""
+            raise ExportError(f"{self.path}: the graph failed on {len(x)} image(s) ({why})") from None
+        finally:
+            timer.cancel()
+        z = np.asarray(z)
+        if z.shape != (len(x), len(self.classes)) or not np.isfinite(z).all():
+            raise ExportError(f"{self.path}: the graph gave {z.shape} values, not a finite logit per class and image")
+        return z
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes), float64: the softmax of the logits divided by the file's temperature

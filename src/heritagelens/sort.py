@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .calibration import Filed, curve, filed_at, threshold_for
+from .calibration import Filed, curve, filed_at, measured, threshold_for
 from .config import IMAGE_SIZE
 from .errors import HeritageLensError
 from .images import DataError, read_rgb
@@ -159,8 +160,10 @@ def check_settings(out: Path, settings: dict) -> None:
         return
     try:
         before = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise SortError(f"{f}: unreadable; give a new output folder") from None
+    except (OSError, ValueError, RecursionError):
+        before = None
+    if not isinstance(before, dict):
+        raise SortError(f"{f}: unreadable; give a new output folder")
     for key, what in (("photos", "photo folder"), ("checkpoint", "model"), ("temperature", "calibration"),
                       ("view", "--view")):  # fmt: skip
         if before.get(key) != settings[key]:
@@ -256,28 +259,32 @@ def read_journal(out: Path, classes: list[str]) -> dict[str, dict]:
 
 
 def _journal_row(raw: bytes, inside: _Inside, classes: list[str]) -> dict | None:
-    """The journal row in `raw` when it is one this sort wrote, else None."""
+    """The journal row in `raw` when it is one this sort wrote (its probability as a number in `p`), else None."""
     try:
         row = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(row, dict) or not isinstance(row.get("file"), str):
         return None
     if not photo_path_ok(row["file"], folder_row=not row.get("copied_to")):
         return None
-    copied, cls = row.get("copied_to") or "", row.get("class") or ""
-    if not (isinstance(copied, str) and isinstance(cls, str)) or cls and cls not in classes:
+    copied, cls, error = (row.get(k) or "" for k in ("copied_to", "class", "error"))
+    if not all(isinstance(v, str) for v in (copied, cls, error)) or cls and cls not in classes:
         return None
     moved = row.get("moved_from") or ""
     if not isinstance(moved, str) or any(p and not inside(p) for p in (copied, moved)):
         return None
-    if cls and not copied and not row.get("error"):
+    if copied and not cls or cls and not copied and not error:
         return None
+    if not all(isinstance(row.get(k) or "", str) for k in ("top3", "model_class", "decided", "probability")):
+        return None
+    if not copied:  # a photo that could not be read: nothing was measured
+        return {**row, "p": 0.0}
     try:
-        float(row.get("p", row.get("probability", 0)) or 0)
+        p = float(row.get("p", row.get("probability")))
     except (TypeError, ValueError):
         return None
-    return row
+    return {**row, "p": p} if 0 <= p <= 1 else None  # NaN too
 
 
 def photo_path_ok(rel: str, folder_row: bool = False) -> bool:
@@ -439,10 +446,12 @@ def measured_photos(ckpt: dict) -> tuple[dict[str, list] | None, str]:
     """The photos a threshold's meaning is measured on, as (each photo's calibrated prediction, what they are): a
     model folder's outside photos when its card holds them (photos from other sources than the training's, like a
     user's), else the held-out validation photos its calibration measured; (None, '') when neither."""
-    outside = (ckpt.get("card") or {}).get("outside_predictions")
-    if isinstance(outside, dict) and outside.get("label"):
+    card, calibration = ckpt.get("card"), ckpt.get("calibration")
+    outside = measured(card.get("outside_predictions") if isinstance(card, dict) else None)
+    if outside:
         return outside, "outside photos (other sources than the training's)"
-    held = ((ckpt.get("calibration") or {}).get("plain") or {}).get("held_out")
+    plain = calibration.get("plain") if isinstance(calibration, dict) else None
+    held = measured(plain.get("held_out") if isinstance(plain, dict) else None)
     return (held, "held-out validation photos") if held else (None, "")
 
 
@@ -474,8 +483,17 @@ def folder_lock(out: Path):
     except ImportError:  # no flock (Windows): unguarded
         yield
         return
-    f = (out / LOCK).open("a")
     try:
+        fd = os.open(out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW, 0o666)
+    except OSError as e:  # a link in its place, or a FIFO with no reader
+        raise SortError(
+            f"{out / LOCK}: cannot hold the sort's lock ({e.strerror or e}); remove it and run again"
+        ) from None
+    f = os.fdopen(fd, "a")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise SortError(f"{out / LOCK}: not a regular file; remove it and run again")
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
@@ -675,7 +693,7 @@ class _Sort:
             old = row.get("copied_to")
             if not old or row.get("error") or row.get("decided"):  # a person's decision is not the threshold's
                 continue
-            want = self.folder(row["class"], float(row.get("p", row["probability"])))
+            want = self.folder(row["class"], row["p"])
             if old.split("/")[0] != want and (self.out / old).exists():
                 dest = free_name(self.into(want) / flat_name(Path(row["file"])), moves.keys())
                 self.record({**row, "copied_to": dest.relative_to(self.out).as_posix(), "moved_from": old}, count=False)
@@ -720,7 +738,7 @@ def sidecar_tag(row: dict, model: str):
 
     filed = row["copied_to"].split("/")[0] != UNCERTAIN
     top, by = row.get("model_class") or row["class"], "person" if row.get("decided") == "person" else "model"
-    return Tag(row["class"] if filed else None, top, float(row.get("p", row["probability"])), model, by)
+    return Tag(row["class"] if filed else None, top, row["p"], model, by)
 
 
 # ----------------------------------------------------------------------------------------------- a person's review
@@ -738,9 +756,12 @@ def sort_settings(out: Path | str) -> dict:
     """The settings the first sort into `out` recorded: photo folder, model, calibration, view."""
     f = Path(out) / META
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise SortError(f"{f}: unreadable; not a folder 'heritagelens sort' wrote") from None
+        settings = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        settings = None
+    if not isinstance(settings, dict) or not isinstance(settings.get("photos"), str):
+        raise SortError(f"{f}: unreadable; not a folder 'heritagelens sort' wrote")
+    return settings
 
 
 def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict[str, dict]:
@@ -770,7 +791,7 @@ class Decision:
 
 def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[dict[str, dict], Decision]:
     """`refile`, and what it changed (`Decision`), so that `undo` can take it back."""
-    from .xmp import XmpError, read_regular, read_tag, sidecar_path, write_sidecar
+    from .xmp import XmpError, read_sidecar, read_tag, sidecar_path, write_sidecar
 
     out = Path(out)
     if cls not in classes:
@@ -786,17 +807,25 @@ def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[di
         dest = free_name(own_folder(out, cls) / flat_name(Path(file)), mine=out / old)
         new = {**row, "class": cls, "copied_to": dest.relative_to(out).as_posix(), "moved_from": old,
                "decided": "person", "model_class": row.get("model_class") or row["class"]}  # fmt: skip
+        if not (out / old).is_file():
+            raise SortError(f"{out / old}: the copy of {file} is gone (moved or deleted since the sort); nothing filed")
         with (out / JOURNAL).open("a", encoding="utf-8") as journal:
             journal.write(journal_line(new))
             synced(journal)
         if dest != out / old:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out / old, dest)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out / old, dest)
+            except OSError as e:  # gone in the instant since, or a folder that cannot be written: no move recorded
+                with (out / JOURNAL).open("r+b") as journal:
+                    journal.truncate(journal_size)
+                    synced(journal)
+                raise SortError(f"{out / old}: cannot be moved ({e.strerror or e}); nothing filed") from None
         done[file] = new
         write_csv(out, done)
         side, side_bytes = sidecar_path(photo), None
         try:
-            tag = read_tag(side_bytes := read_regular(side)) if side.exists() else None
+            tag = read_tag(side_bytes := read_sidecar(side)) if side.exists() else None
             if tag is None or write_sidecar(photo, sidecar_tag(new, tag.model)) is None:
                 side_bytes = None  # not written: nothing to restore
         except (OSError, XmpError) as e:

@@ -10,6 +10,7 @@ page out with Gradio. Problems with an upload become a message on the page, neve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -181,8 +182,12 @@ class Explorer:
         """(output folder, photo folder, the rows to review in file order) of a sort this model made; `show` is
         `UNSURE` or a class (the photos filed there); `rows`, the sort's rows when just read."""
         out = Path(folder or "").expanduser()
-        if not folder or not out.is_dir():
-            raise SortError(f"{folder or '(none)'}: no such folder; give the --out folder of a sort")
+        try:
+            there = bool(folder) and out.is_dir()
+        except OSError as e:  # a name too long for the file system, a folder that cannot be read
+            raise SortError(f"{str(folder)[:200]}: {e.strerror or e}") from None
+        if not there:
+            raise SortError(f"{str(folder or '(none)')[:200]}: no such folder; give the --out folder of a sort")
         settings = sort_settings(out)
         mine = str(checkpoint_file(self.checkpoint).resolve())
         if settings.get("checkpoint") != mine:
@@ -217,8 +222,8 @@ class Explorer:
             k, row = next(((k, r) for k, r in reversed(order) if r["file"] < after), order[-1])
         else:
             k, row = next(((k, r) for k, r in order if r["file"] > after), order[0])
-        top3 = {c: float(p) for c, p in (t.rsplit(" ", 1) for t in row["top3"].split("; "))}
-        said = f"the model says {row['class']} ({float(row['probability']):.1%})"
+        top3 = top3_of(row["top3"])
+        said = f"the model says {row['class']} ({row['p']:.1%})"
         if row.get("decided"):
             said = f"filed by a person as {row['class']}"
         try:
@@ -282,7 +287,7 @@ class Explorer:
                 im.thumbnail((160, 160))
             except (images.DataError, SortError):
                 im = Image.new("RGB", (160, 160), (200, 200, 200))
-            grid.append((im, f"{r['file']}: {r['class']} {float(r['probability']):.0%}"))
+            grid.append((im, f"{r['file']}: {r['class']} {r['p']:.0%}"))
         return grid, [r["file"] for r in queue]
 
     def explain(self, folder: str, file: str) -> tuple[Image.Image | None, Image.Image | None]:
@@ -427,6 +432,16 @@ def class_images_tab(gr, ex: Explorer) -> None:
     make.click(ex.dream, [cls, samples, seed], [dreamed, status], api_name="dream", concurrency_limit=1)
 
 
+def top3_of(text: str) -> dict[str, float]:
+    """`sort.csv`'s top 3 ('apse 0.912; vault 0.050; ...') as class -> probability, what cannot be read left out."""
+    top = {}
+    for item in text.split("; "):
+        name, _, p = item.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            top[name] = float(p)
+    return {k: v for k, v in top.items() if k}
+
+
 def key_of(k: int) -> str:
     """The key that files into class `k` (0-based): 1 to 9, then 0 for the tenth; none beyond."""
     return str((k + 1) % 10) if k < 10 else ""
@@ -523,6 +538,10 @@ def address_problem(host: str, port: int) -> str:
 
     if not 0 < port < 65536:
         return f"port {port}: must be 1 to 65535"
+    if ":" in host or "[" in host:
+        return f"{host[:100]}: an IPv6 address; the web app listens on IPv4 (127.0.0.1, 0.0.0.0) or a host name"
+    if not host or len(host) > 253:
+        return f"{host[:100]}...: not a host name (at most 253 characters)"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as s:
@@ -531,6 +550,8 @@ def address_problem(host: str, port: int) -> str:
             s.bind(address)
     except socket.gaierror as e:
         return f"{host}: not a host name or address this machine knows ({e.strerror})"
+    except UnicodeError:  # a label over 63 characters, or text IDNA cannot encode
+        return f"{host[:100]}: not a host name"
     except OSError as e:
         why = {errno.EADDRINUSE: "the port is in use by another program", errno.EACCES: "not allowed for this user",
                errno.EADDRNOTAVAIL: "not an address of this machine"}  # fmt: skip

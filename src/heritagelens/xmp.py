@@ -18,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HeritageLensError
-from .files import atomic_write_bytes
+from .files import SpecialFileError, atomic_write_bytes, read_regular
 
 X, RDF = "adobe:ns:meta/", "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC, LR = "http://purl.org/dc/elements/1.1/", "http://ns.adobe.com/lightroom/1.0/"
@@ -85,17 +84,13 @@ MAX_SIDECAR = 16 << 20
 """The largest sidecar read (a photo manager's are a few kilobytes)."""
 
 
-def read_regular(path: Path) -> bytes:
-    """The bytes of `path` once it is a regular file (not a FIFO, a device or a link to one) of at most
-    `MAX_SIDECAR` bytes: reading anything else could block or never end."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise XmpError("not a regular file: left as it is")
-        if st.st_size > MAX_SIDECAR:
-            raise XmpError(f"larger than {MAX_SIDECAR >> 20} MB, not a sidecar: left as it is")
-        return f.read(MAX_SIDECAR + 1)
+def read_sidecar(path: Path) -> bytes:
+    """The bytes of a sidecar once it is a regular file of at most `MAX_SIDECAR` bytes (not a link, a FIFO or a
+    device: reading one could block or never end)."""
+    try:
+        return read_regular(path, MAX_SIDECAR, follow=False)
+    except SpecialFileError as e:
+        raise XmpError(f"{e}: left as it is") from None
 
 
 def _tag_of(root: ET.Element) -> Tag | None:
@@ -155,7 +150,7 @@ def write_sidecar(photo: Path, tag: Tag, shared: bool | None = None) -> Path | N
     try:
         if path.is_symlink():
             raise XmpError("a symbolic link: left as it is")
-        root = _parse(read_regular(path)) if path.exists() else ET.Element(_q(X, "xmpmeta"))
+        root = _parse(read_sidecar(path)) if path.exists() else ET.Element(_q(X, "xmpmeta"))
         if _tag_of(root) == tag:
             return None
         if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
@@ -197,8 +192,13 @@ def _parse(xml: bytes) -> ET.Element:
 
 
 def _bag(d: ET.Element, ns: str, name: str) -> list[str]:
+    """The text items of a property's bag (items in resource form, `rdf:resource=...`, are `_resources`)."""
     prop = d.find(_q(ns, name))
-    return [] if prop is None else [li.text or "" for li in prop.iter(_q(RDF, "li"))]
+    return [] if prop is None else [li.text or "" for li in prop.iter(_q(RDF, "li")) if not _is_resource(li)]
+
+
+def _is_resource(li: ET.Element) -> bool:
+    return not (li.text or "").strip() and (len(li) > 0 or bool(li.attrib))
 
 
 def _all(root: ET.Element, ns: str, name: str) -> list[str]:
@@ -208,7 +208,8 @@ def _all(root: ET.Element, ns: str, name: str) -> list[str]:
 def _set_bag(d: ET.Element, ns: str, name: str, items: list[str]) -> None:
     """The property as an rdf:Bag of `items` (removed when empty), where it was in `d` or appended."""
     prop = d.find(_q(ns, name))
-    if not items:
+    kept = [] if prop is None else [li for li in prop.iter(_q(RDF, "li")) if _is_resource(li)]  # a person's: kept
+    if not items and not kept:
         if prop is not None:
             d.remove(prop)
         return
@@ -216,6 +217,7 @@ def _set_bag(d: ET.Element, ns: str, name: str, items: list[str]) -> None:
         prop = ET.SubElement(d, _q(ns, name))
     prop.clear()
     bag = ET.SubElement(prop, _q(RDF, "Bag"))
+    bag.extend(kept)
     for item in items:
         ET.SubElement(bag, _q(RDF, "li")).text = item
 

@@ -51,6 +51,15 @@ def feature_dream_path(out_dir: Path | str, label: str, layer: str, channels: li
     return Path(out_dir) / f"dream-{label}-{layer}-ch{'-'.join(map(str, channels))}{'-centre' if centre else ''}.png"
 
 
+MAX_SAMPLES = 256
+"""The most images per class or channel one `dream` makes (they are optimised in one batch)."""
+
+
+def check_samples(samples: int) -> None:
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise DreamError(f"--samples must be at least 1 and at most {MAX_SAMPLES}, not {samples}")
+
+
 def write_dream(
     checkpoint: Path | str,
     class_names: list[str] | None,
@@ -81,8 +90,7 @@ def write_dream(
     for n in names:
         if n not in classes:
             raise DreamError(f"unknown class '{n}'; classes: {', '.join(classes)}")
-    if samples < 1:
-        raise DreamError(f"--samples must be at least 1, not {samples}")
+    check_samples(samples)
     cfg, prep = checkpoint_split(ckpt, checkpoint, root)
     stats = image_stats(prep.split.images[prep.train_idx])
     ks = [classes.index(n) for n in names]
@@ -175,6 +183,7 @@ def write_feature_dream(
 ) -> Path:
     """Images maximizing channels of `layer` (their mean activation, or with `centre_unit` the one neuron at the
     centre of the map), `samples` each: `feature_dream_path` and its `.json`."""
+    check_samples(samples)
     say(f"dream: {checkpoint}, {samples} image(s) of each of {layer} channel(s) {', '.join(map(str, channels))}")
     model, classes, ckpt = load_model(checkpoint)
     convs = conv_layer_names(model)
