@@ -459,7 +459,10 @@ def review_tab(gr, ex: Explorer) -> None:
         show = gr.Dropdown([UNSURE, *ex.classes], value=UNSURE, label="photos to review", elem_id="review-show")
         start = gr.Button("Open", elem_id="review-open")
     status = gr.Markdown(elem_id="review-status")
-    current = gr.State("")
+    current = gr.Textbox(visible=False, elem_id="review-current")
+    """The photo on the page, as the page holds it: a decision sends the file the person saw when they pressed the
+    key (a server-side `gr.State` is read when the event runs, so a key pressed twice would file the next photo,
+    never shown)."""
     with gr.Row():
         prev = gr.Button("← previous", elem_id="review-prev", min_width=80)
         nxt = gr.Button("next →", elem_id="review-next", min_width=80)
