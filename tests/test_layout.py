@@ -130,3 +130,22 @@ def test_the_readme_shows_the_screenshots_the_script_makes():
             assert im.width >= 600, rel  # a screenshot or figure, not a placeholder
     made = set(re.findall(r'shoot\(page, a\.out, "([a-z-]+)"', (root / "docs" / "screenshots.py").read_text()))
     assert {f"docs/screenshots/{n}.png" for n in made} <= shown and len(made) == 5
+
+
+def test_the_ties_that_pointed_up_a_layer_stay_cut():
+    """Reading a model never needs the training loop, the split never needs the weights' reader, the study's page
+    is drawn by the page helpers (not the run report), and the training's augmentation takes nothing from the
+    class images' code."""
+    graph = import_graph()
+    never = {
+        "heritagelens.checkpoint": "heritagelens.training",
+        "heritagelens.split": "heritagelens.checkpoint",
+        "heritagelens.tune": "heritagelens.report",
+        "heritagelens.training": "heritagelens.dream",
+    }
+    ties = [f"{a} -> {b}" for a, b in never.items() if any(m == b or m.startswith(b + ".") for m in graph[a])]
+    assert ties == []
+    assert (
+        "heritagelens.htmlpage" in graph["heritagelens.report"]
+        and "heritagelens.htmlpage" in graph["heritagelens.tune"]
+    )

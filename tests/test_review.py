@@ -166,6 +166,7 @@ def test_the_review_tab_refuses_a_sort_of_another_model(trained, photos, tmp_pat
     sort_photos(other, folder, tmp_path / "out", min_confidence=1, progress=False)
     r = Explorer(run, root).review(str(tmp_path / "out"), UNSURE)
     assert r.file == "" and "sorted with" in r.status and "serve that model to review it" in r.status
+    assert r.error and not Explorer(run, root).review(str(tmp_path / "nowhere"), UNSURE).file
 
 
 @pytest.mark.realdata

@@ -229,7 +229,7 @@ def test_white_balance_scales_each_channel_of_each_image_by_its_own_factor():
 
 
 def test_sharpness_blurs_or_sharpens_each_image_by_one_amount():
-    from heritagelens.dream.transforms import gaussian_blur
+    from heritagelens.images import gaussian_blur
 
     step = torch.full((64, 3, 16, 16), 50.0)
     step[..., 8:] = 150.0  # a vertical edge, with room above and below for an overshoot

@@ -16,8 +16,6 @@ import torch
 from .config import Config, ConfigError
 from .files import (
     SpecialFileError,
-    WriteError,
-    atomic_save,
     atomic_write_bytes,
     atomic_write_json,
     file_sha256,
@@ -36,30 +34,9 @@ from .modelcard import (
     valid_temperature,
 )
 from .models import HeritageCNN, build_model
-from .training import TrainState, new_state
 
 FORMAT = "heritagelens-checkpoint"
 VERSION = 1
-
-
-def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: list[str], **extra: Any) -> Path:
-    """Write the model (and, for resuming, optimizer and averaged weights) with its config and class names."""
-    ckpt = {
-        "format": FORMAT,
-        "version": VERSION,
-        "classes": list(classes),
-        "config": cfg.to_dict(),
-        "epoch": state.epoch,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "ema": state.ema.state_dict() if state.ema is not None else None,
-        **extra,
-    }
-    try:
-        return atomic_save(ckpt, path)
-    except OSError as e:  # a full disk, a quota: the file it would have replaced is whole (the write is atomic)
-        kept = "the one written before is kept" if Path(path).exists() else "none was written before"
-        raise WriteError(f"{path}: cannot write the checkpoint ({e.strerror or e}); {kept}") from None
 
 
 def checkpoint_file(path: Path | str) -> Path:
@@ -188,35 +165,10 @@ def load_model(path: Path | str) -> tuple[HeritageCNN, list[str], dict[str, Any]
     return model_from_checkpoint(ckpt, path), list(ckpt["classes"]), ckpt
 
 
-def resume_state(ckpt: dict[str, Any], cfg: Config, path: Path | str) -> TrainState:
-    """The training state saved in `ckpt`, ready to continue."""
-    model = model_from_checkpoint(ckpt, path, averaged=False).train()
-    state = new_state(model, cfg.train)
-    epoch = ckpt.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= cfg.train.epochs:
-        raise CheckpointError(f"{path}: its epoch ({str(epoch)[:40]}) is not one of its training's: cannot resume")
-    try:
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-        if state.ema is not None and ckpt.get("ema"):
-            state.ema.load_state_dict(ckpt["ema"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-        raise CheckpointError(f"{path}: its optimizer state does not fit the model ({why}): cannot resume") from None
-    state.epoch = epoch
-    return state
-
-
 def temperature(ckpt: dict[str, Any], tta: bool) -> float | None:
     """The temperature `heritagelens calibrate` fitted for this way of predicting (None before calibration)."""
     cal = (ckpt.get("calibration") or {}).get("tta" if tta else "plain")
     return float(cal["temperature"]) if cal else None
-
-
-def check_classes(ckpt_classes: list[str], data_classes: list[str], path: Path | str) -> None:
-    if list(ckpt_classes) != list(data_classes):
-        raise CheckpointError(
-            f"{path}: checkpoint classes ({', '.join(ckpt_classes)}) differ from the data's ({', '.join(data_classes)})"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------- model folders

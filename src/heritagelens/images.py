@@ -6,12 +6,16 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from .config import IMAGE_SIZE
 from .errors import HeritageLensError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PIXELS = 120_000_000
 """Larger images are refused (JPEGs are decoded at reduced size first, so this rarely bites)."""
@@ -140,3 +144,21 @@ def decode_many(files: list[Path], workers: int = 4) -> tuple[np.ndarray, list[t
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, range(len(files))))
     return out, sorted(bad)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), edges extended; sigma 0 returns x. Shared by the training's
+    sharpness augmentation and the class images' blur steps."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x)
+    C = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)

@@ -78,6 +78,13 @@ def check_class_names(classes: Any, path: Path | str) -> list[str]:
     return classes
 
 
+def check_classes(ckpt_classes: list[str], data_classes: list[str], path: Path | str) -> None:
+    if list(ckpt_classes) != list(data_classes):
+        raise CheckpointError(
+            f"{path}: checkpoint classes ({', '.join(ckpt_classes)}) differ from the data's ({', '.join(data_classes)})"
+        )
+
+
 def is_model_folder(path: Path | str) -> bool:
     card = Path(path) / MODEL_CARD
     return Path(path).is_dir() and (card.exists() or card.is_symlink()) and not card.is_dir()  # a FIFO: refused later

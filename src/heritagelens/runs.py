@@ -14,25 +14,58 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import data
-from .checkpoint import (
-    CheckpointError,
-    check_classes,
-    model_from_checkpoint,
-    read_checkpoint,
-    resume_state,
-    save_checkpoint,
-)
+from .checkpoint import FORMAT, VERSION, CheckpointError, model_from_checkpoint, read_checkpoint
 from .config import Config
 from .distributed import from_main, init_world
-from .files import atomic_write_json, atomic_write_text
+from .files import WriteError, atomic_save, atomic_write_json, atomic_write_text
+from .modelcard import check_classes
 from .models import build_model
 from .precision import resolve
 from .split import Prepared, prepare
 from .training import EpochResult, TrainState, epoch_side, fit, new_state
+
+
+def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: list[str], **extra: Any) -> Path:
+    """Write the model (and, for resuming, optimizer and averaged weights) with its config and class names."""
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "classes": list(classes),
+        "config": cfg.to_dict(),
+        "epoch": state.epoch,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        **extra,
+    }
+    try:
+        return atomic_save(ckpt, path)
+    except OSError as e:  # a full disk, a quota: the file it would have replaced is whole (the write is atomic)
+        kept = "the one written before is kept" if Path(path).exists() else "none was written before"
+        raise WriteError(f"{path}: cannot write the checkpoint ({e.strerror or e}); {kept}") from None
+
+
+def resume_state(ckpt: dict[str, Any], cfg: Config, path: Path | str) -> TrainState:
+    """The training state saved in `ckpt`, ready to continue."""
+    model = model_from_checkpoint(ckpt, path, averaged=False).train()
+    state = new_state(model, cfg.train)
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= cfg.train.epochs:
+        raise CheckpointError(f"{path}: its epoch ({str(epoch)[:40]}) is not one of its training's: cannot resume")
+    try:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        if state.ema is not None and ckpt.get("ema"):
+            state.ema.load_state_dict(ckpt["ema"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        raise CheckpointError(f"{path}: its optimizer state does not fit the model ({why}): cannot resume") from None
+    state.epoch = epoch
+    return state
 
 
 class RunWriter:

@@ -791,7 +791,7 @@ class Decision:
 
 def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[dict[str, dict], Decision]:
     """`refile`, and what it changed (`Decision`), so that `undo` can take it back."""
-    from .xmp import XmpError, read_sidecar, read_tag, sidecar_path, write_sidecar
+    from .xmp import XmpError, retag_sidecar
 
     out = Path(out)
     if cls not in classes:
@@ -823,17 +823,13 @@ def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[di
                 raise SortError(f"{out / old}: cannot be moved ({e.strerror or e}); nothing filed") from None
         done[file] = new
         write_csv(out, done)
-        side, side_bytes = sidecar_path(photo), None
-        try:
-            tag = read_tag(side_bytes := read_sidecar(side)) if side.exists() else None
-            if tag is None or write_sidecar(photo, sidecar_tag(new, tag.model)) is None:
-                side_bytes = None  # not written: nothing to restore
-        except (OSError, XmpError) as e:
+        try:  # when a sort wrote the sidecar: it says the person's class now, naming the same model
+            side, side_bytes = retag_sidecar(photo, lambda tag: sidecar_tag(new, tag.model)) or (None, None)
+        except XmpError as e:
             new["sidecar_error"] = str(e)
-            side_bytes = None
+            side, side_bytes = None, None
         after = (out / JOURNAL).stat().st_size
-    d = Decision(out, file, old, new["copied_to"], (journal_size, after), csv_bytes,
-                 side if side_bytes is not None else None, side_bytes)  # fmt: skip
+    d = Decision(out, file, old, new["copied_to"], (journal_size, after), csv_bytes, side, side_bytes)
     return done, d
 
 

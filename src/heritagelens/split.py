@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from . import data
-from .checkpoint import check_classes
 from .config import Config
+from .modelcard import check_classes
 
 
 @dataclass

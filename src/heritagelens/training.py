@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import optim
 from .config import Config, TrainConfig
 from .distributed import all_sum, share, world
-from .dream.transforms import gaussian_blur
+from .images import gaussian_blur
 from .inference import accuracy
 from .precision import FP32, Precision, resolve
 

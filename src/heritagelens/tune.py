@@ -360,7 +360,7 @@ def write_study(study, runs: Path) -> list[Path]:
 
     from .figures import png_bytes
     from .files import atomic_write_json, atomic_write_text
-    from .report import Section, html_page, img
+    from .htmlpage import Section, html_page, img
 
     out = runs / f"tune-{study.study_name}"
     best = best_config(study)

@@ -24,12 +24,13 @@ import torch
 from PIL import Image
 
 from . import data, images
-from .checkpoint import check_classes, checkpoint_file, load_model, robust_checkpoint, temperature
+from .checkpoint import checkpoint_file, load_model, robust_checkpoint, temperature
 from .config import Config
 from .deconvnet import DeconvError, TopK, top_activations
 from .dream import DreamError, class_images, dream_preset, image_stats
 from .figures import gallery
 from .inference import probabilities
+from .modelcard import check_classes
 from .models import conv_layer_names
 from .sort import UNCERTAIN, Decision, SortError, decide, photo_in, sort_settings, sorted_rows, undo
 from .visualize import comparison, image_view, top9_figure
@@ -212,7 +213,7 @@ class Explorer:
         try:
             out, photos, queue = self.review_queue(folder, show, rows)
         except SortError as e:
-            return Reviewed(None, None, "", f"**{e}**")
+            return Reviewed.refused(e)
         if not queue:
             return Reviewed(None, None, "", f"Nothing to review in {out / (UNCERTAIN if show == UNSURE else show)}.")
         order = list(enumerate(queue))
@@ -239,7 +240,7 @@ class Explorer:
         sidecar follow), then show the next one. A photo no longer in this queue (filed out of it by a decision sent
         twice) is left where it is."""
         r = self.file_photos(folder, show, [file] if file else [], k)
-        return r if not file or r.status.startswith("**") else self.review(folder, show, after=file, status=r.status)
+        return r if not file or r.error else self.review(folder, show, after=file, status=r.status)
 
     def file_photos(self, folder: str, show: str, files: list[str], k: int) -> Reviewed:
         """File each of `files` (those ticked on the grid) into class `k`; each decision can be undone."""
@@ -256,7 +257,7 @@ class Explorer:
                 self.decisions.append(d)
                 filed.append(file)
         except SortError as e:
-            return Reviewed(None, None, files[0], f"**{e}**")
+            return Reviewed.refused(e, files[0])
         said = f"Filed {', '.join(filed)} as {self.classes[k]}." if filed else "Nothing filed (not in this queue now)."
         return Reviewed(None, None, files[-1], said)
 
@@ -269,7 +270,7 @@ class Explorer:
         try:
             rows = undo(d, self.classes)
         except SortError as e:
-            return Reviewed(None, None, d.file, f"**{e}**")
+            return Reviewed.refused(e, d.file)
         self.decisions.pop()
         back = f"Undone: {d.file} is back in {d.before.split('/')[0]}/."
         return self.review(folder, show, at=d.file, rows=rows, status=back)
@@ -308,6 +309,12 @@ class Reviewed:
     file: str
     """The photo under review, as `sort.csv` names it ('' when none)."""
     status: str
+    error: bool = False
+    """Whether `status` says why nothing could be done (shown in bold)."""
+
+    @classmethod
+    def refused(cls, e: Exception, file: str = "") -> Reviewed:
+        return cls(None, None, file, f"**{e}**", error=True)
 
 
 def big(x: torch.Tensor, size: int = 192) -> Image.Image:
@@ -506,7 +513,7 @@ def review_tab(gr, ex: Explorer) -> None:
 
     def file_ticked(f, s, files, cls):
         r = ex.file_photos(f, s, files or [], ex.classes.index(cls))
-        nxt = ex.review(f, s, status=r.status) if not r.status.startswith("**") else r
+        nxt = ex.review(f, s, status=r.status) if not r.error else r
         return shown(nxt)
 
     after(file_all.click(file_ticked, [folder, show, ticked, into], outs, api_name="file_ticked", concurrency_limit=1))

@@ -19,6 +19,7 @@ import dataclasses
 import io
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,13 +146,28 @@ def _merged(root: ET.Element, tag: Tag) -> bytes:
 def write_sidecar(photo: Path, tag: Tag, shared: bool | None = None) -> Path | None:
     """Merge `tag` into the photo's sidecar (`sidecar_path`), atomically, keeping its mode and owner; None when it
     said so already (nothing written). A read-only sidecar is left as it is (`XmpError`)."""
-    path = sidecar_path(photo, shared)
-    tag = dataclasses.replace(tag, probability=round(tag.probability, 4))  # as written
+    written = _rewrite(sidecar_path(photo, shared), lambda _: tag)
+    return written[0] if written else None
+
+
+def retag_sidecar(photo: Path, retag: Callable[[Tag], Tag]) -> tuple[Path, bytes] | None:
+    """Rewrite the tag a sort wrote in the photo's sidecar as `retag(that tag)`, reading the sidecar once: (its
+    path, its bytes before) when written; None when no sort wrote one or it says so already."""
+    return _rewrite(sidecar_path(photo), retag, only_ours=True)
+
+
+def _rewrite(path: Path, make: Callable[[Tag | None], Tag], only_ours: bool = False) -> tuple[Path, bytes] | None:
     try:
         if path.is_symlink():
             raise XmpError("a symbolic link: left as it is")
-        root = _parse(read_sidecar(path)) if path.exists() else ET.Element(_q(X, "xmpmeta"))
-        if _tag_of(root) == tag:
+        before = read_sidecar(path) if path.exists() else b""
+        root = _parse(before) if before else ET.Element(_q(X, "xmpmeta"))
+        old = _tag_of(root)
+        if old is None and only_ours:
+            return None
+        tag = make(old)
+        tag = dataclasses.replace(tag, probability=round(tag.probability, 4))  # as written
+        if old == tag:
             return None
         if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
             raise XmpError("read-only: left as it is")
@@ -166,7 +182,7 @@ def write_sidecar(photo: Path, tag: Tag, shared: bool | None = None) -> Path | N
         atomic_write_bytes(blob, path)
     except OSError as e:
         raise XmpError(f"{path}: cannot write the sidecar ({e.strerror or e})") from None
-    return path
+    return path, before
 
 
 # ---------------------------------------------------------------------------------------------------------- xml

@@ -7,6 +7,7 @@ scale), `transforms` (random jitter, scale and rotation the image must survive),
 Images are (B, 3, H, W) float tensors in pixel units 0..255, the model's input range.
 """
 
+from ..images import gaussian_blur
 from .objectives import (
     Objective,
     Recording,
@@ -37,7 +38,7 @@ from .param import (
 )
 from .recipes import DREAM_PRESETS, DreamError, dream_preset
 from .render import RenderResult, class_images, dream, render
-from .transforms import Transform, compose, gaussian_blur, jitter, random_affine
+from .transforms import Transform, compose, jitter, random_affine
 
 __all__ = [
     "DREAM_PRESETS", "DreamError", "ImageStats", "Objective", "Parameterization", "Recording", "RenderResult",

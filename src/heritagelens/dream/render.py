@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ..config import DreamConfig
+from ..images import gaussian_blur
 from ..precision import for_model
 from .objectives import Objective, Recording, class_logit, recording, regularized
 from .param import ImageStats, Parameterization, make_param
 from .recipes import DreamError
-from .transforms import Transform, compose, gaussian_blur, jitter, random_affine
+from .transforms import Transform, compose, jitter, random_affine
 
 
 @dataclass

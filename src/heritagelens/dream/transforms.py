@@ -41,15 +41,3 @@ def compose(transforms: Sequence[Transform]) -> Transform:
         return x
 
     return t
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W), edges extended; sigma 0 returns x."""
-    if sigma <= 0:
-        return x
-    r = max(1, math.ceil(3 * sigma))
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
-    k = (k / k.sum()).to(x)
-    C = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import images
-from ..checkpoint import check_classes, load_model, temperature
+from ..checkpoint import load_model, temperature
 from ..deconvnet import (
     DeconvError,
     top_activations,
@@ -22,6 +22,7 @@ from ..figures import (
     png_bytes,
 )
 from ..files import atomic_write_bytes, atomic_write_json
+from ..modelcard import check_classes
 from ..models import conv_layer_names
 from ..progress import bar, say
 from ..split import train_split

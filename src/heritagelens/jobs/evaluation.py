@@ -17,7 +17,6 @@ from .. import data
 from ..calibration import Calibration, calibrate, ece, filed_at
 from ..checkpoint import (
     CheckpointError,
-    check_classes,
     checkpoint_file,
     is_model_folder,
     load_model,
@@ -29,6 +28,7 @@ from ..figures import confusion_figure, figure_image, png_bytes, reliability_fig
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..inference import predict_logits
 from ..metrics import EvalResult, evaluate_logits
+from ..modelcard import check_classes
 from ..progress import say
 from ..split import checkpoint_split, data_config_of, prepared_for
 
