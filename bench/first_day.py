@@ -15,12 +15,10 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,6 +27,7 @@ args = ap.parse_args()
 hl = Path(sys.executable).with_name("heritagelens")
 data = Path(os.environ.get("AHE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "ahe64"))
 from heritagelens.data import name_key  # noqa: E402
+from heritagelens.webapp import running, wait_text  # noqa: E402
 
 work = Path(tempfile.mkdtemp(prefix="heritagelens-first-day-"))
 photos, out = work / "photos", work / "sorted"
@@ -89,19 +88,7 @@ print(f"originals: {len(originals)} files, every SHA-256 unchanged")
 assert unsure, "nothing to review"
 file = unsure[0]
 k = int(Path(file).name.split("-")[0])
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-log = (work / "serve.log").open("w")
-server = subprocess.Popen([hl, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-url = f"http://127.0.0.1:{port}/"
-try:
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
+with running([], work / "serve.log", env) as url:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -109,26 +96,17 @@ try:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(60_000)
 
-        def wait_text(sel, text):
-            page.wait_for_function(
-                "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)",
-                arg=[sel, text],
-            )
-
         page.goto(url)
         page.click("button[role=tab]:has-text('Review a sort')")
         page.fill("#review-folder textarea, #review-folder input", str(out))
         page.click("#review-open")
-        wait_text("#review-status", f"(1 of {len(unsure)})")
+        wait_text(page, "#review-status", f"(1 of {len(unsure)})")
         print("review tab:", page.inner_text("#review-status").strip().splitlines()[0])
         page.click(f"#review-file-{k}")
-        wait_text("#review-status", f"Filed {file} as {classes[k]}")
+        wait_text(page, "#review-status", f"Filed {file} as {classes[k]}")
         print("review tab:", page.inner_text("#review-status").strip().splitlines()[0])
         page.screenshot(path=work / "review.png", full_page=True)
         browser.close()
-finally:
-    server.terminate()
-    server.wait(timeout=30)
 
 r = rows()[file]
 copy = out / r["copied_to"]

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,44 +23,20 @@ from PIL import Image
 from heritagelens import data
 from heritagelens.files import atomic_write_bytes
 from heritagelens.modelcard import BUNDLED, model_card
+from heritagelens.webapp import ServeError, running, wait_text
 
 WIDTH, HEIGHT = 1280, 900
 CHROMIUM = "/usr/bin/chromium"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serving(data_root: Path, log: Path):
     """`heritagelens serve --data DATA` (the bundled model) on a free port; its URL."""
-    port = free_port()
-    with log.open("w") as out:
-        cmd = [sys.executable, "-m", "heritagelens", "serve", "--data", str(data_root), "--port", str(port)]
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(240):
-            try:
-                if urllib.request.urlopen(url, timeout=2).status == 200:
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise SystemExit(f"serve stopped: {log.read_text()}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function(
-        "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)", arg=[selector, text]
-    )
+        with running(["--data", data_root], log) as url:
+            yield url
+    except ServeError as e:
+        raise SystemExit(str(e)) from None
 
 
 def wait_image(page, selector: str) -> None:

@@ -7,7 +7,6 @@ import csv
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 
 from heritagelens.config import Config
+from heritagelens.webapp import free_port, wait_text  # noqa: F401  (the tests' too)
 
 TINY_MODEL = ["model.widths=[8,16]", "model.depths=[1,1]"]
 FP32 = ["train.precision=fp32"]
@@ -92,6 +92,12 @@ def metrics(run: Path) -> list[dict[str, str]]:
     """A run's `metrics.csv`, one dict per epoch keyed by column name."""
     with (Path(run) / "metrics.csv").open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def sort_rows(out: Path) -> dict[str, dict]:
+    """The rows of a sort's `sort.csv` by photo, read as strict UTF-8 (as a spreadsheet reads it)."""
+    with (Path(out) / "sort.csv").open(newline="", encoding="utf-8") as f:
+        return {r["file"]: r for r in csv.DictReader(f)}
 
 
 def skip_outside_ci(reason: str) -> None:
@@ -190,12 +196,6 @@ def need(module: str):
     return pytest.importorskip(module)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The Debian Chromium for browser tests; in CI its absence is a failure, never a skip."""
@@ -270,31 +270,14 @@ def photos(trained, tmp_path) -> tuple[Path, dict[str, str]]:
 @contextlib.contextmanager
 def serving(args: list[str], log: Path):
     """`heritagelens serve ARGS` on a free local port, as a user starts it (without $AHE_DATA); its URL."""
-    import time
-    import urllib.request
+    from heritagelens.webapp import ServeError, running
 
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "AHE_DATA"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "heritagelens", "serve", *args, "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + log.read_text())
     try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        with running(args, log, env) as url:
+            yield url
+    except ServeError as e:
+        pytest.fail(str(e))
 
 
 @contextlib.contextmanager
@@ -310,10 +293,3 @@ def browser_page(chromium: str):
             yield pg
         finally:
             browser.close()
-
-
-def wait_text(page, selector: str, text: str) -> str:
-    page.wait_for_function(
-        "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)", arg=[selector, text]
-    )
-    return page.inner_text(selector)

@@ -11,22 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SETS, assert_one_line_error, cli, digest
+from conftest import SETS, assert_one_line_error, cli, digest, sort_rows
 
 from heritagelens import data
 from heritagelens.checkpoint import CheckpointError, read_checkpoint, write_model_folder
 from heritagelens.files import safe_load
 from heritagelens.modelcard import MODEL_CARD, check_class_names
-from heritagelens.sort import CSV_NAME, JOURNAL, NAME_BYTES, SortError, photo_in, sort_photos
+from heritagelens.sort import JOURNAL, NAME_BYTES, SortError, photo_in, sort_photos
 
 BAD_NAMES = ["..", "../../escaped", "/tmp/abs", "a/b", "a\\b", ".hidden", "_uncertain", "", "x" * 101, "tab\there"]
-
-
-def csv_rows(out: Path) -> dict[str, dict]:
-    import csv
-
-    with (out / CSV_NAME).open(encoding="utf-8") as f:  # strict UTF-8: what a spreadsheet reads
-        return {r["file"]: r for r in csv.DictReader(f)}
 
 
 def photo(trained, k: int = 0) -> Path:
@@ -104,7 +97,7 @@ def test_a_photo_whose_name_is_not_utf8_is_sorted_once_and_listed_readably(train
     out = tmp_path / "out"
     first = sort_photos(trained[1], folder, out, min_confidence=0, progress=False)
     assert first.sorted == 1
-    row = csv_rows(out)["caf\\xe9.jpg"]
+    row = sort_rows(out)["caf\\xe9.jpg"]
     assert row["copied_to"].endswith("/caf\\xe9.jpg") and not row["error"]
     copies = [p for p in out.rglob("*.jpg")]
     assert [os.fsencode(p.name) for p in copies] == [b"caf\xe9.jpg"]  # the copy keeps the photo's bytes
@@ -180,7 +173,7 @@ def test_a_read_only_nested_or_special_sidecar_is_left_as_it_is_and_the_sort_fin
     out = tmp_path / "out"
     s = sort_photos(trained[1], folder, out, min_confidence=0, progress=False, xmp=True)
     assert s.sorted == 4 and s.sidecars["failed"] == 4
-    rows = csv_rows(out)
+    rows = sort_rows(out)
     assert "read-only: left as it is" in rows["ro/"]["error"]
     assert "nested too deeply" in rows["deep/"]["error"]
     assert "not a regular file" in rows["fifo/"]["error"] and "a symbolic link" in rows["link/"]["error"]
@@ -204,7 +197,7 @@ def test_a_crafted_journal_row_never_leads_a_sidecar_or_the_review_outside_the_p
     s = sort_photos(trained[1], folder, out, min_confidence=0, progress=False, xmp=True)
     assert s.sidecars["written"] == 1
     assert sorted(p.name for p in outside.iterdir()) == ["victim.jpg"]  # no sidecar written beside it
-    assert "../elsewhere/victim.jpg" not in csv_rows(out)
+    assert "../elsewhere/victim.jpg" not in sort_rows(out)
     (folder / "linked").symlink_to(outside)
     with pytest.raises(SortError, match="not a photo inside the photo folder"):
         photo_in(folder, "linked/victim.jpg")
@@ -343,7 +336,7 @@ def test_a_crafted_journal_row_is_refused_with_a_warning_not_a_traceback(trained
         f.write(line(row) + "\n")
     s = sort_photos(trained[1], folder, out, min_confidence=0.5, progress=False, xmp=True)
     assert "refused (not a row of this sort" in capsys.readouterr().err
-    assert s.done + s.skipped == 2 and set(csv_rows(out)) == {"p0.jpg", "p1.jpg"}
+    assert s.done + s.skipped == 2 and set(sort_rows(out)) == {"p0.jpg", "p1.jpg"}
 
 
 @pytest.mark.parametrize("settings", ["[]", '{"photos": 3}', "[" * 100_000])

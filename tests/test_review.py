@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import browser_page, cli, need, serving, wait_text
+from conftest import browser_page, cli, need, serving, sort_rows, wait_text
 
 from heritagelens.sort import JOURNAL, LOCK, UNCERTAIN, SortError, decide, refile, sort_photos, undo
 from heritagelens.xmp import read_tag, sidecar_path
@@ -23,17 +22,12 @@ PAINTED = """e => {
 """The size in CSS pixels at which an <img> paints its picture inside its box (its `object-fit` applied)."""
 
 
-def csv_rows(out):
-    with (out / "sort.csv").open() as fh:
-        return {r["file"]: r for r in csv.DictReader(fh)}
-
-
 def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidecar(trained, photos, tmp_path):
     _, run = trained
     folder, truth = photos
     out = tmp_path / "out"
     sort_photos(run, folder, out, min_confidence=1, progress=False, xmp=True)  # every photo unsure
-    before = csv_rows(out)
+    before = sort_rows(out)
     unsure = sorted(f for f, r in before.items() if r["copied_to"].startswith(UNCERTAIN + "/"))
     assert len(unsure) == len(truth)
     classes = ["arch", "bell", "dome"]
@@ -46,7 +40,7 @@ def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidec
         tag = read_tag(sidecar_path(folder / f).read_bytes())
         assert tag.filed == truth[f] and tag.top == before[f]["class"]  # the person's class; the model's guess kept
         assert tag.decided_by == "person"
-    after = csv_rows(out)
+    after = sort_rows(out)
     for f in unsure[:3]:
         assert (after[f]["class"], after[f]["decided"]) == (truth[f], "person")
         assert after[f]["probability"] == before[f]["probability"] and after[f]["top3"] == before[f]["top3"]
@@ -54,7 +48,7 @@ def test_a_decision_moves_the_copy_and_updates_the_csv_the_journal_and_the_sidec
     # a later sort at the same or another threshold leaves a person's decisions where they are
     for threshold in (1, 0):
         s = sort_photos(run, folder, out, min_confidence=threshold, progress=False, xmp=True)
-        assert s.skipped == len(truth) and csv_rows(out)[unsure[0]]["copied_to"] == after[unsure[0]]["copied_to"]
+        assert s.skipped == len(truth) and sort_rows(out)[unsure[0]]["copied_to"] == after[unsure[0]]["copied_to"]
     assert sum(1 for _ in out.rglob("*") if _.is_file() and _.parent.name in (*classes, UNCERTAIN)) == len(truth)
 
 
@@ -139,19 +133,19 @@ def test_the_review_tab_moves_undoes_and_files_several_without_filing_twice(trai
     assert ex.review(out, UNSURE, after=unsure[0], back=True).file == unsure[-1]  # round at the start
     assert ex.review(out, UNSURE, after=unsure[1], back=True).file == unsure[0]
     assert ex.review(out, UNSURE, after=unsure[0]).file == unsure[1]
-    before = csv_rows(tmp_path / "out")
+    before = sort_rows(tmp_path / "out")
     ex.decide(out, UNSURE, unsure[0], 0)
     twice = ex.decide(out, UNSURE, unsure[0], 1)  # the key again, for the photo that was on the page
-    assert "Nothing filed" in twice.status and csv_rows(tmp_path / "out")[unsure[0]]["class"] == "arch"
+    assert "Nothing filed" in twice.status and sort_rows(tmp_path / "out")[unsure[0]]["class"] == "arch"
     assert twice.file == unsure[1] and len(ex.decisions) == 1
     r = ex.undo(out, UNSURE)
     assert r.file == unsure[0] and r.status.startswith(f"Undone: {unsure[0]} is back in {UNCERTAIN}/. Now:")
-    assert csv_rows(tmp_path / "out") == before and "Nothing to undo" in ex.undo(out, UNSURE).status
+    assert sort_rows(tmp_path / "out") == before and "Nothing to undo" in ex.undo(out, UNSURE).status
     grid, files = ex.thumbnails(out, UNSURE)
     assert files == unsure and len(grid) == len(unsure) and grid[0][1].startswith(f"{unsure[0]}: ")
     r = ex.file_photos(out, UNSURE, files[:2], 2)
     assert r.status == f"Filed {files[0]}, {files[1]} as dome." and len(ex.decisions) == 2
-    assert [csv_rows(tmp_path / "out")[f]["class"] for f in files[:2]] == ["dome", "dome"]
+    assert [sort_rows(tmp_path / "out")[f]["class"] for f in files[:2]] == ["dome", "dome"]
     assert ex.thumbnails(out, UNSURE)[1] == unsure[2:]
 
 
@@ -189,7 +183,7 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
     out = tmp_path / "sorted"
     p = cli("sort", photos, "--out", out, "--xmp", "--min-confidence", "0.99", "--quiet")
     assert p.returncode == 0, p.stderr
-    unsure = sorted(f for f, r in csv_rows(out).items() if r["copied_to"].startswith(UNCERTAIN + "/"))
+    unsure = sorted(f for f, r in sort_rows(out).items() if r["copied_to"].startswith(UNCERTAIN + "/"))
     assert len(unsure) >= 6, p.stdout
     with serving([], tmp_path / "serve.log") as url, browser_page(chromium) as page:  # the review needs no data
         page.goto(url)
@@ -207,7 +201,7 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
         wait_text(page, "#review-status", f"{unsure[1]} (2 of {len(unsure)})")
         page.keyboard.press("ArrowLeft")
         wait_text(page, "#review-status", f"{unsure[0]} (1 of {len(unsure)})")
-        assert csv_rows(out)[unsure[0]]["copied_to"].startswith(UNCERTAIN)  # moving decided nothing
+        assert sort_rows(out)[unsure[0]]["copied_to"].startswith(UNCERTAIN)  # moving decided nothing
         chosen = {}
         for n, how in enumerate(("click", "key", "click")):
             file = unsure[n]
@@ -248,7 +242,7 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
         assert f"Filed {waiting[1]}" not in page.inner_text("#review-status")
         chosen[waiting[0]] = classes[k]
         page.screenshot(path=tmp_path / "review.png", full_page=True)
-    rows = csv_rows(out)
+    rows = sort_rows(out)
     assert rows[waiting[1]]["copied_to"].startswith(UNCERTAIN) and not rows[waiting[1]]["decided"]  # never shown
     for file, cls in chosen.items():
         assert rows[file]["class"] == cls and rows[file]["decided"] == "person"

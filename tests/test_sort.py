@@ -3,7 +3,6 @@ originals untouched, re-runs skipping what is done, a full disk stopping cleanly
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -15,17 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, cli, digest, skip_outside_ci
+from conftest import assert_one_line_error, cli, digest, skip_outside_ci, sort_rows
 from PIL import Image
 
 from heritagelens import sort
 from heritagelens.checkpoint import CheckpointError
 from heritagelens.sort import JOURNAL, SortError, load, sort_photos, views
-
-
-def rows(out: Path) -> dict[str, dict]:
-    with (out / "sort.csv").open() as f:
-        return {r["file"]: r for r in csv.DictReader(f)}
 
 
 def test_sort_files_every_photo_and_lists_it(trained, photos, tmp_path):
@@ -38,7 +32,7 @@ def test_sort_files_every_photo_and_lists_it(trained, photos, tmp_path):
     assert "2 file(s) could not be read" in p.stdout
     assert float(p.stdout.split(" images/s")[0].rsplit("(", 1)[1]) > 0
     assert digest(folder) == before  # originals untouched
-    r = rows(out)
+    r = sort_rows(out)
     assert set(r) == set(truth) | {"day0/notes.txt", "day1/broken.jpg"}
     assert r["day0/notes.txt"]["error"] and not r["day0/notes.txt"]["copied_to"]
     assert "truncated" in r["day1/broken.jpg"]["error"] or "corrupt" in r["day1/broken.jpg"]["error"]
@@ -59,12 +53,12 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(trained, photos, tmp_p
     folder, truth = photos
     out = tmp_path / "sorted"
     assert cli("sort", run, folder, "--out", out, "--quiet").returncode == 0
-    first = rows(out)
+    first = sort_rows(out)
     again = cli("sort", run, folder, "--out", out, "--quiet")
     assert (
         again.returncode == 0 and f"skipped {len(truth)} photo(s)" in again.stdout and "sorted 0 photo" in again.stdout
     )
-    assert rows(out) == first
+    assert sort_rows(out) == first
     changed = next(iter(truth))
     (folder / changed).write_bytes((folder / changed).read_bytes() + b"\0")  # a photo edited since
     third = cli("sort", run, folder, "--out", out, "--quiet")
@@ -76,7 +70,7 @@ def test_confidence_threshold_and_hard_links(trained, photos, tmp_path):
     folder, truth = photos
     out = tmp_path / "unsure"
     assert cli("sort", run, folder, "--out", out, "--min-confidence", "1", "--link", "--quiet").returncode == 0
-    r = rows(out)
+    r = sort_rows(out)
     assert all(r[rel]["copied_to"].startswith("_uncertain/") for rel in truth)
     for rel in truth:
         assert (out / r[rel]["copied_to"]).stat().st_ino == (folder / rel).stat().st_ino  # a link, not a copy
@@ -119,7 +113,7 @@ def test_a_full_disk_stops_cleanly_and_the_next_run_continues(trained, photos, t
     monkeypatch.setattr(sort.shutil, "copy2", real)  # space freed
     s = sort_photos(run, folder, out, progress=False)
     assert s.skipped == 5 and s.sorted == len(truth) - 5 and s.unreadable == 2
-    assert len(rows(out)) == len(truth) + 2
+    assert len(sort_rows(out)) == len(truth) + 2
 
 
 def test_bad_input_is_one_line_and_touches_nothing(trained, photos, tmp_path):
@@ -160,7 +154,7 @@ def test_names_that_collide_keep_both_copies(trained, tmp_path):
     out = tmp_path / "sorted"
     s = sort_photos(run, folder, out, min_confidence=1, progress=False)  # both into _uncertain/
     assert s.sorted == 2
-    r = rows(out)
+    r = sort_rows(out)
     copies = {r[f]["copied_to"] for f in ("a__b.png", "a/b.png")}
     assert len(copies) == 2 and any("~2" in c for c in copies)
     for f in ("a__b.png", "a/b.png"):
@@ -172,17 +166,17 @@ def test_a_new_threshold_moves_earlier_copies_and_a_deleted_copy_is_made_again(t
     folder, truth = photos
     out = tmp_path / "sorted"
     sort_photos(run, folder, out, min_confidence=1, progress=False)
-    unsure = [f for f, r in rows(out).items() if r["copied_to"].startswith("_uncertain/")]
+    unsure = [f for f, r in sort_rows(out).items() if r["copied_to"].startswith("_uncertain/")]
     assert unsure  # the tiny model is not certain of everything
     s = sort_photos(run, folder, out, min_confidence=0, progress=False)  # now nothing is uncertain
     assert s.moved == len(unsure) and s.sorted == 0
-    r = rows(out)
+    r = sort_rows(out)
     assert all(r[f]["copied_to"].split("/")[0] == r[f]["class"] and (out / r[f]["copied_to"]).exists() for f in truth)
     assert not any((out / "_uncertain").iterdir())
     gone = next(iter(truth))
     (out / r[gone]["copied_to"]).unlink()
     s = sort_photos(run, folder, out, min_confidence=0, progress=False)
-    assert s.sorted == 1 and (out / rows(out)[gone]["copied_to"]).exists()
+    assert s.sorted == 1 and (out / sort_rows(out)[gone]["copied_to"]).exists()
 
 
 def test_other_settings_or_another_photo_folder_are_refused(trained, photos, tmp_path):
@@ -221,7 +215,7 @@ def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos,
     assert "\n" not in str(e.value)
     monkeypatch.setattr(sort.os, "fsync", real_fsync)
     s = sort_photos(run, folder, out, progress=False)
-    assert s.sorted + s.skipped == len(truth) and len(rows(out)) == len(truth) + 2
+    assert s.sorted + s.skipped == len(truth) and len(sort_rows(out)) == len(truth) + 2
     copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != "sort.csv"]
     assert len(copies) == len(truth)  # each photo copied once, whatever the first run left
 
@@ -290,7 +284,7 @@ def test_a_fifo_among_the_photos_is_listed_not_read(trained, photos, tmp_path):
     folder, truth = photos
     os.mkfifo(folder / "day2" / "pipe.jpg")  # reading it would block for ever
     s = sort_photos(run, folder, tmp_path / "sorted", progress=False)
-    r = rows(tmp_path / "sorted")
+    r = sort_rows(tmp_path / "sorted")
     assert r["day2/pipe.jpg"]["error"] == "not a regular file, not read" and not r["day2/pipe.jpg"]["copied_to"]
     assert s.sorted == len(truth) and len(r) == len(truth) + 3
 
@@ -346,7 +340,7 @@ def caught_unrecorded_copies(out: Path, p: subprocess.Popen, timeout: float = 12
 def assert_one_copy_per_photo(out: Path, photos: int) -> None:
     copies = sorted(p for p in out.glob("*/*") if p.is_file() and not p.name.startswith("."))
     pending = [p for p in out.glob("*/.*") if p.is_file()]
-    listed = rows(out)
+    listed = sort_rows(out)
     assert len(listed) == photos and not pending, (len(listed), pending[:3])
     assert sorted(out / r["copied_to"] for r in listed.values()) == copies  # each copy listed once, nothing else
 
@@ -419,7 +413,7 @@ def test_a_full_filesystem_stops_in_one_line_and_the_rerun_completes(trained, ma
         skip_outside_ci("needs root and tmpfs to make a small filesystem")
     try:
         assert_one_line_error(cli("sort", run, many, "--out", out, "--quiet"), f"{out}", "the disk is full")
-        done = len(rows(out)) if (out / "sort.csv").exists() else 0
+        done = len(sort_rows(out)) if (out / "sort.csv").exists() else 0
         assert done < 1200
         subprocess.run(["mount", "-o", "remount,size=64m", out], check=True)  # space freed
         again = cli("sort", run, many, "--out", out, "--quiet", "--min-confidence", "0.5")
@@ -441,7 +435,7 @@ def test_a_line_torn_by_a_crash_is_cut_off_and_never_warned_about(trained, photo
         sort_photos(run, folder, out, progress=False)
         assert capfd.readouterr().err == ""
     assert all(json.loads(line) for line in (out / JOURNAL).read_bytes().splitlines())
-    assert len(rows(out)) == len(truth) + 2
+    assert len(sort_rows(out)) == len(truth) + 2
 
 
 def test_the_threshold_says_what_it_means_on_held_out_photos_and_a_target_accuracy_picks_it(trained, photos, tmp_path):

@@ -28,6 +28,7 @@ from .checkpoint import checkpoint_file, load_model, robust_checkpoint, temperat
 from .config import Config
 from .deconvnet import DeconvError, TopK, top_activations
 from .dream import DreamError, class_images, dream_preset, image_stats
+from .errors import HeritageLensError
 from .figures import gallery
 from .inference import probabilities
 from .modelcard import check_classes
@@ -583,3 +584,64 @@ def serve(checkpoint: Path | str, root: Path | str | None = None, host: str = "1
         server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True, ssr_mode=False,
         theme=theme, quiet=True, head=KEYS, css=CSS,
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ the app in its own process
+
+
+class ServeError(HeritageLensError):
+    """`heritagelens serve` stopped, or its page never answered; the message holds its log."""
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(args: list[str], log: Path, env: dict | None = None, timeout: float = 120.0):
+    """`heritagelens serve ARGS` in a process of its own on a free port of 127.0.0.1, as a person starts it, for as
+    long as the block runs; its URL once the page answers. Its output goes to `log`; `ServeError` (with the log)
+    when it stops first or its page does not answer within `timeout` seconds."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    with log.open("w") as out:
+        cmd = [sys.executable, "-m", "heritagelens", "serve", *map(str, args), "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if urllib.request.urlopen(url, timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServeError(
+                    f"serve {'stopped' if proc.poll() is not None else 'did not answer'}: {log.read_text()}"
+                )
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+HAS_TEXT = "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)"
+"""A page function (Playwright's `wait_for_function`): whether the element `s` shows the text `t`."""
+
+
+def wait_text(page, selector: str, text: str) -> str:
+    """Wait until the element `selector` of a Playwright page shows `text`; all it shows then."""
+    page.wait_for_function(HAS_TEXT, arg=[selector, text])
+    return page.inner_text(selector)
