@@ -48,6 +48,18 @@ def test_sort_files_every_photo_and_lists_it(trained, photos, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_the_summary_gives_its_own_words_as_the_command_prints_them(trained, photos, tmp_path):
+    _, run = trained
+    folder, truth = photos
+    s = sort_photos(run, folder, tmp_path / "sorted", min_confidence=0, progress=False, xmp=True)
+    text = s.text()
+    assert text.startswith(f"sorted {len(truth)} photo(s) in ") and f"into {tmp_path / 'sorted'}" in text
+    assert "2 file(s) could not be read" in text and f"XMP sidecars beside the photos: {len(truth)} written" in text
+    assert sum(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("  ")) == len(truth)
+    again = cli("sort", run, folder, "--out", tmp_path / "sorted", "--min-confidence", "0", "--xmp", "--quiet")
+    assert "skipped" in again.stdout and again.stdout.startswith("sorted 0 photo(s)")
+
+
 def test_rerun_skips_what_is_done_and_redoes_what_changed(trained, photos, tmp_path):
     _, run = trained
     folder, truth = photos

@@ -493,31 +493,12 @@ def cmd_calibrate(args) -> int:
 )  # fmt: skip
 def cmd_sort(args) -> int:
     """Classify every photo under a folder and copy (or hard-link) it into OUT/<class>/ or OUT/_uncertain/."""
-    from .sort import CSV_NAME, UNCERTAIN, sort_photos
+    from .sort import sort_photos
 
     args.checkpoint = _model(args)
     s = sort_photos(args.checkpoint, args.photos, args.out, args.min_confidence, args.link, args.view,
                     progress=not args.quiet, target_accuracy=args.target_accuracy, xmp=args.xmp)  # fmt: skip
-    if s.expected:
-        print(f"--min-confidence {s.expected.line()}, on {s.expected.n:,} {s.expected_on}")
-    print(f"sorted {s.sorted} photo(s) in {s.seconds:.1f} s ({s.images_per_s:.0f} images/s) into {args.out}")
-    for name, n in sorted(s.per_class.items(), key=lambda kv: (kv[0] == UNCERTAIN, kv[0])):
-        note = f" (top-class probability below {s.min_confidence:.2f})" if name == UNCERTAIN else ""
-        print(f"  {name:<18}{n:>7}{note}")
-    if s.skipped:
-        print(f"skipped {s.skipped} photo(s) sorted by an earlier run")
-    if s.moved:
-        print(f"moved {s.moved} earlier copies to the folders --min-confidence {s.min_confidence:.2f} gives them")
-    if s.unreadable:
-        print(f"{s.unreadable} file(s) could not be read: listed with the reason in {Path(args.out) / CSV_NAME}")
-    if args.xmp:
-        n = s.sidecars
-        failed = f", {n['failed']} not written (their folders are in {CSV_NAME})" if n["failed"] else ""
-        print(f"XMP sidecars beside the photos: {n['written']} written, {n['unchanged']} up to date{failed}")
-    print(f"every photo, its class, probability and top 3: {Path(args.out) / CSV_NAME}")
-    if not s.calibrated:
-        print(f"note: {args.checkpoint} is not calibrated; 'heritagelens calibrate' makes its probabilities, and so "
-              "--min-confidence, mean what they say")  # fmt: skip
+    print(s.text())
     if s.sorted == 0 and s.skipped == 0:
         raise UsageError(f"{args.photos}: none of the {s.unreadable} file(s) is an image that could be read")
     return 0

@@ -88,6 +88,39 @@ class SortSummary:
     its card holds them (the bundled model's), else its held-out validation photos."""
     expected_on: str = ""
     """Which photos `expected` was measured on, in words."""
+    out: Path | None = None
+    model: str = ""
+    """The model that sorted, as the command named it."""
+    xmp: bool = False
+
+    def text(self) -> str:
+        """What the sort did, in the words every face shows it (the command's output, the notebook's, the app's)."""
+        csv_path = (self.out or Path(".")) / CSV_NAME
+        lines = []
+        if self.expected:
+            lines.append(f"--min-confidence {self.expected.line()}, on {self.expected.n:,} {self.expected_on}")
+        lines.append(
+            f"sorted {self.sorted} photo(s) in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s) into {self.out}"
+        )
+        for name, n in sorted(self.per_class.items(), key=lambda kv: (kv[0] == UNCERTAIN, kv[0])):
+            note = f" (top-class probability below {self.min_confidence:.2f})" if name == UNCERTAIN else ""
+            lines.append(f"  {name:<18}{n:>7}{note}")
+        if self.skipped:
+            lines.append(f"skipped {self.skipped} photo(s) sorted by an earlier run")
+        if self.moved:
+            lines.append(f"moved {self.moved} earlier copies to the folders --min-confidence "
+                         f"{self.min_confidence:.2f} gives them")  # fmt: skip
+        if self.unreadable:
+            lines.append(f"{self.unreadable} file(s) could not be read: listed with the reason in {csv_path}")
+        if self.xmp:
+            n = self.sidecars
+            failed = f", {n['failed']} not written (their folders are in {CSV_NAME})" if n["failed"] else ""
+            lines.append(f"XMP sidecars beside the photos: {n['written']} written, {n['unchanged']} up to date{failed}")
+        lines.append(f"every photo, its class, probability and top 3: {csv_path}")
+        if not self.calibrated:
+            lines.append(f"note: {self.model} is not calibrated; 'heritagelens calibrate' makes its probabilities, "
+                         "and so --min-confidence, mean what they say")  # fmt: skip
+        return "\n".join(lines)
 
     @property
     def done(self) -> int:
@@ -427,6 +460,7 @@ def sort_photos(
             run.summary.calibrated = t is not None
             run.summary.min_confidence, run.summary.expected = min_confidence, expected
             run.summary.expected_on = expected_on
+            run.summary.out, run.summary.model, run.summary.xmp = out, str(checkpoint), xmp
             if not (out / META).exists():
                 atomic_write_json(settings, out / META)
             return run.go(batch_size, progress)
