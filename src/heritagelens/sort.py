@@ -643,6 +643,11 @@ class _Sort:
     def folder(self, cls: str, p: float) -> str:
         return cls if p >= self.min_confidence else UNCERTAIN
 
+    def where(self, dest: Path) -> str:
+        """How the journal names a copy at `dest`: its path below OUT. Called between a photo's copy being staged
+        and its row being made: the window a stop must not leave a copy in unrecorded (a test stops there)."""
+        return dest.relative_to(self.out).as_posix()
+
     def into(self, name: str) -> Path:
         """`OUT/<name>` once checked to be the sort's own folder (`own_folder`), checked once a run."""
         if name not in self.checked:
@@ -672,7 +677,7 @@ class _Sort:
                 dest = free_name(dest, staged.keys(), self.out / old if old else None)
                 try:
                     staged[dest] = stage(path, dest, self.link)
-                    row["copied_to"] = dest.relative_to(self.out).as_posix()
+                    row["copied_to"] = self.where(dest)
                 except OSError as e:
                     if e.errno in STOPS:
                         raise
