@@ -178,6 +178,10 @@ def test_check_finds_bad_files_and_duplicates(tiny_data):
     assert sorted(Path(f).name for f, _ in r.bad) == ["readme.txt", "zero.jpg"]
     assert len(r.duplicates) == 1 and len(r.duplicates[0]) == 3 and r.cross_class == r.duplicates
     assert r.sizes["64x64"] == 72 + 18 + 2 and r.modes["RGB"] == 92
+    text = r.text().splitlines()  # the words the command prints
+    assert text[0] == f"data root: {r.root}" and text[1].split() == ["class", "train", "test"]
+    assert "arch" in text[2] and text[2].split()[1:] == ["26", "6"] and "unreadable files: 2" in text
+    assert any(ln.startswith("  CROSS-CLASS ") and ln.count("  ==  ") == 2 for ln in text)
 
 
 def test_check_reports_unusable_layout(tiny_data):

@@ -200,24 +200,7 @@ def cmd_data_check(args) -> int:
 
     say(f"data check: reading every image under {_root(args)} (and hashing them for duplicates)")
     r = check(_root(args))
-    splits = list(r.counts)
-    print(f"data root: {r.root}")
-    print(f"{'class':<18}" + "".join(f"{s:>8}" for s in splits))
-    for c in sorted({c for counts in r.counts.values() for c in counts}):
-        print(f"{c:<18}" + "".join(f"{r.counts[s].get(c, 0):>8}" for s in splits))
-    print(f"{'total':<18}" + "".join(f"{sum(r.counts[s].values()):>8}" for s in splits))
-    print("sizes: " + ", ".join(f"{k} ({v})" for k, v in r.sizes.most_common(8)))
-    print("modes: " + ", ".join(f"{k} ({v})" for k, v in r.modes.most_common()))
-    print(f"unreadable files: {len(r.bad)}")
-    for f, problem in r.bad:
-        print(f"  {f}: {problem}")
-    print(f"exact duplicate groups: {len(r.duplicates)} ({len(r.cross_class)} filed under more than one class)")
-    for g in r.duplicates:
-        print(("  CROSS-CLASS " if g in r.cross_class else "  ") + "  ==  ".join(g))
-    for p in r.ignored:
-        print(f"ignored: {p}")
-    for p in r.problems:
-        print(f"problem: {p}")
+    print(r.text())
     if not r.usable:
         print(f"heritagelens: error: {r.root}: layout unusable ({len(r.problems)} problem(s) above)", file=sys.stderr)
         return EXIT_ERROR

@@ -237,6 +237,23 @@ class CheckReport:
     def usable(self) -> bool:
         return not self.problems
 
+    def text(self) -> str:
+        """The report as every face shows it: a table of files per class and split, then what is odd."""
+        splits = list(self.counts)
+        lines = [f"data root: {self.root}", f"{'class':<18}" + "".join(f"{s:>8}" for s in splits)]
+        for c in sorted({c for counts in self.counts.values() for c in counts}):
+            lines.append(f"{c:<18}" + "".join(f"{self.counts[s].get(c, 0):>8}" for s in splits))
+        lines.append(f"{'total':<18}" + "".join(f"{sum(self.counts[s].values()):>8}" for s in splits))
+        lines.append("sizes: " + ", ".join(f"{k} ({v})" for k, v in self.sizes.most_common(8)))
+        lines.append("modes: " + ", ".join(f"{k} ({v})" for k, v in self.modes.most_common()))
+        lines.append(f"unreadable files: {len(self.bad)}")
+        lines += [f"  {f}: {problem}" for f, problem in self.bad]
+        cross = len(self.cross_class)
+        lines.append(f"exact duplicate groups: {len(self.duplicates)} ({cross} filed under more than one class)")
+        lines += [("  CROSS-CLASS " if g in self.cross_class else "  ") + "  ==  ".join(g) for g in self.duplicates]
+        lines += [f"ignored: {p}" for p in self.ignored] + [f"problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
 
 def check(root: Path | str) -> CheckReport:
     """Inspect every file of every split without stopping at the first problem."""
