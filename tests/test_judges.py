@@ -107,6 +107,13 @@ def test_scores_separate_real_images_from_noise(panel, data_cfg):
         assert real["judges"][j]["mean_prob"] > fake["judges"][j]["mean_prob"]
     table = scores.score_table({"real": real, "noise": fake})
     assert "robust-cnn" in table and table.count("\n") == 3
+    together = scores.gallery_scores(  # the reference's features computed once for every set: the same scores
+        {"noise": (noise.to(torch.uint8), labels[sample])},
+        scores.RealImages(images[sample], labels[sample], *ref),
+        p,
+        classes,
+    )
+    assert together == {"noise": fake, "real val (ceiling)": real}
 
 
 def test_an_interrupted_judge_is_refused_then_resumed(data_cfg, tmp_path):

@@ -65,14 +65,17 @@ def score_images(
     reference: torch.Tensor,
     reference_labels: torch.Tensor,
     classes: list[str],
+    ref_feats: torch.Tensor | None = None,
 ) -> dict:
-    """The three scores of `images` (N, 3, H, W) meant to show `targets` (N,), against real `reference` images."""
+    """The three scores of `images` (N, 3, H, W) meant to show `targets` (N,), against real `reference` images
+    (`ref_feats`: the feature judge's features of them, when computed already)."""
     out: dict = {"n": len(images), "judges": {}}
     for name, judge in panel.items():
         probs, _ = judge_outputs(judge.model, images)
         out["judges"][name] = recognisability(probs, targets, classes)
     _, feats = judge_outputs(panel[FEATURE_JUDGE].model, images)
-    _, ref_feats = judge_outputs(panel[FEATURE_JUDGE].model, reference)
+    if ref_feats is None:
+        _, ref_feats = judge_outputs(panel[FEATURE_JUDGE].model, reference)
     per_class = {}
     for k in targets.unique().tolist():
         g, r = targets == k, reference_labels == k
@@ -123,7 +126,8 @@ def gallery_scores(
     sets: dict[str, tuple[torch.Tensor, torch.Tensor]], real: RealImages, panel: Mapping[str, Any], classes: list[str]
 ) -> dict[str, dict]:
     """Scores of each named set of (images, intended classes), then of the real ceiling, against `real`'s reference."""
-    ref = (real.reference, real.reference_labels, classes)
+    _, ref_feats = judge_outputs(panel[FEATURE_JUDGE].model, real.reference)  # once for every set
+    ref = (real.reference, real.reference_labels, classes, ref_feats)
     scored = {name: score_images(images, targets, panel, *ref) for name, (images, targets) in sets.items()}
     scored["real val (ceiling)"] = score_images(real.ceiling, real.ceiling_labels, panel, *ref)
     return scored
