@@ -310,18 +310,10 @@ def cmd_evaluate(args) -> int:
         print(r.report() + "\n")
         print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
     if len(results) > 1:
+        from .metrics import accuracy_lines
+
         print(accuracy_lines(results))
     return 0
-
-
-def accuracy_lines(results) -> str:
-    """One line per evaluated split: its accuracy, on which photos, with its 95% interval."""
-    from .metrics import interval_text
-
-    return "\n".join(
-        f"accuracy on {r.name}: {r.accuracy:.4f} (95% interval {interval_text(r.interval)}, {r.n} photos)"
-        for r in results
-    )
 
 
 @command(
@@ -770,20 +762,7 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     run = writable_folder(_run_dir(args))
     print(f"data: {cfg.data.root}\nrun folder: {run}")
-    job = main_job(cfg, run, progress=not args.quiet)
-    summary = job.summary
-    for split, r in job.evaluations.items():
-        print(f"\n== {split} ({SPLIT_NAMES[split]})")
-        print(r.report() + "\n")
-    print(f"\ndeconvnet figure 2 grids: {', '.join(summary['figures'])}")
-    g = summary["gallery"]
-    made_by = f"a robust model (val accuracy {g['robust_val_accuracy']:.1%})" if g["model"] == "robust" else "the model"
-    print(f"\nclass images: {g['figure']}, made by {made_by}")
-    if job.gallery_scores:
-        print(job.gallery_scores + "\n")
-    print(accuracy_lines(job.evaluations.values()))
-    print(f"training took {summary['train_minutes']:.1f} min; run folder: {run}")
-    print(f"report: {summary['report'] or 'not written (see the warning above)'}")
+    print(main_job(cfg, run, progress=not args.quiet).text())
     return 0
 
 

@@ -111,6 +111,14 @@ def interval_text(interval: list[float]) -> str:
     return f"{interval[0]:.1%}-{interval[1]:.1%}"
 
 
+def accuracy_lines(results) -> str:
+    """One line per evaluated split (`EvalResult`s): its accuracy, on which photos, with its 95% interval."""
+    return "\n".join(
+        f"accuracy on {r.name}: {r.accuracy:.4f} (95% interval {interval_text(r.interval)}, {r.n} photos)"
+        for r in results
+    )
+
+
 def calibration_line(c: dict) -> str:
     held = f", {c['ece_held_out']:.2%} with T fitted on the other half" if c.get("ece_held_out") is not None else ""
     return (

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from .. import data
 from ..checkpoint import load_model, read_checkpoint, robust_checkpoint
-from ..config import ROBUST, SGD, Config
+from ..config import ROBUST, SGD, SPLIT_NAMES, Config
 from ..distributed import world
 from ..files import atomic_write_json
 from ..flops import training_flops
-from ..metrics import EvalResult
+from ..metrics import EvalResult, accuracy_lines
 from ..models import conv_layer_names
 from ..precision import resolve
 from ..report import write_report
@@ -42,6 +42,26 @@ class MainJob:
     summary: dict
     evaluations: dict[str, EvalResult] = field(default_factory=dict)
     gallery_scores: str = ""
+    run: Path | None = None
+
+    def text(self) -> str:
+        """What the run made, in the words every face shows it: each split's evaluation, the figures, the class
+        images and their scores, then the accuracies with their intervals and where everything is."""
+        s, parts = self.summary, []
+        for split, r in self.evaluations.items():
+            parts.append(f"\n== {split} ({SPLIT_NAMES[split]})\n{r.report()}\n")
+        parts.append(f"\ndeconvnet figure 2 grids: {', '.join(s['figures'])}")
+        g = s["gallery"]
+        made_by = (
+            f"a robust model (val accuracy {g['robust_val_accuracy']:.1%})" if g["model"] == "robust" else "the model"
+        )
+        parts.append(f"\nclass images: {g['figure']}, made by {made_by}")
+        if self.gallery_scores:
+            parts.append(self.gallery_scores + "\n")
+        parts.append(accuracy_lines(self.evaluations.values()))
+        parts.append(f"training took {s['train_minutes']:.1f} min; run folder: {self.run}")
+        parts.append(f"report: {s['report'] or 'not written (see the warning above)'}")
+        return "\n".join(parts)
 
 
 def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJob:
@@ -56,7 +76,7 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
     with stage(stages, "train"):
         _, prep = train_run(cfg, run, progress=progress)
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
-    job = MainJob(summary)
+    job = MainJob(summary, run=run)
     trained = Config.from_dict(read_checkpoint(run / "last.pt")["config"])  # the epochs a time budget left
     summary["train_compute"] = training_flops(trained, len(prep.train_idx), len(prep.split.classes))
     summary["precision"] = resolve(cfg.train.precision, world().device).to_dict()
