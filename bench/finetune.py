@@ -24,6 +24,7 @@ from heritagelens.checkpoint import read_checkpoint
 from heritagelens.config import Config
 from heritagelens.files import atomic_write_json
 from heritagelens.jobs.pipeline import gallery_job
+from heritagelens.trained import Trained
 
 BAR = {"recognised": 0.95, "frechet": 25.0, "diversity": 0.5}
 """The gallery's bar: each judge recognises at least 95%, FD at most 25, relative diversity at least 0.5."""
@@ -34,7 +35,7 @@ def point(cfg: Config, standard: Path, folder: Path, overrides: list[str]) -> di
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(standard, folder / "last.pt")
     t0 = time.perf_counter()
-    out, _ = gallery_job(cfg.override(overrides), folder, progress=False)
+    out, _ = gallery_job(cfg.override(overrides), Trained.load(folder / "last.pt"), progress=False)
     meta = json.loads((folder / "dream-gallery.json").read_text())
     scores = next(s for name, s in meta["scores"].items() if name.endswith("(this gallery)"))
     row = {

@@ -17,40 +17,38 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from heritagelens import data
-from heritagelens.checkpoint import checkpoint_file, load_model
+from heritagelens.checkpoint import checkpoint_file
 from heritagelens.inference import predict_logits
-from heritagelens.split import checkpoint_split
+from heritagelens.trained import Trained
 
 SPLITS = ("val", "source", "outside")
 
 
-def photos(ckpt: dict, path: Path, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The images, labels and files of `split` as the checkpoint at `path` was measured on it."""
+def photos(model: Trained, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The images, labels and files of `split` as `model` was measured on it."""
     if split == "outside":
-        folder = data.find_outside("", root, ckpt["classes"])
+        folder = data.find_outside("", root, model.classes)
         if folder is None:
             raise SystemExit(f"no outside photos beside {root}")
-        sp = data.load_folder(folder, ckpt["classes"])
+        sp = data.load_folder(folder, model.classes)
         return sp.images, sp.labels, sp.files
-    _, prep = checkpoint_split(ckpt, path, root)
+    prep = model.prepared()
     idx = prep.held_out(split)
     return prep.split.images[idx], prep.split.labels[idx], [prep.split.files[i] for i in idx]
 
 
 def probabilities(run: str, root: str, tta: bool) -> dict[str, tuple[list[str], torch.Tensor, torch.Tensor]]:
     """Per split: the files, the run's model's softmax (N, C) and the true labels."""
-    path = checkpoint_file(run)
-    model, _, ckpt = load_model(path)
+    model = Trained.load(checkpoint_file(run), root)
     out = {}
     for split in SPLITS:
-        images, labels, files = photos(ckpt, path, split, root)
-        out[split] = (files, torch.softmax(predict_logits(model, images, tta=tta).double(), 1), labels)
+        images, labels, files = photos(model, split, root)
+        out[split] = (files, torch.softmax(predict_logits(model.model, images, tta=tta).double(), 1), labels)
     return out
 
 

@@ -108,7 +108,7 @@ def test_bad_train_config_is_refused():
 # ------------------------------------------------------------------------------------------------------ training
 def test_training_learns_the_synthetic_classes(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, "train.epochs=6", "train.cutout=0")
-    state, prep = train_run(cfg, tmp_path / "run", progress=False)
+    prep = train_run(cfg, tmp_path / "run", progress=False).prep
     rows = metrics(tmp_path / "run")
     assert len(rows) == 6
     losses = [float(r["train_loss"]) for r in rows]
@@ -159,10 +159,16 @@ def test_seed_makes_runs_repeatable(tiny_data, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip_gives_identical_logits(tiny_data, tmp_path):
-    state, prep = train_run(tiny_config(tiny_data, "train.epochs=1"), tmp_path / "run", progress=False)
+    cfg = tiny_config(tiny_data, "train.epochs=1")
+    prep = prepare(cfg)
+    tr, va = prep.train_idx, prep.val_idx
+    images, labels = prep.split.images, prep.split.labels
+    start = run_module.initial_state(cfg, prep)
+    state = training.fit(cfg, start, images[tr], labels[tr], images[va], labels[va], progress=False)
+    run_module.save_checkpoint(tmp_path / "run" / "last.pt", state, cfg, prep.split.classes)
     model, classes, ckpt = load_model(tmp_path / "run" / "last.pt")
     x = prep.split.images[:8]
-    expected = inference.predict_logits(state.model, x, precision="fp32")
+    expected = inference.predict_logits(training.eval_model(state), x, precision="fp32")
     assert classes == ["arch", "bell", "dome"] and list(ckpt["config"]["model"]["widths"]) == [8, 16]
     assert torch.equal(inference.predict_logits(model, x, precision="fp32"), expected)
     # the file holds only plain values: it loads with weights_only=True (read_checkpoint uses nothing else)
@@ -315,7 +321,7 @@ def test_robust_preset_trains_on_an_attack_at_every_step(tiny_data, tmp_path, mo
 
     monkeypatch.setattr(training, "fgsm_example", spy)
     cfg = tiny_config(tiny_data, *PRESETS["robust"], "train.epochs=1")
-    state, prep = train_run(cfg, tmp_path / "run", progress=False)
+    prep = train_run(cfg, tmp_path / "run", progress=False).prep
     assert len(radii) == -(-len(prep.train_idx) // cfg.train.batch_size)  # one attacked batch per step
     assert all(0 < r <= 4.0 + 1e-4 for r in radii)  # within the L-inf radius of 4/255 in pixel units
 
@@ -393,12 +399,11 @@ def test_fine_tuning_starts_from_the_checkpoint_weights(tiny_data, tmp_path):
     start = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
     still = ["train.lr=1e-9", "train.muon_lr=1e-9"]
     cfg = tiny_config(tiny_data, "train.epochs=1", *still, f"train.init_from={tmp_path / 'a' / 'last.pt'}")
-    state, _ = train_run(cfg, tmp_path / "b", progress=False)
-    tuned = state.model.state_dict()
+    tuned = train_run(cfg, tmp_path / "b", progress=False).model.state_dict()
     for k, v in start.items():  # a learning rate of 1e-9 leaves the weights where they started
         if k.endswith("weight") or k.endswith("bias") or k.startswith("normalize"):
             assert torch.allclose(tuned[k].float(), v.float(), atol=1e-6), k
-    fresh, _ = train_run(tiny_config(tiny_data, "train.epochs=1", *still), tmp_path / "c", progress=False)
+    fresh = train_run(tiny_config(tiny_data, "train.epochs=1", *still), tmp_path / "c", progress=False)
     assert not torch.allclose(fresh.model.state_dict()["features.conv1_1.weight"], start["features.conv1_1.weight"])
 
 
@@ -431,12 +436,13 @@ def test_a_student_distilled_from_a_teacher_learns_to_answer_as_it_does(tiny_dat
     torch.save(ckpt, tmp_path / "rolled.pt")
     teacher, _, _ = load_model(tmp_path / "rolled.pt")
     kd = [f'train.teachers=["{tmp_path / "rolled.pt"}"]', "train.kd_weight=1.0", "train.kd_temperature=1"]
-    student, prep = train_run(tiny_config(tiny_data, "train.epochs=3", *kd), tmp_path / "student", progress=False)
+    student = train_run(tiny_config(tiny_data, "train.epochs=3", *kd), tmp_path / "student", progress=False)
+    prep = student.prep
     assert json.loads((tmp_path / "student" / "config.json").read_text())["train"]["kd_weight"] == 1.0
     x, labels = prep.split.images[prep.val_idx].float(), prep.split.labels[prep.val_idx]
     with torch.no_grad():
         want = teacher(x).argmax(1)
-        got = training.eval_model(student).eval()(x).argmax(1)
+        got = student.model(x).argmax(1)
     assert (want != labels).float().mean() > 0.9  # the teacher is wrong by design...
     assert (got == want).float().mean() > 0.9  # ...and the student, taught by it alone, answers as it does
     for bad in (["train.kd_weight=0.5"], [kd[0]], [kd[0], "train.kd_weight=1.5"]):  # one without the other
@@ -493,7 +499,7 @@ def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, t
     seen = []
     forward = training.batch_resize
     monkeypatch.setattr(training, "batch_resize", lambda x, side: seen.append(side) or forward(x, side))
-    state, prep = train_run(cfg, tmp_path / "run", progress=False)
+    prep = train_run(cfg, tmp_path / "run", progress=False).prep
     steps = -(-len(prep.train_idx) // 16)
     assert seen == [32] * (2 * steps) + [64] * (2 * steps)
     assert [r["side"] for r in metrics(tmp_path / "run")] == ["32", "32", "64", "64"]

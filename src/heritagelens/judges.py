@@ -34,7 +34,7 @@ from .files import atomic_write_json
 from .modelcard import check_class_names
 from .runs import train_run
 from .scores import gallery_scores, real_images
-from .split import prepare
+from .split import Prepared, prepare
 
 JUDGES: dict[str, list[str]] = {
     "robust-resnet": [*ROBUST, "model.arch=resnet", "model.depths=[1,1,1,1]", "train.epochs=12", "train.seed=1001"],
@@ -79,9 +79,10 @@ def judge_data(data_cfg: DataConfig) -> DataConfig:
     return dataclasses.replace(data_cfg, source_val="none")
 
 
-def judges_unseen(data_cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels no judge trained on (their validation split): the real images galleries are scored beside."""
-    prep = prepare(Config(data=judge_data(data_cfg)))
+def judges_unseen(data_cfg: DataConfig, like: Prepared | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels no judge trained on (their validation split): the real images galleries are scored beside.
+    `like` is a split prepared from the same data, whose images and groups are reused (see `prepare`)."""
+    prep = prepare(Config(data=judge_data(data_cfg)), like)
     return prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
 
 
@@ -180,6 +181,7 @@ def ensure_judges(
     extra: list[str] = (),
     progress: bool = True,
     log=print,
+    like: Prepared | None = None,
 ) -> dict[str, Judge]:
     """The panel for this dataset and split: the shipped one when its content keys match, else loaded from
     `judges_dir` when cached, else trained there (an interrupted judge training resumes), or `JudgeError` when
@@ -204,7 +206,7 @@ def ensure_judges(
         if not train:
             raise JudgeError(f"{folder}: judge '{name}' not trained yet (it trains once; BENCHMARKS.md gives how long)")
         log(f"training judge '{name}' into {folder} (once per dataset)")
-        train_run(judge_config(name, data_cfg, extra), folder, resume=last.exists(), progress=progress)
+        train_run(judge_config(name, data_cfg, extra), folder, resume=last.exists(), progress=progress, like=like)
         panel[name] = load_judge(name, folder)
     return panel
 
@@ -218,10 +220,12 @@ def score_sets(
     judges_dir: Path | str | None = None,
     extra: list[str] = (),
     progress: bool = True,
+    like: Prepared | None = None,
 ) -> tuple[dict[str, dict], dict[str, Judge]]:
     """Each named set of (images, intended classes) scored by the panel of `data_cfg`'s data (shipped, cached or
-    trained now) beside `per_class` real images of each intended class that no judge trained on; and the panel."""
-    panel = ensure_judges(data_cfg, judges_dir, extra=extra, progress=progress)
+    trained now) beside `per_class` real images of each intended class that no judge trained on; and the panel.
+    `like` is a split prepared from the same data (see `prepare`)."""
+    panel = ensure_judges(data_cfg, judges_dir, extra=extra, progress=progress, like=like)
     intended = torch.cat([targets for _, targets in sets.values()]).unique()
-    real = real_images(*judges_unseen(data_cfg), per_class, intended, seed)
+    real = real_images(*judges_unseen(data_cfg, like), per_class, intended, seed)
     return gallery_scores(sets, real, panel, classes), panel

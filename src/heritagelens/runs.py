@@ -25,9 +25,10 @@ from .distributed import from_main, init_world
 from .files import WriteError, atomic_save, atomic_write_json, atomic_write_text
 from .modelcard import check_classes
 from .models import build_model
-from .precision import resolve
+from .precision import Choice, resolve
 from .split import Prepared, prepare
-from .training import EpochResult, TrainState, epoch_side, fit, new_state
+from .trained import Trained
+from .training import EpochResult, TrainState, epoch_side, eval_model, fit, new_state
 
 
 def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: list[str], **extra: Any) -> Path:
@@ -149,10 +150,6 @@ def teacher_for(cfg: Config, classes: list[str]):
     return teach
 
 
-_SAID: set[str] = set()
-"""Precision lines already printed by this process."""
-
-
 def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3, side: int = 64) -> float:
     """Seconds one training step of `cfg` at `side` px takes here (augmentation, attack and averaging included), from
     timing `steps` steps on `prep`'s training images after one warm-up step."""
@@ -217,10 +214,19 @@ def budget_epochs(cfg: Config, prep: Prepared, times: tuple[float, float] | None
 
 
 def train_run(
-    cfg: Config, run_path: Path | str, resume: bool = False, progress: bool = True
-) -> tuple[TrainState, Prepared]:
+    cfg: Config | None,
+    run_path: Path | str,
+    resume: bool = False,
+    progress: bool = True,
+    like: Prepared | None = None,
+    precision: Choice | None = None,
+) -> Trained:
     """Train into `run_path`; with `resume`, continue the run saved there with the config saved there. Under torchrun
-    every process trains its share and only rank 0 writes (see `heritagelens.distributed`)."""
+    every process trains its share and only rank 0 writes (see `heritagelens.distributed`).
+
+    `like` is a split already prepared from the same data (see `prepare`); `precision`, the mode already chosen and
+    said by the caller (a job that trains several models says it once). Returns the model as its `last.pt` holds it,
+    with the split it was trained on."""
     if resume:
         last = Path(run_path) / "last.pt"
         ckpt = read_checkpoint(last)
@@ -229,13 +235,12 @@ def train_run(
     main = w.main
     run = RunWriter(run_path, writes=main)
     if main:  # chosen (timed once per machine) before the data is loaded, so the line comes first
-        choice = resolve(cfg.train.precision, w.device)
-        if choice.line not in _SAID:  # once per process: the main job trains up to four models
+        choice = precision or resolve(cfg.train.precision, w.device)
+        if precision is None:
             print(f"heritagelens: {choice.line}", flush=True)
-            _SAID.add(choice.line)
         run.log(choice.line)
         run.record_precision(choice.to_dict())
-    prep = prepare(cfg)
+    prep = prepare(cfg, like)
     s = prep.split
     if cfg.train.minutes and not resume:  # every process measures (fit is collective), the main one decides
         epochs, why = budget_epochs(cfg, prep)
@@ -284,4 +289,7 @@ def train_run(
     xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]
     teacher = teacher_for(cfg, s.classes)
     state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress, teacher=teacher)
-    return state, prep
+    if main:  # the model as the file holds it, which every later use of it reads
+        return Trained.load(run.path / "last.pt", prep=prep)
+    model = eval_model(state).eval()
+    return Trained(model, list(s.classes), cfg, {"classes": list(s.classes), "config": cfg.to_dict()}, run.path, prep)

@@ -4,14 +4,14 @@ the grouping and the hold-outs themselves)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import data
 from .config import Config
-from .modelcard import check_classes
 
 
 @dataclass
@@ -24,6 +24,9 @@ class Prepared:
     val_idx: np.ndarray
     source_idx: np.ndarray
     source: str = "none"
+    made_for: tuple = field(default=(), compare=False, repr=False)
+    """The settings it was prepared with (see `prepare`)."""
+    grouped_for: tuple = field(default=(), compare=False, repr=False)
 
     def held_out(self, split: str) -> np.ndarray:
         """The indices of 'val' (group-aware) or 'source' (source-held-out) validation."""
@@ -58,18 +61,19 @@ class Prepared:
         }
 
 
-_GROUPS: dict[tuple, np.ndarray] = {}
-"""Groups already found in this process (the main job prepares the same split several times)."""
-
-
-def prepare(cfg: Config) -> Prepared:
+def prepare(cfg: Config, like: Prepared | None = None) -> Prepared:
+    """`cfg`'s train split, decoded, grouped and divided. `like`, a preparation of the same data, is returned as it
+    is when `cfg` divides it the same way; when only the division differs, its decoded images and groups are kept and
+    the division alone is made again."""
+    if like is not None and like.made_for == _division(cfg):
+        return like
     dc = cfg.data
-    split = data.load_split(dc.root, "train", on_bad_file=dc.on_bad_file, cache_dir=dc.cache_dir or None)
-    key = (tuple(split.files), dc.near_dup_corr, dc.flickr_id_window, int(split.images[..., ::8, ::8].sum()))
-    if key not in _GROUPS:
-        _GROUPS.clear()  # one split at a time is all a process needs
-        _GROUPS[key] = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
-    groups, labels = _GROUPS[key], split.labels.numpy()
+    if like is not None and like.grouped_for == _grouping(dc):
+        split, groups = like.split, like.groups
+    else:
+        split = data.load_split(dc.root, "train", on_bad_file=dc.on_bad_file, cache_dir=dc.cache_dir or None)
+        groups = data.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
+    labels = split.labels.numpy()
     src = data.source_holdout(split.files, labels, groups, dc.source_val, dc.source_ranges)
     rest = np.setdiff1d(np.arange(len(labels)), src)
     tr, va = data.group_split(labels[rest], groups[rest], dc.val_folds, dc.val_fold, dc.split_seed)
@@ -79,28 +83,25 @@ def prepare(cfg: Config) -> Prepared:
         tr = rng.permutation(tr)[: cfg.train.limit_train]
         va = rng.permutation(va)[: max(1, cfg.train.limit_train // 4)]
         src = rng.permutation(src)[: max(1, cfg.train.limit_train // 4)]
-    return Prepared(split, groups, np.sort(tr), np.sort(va), np.sort(src), dc.source_val)
+    prep = Prepared(split, groups, np.sort(tr), np.sort(va), np.sort(src), dc.source_val)
+    prep.made_for, prep.grouped_for = _division(cfg), _grouping(dc)
+    return prep
+
+
+def _grouping(dc) -> tuple:
+    """What the decoded images and their groups depend on."""
+    return (str(dc.root), dc.on_bad_file, dc.near_dup_corr, dc.flickr_id_window)
+
+
+def _division(cfg: Config) -> tuple:
+    """What the whole preparation depends on."""
+    limit = cfg.train.limit_train
+    return (dataclasses.replace(cfg.data), limit, cfg.train.seed if limit else None)
 
 
 def data_config_of(ckpt: dict, root: Path | str | None = None, data_overrides: list[str] = ()) -> Config:
     """A checkpoint's config with the data root and the `data.*` settings a command gives."""
     return Config.from_dict(ckpt["config"]).override([*data_overrides, *([f"data.root={root}"] if root else [])])
-
-
-def checkpoint_split(
-    ckpt: dict, path: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()
-) -> tuple[Config, Prepared]:
-    """The split the checkpoint (read from `path`) was trained on, at `root` when given, with `data_overrides`; its
-    classes checked against the data's (`CheckpointError` naming `path` when they differ)."""
-    cfg = data_config_of(ckpt, root, data_overrides)
-    return cfg, prepared_for(cfg, ckpt["classes"], path)
-
-
-def prepared_for(cfg: Config, classes: list[str], path: Path | str) -> Prepared:
-    """`cfg`'s split, its classes checked against a checkpoint's (`CheckpointError` naming `path` when they differ)."""
-    prep = prepare(cfg)
-    check_classes(classes, prep.split.classes, path)
-    return prep
 
 
 def train_split(ckpt: dict, root: Path | str | None = None) -> data.Split:

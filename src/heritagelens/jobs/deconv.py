@@ -26,6 +26,7 @@ from ..modelcard import check_classes
 from ..models import conv_layer_names
 from ..progress import bar, say
 from ..split import train_split
+from ..trained import Trained, trained
 from ..visualize import comparison, default_channels, evolution, image_view, top9_figure
 
 
@@ -44,17 +45,17 @@ def image_view_paths(out_dir: Path | str, image_path: Path | str) -> list[Path]:
 
 
 def write_top9(
-    checkpoint: Path | str,
+    checkpoint: Trained | Path | str,
     layers: list[str],
     out_dir: Path | str,
     channels: list[int] | None = None,
     root: Path | str | None = None,
 ) -> list[Path]:
-    """Figure-2 grids (`top9_path`) and indexes (`.json`) for each layer, over the train split."""
-    say(f"deconv: {checkpoint}, the top 9 of every channel of {', '.join(layers)} over its train split")
-    model, classes, ckpt = load_model(checkpoint)
-    split = train_split(ckpt, root)
-    check_classes(classes, split.classes, checkpoint)
+    """Figure-2 grids (`top9_path`) and indexes (`.json`) for each layer, over the train split (at `root` when
+    given); `checkpoint` is a model or the checkpoint that holds one."""
+    t = trained(checkpoint, root)
+    say(f"deconv: {t.path}, the top 9 of every channel of {', '.join(layers)} over its train split")
+    model, split = t.model, t.train_split()
     say(f"train split: {len(split.labels)} photos, one pass for every layer, then {len(layers)} figure(s)")
     tops = top_activations_of(model, split.images, layers, progress="top 9")  # one pass for every layer
     written = []

@@ -15,14 +15,7 @@ import torch
 
 from .. import data
 from ..calibration import Calibration, calibrate, ece, filed_at
-from ..checkpoint import (
-    CheckpointError,
-    checkpoint_file,
-    is_model_folder,
-    load_model,
-    read_checkpoint,
-    temperature,
-)
+from ..checkpoint import CheckpointError, checkpoint_file, is_model_folder, read_checkpoint, temperature
 from ..config import SPLIT_NAMES, Config
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -30,12 +23,13 @@ from ..inference import predict_logits
 from ..metrics import EvalResult, evaluate_logits
 from ..modelcard import check_classes
 from ..progress import say
-from ..split import checkpoint_split, data_config_of, prepared_for
+from ..split import data_config_of
+from ..trained import Trained
 
 
 def validation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
     """'val', and 'source' when the checkpoint's split holds photos of other sources out of training."""
-    _, prep = checkpoint_split(read_checkpoint(checkpoint), checkpoint, root, data_overrides)
+    prep = Trained.load(checkpoint, root, data_overrides).prepared()
     return ["val"] + ["source"] * bool(len(prep.source_idx))
 
 
@@ -66,16 +60,20 @@ def evaluate_checkpoint(
     out_dir: Path | str | None = None,
     data_overrides: list[str] = (),
 ) -> EvalResult:
-    """Evaluate a checkpoint on 'val' (its own group-aware validation split), 'source' (its source-held-out
-    validation split), 'test' (the data root's test/) or 'outside' (the folder `data.outside` names or finds), with
-    `data_overrides` (`data.*` assignments) applied to its config; unreadable test or outside files are listed."""
+    """`evaluate` the model of a checkpoint, its data at `root` with `data_overrides` (`data.*` assignments)."""
+    return evaluate(Trained.load(checkpoint, root, data_overrides), split, tta, out_dir)
+
+
+def evaluate(trained: Trained, split: str, tta: bool | None = None, out_dir: Path | str | None = None) -> EvalResult:
+    """Evaluate a model on 'val' (its own group-aware validation split), 'source' (its source-held-out validation
+    split), 'test' (the data root's test/) or 'outside' (the folder `data.outside` names or finds); unreadable test
+    or outside files are listed. With `out_dir`, its files are written there (see the module's words)."""
+    checkpoint, model, classes, ckpt, cfg = trained.path, trained.model, trained.classes, trained.ckpt, trained.config
     say(f"evaluating {checkpoint} on {split} ({SPLIT_NAMES.get(split, split)})")
-    model, classes, ckpt = load_model(checkpoint)
-    cfg = data_config_of(ckpt, root, data_overrides)
     tta = cfg.train.tta if tta is None else tta
     folder = ""
     if split in ("val", "source"):
-        prep = prepared_for(cfg, classes, checkpoint)
+        prep = trained.prepared()
         idx = prep.held_out(split)
         if len(idx) == 0:
             raise data.DataError(f"{checkpoint}: its {split} split is empty (data.source_val is '{prep.source}')")
@@ -103,7 +101,7 @@ def evaluate_checkpoint(
     t = temperature(ckpt, tta)
     if t is not None:
         fitted = ckpt["calibration"]["tta" if tta else "plain"]
-        same = split == fitted["split"] and root is None
+        same = split == fitted["split"] and trained.own_data
         result.calibration = {
             "temperature": t, "split": split, "fitted_on": fitted["split"],
             "ece_before": ece(torch.softmax(logits.double(), 1), labels),
@@ -117,7 +115,7 @@ def evaluate_checkpoint(
             png = png_bytes(figure_image(reliability_figure(logits, labels, t, title)))
             atomic_write_bytes(png, Path(out_dir) / f"reliability-{split}.png")
         held = ckpt["calibration"].get("plain", {}).get("held_out") if t is not None else None
-        if split == "val" and held and root is None:
+        if split == "val" and held and trained.own_data:
             write_risk_coverage(held, classes, out_dir)
         if split == "outside" and temperature(ckpt, False) is not None:
             one_view = predict_logits(model, images, tta=False) if tta else logits
@@ -168,14 +166,20 @@ def write_risk_coverage(held: dict[str, list], classes: list[str], out_dir: Path
 
 
 def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None) -> dict[str, Calibration]:
-    """Fit the temperature of the checkpoint's predictions with and without TTA on its validation split and store
-    both in the checkpoint (rewritten atomically), so that every later prediction of it can use them."""
+    """`calibrate` the model of a checkpoint file or run folder, its data at `root` when given."""
     path = checkpoint_file(checkpoint)
     if is_model_folder(path):  # its card is not a checkpoint to rewrite
         raise CheckpointError(f"{path}: a model folder only serves predictions: calibrate its checkpoint")
+    return calibrate_model(Trained.load(path, root))
+
+
+def calibrate_model(trained: Trained) -> dict[str, Calibration]:
+    """Fit the temperature of the model's predictions with and without TTA on its validation split and store both
+    in its checkpoint (rewritten atomically, and in `trained.ckpt`), so that every later prediction of it can use
+    them."""
+    path, model = trained.path, trained.model
     say(f"calibrating {path} on its validation split")
-    model, classes, ckpt = load_model(path)
-    cfg, prep = checkpoint_split(ckpt, path, root)
+    prep = trained.prepared()
     images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
     if len(labels) == 0:
         raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
@@ -184,7 +188,8 @@ def calibrate_checkpoint(checkpoint: Path | str, root: Path | str | None = None)
     for name, tta in (("plain", False), ("tta", True)):
         logits = predict_logits(model, images, tta=tta, progress="TTA" if tta else "one view")
         cals[name] = calibrate(logits, labels, "val", tta)
-    atomic_save({**ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}, path)
+    trained.ckpt = {**trained.ckpt, "calibration": {k: c.to_dict() for k, c in cals.items()}}
+    atomic_save(trained.ckpt, path)
     return cals
 
 

@@ -27,7 +27,8 @@ from ..judges import score_sets
 from ..models import HeritageCNN, conv_layer_names
 from ..progress import say
 from ..scores import HEADLINE_JUDGE, per_class_table, score_table
-from ..split import checkpoint_split, train_split
+from ..split import train_split
+from ..trained import Trained, trained
 
 
 @dataclass
@@ -61,7 +62,7 @@ def check_samples(samples: int) -> None:
 
 
 def write_dream(
-    checkpoint: Path | str,
+    checkpoint: Trained | Path | str,
     class_names: list[str] | None,
     out_dir: Path | str,
     dream_cfg: DreamConfig,
@@ -73,7 +74,7 @@ def write_dream(
     judges_dir: Path | str | None = None,
     judge_extra: list[str] = (),
     init_image: Path | str | None = None,
-    standard_model: Path | str | None = None,
+    standard_model: HeritageCNN | Path | str | None = None,
     progress: bool = True,
     floor_samples: int | None = None,
 ) -> Gallery:
@@ -84,14 +85,15 @@ def write_dream(
     model with as many steps, `floor_samples` images per class (default: `samples`); `standard_model` adds naive
     ascent on that (non-robust) model as a second floor."""
     what = f"{', '.join(class_names)}" if class_names else "every class"
-    say(f"dream: {checkpoint}, {samples} image(s) of {what}, preset {label}" + (", then scored" if score else ""))
-    model, classes, ckpt = load_model(checkpoint)
+    t = trained(checkpoint, root)
+    say(f"dream: {t.path}, {samples} image(s) of {what}, preset {label}" + (", then scored" if score else ""))
+    model, classes, cfg = t.model, t.classes, t.config
     names = class_names or classes
     for n in names:
         if n not in classes:
             raise DreamError(f"unknown class '{n}'; classes: {', '.join(classes)}")
     check_samples(samples)
-    cfg, prep = checkpoint_split(ckpt, checkpoint, root)
+    prep = t.prepared()
     stats = image_stats(prep.split.images[prep.train_idx])
     ks = [classes.index(n) for n in names]
     init = start_images(init_image, len(ks) * samples)
@@ -107,7 +109,7 @@ def write_dream(
     meta = {
         "preset": label,
         "config": dataclasses.asdict(dream_cfg),
-        "model": str(checkpoint),
+        "model": str(t.path),
         "classes": names,
         "samples": samples,
         "seed": seed,
@@ -121,7 +123,7 @@ def write_dream(
         sets = {f"{label} (this gallery)": (result.images, torch.tensor(ks).repeat_interleave(samples))}
         floors = {"naive ascent (floor)": model} | ({"naive, standard model": standard_model} if standard_model else {})
         sets |= naive_floors(floors, ks, floor_samples or samples, dream_cfg.steps, stats, seed)
-        scores, panel = score_sets(sets, cfg.data, classes, samples, seed, judges_dir, judge_extra, progress)
+        scores, panel = score_sets(sets, cfg.data, classes, samples, seed, judges_dir, judge_extra, progress, like=prep)
         meta["scores"] = scores
         meta["judges"] = {n: str(j.path) for n, j in panel.items()}
         mine = scores[f"{label} (this gallery)"]

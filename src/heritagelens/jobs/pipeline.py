@@ -10,19 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import data
-from ..checkpoint import load_model, read_checkpoint, robust_checkpoint
+from ..checkpoint import robust_checkpoint
 from ..config import ROBUST, SGD, SPLIT_NAMES, Config
-from ..distributed import world
+from ..distributed import init_world
 from ..files import atomic_write_json
 from ..flops import training_flops
 from ..metrics import EvalResult, accuracy_lines
 from ..models import conv_layer_names
-from ..precision import resolve
+from ..precision import Choice, resolve
 from ..report import write_report
 from ..runs import train_run
 from ..scores import HEADLINE_JUDGE
+from ..trained import Trained
 from .deconv import write_top9
-from .evaluation import calibrate_checkpoint, evaluate_checkpoint
+from .evaluation import calibrate_model, evaluate
 from .gallery import write_dream
 
 
@@ -73,22 +74,27 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
     """
     run = Path(run_path)
     stages: dict[str, float] = {}
+    w = init_world(cfg.train.device)
+    choice = resolve(cfg.train.precision, w.device)  # said once for both models the job trains
+    if w.main:
+        print(f"heritagelens: {choice.line}", flush=True)
     with stage(stages, "train"):
-        _, prep = train_run(cfg, run, progress=progress)
+        model = train_run(cfg, run, progress=progress, precision=choice)
+    prep = model.prepared()
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
     job = MainJob(summary, run=run)
-    trained = Config.from_dict(read_checkpoint(run / "last.pt")["config"])  # the epochs a time budget left
-    summary["train_compute"] = training_flops(trained, len(prep.train_idx), len(prep.split.classes))
-    summary["precision"] = resolve(cfg.train.precision, world().device).to_dict()
+    # the epochs a time budget left
+    summary["train_compute"] = training_flops(model.config, len(prep.train_idx), len(prep.split.classes))
+    summary["precision"] = choice.to_dict()
     with stage(stages, "calibrate"):
-        cals = calibrate_checkpoint(run / "last.pt")
+        cals = calibrate_model(model)
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
     with stage(stages, "evaluate"):
         validations = ["val"] + (["source"] if len(prep.source_idx) else [])
         others = ["test"] * data.has_split(cfg.data.root, "test")
         others += ["outside"] * (data.find_outside(cfg.data.outside, cfg.data.root, prep.split.classes) is not None)
         for split in validations + others:
-            job.evaluations[split] = r = evaluate_checkpoint(run / "last.pt", split, out_dir=run)
+            job.evaluations[split] = r = evaluate(model, split, out_dir=run)
             summary["splits"][split] = {
                 "accuracy": r.accuracy,
                 "interval": r.interval,
@@ -98,10 +104,9 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
             }
             summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}
     with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
-        model, _, _ = load_model(run / "last.pt")
-        written = write_top9(run / "last.pt", conv_layer_names(model)[-2:], run)
+        written = write_top9(model, conv_layer_names(model.model)[-2:], run)
     summary["figures"] = [p.name for p in written]
-    summary["gallery"], job.gallery_scores = gallery_job(cfg, run, progress, stages)
+    summary["gallery"], job.gallery_scores = gallery_job(cfg, model, progress, stages, choice)
     summary["stages_seconds"] = stages
     summary["report"] = str(run / "report.html")
     atomic_write_json(summary, run / "summary.json")
@@ -126,20 +131,25 @@ def robust_config(cfg: Config, standard: Path | str | None = None) -> Config:
 
 
 def gallery_job(
-    cfg: Config, run: Path, progress: bool = True, stages: dict[str, float] | None = None
+    cfg: Config,
+    standard: Trained,
+    progress: bool = True,
+    stages: dict[str, float] | None = None,
+    precision: Choice | None = None,
 ) -> tuple[dict, str]:
-    """The class-image gallery of the run (`dream-gallery.*`), made from the robust model (trained into `robust/`)
-    or the standard one as `cfg.gallery.model` says, scored by the judges; returns its headline figures and its
-    score tables."""
+    """The class-image gallery of the run of the `standard` model (`dream-gallery.*` in its folder), made from the
+    robust model (trained into `robust/`) or the standard one as `cfg.gallery.model` says, scored by the judges;
+    returns its headline figures and its score tables."""
 
     stages = {} if stages is None else stages
-    source = run / "last.pt"
+    run, source = standard.path.parent, standard
     out: dict = {"model": cfg.gallery.model}
     if cfg.gallery.model == "robust":
         with stage(stages, "robust model"):
-            source = robust_checkpoint(run)
-            train_run(robust_config(cfg, run / "last.pt"), source.parent, progress=progress)
-            r = evaluate_checkpoint(source, "val", out_dir=source.parent)
+            robust = robust_config(cfg, standard.path)
+            source = train_run(robust, robust_checkpoint(run).parent, progress=progress, like=standard.prep,
+                               precision=precision)  # fmt: skip
+            r = evaluate(source, "val", out_dir=source.path.parent)
         out["robust_val_accuracy"] = r.accuracy
         out["robust_train_minutes"] = round(stages["robust model"] / 60, 2)
     g = cfg.gallery
@@ -147,7 +157,7 @@ def gallery_job(
         made = write_dream(
             source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
             judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
-            standard_model=run / "last.pt" if cfg.gallery.model == "robust" else None, floor_samples=g.floor_samples,
+            standard_model=standard.model if cfg.gallery.model == "robust" else None, floor_samples=g.floor_samples,
         )  # fmt: skip
     out["figure"] = made.png.name
     for name, s in made.meta.get("scores", {}).items():
