@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .classes import class_name_problem
 from .config import IMAGE_SIZE
 from .files import atomic_save, file_sha256, safe_load
 from .images import DataError, decode_many, open_image
-from .modelcard import class_name_problem
 
 CACHE_VERSION = 1
 SPLITS = ("train", "test")

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .classes import class_name_problem
 from .errors import HeritageLensError
 from .files import SpecialFileError, read_regular
 
@@ -31,36 +32,6 @@ fitted (1e-320 makes every probability NaN, 1e300 makes them all equal) and the 
 def valid_temperature(t: Any) -> bool:
     low, high = TEMPERATURES
     return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and low <= t <= high
-
-
-UNSURE_FOLDER = "_uncertain"
-"""The folder a sort keeps the photos its model was unsure of: no class may take its name."""
-FORBIDDEN_IN_NAMES = set('/\\<>:"|?*')
-"""Characters a class name may not hold: path separators, and what Windows refuses in a file name."""
-NAME_BYTES = 100
-
-
-def class_name_problem(name: Any) -> str:
-    """Why `name` cannot be a class name ('' when it can). A class names a folder: in a dataset, and in a sort's
-    output, where photos are copied to `OUT/<class>/`. So one rule holds wherever a model or a dataset is read: a
-    single, visible folder name that means the same on every file system, nothing that leads out of a folder."""
-    if not isinstance(name, str) or not name:
-        return "is not a name"
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid text"
-    if any(c in FORBIDDEN_IN_NAMES or ord(c) < 32 or ord(c) == 127 for c in name):
-        return "holds a path separator or a character file systems refuse"
-    if name.startswith("."):
-        return "begins with '.' (a hidden or parent folder)"
-    if name != name.strip():
-        return "begins or ends with a space"
-    if size > NAME_BYTES:
-        return f"is longer than {NAME_BYTES} bytes"
-    if name == UNSURE_FOLDER:
-        return "is the name of a sort's folder of unsure photos"
-    return ""
 
 
 def check_class_names(classes: Any, path: Path | str) -> list[str]:

@@ -39,11 +39,11 @@ import torch
 from PIL import Image
 
 from .calibration import Filed, curve, filed_at, measured, threshold_for
+from .classes import UNSURE_FOLDER
 from .config import IMAGE_SIZE
 from .errors import HeritageLensError
 from .images import DataError, read_rgb
 from .inference import probabilities
-from .modelcard import UNSURE_FOLDER
 
 UNCERTAIN = UNSURE_FOLDER
 JOURNAL = ".heritagelens-sort.jsonl"
