@@ -9,7 +9,7 @@ Trains one run per seed (one at a time: the machine has 2 cores), evaluates each
 validation splits (group-aware 'val', and 'source' when the recipe holds a source out) and on the outside photos
 (`<AHE_DATA>-outside`, photos from other sources, when present) with the recipe's TTA setting, and prints a Markdown
 table plus mean and spread of each. `--record` writes the figures of a named preset
-(no `--set`) into the package's `presets.json`, which every report sets its run beside. `--runs` measures
+(no `--set`) into the package's `jobs/preset-figures.json`, which every report sets its run beside. `--runs` measures
 finished runs instead of training (each checked to be the recipe with its seed; its minutes are the sum of its
 epochs' seconds in `metrics.csv`).
 """
@@ -29,11 +29,11 @@ import torch
 
 from heritagelens.config import preset
 from heritagelens.files import atomic_write_json
-from heritagelens.flops import training_flops
 from heritagelens.jobs.evaluation import evaluate_checkpoint, evaluation_splits
-from heritagelens.precision import cache_key
-from heritagelens.report import PRESET_FIGURES, split_key
-from heritagelens.runs import train_run
+from heritagelens.jobs.report import PRESET_FIGURES, split_key
+from heritagelens.model.precision import cache_key
+from heritagelens.train.flops import training_flops
+from heritagelens.train.runs import train_run
 
 
 def main():
@@ -42,7 +42,9 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", default="runs/bench-accuracy")
-    p.add_argument("--record", action="store_true", help="write the figures into the package's presets.json")
+    p.add_argument(
+        "--record", action="store_true", help="write the figures into the package's jobs/preset-figures.json"
+    )
     p.add_argument(
         "--add-outside",
         nargs="+",
@@ -142,7 +144,7 @@ def trained_minutes(run: Path, cfg) -> float:
 def add_outside(name: str, runs: list[str]) -> None:
     """The outside figures of `runs` into the preset's record, each run checked to give the recorded validation
     figures (the same recipe and seed, reproduced): nothing is recorded otherwise."""
-    from heritagelens.checkpoint import checkpoint_file
+    from heritagelens.model.checkpoint import checkpoint_file
 
     root = os.environ.get("AHE_DATA", "data/ahe64")
     ref = json.loads(PRESET_FIGURES.read_text())
@@ -168,7 +170,8 @@ def add_outside(name: str, runs: list[str]) -> None:
 
 
 def record(name: str, rows: list[dict]) -> None:
-    """The preset's figures into `presets.json`; every preset there must have been measured on the same split."""
+    """The preset's figures into `jobs/preset-figures.json`; every preset there must have been measured on the same
+    split."""
     keys = {r["split_key"] for r in rows}
     ref = json.loads(PRESET_FIGURES.read_text()) if PRESET_FIGURES.exists() else {}
     if len(keys) != 1 or ref.get("split_key", *keys) not in keys or any(r["source_acc"] is None for r in rows):

@@ -19,8 +19,8 @@ import torch
 
 from heritagelens.config import preset
 from heritagelens.jobs.evaluation import evaluate_checkpoint
-from heritagelens.precision import cache_key, resolve
-from heritagelens.runs import train_run
+from heritagelens.model.precision import cache_key, resolve
+from heritagelens.train.runs import train_run
 
 
 def main():

@@ -25,18 +25,18 @@ from pathlib import Path
 import torch
 from accuracy import trained_minutes  # bench/, beside this script
 
-from heritagelens import data
-from heritagelens.calibration import filed_at, threshold_for
-from heritagelens.checkpoint import load_model, write_model_folder
 from heritagelens.config import preset
-from heritagelens.export import write_folder_graph
+from heritagelens.data import dataset
 from heritagelens.files import atomic_write_json, file_sha256
-from heritagelens.inference import predict_logits
 from heritagelens.jobs.evaluation import THRESHOLDS, calibrate_checkpoint, evaluate_checkpoint, outside_predictions
-from heritagelens.modelcard import BUNDLED, MODEL_CARD, MODEL_WEIGHTS, model_card
-from heritagelens.precision import cache_key
-from heritagelens.report import split_key
-from heritagelens.runs import train_run
+from heritagelens.jobs.report import split_key
+from heritagelens.model.calibration import filed_at, threshold_for
+from heritagelens.model.card import BUNDLED, MODEL_CARD, MODEL_WEIGHTS, model_card
+from heritagelens.model.checkpoint import load_model, write_model_folder
+from heritagelens.model.export import write_folder_graph
+from heritagelens.model.inference import predict_logits
+from heritagelens.model.precision import cache_key
+from heritagelens.train.runs import train_run
 
 RECIPE, SEED = "default", 0
 
@@ -75,7 +75,7 @@ def outside_figures(checkpoint: Path) -> tuple[dict, dict]:
         "ece_before_calibration": round(tta.calibration["ece_before"], 4),
     }
     model, classes, ckpt = load_model(checkpoint)
-    sp = data.load_folder(folder, classes)
+    sp = dataset.load_folder(folder, classes)
     held = outside_predictions(predict_logits(model, sp.images), sp.labels, ckpt)
     return figs, {"photos": figs["photos"], "view": "one view, the temperature fitted on validation", **held}
 

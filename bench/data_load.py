@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 
-from heritagelens.data import load_split
+from heritagelens.data.dataset import load_split
 
 
 def main():

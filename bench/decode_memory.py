@@ -4,7 +4,7 @@ before, Linux only) less the process's RSS before the decode.
     python bench/decode_memory.py [--side 10000]
 
 Makes a 16-bit greyscale PNG, an 8-bit RGB PNG and a JPEG of `--side` x `--side` px in a temporary folder, then
-decodes each with `heritagelens.images.decode` and prints the megabytes the decode added at its peak.
+decodes each with `heritagelens.data.images.decode` and prints the megabytes the decode added at its peak.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 PROBE = """
 import sys
-from heritagelens.images import decode
+from heritagelens.data.images import decode
 def status(key):
     line = next(ln for ln in open("/proc/self/status") if ln.startswith(key))
     return int(line.split()[1]) / 1024

@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from heritagelens import data
-from heritagelens.checkpoint import load_model
-from heritagelens.deconvnet import project_top, top_activations
-from heritagelens.models import conv_layer_names
-from heritagelens.visualize import image_view
+from heritagelens.data import dataset
+from heritagelens.explain.deconvnet import project_top, top_activations
+from heritagelens.explain.views import image_view
+from heritagelens.model.checkpoint import load_model
+from heritagelens.model.network import conv_layer_names
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     a = p.parse_args()
     model, _, _ = load_model(a.checkpoint)
     layer = a.layer or conv_layer_names(model)[-1]
-    split = data.load_split(os.environ.get("AHE_DATA", "data/ahe64"), "train")
+    split = dataset.load_split(os.environ.get("AHE_DATA", "data/ahe64"), "train")
     print(f"{len(split.images)} images, layer {layer}, {torch.get_num_threads()} threads")
 
     t0 = time.perf_counter()

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from heritagelens.checkpoint import load_model
 from heritagelens.config import Config
+from heritagelens.data.split import prepare
 from heritagelens.dream import class_images, dream_preset, image_stats
 from heritagelens.figures import gallery
-from heritagelens.judges import score_sets
-from heritagelens.scores import HEADLINE_JUDGE, per_class_table, score_table
-from heritagelens.split import prepare
+from heritagelens.judging.judges import score_sets
+from heritagelens.judging.scores import HEADLINE_JUDGE, per_class_table, score_table
+from heritagelens.model.checkpoint import load_model
 
 
 def gallery_seconds(model, stats, preset: str, classes: int = 10, samples: int = 4, repeats: int = 2) -> list[float]:

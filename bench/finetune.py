@@ -20,11 +20,11 @@ import shutil
 import time
 from pathlib import Path
 
-from heritagelens.checkpoint import read_checkpoint
 from heritagelens.config import Config
 from heritagelens.files import atomic_write_json
 from heritagelens.jobs.pipeline import gallery_job
-from heritagelens.trained import Trained
+from heritagelens.model.checkpoint import read_checkpoint
+from heritagelens.model.trained import Trained
 
 BAR = {"recognised": 0.95, "frechet": 25.0, "diversity": 0.5}
 """The gallery's bar: each judge recognises at least 95%, FD at most 25, relative diversity at least 0.5."""

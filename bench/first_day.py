@@ -26,7 +26,7 @@ ap.add_argument("--per-class", type=int, default=20, help="newest Flickr photos 
 args = ap.parse_args()
 hl = Path(sys.executable).with_name("heritagelens")
 data = Path(os.environ.get("AHE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "ahe64"))
-from heritagelens.data import name_key  # noqa: E402
+from heritagelens.data.dataset import name_key  # noqa: E402
 from heritagelens.webapp import running, wait_text  # noqa: E402
 
 work = Path(tempfile.mkdtemp(prefix="heritagelens-first-day-"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from heritagelens.config import preset
-from heritagelens.flops import training_flops
+from heritagelens.train.flops import training_flops
 
 
 def main():

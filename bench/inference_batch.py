@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from heritagelens.checkpoint import load_model
-from heritagelens.inference import predict_logits
-from heritagelens.modelcard import BUNDLED
+from heritagelens.model.card import BUNDLED
+from heritagelens.model.checkpoint import load_model
+from heritagelens.model.inference import predict_logits
 
 
 def main() -> None:

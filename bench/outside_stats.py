@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from heritagelens import data
+from heritagelens.data import dataset
 
 
 def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -29,8 +29,8 @@ def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     root = Path(os.environ.get("AHE_DATA", "data/ahe64"))
-    train = data.load_split(root, "train")
-    outside = data.load_folder(root.parent / f"{root.name}-outside", train.classes)
+    train = dataset.load_split(root, "train")
+    outside = dataset.load_folder(root.parent / f"{root.name}-outside", train.classes)
     a, b = stats(train.images), stats(outside.images)
     for k in a:
         print(f"{k:9s} train {a[k].mean():.4f} ±{a[k].std():.4f}   outside {b[k].mean():.4f} ±{b[k].std():.4f}")

@@ -21,10 +21,10 @@ import statistics
 import numpy as np
 import torch
 
-from heritagelens import data
-from heritagelens.checkpoint import checkpoint_file
-from heritagelens.inference import predict_logits
-from heritagelens.trained import Trained
+from heritagelens.data import dataset
+from heritagelens.model.checkpoint import checkpoint_file
+from heritagelens.model.inference import predict_logits
+from heritagelens.model.trained import Trained
 
 SPLITS = ("val", "source", "outside")
 
@@ -32,10 +32,10 @@ SPLITS = ("val", "source", "outside")
 def photos(model: Trained, split: str, root: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The images, labels and files of `split` as `model` was measured on it."""
     if split == "outside":
-        folder = data.find_outside("", root, model.classes)
+        folder = dataset.find_outside("", root, model.classes)
         if folder is None:
             raise SystemExit(f"no outside photos beside {root}")
-        sp = data.load_folder(folder, model.classes)
+        sp = dataset.load_folder(folder, model.classes)
         return sp.images, sp.labels, sp.files
     prep = model.prepared()
     idx = prep.held_out(split)

@@ -3,7 +3,7 @@
     AHE_DATA=../shared/data/ahe64 python bench/panel.py          # train the panel (or take it from the cache), ship it
     AHE_DATA=../shared/data/ahe64 python bench/panel.py --check  # the shipped panel: keys and accuracies reproduce
 
-Building trains each judge of `heritagelens.judges.JUDGES` with its recipe on the default group-aware split (or
+Building trains each judge of `heritagelens.judging.judges.JUDGES` with its recipe on the default group-aware split (or
 reads it from the judges' cache when already trained there), measures its accuracy on the validation split, and
 writes the weights as safetensors with `panel.json`, the card recording this command, the CPU, each judge's content
 key and accuracy. Checking recomputes the content keys from the data and the accuracies from the shipped weights
@@ -18,11 +18,11 @@ import sys
 
 import torch
 
-from heritagelens import judges
 from heritagelens.config import DataConfig
-from heritagelens.inference import accuracy
-from heritagelens.precision import cache_key
-from heritagelens.split import prepare
+from heritagelens.data.split import prepare
+from heritagelens.judging import judges
+from heritagelens.model.inference import accuracy
+from heritagelens.model.precision import cache_key
 
 
 def val_accuracy(judge: judges.Judge, data_cfg: DataConfig) -> float:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from heritagelens.modelcard import BUNDLED
+from heritagelens.model.card import BUNDLED
 from heritagelens.webapp import UNSURE, Explorer
 
 

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from heritagelens.config import ModelConfig
-from heritagelens.models import build_model
-from heritagelens.precision import Precision, candidates, cpu_has_native_bf16, resolve
+from heritagelens.model.network import build_model
+from heritagelens.model.precision import Precision, candidates, cpu_has_native_bf16, resolve
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from heritagelens import data
+from heritagelens.data import dataset
 from heritagelens.files import atomic_write_bytes
-from heritagelens.modelcard import BUNDLED, model_card
+from heritagelens.model.card import BUNDLED, model_card
 from heritagelens.webapp import ServeError, running, wait_text
 
 WIDTH, HEIGHT = 1280, 900
@@ -57,7 +57,7 @@ def shoot(page, out: Path, name: str, full: bool = False) -> Path:
 
 def a_photo(root: Path, cls: str) -> Path:
     """A photo of `cls` from other sources than the training's when there are some, else from train/."""
-    outside = data.find_outside("", str(root), model_card(BUNDLED)["classes"])
+    outside = dataset.find_outside("", str(root), model_card(BUNDLED)["classes"])
     folder = (outside or root / "train") / cls
     return sorted(folder.glob("*.jpg"))[0]
 

@@ -120,7 +120,7 @@ def ahe_root() -> Path:
 
 @pytest.fixture(scope="session")
 def ahe_train(ahe_root):
-    from heritagelens.data import load_split
+    from heritagelens.data.dataset import load_split
 
     return load_split(ahe_root, "train")
 

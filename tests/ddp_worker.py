@@ -11,8 +11,8 @@ import torch
 
 from heritagelens.config import Config
 from heritagelens.distributed import close_world, init_world
-from heritagelens.models import build_model
-from heritagelens.training import fit, new_state
+from heritagelens.model.network import build_model
+from heritagelens.train.loop import fit, new_state
 
 OVERRIDES = ["model.widths=[8,16]", "model.depths=[1,1]", "model.dropout=0", "train.precision=fp32",
              "train.batch_size=16", "train.epochs=1", "train.ema_decay=0"]  # fmt: skip

@@ -17,13 +17,13 @@ from pathlib import Path
 PRELOAD = [
     "heritagelens.cli",
     "heritagelens.jobs.pipeline",
-    "heritagelens.visualize",
-    "heritagelens.tune",
-    "heritagelens.sort",
-    "heritagelens.fetch",
-    "heritagelens.report",
-    "heritagelens.export",
-    "heritagelens.calibration",
+    "heritagelens.explain.views",
+    "heritagelens.jobs.tune",
+    "heritagelens.sort.sorter",
+    "heritagelens.data.fetch",
+    "heritagelens.jobs.report",
+    "heritagelens.model.export",
+    "heritagelens.model.calibration",
 ]
 
 _context = None

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heritagelens.attribution import gradient_maps, occlusion
 from heritagelens.config import ModelConfig
-from heritagelens.deconvnet import project, record
-from heritagelens.models import build_model
+from heritagelens.explain.attribution import gradient_maps, occlusion
+from heritagelens.explain.deconvnet import project, record
+from heritagelens.model.network import build_model
 
 
 def _model(seed=0):
@@ -68,7 +68,7 @@ def test_the_comparison_draws_each_map_with_its_colour_bar_and_the_heat_maps_ove
     import numpy as np
 
     from heritagelens import figures
-    from heritagelens.visualize import comparison
+    from heritagelens.explain.views import comparison
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(widths=(8, 16, 16, 16), depths=(1, 1, 1, 1)), 3).eval()

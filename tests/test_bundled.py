@@ -11,10 +11,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli
 
-from heritagelens.checkpoint import load_model, read_checkpoint, write_model_folder
 from heritagelens.config import Config
 from heritagelens.files import file_sha256
-from heritagelens.modelcard import (
+from heritagelens.model.card import (
     BUNDLED,
     MODEL_CARD,
     MODEL_ONNX,
@@ -23,6 +22,7 @@ from heritagelens.modelcard import (
     describe_model,
     model_card,
 )
+from heritagelens.model.checkpoint import load_model, read_checkpoint, write_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def test_sort_with_the_bundled_model_says_what_its_threshold_means_on_outside_ph
 
 
 def test_the_bundled_graph_gives_the_probabilities_pytorch_gives():
-    from heritagelens.inference import probabilities
-    from heritagelens.runtime import folder_classifier
+    from heritagelens.model.inference import probabilities
+    from heritagelens.model.onnx_runner import folder_classifier
 
     model, classes, ckpt = load_model(BUNDLED)
     x = torch.randint(0, 256, (16, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -129,8 +129,8 @@ def test_the_bundled_graph_gives_the_probabilities_pytorch_gives():
 def test_predict_with_the_bundled_model_never_loads_pytorch(tmp_path):
     from PIL import Image
 
-    from heritagelens.checkpoint import temperature
-    from heritagelens.inference import probabilities
+    from heritagelens.model.checkpoint import temperature
+    from heritagelens.model.inference import probabilities
 
     photos = [tmp_path / f"p{i}.jpg" for i in range(3)]
     for i, photo in enumerate(photos):
@@ -142,7 +142,7 @@ def test_predict_with_the_bundled_model_never_loads_pytorch(tmp_path):
     *lines, loaded = p.stdout.splitlines()
     assert loaded == "False" and "the bundled model" in p.stderr
     model, classes, ckpt = load_model(BUNDLED)  # the same photos under PyTorch
-    from heritagelens.images import decode
+    from heritagelens.data.images import decode
 
     x = torch.from_numpy(np.stack([decode(f) for f in photos]))
     want = probabilities(model, x, temperature(ckpt, False)).numpy()
@@ -155,7 +155,7 @@ def test_predict_with_the_bundled_model_never_loads_pytorch(tmp_path):
 def test_a_model_folder_graph_is_checked_and_spoiled_is_one_line(trained, folder, tmp_path):
     import shutil
 
-    from heritagelens.export import write_folder_graph
+    from heritagelens.model.export import write_folder_graph
 
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)

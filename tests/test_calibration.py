@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli
 
-from heritagelens.calibration import (
+from heritagelens.model.calibration import (
     calibrate,
     curve,
     ece,
@@ -19,7 +19,7 @@ from heritagelens.calibration import (
     reliability,
     threshold_for,
 )
-from heritagelens.checkpoint import read_checkpoint
+from heritagelens.model.checkpoint import read_checkpoint
 
 
 def two_class(conf: float, n: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:

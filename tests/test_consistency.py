@@ -17,9 +17,9 @@ from PIL import Image
 
 import heritagelens as hl
 from heritagelens.jobs.deconv import write_image_view
-from heritagelens.modelcard import BUNDLED
-from heritagelens.sort import sort_photos
-from heritagelens.xmp import read_tag, sidecar_path
+from heritagelens.model.card import BUNDLED
+from heritagelens.sort.sorter import sort_photos
+from heritagelens.sort.xmp import read_tag, sidecar_path
 
 LAYER = "conv1_1"
 TOLERANCE = 6e-4
@@ -176,7 +176,7 @@ def test_deconv_image_quotes_the_api_s_probability(photos, api, tmp_path):
 
 
 def test_an_uncalibrated_probability_says_so(photos, tmp_path):
-    from heritagelens.visualize import comparison
+    from heritagelens.explain.views import comparison
 
     model, classes, _ = hl.load_model(BUNDLED)
     x = hl.decode(photos[0])

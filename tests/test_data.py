@@ -10,37 +10,37 @@ import torch
 from conftest import class_image, cli, make_dataset
 from PIL import Image
 
-from heritagelens import data, images
-from heritagelens.images import DataError
+from heritagelens.data import dataset, images
+from heritagelens.data.images import DataError
 
 
 # ------------------------------------------------------------------------------------------------------- layout
 def test_classes_are_sorted_folder_names(tiny_data):
-    assert data.list_classes(tiny_data) == ["arch", "bell", "dome"]
+    assert dataset.list_classes(tiny_data) == ["arch", "bell", "dome"]
 
 
 def test_missing_root(tmp_path):
     with pytest.raises(DataError, match="nope: no such directory"):
-        data.list_classes(tmp_path / "nope")
+        dataset.list_classes(tmp_path / "nope")
 
 
 def test_root_without_train_folder(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(DataError, match=r"train: missing; expected the layout"):
-        data.list_classes(tmp_path / "x")
+        dataset.list_classes(tmp_path / "x")
 
 
 def test_folder_without_class_subfolders(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "loose.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="no class folders"):
-        data.list_classes(tmp_path)
+        dataset.list_classes(tmp_path)
 
 
 def test_empty_class_folder(tiny_data):
     (tiny_data / "train" / "zzz").mkdir()
     with pytest.raises(DataError, match=r"zzz: empty class folder"):
-        data.load_split(tiny_data, "train")
+        dataset.load_split(tiny_data, "train")
 
 
 def test_unknown_class_in_test_split(tiny_data):
@@ -48,7 +48,7 @@ def test_unknown_class_in_test_split(tiny_data):
     d.mkdir()
     class_image(0, np.random.default_rng(0)).save(d / "a.jpg")
     with pytest.raises(DataError, match=r"gazebo: class 'gazebo' is not one of the model's classes"):
-        data.load_split(tiny_data, "test")
+        dataset.load_split(tiny_data, "test")
 
 
 # ------------------------------------------------------------------------------------------------------ decoding
@@ -141,7 +141,7 @@ def _add_bad_files(root: Path) -> None:
 
 def test_load_skips_bad_files_and_counts_them(tiny_data):
     _add_bad_files(tiny_data)
-    s = data.load_split(tiny_data, "train")
+    s = dataset.load_split(tiny_data, "train")
     assert len(s.labels) == 72 and s.images.shape == (72, 3, 64, 64) and s.images.dtype == torch.uint8
     assert sorted(Path(f).name for f, _ in s.bad) == ["readme.txt", "zero.jpg"]
     assert torch.equal(torch.bincount(s.labels), torch.tensor([24, 24, 24]))
@@ -150,19 +150,19 @@ def test_load_skips_bad_files_and_counts_them(tiny_data):
 def test_load_stops_on_bad_file_when_asked(tiny_data):
     _add_bad_files(tiny_data)
     with pytest.raises(DataError, match=r"2 unreadable file\(s\)"):
-        data.load_split(tiny_data, "train", on_bad_file="stop")
+        dataset.load_split(tiny_data, "train", on_bad_file="stop")
 
 
 # --------------------------------------------------------------------------------------------------------- cache
 def test_second_load_comes_from_cache_and_changes_invalidate_it(tiny_data, monkeypatch, tmp_path):
-    first = data.load_split(tiny_data, "train", cache_dir=tmp_path / "c")
+    first = dataset.load_split(tiny_data, "train", cache_dir=tmp_path / "c")
     calls = []
-    real = data.decode_many
-    monkeypatch.setattr(data, "decode_many", lambda files: calls.append(len(files)) or real(files))
-    second = data.load_split(tiny_data, "train", cache_dir=tmp_path / "c")
+    real = dataset.decode_many
+    monkeypatch.setattr(dataset, "decode_many", lambda files: calls.append(len(files)) or real(files))
+    second = dataset.load_split(tiny_data, "train", cache_dir=tmp_path / "c")
     assert calls == [] and torch.equal(first.images, second.images) and first.files == second.files
     class_image(2, np.random.default_rng(5)).save(tiny_data / "train" / "arch" / "new.jpg")
-    third = data.load_split(tiny_data, "train", cache_dir=tmp_path / "c")
+    third = dataset.load_split(tiny_data, "train", cache_dir=tmp_path / "c")
     assert calls == [73] and len(third.labels) == 73
 
 
@@ -172,7 +172,7 @@ def test_check_finds_bad_files_and_duplicates(tiny_data):
     src = next((tiny_data / "train" / "arch").glob("1*.jpg"))
     (tiny_data / "train" / "dome" / src.name).write_bytes(src.read_bytes())  # same file under two classes
     (tiny_data / "train" / "arch" / "copy.jpg").write_bytes(src.read_bytes())
-    r = data.check(tiny_data)
+    r = dataset.check(tiny_data)
     assert r.usable
     assert r.counts["train"] == {"arch": 26, "bell": 25, "dome": 25} and r.counts["test"]["arch"] == 6
     assert sorted(Path(f).name for f, _ in r.bad) == ["readme.txt", "zero.jpg"]
@@ -186,7 +186,7 @@ def test_check_finds_bad_files_and_duplicates(tiny_data):
 
 def test_check_reports_unusable_layout(tiny_data):
     (tiny_data / "test" / "gazebo").mkdir()
-    r = data.check(tiny_data)
+    r = dataset.check(tiny_data)
     assert not r.usable
     assert any("class 'gazebo' is not in train/" in p for p in r.problems)
     assert any("gazebo: empty class folder" in p for p in r.problems)
@@ -197,7 +197,7 @@ def test_check_names_a_decompression_bomb_and_every_entry_it_ignores(tiny_data):
     (tiny_data / "train" / "notes.txt").write_text("a stray file beside the class folders")
     (tiny_data / "train" / "arch" / "sub").mkdir()
     os.mkfifo(tiny_data / "train" / "bell" / "pipe.jpg")  # read, it would block forever
-    r = data.check(tiny_data)
+    r = dataset.check(tiny_data)
     assert r.usable and [(Path(f).name, why.split(" (")[0]) for f, why in r.bad] == [("bomb.png", "image too large")]
     assert r.ignored == [
         f"{tiny_data / 'train' / 'notes.txt'}: not a class folder, ignored",
@@ -212,11 +212,15 @@ def test_check_names_a_decompression_bomb_and_every_entry_it_ignores(tiny_data):
 
 # ----------------------------------------------------------------------------------------------------- the split
 def test_name_keys():
-    assert data.name_key("train/altar/10217046385_54f0dbd2cc_n.jpg") == ("flickr", 10217046385)
-    assert data.name_key("11462332355_cff47333bd.jpg") == ("flickr", 11462332355)
-    assert data.name_key("Apse_-_Duomo_-_Pisa_2014_(2).jpg") == data.name_key("Apse_-_Duomo_-_Pisa_2014.jpg")
-    assert data.name_key("120px-113ComoDuomo.jpg") == data.name_key("101px-111ComoDuomo.jpg") == ("name", "comoduomo")
-    assert data.name_key("altar_001.jpg") != data.name_key("apse_001.jpg")
+    assert dataset.name_key("train/altar/10217046385_54f0dbd2cc_n.jpg") == ("flickr", 10217046385)
+    assert dataset.name_key("11462332355_cff47333bd.jpg") == ("flickr", 11462332355)
+    assert dataset.name_key("Apse_-_Duomo_-_Pisa_2014_(2).jpg") == dataset.name_key("Apse_-_Duomo_-_Pisa_2014.jpg")
+    assert (
+        dataset.name_key("120px-113ComoDuomo.jpg")
+        == dataset.name_key("101px-111ComoDuomo.jpg")
+        == ("name", "comoduomo")
+    )
+    assert dataset.name_key("altar_001.jpg") != dataset.name_key("apse_001.jpg")
 
 
 def test_groups_link_near_duplicates_bursts_and_name_series():
@@ -233,7 +237,7 @@ def test_groups_link_near_duplicates_bursts_and_name_series():
         "d/Notre-Dame_de_Paris_(3).jpg",
         "e/800px-Notre-Dame_de_Paris_12.jpg",
     ]
-    g = data.find_groups(files, images, near_dup_corr=0.93, flickr_id_window=100_000)
+    g = dataset.find_groups(files, images, near_dup_corr=0.93, flickr_id_window=100_000)
     assert g[0] == g[1] and g[2] == g[3] and g[4] == g[5]
     assert len({g[0], g[2], g[4]}) == 3
 
@@ -242,12 +246,12 @@ def test_group_split_keeps_groups_whole_and_is_deterministic():
     rng = np.random.default_rng(1)
     groups = rng.integers(0, 300, 2000)
     labels = groups % 5  # a group is one class, as bursts are
-    tr, va = data.group_split(labels, groups, folds=5, fold=0, seed=3)
+    tr, va = dataset.group_split(labels, groups, folds=5, fold=0, seed=3)
     assert not set(groups[tr]) & set(groups[va])
     assert len(tr) + len(va) == 2000 and 0.1 < len(va) / 2000 < 0.3
-    tr2, va2 = data.group_split(labels, groups, folds=5, fold=0, seed=3)
+    tr2, va2 = dataset.group_split(labels, groups, folds=5, fold=0, seed=3)
     assert np.array_equal(va, va2)
-    assert not np.array_equal(va, data.group_split(labels, groups, folds=5, fold=0, seed=4)[1])
+    assert not np.array_equal(va, dataset.group_split(labels, groups, folds=5, fold=0, seed=4)[1])
 
 
 def _flickr(i: int) -> str:
@@ -260,20 +264,20 @@ def test_source_holdout_takes_each_class_newest_flickr_photos_with_their_groups(
     labels = np.array([0] * 10 + [1] * 10 + [1, 1])
     groups = np.arange(22)
     groups[3] = groups[9]  # an old class-0 photo linked (a near-duplicate) to the newest one
-    held = data.source_holdout(files, labels, groups, "flickr-newest", 5)
+    held = dataset.source_holdout(files, labels, groups, "flickr-newest", 5)
     assert sorted(held) == [3, 8, 9, 18, 19]  # two newest per class (the last of 5 ranges) and the whole group of #9
-    assert sorted(data.source_holdout(files, labels, groups, "flickr-range-0", 5)) == [0, 1, 10, 11]
-    assert sorted(data.source_holdout(files, labels, groups, "wikimedia", 5)) == [20, 21]
-    assert len(data.source_holdout(files, labels, groups, "none", 5)) == 0
+    assert sorted(dataset.source_holdout(files, labels, groups, "flickr-range-0", 5)) == [0, 1, 10, 11]
+    assert sorted(dataset.source_holdout(files, labels, groups, "wikimedia", 5)) == [20, 21]
+    assert len(dataset.source_holdout(files, labels, groups, "none", 5)) == 0
 
 
 def test_source_ranges_partition_the_flickr_photos():
     rng = np.random.default_rng(0)
     ids = rng.choice(10**9, 300, replace=False) + 10**10
     files, labels, groups = [_flickr(i) for i in ids], rng.integers(0, 3, 300), np.arange(300)
-    folds = [data.source_holdout(files, labels, groups, f"flickr-range-{k}", 4) for k in range(4)]
+    folds = [dataset.source_holdout(files, labels, groups, f"flickr-range-{k}", 4) for k in range(4)]
     assert sorted(np.concatenate(folds)) == list(range(300))
-    assert np.array_equal(folds[3], data.source_holdout(files, labels, groups, "flickr-newest", 4))
+    assert np.array_equal(folds[3], dataset.source_holdout(files, labels, groups, "flickr-newest", 4))
     for c in range(3):  # within a class, every photo of a later range was uploaded after every one of an earlier
         newest, oldest = folds[3][labels[folds[3]] == c], folds[0][labels[folds[0]] == c]
         assert ids[newest].min() > ids[oldest].max()
@@ -298,8 +302,8 @@ def test_a_config_saved_before_the_source_split_keeps_the_split_it_trained_on():
 def test_real_split_keeps_every_known_near_duplicate_together(ahe_root, ahe_train):
     s = ahe_train
     assert len(s.labels) == 10130 and not s.bad and s.classes[0] == "altar" and len(s.classes) == 10
-    groups = data.find_groups(s.files, s.images, 0.93, 100_000)
-    tr, va = data.group_split(s.labels.numpy(), groups, 7, 0, 0)
+    groups = dataset.find_groups(s.files, s.images, 0.93, 100_000)
+    tr, va = dataset.group_split(s.labels.numpy(), groups, 7, 0, 0)
     side = np.zeros(len(s.files), dtype=int)
     side[va] = 1
     index = {f: i for i, f in enumerate(s.files)}
@@ -315,15 +319,15 @@ def test_real_split_keeps_every_known_near_duplicate_together(ahe_root, ahe_trai
 
 @pytest.mark.realdata
 def test_real_second_load_comes_from_the_cache(ahe_root, ahe_train, monkeypatch):
-    monkeypatch.setattr(data, "decode_many", lambda files: pytest.fail("decoded again instead of using the cache"))
-    again = data.load_split(ahe_root, "train")
+    monkeypatch.setattr(dataset, "decode_many", lambda files: pytest.fail("decoded again instead of using the cache"))
+    again = dataset.load_split(ahe_root, "train")
     assert torch.equal(again.labels, ahe_train.labels) and torch.equal(again.images[::97], ahe_train.images[::97])
 
 
 def test_make_dataset_helper_is_learnable_by_colour(tmp_path):
     # guards the fixture itself: classes differ in mean colour, so tiny models must learn them
     root = make_dataset(tmp_path / "d", per_class=4)
-    s = data.load_split(root, "train")
+    s = dataset.load_split(root, "train")
     means = torch.stack([s.images[s.labels == k].float().mean((0, 2, 3)) for k in range(3)])
     assert torch.cdist(means, means).fill_diagonal_(1e9).min() > 5
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from heritagelens.config import ModelConfig
-from heritagelens.deconvnet import (
+from heritagelens.explain.deconvnet import (
     DeconvError,
     project,
     project_top,
@@ -20,7 +20,7 @@ from heritagelens.deconvnet import (
     top_activations_of,
 )
 from heritagelens.figures import figure2
-from heritagelens.models import build_model, conv_layer_names
+from heritagelens.model.network import build_model, conv_layer_names
 
 
 def _identity_bn(model):
@@ -275,8 +275,8 @@ def test_strongest_channels_of_one_image():
 
 
 def test_default_channels_cover_the_classes():
-    from heritagelens.deconvnet import TopK
-    from heritagelens.visualize import default_channels
+    from heritagelens.explain.deconvnet import TopK
+    from heritagelens.explain.views import default_channels
 
     labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
     indices = torch.stack([torch.arange(0, 9), torch.arange(10, 19), torch.arange(20, 29), torch.arange(0, 9)])

@@ -12,10 +12,10 @@ import torch
 from conftest import SETS, assert_one_line_error, cli, metrics, tiny_config
 
 from heritagelens import distributed
-from heritagelens.checkpoint import read_checkpoint
 from heritagelens.config import Config, ConfigError
-from heritagelens.precision import Precision, resolve
-from heritagelens.training import augment, fit
+from heritagelens.model.checkpoint import read_checkpoint
+from heritagelens.model.precision import Precision, resolve
+from heritagelens.train.loop import augment, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker  # noqa: E402
@@ -137,8 +137,8 @@ def test_float16_with_loss_scaling_trains(tiny_data):
     cfg = tiny_config(tiny_data, "train.precision=fp16-cl", "train.epochs=3", "train.lr=0.05")
     amp = resolve(cfg.train.precision, torch.device("cpu")).precision
     assert amp.dtype == torch.float16 and amp.scaler().is_enabled()
-    from heritagelens.runs import initial_state
-    from heritagelens.split import prepare
+    from heritagelens.data.split import prepare
+    from heritagelens.train.runs import initial_state
 
     prep = prepare(cfg)
     s = prep.split

@@ -10,7 +10,7 @@ from torch import nn
 
 from heritagelens import dream
 from heritagelens.config import ConfigError, DreamConfig, ModelConfig
-from heritagelens.models import build_model
+from heritagelens.model.network import build_model
 
 MEAN, STD = torch.tensor([120.0, 110.0, 100.0]), torch.tensor([60.0, 60.0, 60.0])
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli, need
 
-from heritagelens.checkpoint import load_model, read_checkpoint
 from heritagelens.config import Config
-from heritagelens.export import OnnxClassifier, max_difference, to_onnx
-from heritagelens.models import build_model
+from heritagelens.model.checkpoint import load_model, read_checkpoint
+from heritagelens.model.export import OnnxClassifier, max_difference, to_onnx
+from heritagelens.model.network import build_model
 
 need("onnxruntime")
 

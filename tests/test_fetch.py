@@ -1,4 +1,5 @@
-"""`heritagelens.fetch`: downloads from a local HTTP server, resumes, checksums, hostile archives, layouts, Kaggle."""
+"""`heritagelens.data.fetch`: downloads from a local HTTP server, resumes, checksums, hostile archives, layouts,
+Kaggle."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port, make_dataset
 
-from heritagelens.data import check
-from heritagelens.fetch import (
+from heritagelens.data.dataset import check
+from heritagelens.data.fetch import (
     DOWNLOADS,
     KAGGLE_DATASET,
     FetchError,

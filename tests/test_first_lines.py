@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import free_port
 
-from heritagelens.checkpoint import read_checkpoint
-from heritagelens.modelcard import BUNDLED
+from heritagelens.model.card import BUNDLED
+from heritagelens.model.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.realdata
 

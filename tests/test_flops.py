@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from heritagelens.config import Config
-from heritagelens.flops import training_flops
+from heritagelens.train.flops import training_flops
 
 ONE_CONV = Config().override(
     ["model.widths=[8]", "model.depths=[1]", "train.epochs=4", "train.batch_size=10"]

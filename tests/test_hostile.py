@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import SETS, assert_one_line_error, cli, digest, sort_rows
 
-from heritagelens import data
-from heritagelens.checkpoint import CheckpointError, read_checkpoint, write_model_folder
+from heritagelens.data import dataset
 from heritagelens.files import safe_load
-from heritagelens.modelcard import MODEL_CARD, check_class_names
-from heritagelens.sort import JOURNAL, NAME_BYTES, SortError, photo_in, sort_photos
+from heritagelens.model.card import MODEL_CARD, check_class_names
+from heritagelens.model.checkpoint import CheckpointError, read_checkpoint, write_model_folder
+from heritagelens.sort.sorter import JOURNAL, NAME_BYTES, SortError, photo_in, sort_photos
 
 BAD_NAMES = ["..", "../../escaped", "/tmp/abs", "a/b", "a\\b", ".hidden", "_uncertain", "", "x" * 101, "tab\there"]
 
@@ -47,8 +47,8 @@ def test_a_class_name_that_is_not_a_plain_folder_name_is_refused_wherever_a_mode
 
 
 def test_a_model_folder_or_onnx_file_with_a_path_for_a_class_is_refused(trained, tmp_path):
-    from heritagelens.modelcard import BUNDLED, MODEL_ONNX
-    from heritagelens.runtime import ExportError, OnnxClassifier
+    from heritagelens.model.card import BUNDLED, MODEL_ONNX
+    from heritagelens.model.onnx_runner import ExportError, OnnxClassifier
 
     folder = write_model_folder(trained[1] / "last.pt", tmp_path / "model").parent
     card = json.loads((folder / MODEL_CARD).read_text())
@@ -82,8 +82,8 @@ def test_sort_with_a_crafted_class_copies_nothing_anywhere(trained, tmp_path):
 def test_a_class_folder_named_as_the_unsure_folder_or_a_hidden_one_is_refused_in_a_dataset(tmp_path):
     (tmp_path / "train" / "_uncertain").mkdir(parents=True)
     (tmp_path / "train" / "apse").mkdir()
-    with pytest.raises(data.DataError, match="_uncertain: the class folder's name is the name of a sort's folder"):
-        data.list_classes(tmp_path)
+    with pytest.raises(dataset.DataError, match="_uncertain: the class folder's name is the name of a sort's folder"):
+        dataset.list_classes(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ names as the disk has them
@@ -242,7 +242,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_the_last_good_on
     import errno
 
     from heritagelens import cli as hl_cli
-    from heritagelens import runs
+    from heritagelens.train import runs
 
     real, saved = runs.atomic_save, []
 
@@ -284,7 +284,7 @@ def test_tune_against_a_server_that_accepts_and_never_answers_is_one_line(monkey
     import socket
     import threading
 
-    from heritagelens import tune
+    from heritagelens.jobs import tune
 
     monkeypatch.setattr(tune, "CONNECT_SECONDS", 2)  # libpq's least
     with socket.socket() as server:
@@ -341,7 +341,7 @@ def test_a_crafted_journal_row_is_refused_with_a_warning_not_a_traceback(trained
 
 @pytest.mark.parametrize("settings", ["[]", '{"photos": 3}', "[" * 100_000])
 def test_crafted_sort_settings_are_one_line(trained, tmp_path, settings):
-    from heritagelens.sort import META, sort_settings
+    from heritagelens.sort.sorter import META, sort_settings
 
     folder, out = sorted_once(trained, tmp_path)
     (out / META).write_text(settings)
@@ -352,7 +352,7 @@ def test_crafted_sort_settings_are_one_line(trained, tmp_path, settings):
 
 
 def test_a_review_of_a_copy_deleted_since_records_nothing(trained, tmp_path):
-    from heritagelens.sort import decide, sorted_rows
+    from heritagelens.sort.sorter import decide, sorted_rows
 
     folder, out = sorted_once(trained, tmp_path)
     classes = list(safe_load(trained[1] / "last.pt")["classes"])
@@ -441,8 +441,8 @@ def test_an_onnx_graph_of_another_input_of_nan_or_without_end_is_one_line(tmp_pa
     from onnx import TensorProto
     from onnx import helper as h
 
-    from heritagelens import runtime
-    from heritagelens.runtime import ExportError, OnnxClassifier
+    from heritagelens.model import onnx_runner
+    from heritagelens.model.onnx_runner import ExportError, OnnxClassifier
 
     w = h.make_tensor("W", TensorProto.FLOAT, [12288, 10], np.zeros(12288 * 10, np.float32))
     flat = [h.make_node("Flatten", ["images"], ["f"]), h.make_node("MatMul", ["f", "W"], ["z"])]
@@ -468,7 +468,7 @@ def test_an_onnx_graph_of_another_input_of_nan_or_without_end_is_one_line(tmp_pa
     cond = h.make_tensor("cond", TensorProto.BOOL, [], [True])
     loop = onnx_graph(tmp_path / "loop.onnx", [*flat, h.make_node("Loop", ["trip", "cond", "z"], ["logits"],
                       body=body)], [w, trip, cond])  # fmt: skip
-    monkeypatch.setattr(runtime, "RUN_SECONDS", 1.0)
+    monkeypatch.setattr(onnx_runner, "RUN_SECONDS", 1.0)
     with pytest.raises(ExportError, match=r"the graph failed on 2 image\(s\) \(stopped after 1.0 s\)"):
         OnnxClassifier(loop).probabilities(images)
 
@@ -476,7 +476,7 @@ def test_an_onnx_graph_of_another_input_of_nan_or_without_end_is_one_line(tmp_pa
 @pytest.mark.parametrize("name", ["model.safetensors", "card.json", "model.onnx", "last.pt"])
 @pytest.mark.parametrize("kind", ["fifo", "zero"])
 def test_a_fifo_or_endless_device_in_place_of_a_model_file_is_refused_unread(trained, tmp_path, name, kind):
-    from heritagelens.runtime import ExportError, OnnxClassifier
+    from heritagelens.model.onnx_runner import ExportError, OnnxClassifier
 
     folder = write_model_folder(trained[1] / "last.pt", tmp_path / "model").parent
     target = folder / name
@@ -490,7 +490,7 @@ def test_a_fifo_or_endless_device_in_place_of_a_model_file_is_refused_unread(tra
 
 
 def test_a_fifo_in_place_of_the_sort_lock_is_one_line(trained, tmp_path):
-    from heritagelens.sort import LOCK
+    from heritagelens.sort.sorter import LOCK
 
     folder, out = sorted_once(trained, tmp_path)
     (out / LOCK).unlink()
@@ -541,7 +541,7 @@ def test_resume_of_a_checkpoint_with_a_garbage_training_state_is_one_line(traine
 
 
 def test_a_keyword_in_resource_form_stays_in_the_sidecar():
-    from heritagelens.xmp import Tag, merged, read_tag
+    from heritagelens.sort.xmp import Tag, merged, read_tag
 
     person = (
         b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import TINY_MODEL, make_dataset
 
-from heritagelens import judges, scores
-from heritagelens.checkpoint import CheckpointError
 from heritagelens.config import Config, DataConfig
+from heritagelens.judging import judges, scores
+from heritagelens.model.checkpoint import CheckpointError
 
 TINY_JUDGES = [*TINY_MODEL, "train.batch_size=16", "train.epochs=3", "train.precision=fp32"]
 
@@ -90,7 +90,7 @@ def test_ceiling_sample_and_reference_are_disjoint_and_cover_everything():
 
 def test_scores_separate_real_images_from_noise(panel, data_cfg):
     from heritagelens.config import Config
-    from heritagelens.split import prepare
+    from heritagelens.data.split import prepare
 
     p, _ = panel
     prep = prepare(Config(data=data_cfg))

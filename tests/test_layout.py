@@ -69,8 +69,8 @@ def cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"heritagelens.split", "heritagelens.runs", "heritagelens.jobs.pipeline"} <= set(graph)
-    assert "heritagelens.runs" in graph["heritagelens.judges"]  # a judge is a training run: judges sit above runs
+    assert {"heritagelens.data.split", "heritagelens.train.runs", "heritagelens.jobs.pipeline"} <= set(graph)
+    assert "heritagelens.train.runs" in graph["heritagelens.judging.judges"]  # a judge is a training run
     assert cycle(graph) == [], " -> ".join(cycle(graph))
 
 
@@ -138,14 +138,78 @@ def test_the_ties_that_pointed_up_a_layer_stay_cut():
     class images' code."""
     graph = import_graph()
     never = {
-        "heritagelens.checkpoint": "heritagelens.training",
-        "heritagelens.split": "heritagelens.checkpoint",
-        "heritagelens.tune": "heritagelens.report",
-        "heritagelens.training": "heritagelens.dream",
+        "heritagelens.model.checkpoint": "heritagelens.train.loop",
+        "heritagelens.data.split": "heritagelens.model.checkpoint",
+        "heritagelens.jobs.tune": "heritagelens.jobs.report",
+        "heritagelens.train.loop": "heritagelens.dream",
     }
     ties = [f"{a} -> {b}" for a, b in never.items() if any(m == b or m.startswith(b + ".") for m in graph[a])]
     assert ties == []
     assert (
-        "heritagelens.htmlpage" in graph["heritagelens.report"]
-        and "heritagelens.htmlpage" in graph["heritagelens.tune"]
+        "heritagelens.htmlpage" in graph["heritagelens.jobs.report"]
+        and "heritagelens.htmlpage" in graph["heritagelens.jobs.tune"]
     )
+
+
+LAYERS = [
+    {"config", "errors", "files", "progress", "htmlpage", "distributed"},
+    {"data"},
+    {"model", "figures"},
+    {"train"},
+    {"explain", "dream", "sort", "judging"},
+    {"jobs"},
+    {"cli", "webapp", "__main__"},
+]
+"""The package's folders (and top-level modules), from the bottom up: shared ground, the photos, the model, its
+training, the capabilities built on a trained model, the jobs that run them, and the faces a person uses."""
+CAPABILITIES = LAYERS[4]
+
+
+def place(module: str) -> str:
+    """The folder (or top-level module) a module of the package sits in."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def layer(module: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if place(module) in names)
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a higher layer, and imports from one capability folder into another (as 'module -> module')."""
+    up = [f"{m} -> {d}" for m, deps in graph.items() if m != "heritagelens" for d in deps if layer(d) > layer(m)]
+    across = [
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if place(m) in CAPABILITIES and place(d) in CAPABILITIES and place(d) != place(m)
+    ]
+    return up + across
+
+
+def test_every_folder_imports_only_its_own_layer_and_those_below():
+    graph = import_graph()
+    assert {place(m) for m in graph} - {""} <= set().union(*LAYERS)
+    assert upward(graph) == []  # the deconvnet, the class images, the sort and the judges each stand alone too
+
+
+def test_the_layer_rule_finds_a_model_that_imports_its_training_or_another_capability(tmp_path):
+    pkg = tmp_path / "heritagelens"
+    for folder in ("model", "train", "sort", "dream"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train" / "loop.py").write_text("from ..model import net\n")
+    (pkg / "model" / "net.py").write_text("def f():\n    from ..train.loop import x\n")
+    (pkg / "dream" / "render.py").write_text("from ..model.net import f\n")
+    graph = import_graph(pkg)
+    assert sorted(upward(graph)) == ["heritagelens.model.net -> heritagelens.train.loop"]
+    (pkg / "sort" / "sorter.py").write_text("from ..dream import render\n")
+    assert upward(import_graph(pkg))[-1] == "heritagelens.sort.sorter -> heritagelens.dream.render"
+
+
+def test_the_package_top_holds_its_shared_ground_and_faces_only():
+    files = sorted(f.name for f in PACKAGE.iterdir() if f.is_file() and not f.name.startswith("."))
+    assert len(files) <= 12, files
+    folders = {f.name for f in PACKAGE.iterdir() if f.is_dir() and (f / "__init__.py").exists()}
+    assert folders == {"data", "model", "train", "explain", "dream", "judging", "sort", "jobs"}

@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import classification_report
 
 from heritagelens.figures import confusion_figure
-from heritagelens.metrics import evaluate_logits
+from heritagelens.model.metrics import evaluate_logits
 
 CLASSES = ["a", "b", "c"]
 

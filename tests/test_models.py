@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from heritagelens.config import ConfigError, ModelConfig
-from heritagelens.models import build_model, conv_layer_names, layer_table
+from heritagelens.model.network import build_model, conv_layer_names, layer_table
 
 
 def test_layer_names_are_stable_and_complete():
@@ -65,7 +65,7 @@ def test_bad_model_configs_are_refused(bad):
 
 
 def test_resnet_judge_architecture_trains_and_is_not_mirrorable():
-    from heritagelens.deconvnet import DeconvError, check_mirrorable
+    from heritagelens.explain.deconvnet import DeconvError, check_mirrorable
 
     torch.manual_seed(0)
     m = build_model(ModelConfig(arch="resnet", widths=(8, 16), depths=(2, 1)), 4)

@@ -16,7 +16,7 @@ def test_the_example_notebook_runs_from_a_photo_to_a_class_image(ahe_root, tmp_p
     from nbclient import NotebookClient
     from PIL import Image
 
-    from heritagelens.modelcard import BUNDLED, model_card
+    from heritagelens.model.card import BUNDLED, model_card
 
     classes = model_card(BUNDLED)["classes"]
     photo = tmp_path / "my photo.jpg"  # a real photo, upscaled as a camera's would be

@@ -4,11 +4,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from heritagelens import optim
 from heritagelens.config import Config, ConfigError
 from heritagelens.jobs.evaluation import evaluate_checkpoint
-from heritagelens.models import build_model
-from heritagelens.runs import train_run
+from heritagelens.model.network import build_model
+from heritagelens.train import optim
+from heritagelens.train.runs import train_run
 
 
 @pytest.mark.parametrize("shape", [(32, 27), (64, 576), (256, 2304), (300, 40)])

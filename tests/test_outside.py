@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, class_image, cli
 
-from heritagelens.data import find_outside, load_folder
-from heritagelens.images import DataError
-from heritagelens.metrics import wilson_interval
-from heritagelens.report import RunReader, expectation_section
+from heritagelens.data.dataset import find_outside, load_folder
+from heritagelens.data.images import DataError
+from heritagelens.jobs.report import RunReader, expectation_section
+from heritagelens.model.metrics import wilson_interval
 
 
 def outside_photos(folder, classes=("arch", "bell", "dome"), per_class: int = 4, seed: int = 5):
@@ -135,8 +135,8 @@ def test_the_report_says_what_to_expect_on_photos_from_elsewhere(tmp_path):
 
 
 def test_sort_with_a_model_measured_on_outside_photos_says_so(calibrated, tmp_path):
-    from heritagelens.checkpoint import write_model_folder
-    from heritagelens.sort import sort_photos
+    from heritagelens.model.checkpoint import write_model_folder
+    from heritagelens.sort.sorter import sort_photos
 
     run, photos = calibrated
     held = {"confidence": [0.9, 0.8, 0.6, 0.4], "predicted": [0, 1, 0, 2], "label": [0, 1, 1, 2]}

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import SETS, TINY_MODEL, cli
 
-from heritagelens import precision
 from heritagelens.config import Config, ConfigError, ModelConfig
-from heritagelens.models import build_model
-from heritagelens.precision import Precision, resolve
+from heritagelens.model import precision
+from heritagelens.model.network import build_model
+from heritagelens.model.precision import Precision, resolve
 
 CPU = torch.device("cpu")
 
@@ -143,12 +143,12 @@ def test_every_compute_path_runs_in_the_chosen_mode(monkeypatch, tiny_data):
     """With a CPU forced to have native bfloat16 and bf16-cl measured fastest, the top-9 scan, class images and
     training run under bfloat16 autocast on channels-last inputs; predictions take the layout and stay in float32
     (the same probabilities on every machine), unless a mode is named."""
-    from heritagelens.deconvnet import top_activations_of
+    from heritagelens.data.split import prepare
     from heritagelens.dream import class_logit, pixel_image, render
-    from heritagelens.inference import predict_logits
-    from heritagelens.runs import initial_state
-    from heritagelens.split import prepare
-    from heritagelens.training import fit
+    from heritagelens.explain.deconvnet import top_activations_of
+    from heritagelens.model.inference import predict_logits
+    from heritagelens.train.loop import fit
+    from heritagelens.train.runs import initial_state
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     resolve("auto", CPU, fake_probe({"fp32": 1.0, "fp32-cl": 2.0, "bf16-cl": 3.0}, []))
@@ -203,7 +203,7 @@ def test_a_model_trained_in_bfloat16_predicts_in_float32(monkeypatch, trained, p
 
     from heritagelens.files import atomic_save
     from heritagelens.jobs.evaluation import calibrate_checkpoint, evaluate_checkpoint
-    from heritagelens.sort import sort_photos
+    from heritagelens.sort.sorter import sort_photos
 
     root, run = trained
     ckpt_file = tmp_path / "bf16.pt"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from heritagelens import quality
+from heritagelens.judging import quality
 
 
 def _fd_by_eigenvalues(a, b):

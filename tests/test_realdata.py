@@ -94,8 +94,8 @@ def test_main_job_learns_real_classes_well_above_chance(ahe_root, tmp_path):
 
 def test_the_presets_figures_in_the_package_were_measured_on_the_real_split(ahe_root):
     from heritagelens.config import Config
-    from heritagelens.report import PRESET_FIGURES, split_key
-    from heritagelens.split import prepare
+    from heritagelens.data.split import prepare
+    from heritagelens.jobs.report import PRESET_FIGURES, split_key
 
     cfg = Config()
     cfg.data.root = str(ahe_root)
@@ -105,8 +105,8 @@ def test_the_presets_figures_in_the_package_were_measured_on_the_real_split(ahe_
 
 
 def test_shipped_panel_serves_the_real_split_without_training_a_judge(ahe_root, tmp_path):
-    from heritagelens import judges
     from heritagelens.config import DataConfig
+    from heritagelens.judging import judges
 
     card = judges.panel_card()
     assert set(card["judges"]) == set(judges.JUDGES)  # the panel ships with the package

@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_one_line_error, cli
 from PIL import Image
 
-from heritagelens.report import build
+from heritagelens.jobs.report import build
 
 SECTIONS = [
     "config",
@@ -65,7 +65,7 @@ def test_the_main_job_ends_with_a_complete_report(main_run):
 
 
 def test_a_run_is_set_beside_the_presets_and_told_whether_it_compares(main_run, tmp_path):
-    from heritagelens.report import PRESET_FIGURES, RunReader, presets_section, split_key
+    from heritagelens.jobs.report import PRESET_FIGURES, RunReader, presets_section, split_key
 
     _, run = main_run
     figures = json.loads(PRESET_FIGURES.read_text())
@@ -106,7 +106,7 @@ def test_report_of_a_damaged_run_lists_what_is_missing_and_shows_the_rest(main_r
 def test_mistakes_are_thumbnails_of_their_photos_with_both_labels(trained, main_run, tmp_path):
     import json
 
-    from heritagelens.images import decode
+    from heritagelens.data.images import decode
 
     root, _ = trained
     _, run = main_run

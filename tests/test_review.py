@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import browser_page, cli, need, serving, sort_rows, wait_text
 
-from heritagelens.sort import JOURNAL, LOCK, UNCERTAIN, SortError, decide, refile, sort_photos, undo
-from heritagelens.xmp import read_tag, sidecar_path
+from heritagelens.sort.sorter import JOURNAL, LOCK, UNCERTAIN, SortError, decide, refile, sort_photos, undo
+from heritagelens.sort.xmp import read_tag, sidecar_path
 
 PAINTED = """e => {
   const r = e.getBoundingClientRect(), fit = getComputedStyle(e).objectFit;
@@ -169,8 +169,8 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
     """The bundled model sorts real photos it never trained on; on the page: arrows move without deciding, three
     decisions (two clicks, one key), Ctrl+Z takes the last back byte for byte, two photos filed at once from the
     grid; then the folder, sort.csv and the sidecars say what the person decided."""
-    from heritagelens.data import name_key
-    from heritagelens.modelcard import BUNDLED, model_card
+    from heritagelens.data.dataset import name_key
+    from heritagelens.model.card import BUNDLED, model_card
     from heritagelens.webapp import key_of
 
     classes = model_card(BUNDLED)["classes"]

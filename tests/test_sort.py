@@ -17,9 +17,9 @@ import pytest
 from conftest import assert_one_line_error, cli, digest, skip_outside_ci, sort_rows
 from PIL import Image
 
-from heritagelens import sort
-from heritagelens.checkpoint import CheckpointError
-from heritagelens.sort import JOURNAL, SortError, load, sort_photos, views
+from heritagelens.model.checkpoint import CheckpointError
+from heritagelens.sort import sorter
+from heritagelens.sort.sorter import JOURNAL, SortError, load, sort_photos, views
 
 
 def test_sort_files_every_photo_and_lists_it(trained, photos, tmp_path):
@@ -115,14 +115,14 @@ def test_a_full_disk_stops_cleanly_and_the_next_run_continues(trained, photos, t
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return real(src, dst, **kw)
 
-    monkeypatch.setattr(sort.shutil, "copy2", filling)
+    monkeypatch.setattr(sorter.shutil, "copy2", filling)
     with pytest.raises(SortError, match="the disk is full") as e:
         sort_photos(run, folder, out, progress=False)
     assert "run the command again" in str(e.value) and "\n" not in str(e.value)
     copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".")]
     assert not list(out.rglob("*.tmp")) and len(copies) == 5  # no half-written copy left
     assert len((out / JOURNAL).read_text().splitlines()) == 5
-    monkeypatch.setattr(sort.shutil, "copy2", real)  # space freed
+    monkeypatch.setattr(sorter.shutil, "copy2", real)  # space freed
     s = sort_photos(run, folder, out, progress=False)
     assert s.skipped == 5 and s.sorted == len(truth) - 5 and s.unreadable == 2
     assert len(sort_rows(out)) == len(truth) + 2
@@ -213,7 +213,7 @@ def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos,
     _, run = trained
     folder, truth = photos
     out = tmp_path / "sorted"
-    real_fsync, calls = sort.os.fsync, []
+    real_fsync, calls = sorter.os.fsync, []
 
     def failing(fd):
         calls.append(fd)
@@ -221,11 +221,11 @@ def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(sort.os, "fsync", failing)
+    monkeypatch.setattr(sorter.os, "fsync", failing)
     with pytest.raises(SortError, match="the disk is full") as e:
         sort_photos(run, folder, out, progress=False)
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(sort.os, "fsync", real_fsync)
+    monkeypatch.setattr(sorter.os, "fsync", real_fsync)
     s = sort_photos(run, folder, out, progress=False)
     assert s.sorted + s.skipped == len(truth) and len(sort_rows(out)) == len(truth) + 2
     copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != "sort.csv"]
@@ -238,7 +238,7 @@ def test_an_unreadable_photo_folder_is_one_line(trained, tmp_path, monkeypatch):
     folder = tmp_path / "locked"
     folder.mkdir()
     Image.new("RGB", (64, 64)).save(folder / "a.png")
-    monkeypatch.setattr(sort.os, "access", lambda path, mode: Path(path) != folder)
+    monkeypatch.setattr(sorter.os, "access", lambda path, mode: Path(path) != folder)
     with pytest.raises(SortError, match="cannot read this folder"):
         sort_photos(run, folder, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
@@ -384,7 +384,7 @@ def test_a_stop_between_a_copy_and_its_row_leaves_no_unrecorded_copy(trained, ma
     row is being made): that copy must not take its name, or the next run copies the photo a second time."""
     _, run = trained
     out = tmp_path / "sorted"
-    where, made = sort._Sort.where, []
+    where, made = sorter._Sort.where, []
 
     def stopped_on_the_hundredth_row(self, dest):  # a row's destination, named just after its copy is staged
         if len(made) == 99:
@@ -392,7 +392,7 @@ def test_a_stop_between_a_copy_and_its_row_leaves_no_unrecorded_copy(trained, ma
         made.append(dest)
         return where(self, dest)
 
-    monkeypatch.setattr(sort._Sort, "where", stopped_on_the_hundredth_row)
+    monkeypatch.setattr(sorter._Sort, "where", stopped_on_the_hundredth_row)
     with pytest.raises(KeyboardInterrupt):
         sort_photos(run, many, out, min_confidence=0, progress=False)
     monkeypatch.undo()

@@ -8,14 +8,15 @@ import pytest
 import torch
 from conftest import SETS, cli, metrics, tiny_config
 
-from heritagelens import inference, training
-from heritagelens import runs as run_module
-from heritagelens.checkpoint import CheckpointError, load_model, read_checkpoint
 from heritagelens.config import Config, ConfigError, TrainConfig, preset
+from heritagelens.data.split import prepare
 from heritagelens.jobs.evaluation import evaluate_checkpoint
-from heritagelens.models import build_model
-from heritagelens.runs import train_run
-from heritagelens.split import prepare
+from heritagelens.model import inference
+from heritagelens.model.checkpoint import CheckpointError, load_model, read_checkpoint
+from heritagelens.model.network import build_model
+from heritagelens.train import loop
+from heritagelens.train import runs as run_module
+from heritagelens.train.runs import train_run
 
 
 def _g(seed=0):
@@ -26,51 +27,51 @@ def _g(seed=0):
 def test_translate_moves_content_within_the_pad():
     x = torch.zeros(64, 1, 8, 8)
     x[:, :, 4, 4] = 1.0
-    out = training.batch_translate(x, 2, _g())
+    out = loop.batch_translate(x, 2, _g())
     assert out.shape == x.shape
     pos = torch.nonzero(out[:, 0] == 1.0)[:, 1:]  # (row, col) of the dot in each image
     assert len(pos) == 64 and (pos - 4).abs().max() <= 2 and len({tuple(p) for p in pos.tolist()}) > 5
-    assert torch.equal(training.batch_translate(x, 0, _g()), x)
+    assert torch.equal(loop.batch_translate(x, 0, _g()), x)
 
 
 def test_flip_mirrors_about_half():
     x = torch.arange(8.0).repeat(200, 1, 1, 1)  # (200, 1, 1, 8)
-    out = training.batch_flip(x, _g())
+    out = loop.batch_flip(x, _g())
     flipped = (out[:, 0, 0, 0] == 7).sum().item()
     assert 60 < flipped < 140 and torch.all((out[:, 0, 0, 0] == 0) | (out[:, 0, 0, 0] == 7))
 
 
 def test_alternating_flips_show_every_image_both_ways_every_two_epochs(monkeypatch):
-    base = training.alternate_flips(1000, seed=3)
-    assert torch.equal(base, training.alternate_flips(1000, seed=3)) and 400 < int(base.sum()) < 600
+    base = loop.alternate_flips(1000, seed=3)
+    assert torch.equal(base, loop.alternate_flips(1000, seed=3)) and 400 < int(base.sum()) < 600
     idx = torch.randperm(1000)[:64]
     even, odd = (base[idx] + 4) % 2 == 1, (base[idx] + 5) % 2 == 1
     assert torch.equal(even, ~odd)
     cfg = TrainConfig(crop_pad=0, cutout=0, colour_jitter=0.0, flip_alternate=True)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    out = training.augment(x, cfg, _g(), even)
+    out = loop.augment(x, cfg, _g(), even)
     assert torch.equal(out[even], x[even].float().flip(3)) and torch.equal(out[~even], x[~even].float())
     seen = []  # in a training, each image is mirrored in exactly one of two consecutive epochs
-    real = training.augment
+    real = loop.augment
 
     def spy(x, cfg, g, flips=None):
         seen.append(dict(zip(x[:, 0, 0, 0].tolist(), flips.tolist())))  # pixel (0, 0) of image i holds i
         return real(x, cfg, g, flips)
 
-    monkeypatch.setattr(training, "augment", spy)
+    monkeypatch.setattr(loop, "augment", spy)
     xt, yt = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8), torch.arange(40) % 2
     xt[:, 0, 0, 0] = torch.arange(40, dtype=torch.uint8)
     cfg = Config().override(["model.widths=[4,8]", "model.depths=[1,1]", "train.epochs=2", "train.batch_size=40",
                              "train.flip_alternate=true", "train.precision=fp32"])  # fmt: skip
-    state = training.new_state(build_model(cfg.model, 2), cfg.train)
-    training.fit(cfg, state, xt, yt, xt[:4], yt[:4], progress=False)
+    state = loop.new_state(build_model(cfg.model, 2), cfg.train)
+    loop.fit(cfg, state, xt, yt, xt[:4], yt[:4], progress=False)
     assert len(seen) == 2 and all(seen[0][i] != seen[1][i] for i in range(40))
 
 
 def test_cutout_blanks_one_square_with_the_mean():
     x = torch.full((4, 3, 64, 64), 200.0)
     x[:, :, :32] = 0.0
-    out = training.batch_cutout(x, 16, _g(1))
+    out = loop.batch_cutout(x, 16, _g(1))
     changed = (out != x).any(1)  # (B, H, W)
     assert 0 < changed.sum((1, 2)).max() <= 17 * 17
     for b in range(4):
@@ -79,14 +80,14 @@ def test_cutout_blanks_one_square_with_the_mean():
 
 def test_augment_keeps_shape_and_pixel_range():
     x = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
-    out = training.augment(x, TrainConfig(), _g())
+    out = loop.augment(x, TrainConfig(), _g())
     assert out.shape == (16, 3, 64, 64) and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 255
 
 
 def test_schedule_rises_then_falls_to_zero():
     cfg = TrainConfig(lr=0.1, warmup_frac=0.2)
-    lrs = [training.get_lr(s, 100, cfg) for s in range(100)]
+    lrs = [loop.get_lr(s, 100, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.005) and lrs[19] == pytest.approx(0.1) and max(lrs) == pytest.approx(0.1)
     assert lrs[-1] == pytest.approx(0.1 / 80) and all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
 
@@ -131,7 +132,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_data, tmp_pat
             if r.epoch == 2:
                 raise KeyboardInterrupt
 
-        return training.fit(cfg, state, *args, on_epoch=cb, **kw)
+        return loop.fit(cfg, state, *args, on_epoch=cb, **kw)
 
     monkeypatch.setattr(run_module, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
@@ -164,11 +165,11 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_data, tmp_path):
     tr, va = prep.train_idx, prep.val_idx
     images, labels = prep.split.images, prep.split.labels
     start = run_module.initial_state(cfg, prep)
-    state = training.fit(cfg, start, images[tr], labels[tr], images[va], labels[va], progress=False)
+    state = loop.fit(cfg, start, images[tr], labels[tr], images[va], labels[va], progress=False)
     run_module.save_checkpoint(tmp_path / "run" / "last.pt", state, cfg, prep.split.classes)
     model, classes, ckpt = load_model(tmp_path / "run" / "last.pt")
     x = prep.split.images[:8]
-    expected = inference.predict_logits(training.eval_model(state), x, precision="fp32")
+    expected = inference.predict_logits(loop.eval_model(state), x, precision="fp32")
     assert classes == ["arch", "bell", "dome"] and list(ckpt["config"]["model"]["widths"]) == [8, 16]
     assert torch.equal(inference.predict_logits(model, x, precision="fp32"), expected)
     # the file holds only plain values: it loads with weights_only=True (read_checkpoint uses nothing else)
@@ -209,37 +210,37 @@ def test_checkpoint_for_other_classes_is_refused_on_evaluation(tiny_data, tmp_pa
 
 def test_zoom_is_identity_at_full_area_and_magnifies_otherwise():
     x = torch.rand(3, 3, 64, 64) * 255
-    assert torch.equal(training.batch_zoom(x, 1.0, _g()), x)
+    assert torch.equal(loop.batch_zoom(x, 1.0, _g()), x)
     ramp = torch.arange(64.0).repeat(8, 3, 64, 1)  # value = column index
-    out = training.batch_zoom(ramp, 0.25, _g(2))
+    out = loop.batch_zoom(ramp, 0.25, _g(2))
     span = out[:, 0, 32, -1] - out[:, 0, 32, 0]  # a zoomed crop covers fewer columns
     assert out.shape == ramp.shape and torch.all(span < 63) and torch.all(span > 63 * 0.25 - 2)
 
 
 def test_photographer_augmentations_are_off_at_zero_and_keep_the_pixel_range():
     x = torch.rand(6, 3, 64, 64) * 255
-    for f in (training.batch_white_balance, training.batch_sharpness, training.batch_grayscale):
+    for f in (loop.batch_white_balance, loop.batch_sharpness, loop.batch_grayscale):
         assert torch.equal(f(x, 0.0, _g()), x)
-        out = f(x, 1.0 if f is not training.batch_white_balance else 0.5, _g())
+        out = f(x, 1.0 if f is not loop.batch_white_balance else 0.5, _g())
         assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255 and not torch.equal(out, x)
     u8 = x.to(torch.uint8)
-    assert torch.equal(training.batch_jpeg(u8, 0, 1.0, _g()), u8)
+    assert torch.equal(loop.batch_jpeg(u8, 0, 1.0, _g()), u8)
 
 
 def test_white_balance_scales_each_channel_of_each_image_by_its_own_factor():
     x = torch.full((4, 3, 8, 8), 100.0)
-    out = training.batch_white_balance(x, 0.2, _g())
+    out = loop.batch_white_balance(x, 0.2, _g())
     gains = out[:, :, 0, 0] / 100
     assert torch.all((gains >= 0.8) & (gains <= 1.2)) and torch.allclose(out, gains[:, :, None, None] * 100)
     assert len(set(gains.flatten().tolist())) == 12  # a cast, not a brightness change: channels differ
 
 
 def test_sharpness_blurs_or_sharpens_each_image_by_one_amount():
-    from heritagelens.images import gaussian_blur
+    from heritagelens.data.images import gaussian_blur
 
     step = torch.full((64, 3, 16, 16), 50.0)
     step[..., 8:] = 150.0  # a vertical edge, with room above and below for an overshoot
-    out = training.batch_sharpness(step, 1.0, _g())
+    out = loop.batch_sharpness(step, 1.0, _g())
     amount = ((out - step) / (step - gaussian_blur(step, 1.0)))[..., 6:10].flatten(1)  # near the edge
     assert torch.allclose(amount, amount[:, :1].expand_as(amount), atol=1e-3)  # one amount per image
     assert amount.min() < -0.5 and amount.max() > 0.5 and amount.abs().max() <= 1 + 1e-3  # blurred and sharpened
@@ -251,7 +252,7 @@ def test_jpeg_recompresses_the_chosen_share_as_a_jpeg_codec_would():
     from PIL import Image
 
     x = (torch.rand(40, 3, 64, 64) * 255).to(torch.uint8)  # noise: JPEG cannot keep it
-    out = training.batch_jpeg(x, 30, 0.5, _g(1))
+    out = loop.batch_jpeg(x, 30, 0.5, _g(1))
     changed = (out != x).flatten(1).any(1)
     assert out.dtype == torch.uint8 and out.shape == x.shape and 5 < changed.sum() < 35
     i = int(changed.nonzero()[0])  # the same as a round trip through Pillow at some quality in 30..95
@@ -265,7 +266,7 @@ def test_jpeg_recompresses_the_chosen_share_as_a_jpeg_codec_would():
 
 def test_grayscale_sets_all_channels_to_the_luma_of_the_chosen_share():
     x = torch.rand(200, 3, 4, 4) * 255
-    out = training.batch_grayscale(x, 0.25, _g())
+    out = loop.batch_grayscale(x, 0.25, _g())
     grey = (out[:, 0] == out[:, 1]).all(-1).all(-1) & (out[:, 1] == out[:, 2]).all(-1).all(-1)
     assert 25 < grey.sum() < 75 and torch.equal(out[~grey], x[~grey])
     luma = 0.299 * x[grey, 0] + 0.587 * x[grey, 1] + 0.114 * x[grey, 2]
@@ -275,16 +276,16 @@ def test_grayscale_sets_all_channels_to_the_luma_of_the_chosen_share():
 def test_saturation_moves_each_image_towards_or_away_from_its_own_grey_by_one_factor():
     x = torch.rand(64, 3, 8, 8, generator=_g(3)) * 100 + 50  # room both ways before 0 and 255 clip
     x[:, 0] += 20  # no pixel grey already: each has a colour to move
-    assert torch.equal(training.batch_saturation(x, 0.0, _g()), x)
-    out = training.batch_saturation(x, 0.5, _g())
-    grey = training.luma(x)
+    assert torch.equal(loop.batch_saturation(x, 0.0, _g()), x)
+    out = loop.batch_saturation(x, 0.5, _g())
+    grey = loop.luma(x)
     colour = (x - grey).abs() > 2
     factor = (out - grey) / (x - grey)
     per_image = factor[:, 0, 0, 0].view(-1, 1, 1, 1).expand_as(factor)
     assert torch.allclose(factor[colour], per_image[colour], atol=1e-3)  # one factor per image
     factor = per_image.flatten(1)
     assert factor.min() < 0.8 and factor.max() > 1.2 and factor.min() >= 0.5 - 1e-3 and factor.max() <= 1.5 + 1e-3
-    assert torch.allclose(training.luma(out), grey, atol=1e-3)  # the brightness of each pixel is kept
+    assert torch.allclose(loop.luma(out), grey, atol=1e-3)  # the brightness of each pixel is kept
 
 
 def test_bad_photographer_augmentations_are_refused():
@@ -296,7 +297,7 @@ def test_bad_photographer_augmentations_are_refused():
 
 def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
     from heritagelens.config import ModelConfig
-    from heritagelens.models import build_model
+    from heritagelens.model.network import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(widths=(8, 16), depths=(1, 1)), 3).eval()
@@ -304,7 +305,7 @@ def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
     y = torch.randint(0, 3, (16,))
     cfg = TrainConfig(adv_eps=4.0, adv_alpha=5.0)
     crit = torch.nn.CrossEntropyLoss()
-    adv = training.fgsm_example(model, crit, x, y, cfg, _g())
+    adv = loop.fgsm_example(model, crit, x, y, cfg, _g())
     assert (adv - x).abs().max() <= 4.0 + 1e-4 and adv.min() >= 0 and adv.max() <= 255
     assert crit(model(adv), y) > crit(model(x), y)
 
@@ -312,14 +313,14 @@ def test_fgsm_examples_stay_in_the_ball_and_raise_the_loss():
 def test_robust_preset_trains_on_an_attack_at_every_step(tiny_data, tmp_path, monkeypatch):
     from heritagelens.config import PRESETS
 
-    radii, attack = [], training.fgsm_example
+    radii, attack = [], loop.fgsm_example
 
     def spy(model, criterion, x, y, cfg, *args, **kw):
         adv = attack(model, criterion, x, y, cfg, *args, **kw)
         radii.append(float((adv - x).abs().max()))
         return adv
 
-    monkeypatch.setattr(training, "fgsm_example", spy)
+    monkeypatch.setattr(loop, "fgsm_example", spy)
     cfg = tiny_config(tiny_data, *PRESETS["robust"], "train.epochs=1")
     prep = train_run(cfg, tmp_path / "run", progress=False).prep
     assert len(radii) == -(-len(prep.train_idx) // cfg.train.batch_size)  # one attacked batch per step
@@ -347,7 +348,7 @@ NAMED_PRESETS = ["default", "quick", "classic", "robust", "tuned", "best"]
 @pytest.mark.parametrize("name", NAMED_PRESETS)
 def test_every_named_preset_builds_a_model_that_runs(name):
     from heritagelens.config import preset
-    from heritagelens.models import build_model
+    from heritagelens.model.network import build_model
 
     cfg = preset(name)
     assert build_model(cfg.model, 10)(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
@@ -416,12 +417,12 @@ def test_fine_tuning_refuses_another_model(tiny_data, tmp_path):
 
 def test_the_distillation_loss_is_zero_at_the_teacher_and_grows_away_from_it():
     teacher = torch.randn(8, 5)
-    assert training.distillation_loss(teacher, teacher, 3.0).abs() < 1e-6
+    assert loop.distillation_loss(teacher, teacher, 3.0).abs() < 1e-6
     near, far = teacher + 0.1 * torch.randn(8, 5), torch.randn(8, 5)
-    assert 0 < training.distillation_loss(near, teacher, 3.0) < training.distillation_loss(far, teacher, 3.0)
+    assert 0 < loop.distillation_loss(near, teacher, 3.0) < loop.distillation_loss(far, teacher, 3.0)
     logits = far.clone().requires_grad_(True)
     for _ in range(1000):  # following its gradient brings the model's softmax to the teacher's
-        (grad,) = torch.autograd.grad(training.distillation_loss(logits, teacher, 2.0), logits)
+        (grad,) = torch.autograd.grad(loop.distillation_loss(logits, teacher, 2.0), logits)
         logits = (logits - 2.0 * grad).detach().requires_grad_(True)
     assert torch.allclose(torch.softmax(logits / 2, 1), torch.softmax(teacher / 2, 1), atol=1e-3)
 
@@ -462,24 +463,24 @@ def make_other_classes(root):
 # ------------------------------------------------------------------------------------------ progressive resizing
 def test_progressive_resizing_grows_the_side_from_res_min_to_full_over_the_ramp():
     tc = TrainConfig(epochs=20, res_min=32, res_ramp=(0.5, 0.75))
-    sides = [training.epoch_side(e, 20, tc) for e in range(20)]
+    sides = [loop.epoch_side(e, 20, tc) for e in range(20)]
     assert sides[:10] == [32] * 10 and sides[15:] == [64] * 5  # before the ramp, and from its end
     assert sides[10:15] == [32, 40, 48, 48, 56]  # 32 + 32 x (e/20 - 0.5)/0.25, to the nearest 8 px
     off = TrainConfig(epochs=20, res_min=64)
-    assert [training.epoch_side(e, 20, off) for e in range(20)] == [64] * 20  # res_min=64 turns it off
+    assert [loop.epoch_side(e, 20, off) for e in range(20)] == [64] * 20  # res_min=64 turns it off
     step = TrainConfig(epochs=4, res_min=16, res_ramp=(0.5, 0.5))  # an equal start and end: one jump
-    assert [training.epoch_side(e, 4, step) for e in range(4)] == [16, 16, 64, 64]
+    assert [loop.epoch_side(e, 4, step) for e in range(4)] == [16, 16, 64, 64]
     short = TrainConfig(epochs=3, res_min=32, res_ramp=(0.55, 0.8))  # a ramp that would end after the last epoch
-    assert [training.epoch_side(e, 3, short) for e in range(3)] == [32, 32, 64]  # the last epoch is always at 64 px
-    assert [training.epoch_side(e, 1, short) for e in range(1)] == [64]
+    assert [loop.epoch_side(e, 3, short) for e in range(3)] == [32, 32, 64]  # the last epoch is always at 64 px
+    assert [loop.epoch_side(e, 1, short) for e in range(1)] == [64]
     low = TrainConfig(epochs=2, res_min=32, res_ramp=(1.0, 1.0))  # a ramp ending at 1: the whole schedule low
-    assert [training.epoch_side(e, 2, low) for e in range(2)] == [32, 32]
+    assert [loop.epoch_side(e, 2, low) for e in range(2)] == [32, 32]
 
 
 def test_resize_downscales_smoothly_and_leaves_full_size_alone():
     x = torch.rand(3, 3, 64, 64) * 255
-    assert training.batch_resize(x, 64) is x
-    small = training.batch_resize(x, 32)
+    assert loop.batch_resize(x, 64) is x
+    small = loop.batch_resize(x, 32)
     assert small.shape == (3, 3, 32, 32)
     pooled = torch.nn.functional.avg_pool2d(x, 2)  # antialiased bilinear at half size is close to a 2x2 mean
     assert (small - pooled).abs().mean() < 0.25 * (x - x.mean()).abs().mean()
@@ -497,8 +498,8 @@ def test_bad_progressive_resizing_is_refused():
 def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_data, "train.epochs=4", "train.res_min=32", "train.res_ramp=[0.5,0.5]")
     seen = []
-    forward = training.batch_resize
-    monkeypatch.setattr(training, "batch_resize", lambda x, side: seen.append(side) or forward(x, side))
+    forward = loop.batch_resize
+    monkeypatch.setattr(loop, "batch_resize", lambda x, side: seen.append(side) or forward(x, side))
     prep = train_run(cfg, tmp_path / "run", progress=False).prep
     steps = -(-len(prep.train_idx) // 16)
     assert seen == [32] * (2 * steps) + [64] * (2 * steps)
@@ -509,8 +510,8 @@ def test_progressive_training_trains_at_each_epochs_side_and_learns(tiny_data, t
 def test_the_speed_probe_times_steps_at_the_side_it_is_asked_for(tiny_data, monkeypatch):
     cfg = tiny_config(tiny_data, "train.res_min=32")
     prep = prepare(cfg)
-    sides, resize = [], training.batch_resize
-    monkeypatch.setattr(training, "batch_resize", lambda x, side: sides.append(side) or resize(x, side))
+    sides, resize = [], loop.batch_resize
+    monkeypatch.setattr(loop, "batch_resize", lambda x, side: sides.append(side) or resize(x, side))
     run_module.seconds_per_step(cfg, prep, steps=2, side=32)
     assert sides and set(sides) == {32}  # a one-epoch probe is not pulled up to full size like a last epoch
 

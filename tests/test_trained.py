@@ -9,18 +9,18 @@ import numpy as np
 import torch
 from conftest import tiny_config
 
-from heritagelens import data
 from heritagelens.config import Config
+from heritagelens.data import dataset
+from heritagelens.data.split import prepare
 from heritagelens.dream import dream_preset
 from heritagelens.jobs.deconv import write_top9
 from heritagelens.jobs.evaluation import calibrate_model, evaluate, evaluate_checkpoint
 from heritagelens.jobs.gallery import write_dream
 from heritagelens.jobs.pipeline import robust_config
-from heritagelens.judges import judge_data
-from heritagelens.models import build_model, conv_layer_names
-from heritagelens.runs import train_run
-from heritagelens.split import prepare
-from heritagelens.trained import Trained
+from heritagelens.judging.judges import judge_data
+from heritagelens.model.network import build_model, conv_layer_names
+from heritagelens.model.trained import Trained
+from heritagelens.train.runs import train_run
 
 
 def counting(monkeypatch, module, name: str) -> list:
@@ -31,7 +31,7 @@ def counting(monkeypatch, module, name: str) -> list:
 
 
 def test_a_model_and_its_robust_successor_decode_and_group_the_split_once(tiny_data, tmp_path, monkeypatch):
-    loads, groupings = counting(monkeypatch, data, "load_split"), counting(monkeypatch, data, "find_groups")
+    loads, groupings = counting(monkeypatch, dataset, "load_split"), counting(monkeypatch, dataset, "find_groups")
     cfg = tiny_config(tiny_data, "train.epochs=1")
     model = train_run(cfg, tmp_path / "run", progress=False)
     calibrate_model(model)
@@ -50,7 +50,7 @@ def test_a_division_reuses_the_decoded_images_and_groups_and_divides_as_a_fresh_
     cfg = tiny_config(tiny_data)
     prep = prepare(cfg)
     assert prepare(cfg.override(["train.lr=0.5"]), like=prep) is prep  # nothing the split depends on changed
-    groupings = counting(monkeypatch, data, "find_groups")
+    groupings = counting(monkeypatch, dataset, "find_groups")
     other = cfg.override(["data.val_fold=1"])
     divided = prepare(other, like=prep)
     judges = prepare(Config(data=judge_data(cfg.data)), like=prep)  # the judges' split: no source hold-out

@@ -20,12 +20,10 @@ from conftest import SETS, assert_one_line_error, cli, free_port, need, tiny_con
 
 optuna = need("optuna")
 
-import heritagelens.tune as tune_module  # noqa: E402
 from heritagelens.config import Config  # noqa: E402
-from heritagelens.models import build_model  # noqa: E402
-from heritagelens.runs import estimated_minutes  # noqa: E402
-from heritagelens.split import prepare  # noqa: E402
-from heritagelens.tune import (  # noqa: E402
+from heritagelens.data.split import prepare  # noqa: E402
+from heritagelens.jobs import tune as tune_module  # noqa: E402
+from heritagelens.jobs.tune import (  # noqa: E402
     SPACE,
     TuneError,
     baseline,
@@ -36,6 +34,8 @@ from heritagelens.tune import (  # noqa: E402
     summary,
     tune,
 )
+from heritagelens.model.network import build_model  # noqa: E402
+from heritagelens.train.runs import estimated_minutes  # noqa: E402
 
 FAST = [*SETS, "--set", "train.epochs=2", "--set", "model.widths=[8,16]", "--set", "model.depths=[1,1]"]
 
@@ -106,7 +106,7 @@ def run_together(script: str, url: str, n: int, spacing: float = 0.0) -> list[st
 OPEN_AT = """
 import sys, time
 import optuna.storages, sqlalchemy  # imported before the start, so the race is on the database
-from heritagelens.tune import open_or_create_study
+from heritagelens.jobs.tune import open_or_create_study
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 print(open_or_create_study(sys.argv[1], "race")[1])
 """
@@ -124,7 +124,7 @@ def test_workers_racing_on_a_new_database_all_open_one_study(postgres):
 
 ASK_AT = """
 import sys, time
-from heritagelens.tune import open_study
+from heritagelens.jobs.tune import open_study
 study = open_study(sys.argv[1], "queue", create=False)
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 print(*(study.ask().number for _ in range(20)))

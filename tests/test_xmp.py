@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from conftest import cli, digest, skip_outside_ci
 
-from heritagelens.xmp import Tag, XmpError, merged, read_tag, sidecar_path, write_sidecar
+from heritagelens.sort.xmp import Tag, XmpError, merged, read_tag, sidecar_path, write_sidecar
 
 
 def need_exiftool() -> None:

@@ -71,7 +71,7 @@ def _model(args) -> Path:
     """The model a command uses: the checkpoint given, else the one bundled with the package, named on stderr."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from .modelcard import BUNDLED, describe_model
+    from .model.card import BUNDLED, describe_model
 
     print(f"heritagelens: no checkpoint given: the bundled model, {describe_model(BUNDLED)}", file=sys.stderr)
     return BUNDLED
@@ -79,8 +79,8 @@ def _model(args) -> Path:
 
 def _beside(args, ckpt: Path) -> Path:
     """Where a command writes unless --out says: beside the checkpoint; the current folder for the bundled model."""
-    from .checkpoint import run_folder
-    from .modelcard import BUNDLED
+    from .model.card import BUNDLED
+    from .model.checkpoint import run_folder
 
     return Path(args.out) if args.out else Path(".") if ckpt == BUNDLED else run_folder(ckpt)
 
@@ -195,7 +195,7 @@ RESUME_ADVICE = "continue with 'heritagelens train --resume RUN'"
 
 @command("data check", "counts, sizes, modes, unreadable files and duplicates", arg("data", nargs="?", help="root"))
 def cmd_data_check(args) -> int:
-    from .data import check
+    from .data.dataset import check
     from .progress import say
 
     say(f"data check: reading every image under {_root(args)} (and hashing them for duplicates)")
@@ -218,7 +218,7 @@ def cmd_data_check(args) -> int:
 )
 def cmd_data_fetch(args) -> int:
     """Download the dataset (Kaggle or an archive URL), lay it out as DEST/train and DEST/test, check it."""
-    from .fetch import fetch
+    from .data.fetch import fetch
 
     root = fetch(args.source, Path(args.dest), args.sha256, progress=not args.quiet, force=args.force)
     print(f"dataset ready in {root}; 'heritagelens data check {root}' says:")
@@ -240,7 +240,7 @@ def cmd_data_fetch(args) -> int:
 def cmd_train(args) -> int:
     """Train a model; under `torchrun --nproc-per-node N` the N processes train it together (DDP)."""
     from .distributed import close_world
-    from .runs import train_run
+    from .train.runs import train_run
 
     main = int(os.environ.get("RANK", "0")) == 0
     if args.resume:
@@ -296,7 +296,7 @@ def cmd_train(args) -> int:
 )
 def cmd_evaluate(args) -> int:
     from .jobs.evaluation import evaluate_checkpoint, evaluation_splits
-    from .modelcard import BUNDLED
+    from .model.card import BUNDLED
 
     ckpt = _model(args)
     out = writable_folder(_beside(args, ckpt))
@@ -310,7 +310,7 @@ def cmd_evaluate(args) -> int:
         print(r.report() + "\n")
         print(f"written: {out / f'eval-{r.split}.json'}, {out / f'confusion-{r.split}.png'}")
     if len(results) > 1:
-        from .metrics import accuracy_lines
+        from .model.metrics import accuracy_lines
 
         print(accuracy_lines(results))
     return 0
@@ -335,7 +335,7 @@ def cmd_predict(args) -> int:
     """Top-k classes per image: an exported .onnx file or a model folder with its graph (the bundled model among them)
     under onnxruntime, without loading PyTorch; a checkpoint, or any model with --tta, under PyTorch. Probabilities
     are the calibrated ones `sort` and the web app give."""
-    from .images import DataError, decode
+    from .data.images import DataError, decode
 
     if args.top < 1:
         raise UsageError(f"--top {args.top}: must be at least 1 (classes to show per image)")
@@ -364,8 +364,8 @@ def cmd_predict(args) -> int:
 def _model_and_images(paths: list[str]) -> tuple[Path | None, list[Path]]:
     """`predict`'s paths: the model when the first names one (a .pt, .pth or .onnx file, a model or run folder), and
     the images: files as given, folders as every image file under them, sorted."""
-    from .images import IMAGE_SUFFIXES, image_files
-    from .modelcard import is_model_folder
+    from .data.images import IMAGE_SUFFIXES, image_files
+    from .model.card import is_model_folder
 
     first = Path(paths[0])
     is_model = first.suffix.lower() in (".pt", ".pth", ".onnx") or is_model_folder(first)
@@ -408,8 +408,8 @@ def _print_predictions(rows: list[dict], as_json: bool) -> None:
 
 def _predictor(model: Path, tta: bool) -> tuple[Callable, list[str]]:
     """(uint8 images (N, 3, 64, 64) -> calibrated probabilities (N, classes), class names) for a model path."""
-    from .modelcard import is_model_folder
-    from .runtime import OnnxClassifier, folder_classifier
+    from .model.card import is_model_folder
+    from .model.onnx_runner import OnnxClassifier, folder_classifier
 
     if model.suffix.lower() == ".onnx":
         if tta:
@@ -420,8 +420,8 @@ def _predictor(model: Path, tta: bool) -> tuple[Callable, list[str]]:
         return graph.probabilities, graph.classes
     import torch
 
-    from .checkpoint import load_model, temperature
-    from .inference import probabilities
+    from .model.checkpoint import load_model, temperature
+    from .model.inference import probabilities
 
     net, classes, ckpt = load_model(model)
     t = temperature(ckpt, tta)  # calibrated probabilities when the checkpoint has a temperature
@@ -436,8 +436,8 @@ def _predictor(model: Path, tta: bool) -> tuple[Callable, list[str]]:
 )
 def cmd_calibrate(args) -> int:
     """Fit the checkpoint's temperature on its validation split and store it in the checkpoint."""
-    from .checkpoint import checkpoint_file
     from .jobs.evaluation import calibrate_checkpoint
+    from .model.checkpoint import checkpoint_file
 
     writable_folder(checkpoint_file(args.checkpoint).parent)  # the checkpoint is rewritten beside itself
     cals = calibrate_checkpoint(args.checkpoint, Path(args.data) if args.data else None)
@@ -468,7 +468,7 @@ def cmd_calibrate(args) -> int:
 )  # fmt: skip
 def cmd_sort(args) -> int:
     """Classify every photo under a folder and copy (or hard-link) it into OUT/<class>/ or OUT/_uncertain/."""
-    from .sort import sort_photos
+    from .sort.sorter import sort_photos
 
     args.checkpoint = _model(args)
     s = sort_photos(args.checkpoint, args.photos, args.out, args.min_confidence, args.link, args.view,
@@ -492,9 +492,9 @@ def cmd_sort(args) -> int:
 def cmd_export(args) -> int:
     """The model as an ONNX file, checked under onnxruntime against PyTorch before it is written."""
     _need_extra(*EXPORT_EXTRA)
-    from .checkpoint import load_model, temperature
-    from .export import checked_onnx
     from .files import atomic_write_bytes
+    from .model.checkpoint import load_model, temperature
+    from .model.export import checked_onnx
     from .progress import say
 
     ckpt = _model(args)
@@ -528,8 +528,8 @@ def _need_extra(extra: str, what: str, modules: list[str]) -> None:
 
 @command("layers", "each layer's name, output shape and parameter count", MODEL)
 def cmd_layers(args) -> int:
-    from .checkpoint import load_model
-    from .models import conv_layer_names, layer_table
+    from .model.checkpoint import load_model
+    from .model.network import conv_layer_names, layer_table
 
     model, classes, ckpt = load_model(_model(args))
     rows = layer_table(model)
@@ -557,8 +557,7 @@ def cmd_layers(args) -> int:
 )
 def cmd_deconv(args) -> int:
     """Deconvnet figures: figure-2 grids over the train split (--top9) or the projections of one image (--image)."""
-    from .checkpoint import load_model, run_folder
-    from .deconvnet import check_channels, layers_up_to
+    from .explain.deconvnet import check_channels, layers_up_to
     from .files import refuse_existing
     from .jobs.deconv import (
         INDEX,
@@ -569,7 +568,8 @@ def cmd_deconv(args) -> int:
         write_image_views,
         write_top9,
     )
-    from .models import conv_layer_names
+    from .model.checkpoint import load_model, run_folder
+    from .model.network import conv_layer_names
 
     ckpt = _model(args)
     model, _, _ = load_model(ckpt)
@@ -594,7 +594,7 @@ def cmd_deconv(args) -> int:
         refuse_existing([top9_path(out, layer, args.channels) for layer in layers], args.force)
         written = write_top9(ckpt, layers, out, args.channels, args.data)
     elif Path(args.image).is_dir():
-        from .images import IMAGE_SUFFIXES, image_files
+        from .data.images import IMAGE_SUFFIXES, image_files
 
         photos = image_files(args.image)
         if not photos:
@@ -722,7 +722,7 @@ def cmd_dream_score(args) -> int:
 )
 def cmd_tune(args) -> int:
     """An Optuna study over the recipe and the architecture family (--show: its best trials and plots)."""
-    from .tune import default_storage, open_study, summary, tune, write_study
+    from .jobs.tune import default_storage, open_study, summary, tune, write_study
 
     if not args.show and not args.trials:
         raise UsageError("tune needs --trials N (the study's total of finished trials) or --show")
@@ -799,8 +799,8 @@ def cmd_serve(args) -> int:
 )
 def cmd_report(args) -> int:
     """One self-contained HTML page for a run folder; what the folder lacks is listed on it."""
+    from .jobs.report import write_report
     from .progress import say
-    from .report import write_report
 
     run = Path(args.run)
     say(f"report: {run}, its figures and the photos of its mistakes, into one page")

@@ -19,7 +19,7 @@ KAGGLE_DATASET = "ikobzev/architectural-heritage-elements-image64-dataset"
 """Where AHE64 is published (`heritagelens data fetch`)."""
 
 PRECISIONS = ("auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "fp16", "fp16-cl")
-"""Values of `train.precision` (see `heritagelens.precision`)."""
+"""Values of `train.precision` (see `heritagelens.model.precision`)."""
 
 SPLIT_NAMES = {
     "val": "group-aware validation from train/",
@@ -52,7 +52,7 @@ class DataConfig:
     """Flickr photos whose numeric ids differ by at most this are taken as one burst (same photographer, same day)."""
     source_val: str = "flickr-newest"
     """The source-held-out validation, kept out of training beside the group-aware one (see
-    `heritagelens.data.source_holdout`): 'flickr-newest' (each class's latest Flickr uploads), 'flickr-range-K'
+    `heritagelens.data.dataset.source_holdout`): 'flickr-newest' (each class's latest Flickr uploads), 'flickr-range-K'
     (the K-th range of Flickr ids, for cross-source folds), 'wikimedia' (the non-Flickr files) or 'none'."""
     source_share: float = 0.1
     """Share of each class's Flickr photos in a 'flickr-*' source hold-out."""
@@ -147,8 +147,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     """L2 penalty on conv and linear weights (not on biases or batch norm)."""
     optimizer: str = "muon"
-    """'muon': Muon on the conv filters (see `heritagelens.optim`), SGD with Nesterov momentum on the rest; or 'sgd'
-    on everything."""
+    """'muon': Muon on the conv filters (see `heritagelens.train.optim`), SGD with Nesterov momentum on the rest; or
+    'sgd' on everything."""
     muon_lr: float = 0.06
     """With 'muon': the conv filters' peak learning rate (their norm is held fixed, so this is how far they turn)."""
     muon_momentum: float = 0.6
@@ -200,7 +200,7 @@ class TrainConfig:
     """Evaluate with test-time augmentation (flip and +-2 px shifts averaged)."""
     precision: str = "auto"
     """Number format and memory layout of every computation with the model: 'auto' times each mode this hardware
-    offers once per machine and keeps the fastest (see `heritagelens.precision`); or one of 'fp32', 'fp32-cl'
+    offers once per machine and keeps the fastest (see `heritagelens.model.precision`); or one of 'fp32', 'fp32-cl'
     (channels-last), 'bf16', 'bf16-cl' (bfloat16 autocast), 'fp16', 'fp16-cl' (float16 with loss scaling)."""
     device: str = "auto"
     """'auto' (a CUDA GPU when PyTorch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:K'."""
@@ -336,7 +336,7 @@ class GalleryConfig:
     as the gallery; fewer images than the gallery's keep the stage short: a floor is a reference, not a result)."""
     seed: int = 0
     judges: bool = True
-    """Score the gallery with the judges (trained once per dataset and cached; see `heritagelens.judges`)."""
+    """Score the gallery with the judges (trained once per dataset and cached; see `heritagelens.judging.judges`)."""
     judges_dir: str = ""
     """Where judges are cached; empty means `judges/` in the data cache folder."""
     judge_overrides: tuple[str, ...] = ()

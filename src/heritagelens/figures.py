@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .calibration import curve, ece, filed_at, reliability
+from .model.calibration import curve, ece, filed_at, reliability
 
 if TYPE_CHECKING:
-    from .metrics import EvalResult
+    from .model.metrics import EvalResult
 
 BACKGROUND = (255, 255, 255)
 NEUTRAL = 128

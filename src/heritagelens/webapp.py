@@ -23,18 +23,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import data, images
-from .checkpoint import checkpoint_file, load_model, robust_checkpoint, temperature
 from .config import Config
-from .deconvnet import DeconvError, TopK, top_activations
+from .data import dataset, images
 from .dream import DreamError, class_images, dream_preset, image_stats
 from .errors import HeritageLensError
+from .explain.deconvnet import DeconvError, TopK, top_activations
+from .explain.views import comparison, image_view, top9_figure
 from .figures import gallery
-from .inference import probabilities
-from .modelcard import check_classes
-from .models import conv_layer_names
-from .sort import UNCERTAIN, Decision, SortError, decide, photo_in, sort_settings, sorted_rows, undo
-from .visualize import comparison, image_view, top9_figure
+from .model.card import check_classes
+from .model.checkpoint import checkpoint_file, load_model, robust_checkpoint, temperature
+from .model.inference import probabilities
+from .model.network import conv_layer_names
+from .sort.sorter import UNCERTAIN, Decision, SortError, decide, photo_in, sort_settings, sorted_rows, undo
 
 MAX_UPLOAD_MB = 25
 PICKS_PER_CLASS = 3
@@ -76,8 +76,10 @@ class Explorer:
         cfg = Config.from_dict(ckpt["config"])
         self.root = Path(root or cfg.data.root)
         self.split = None
-        if data.has_split(self.root, "train"):
-            self.split = data.load_split(self.root, "train", classes=self.classes, cache_dir=cfg.data.cache_dir or None)
+        if dataset.has_split(self.root, "train"):
+            self.split = dataset.load_split(
+                self.root, "train", classes=self.classes, cache_dir=cfg.data.cache_dir or None
+            )
             self.stats = image_stats(self.split.images)
         self.picks = self._picks()
         self.tops: dict[str, TopK] = {}

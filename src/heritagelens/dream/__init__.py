@@ -7,7 +7,7 @@ scale), `transforms` (random jitter, scale and rotation the image must survive),
 Images are (B, 3, H, W) float tensors in pixel units 0..255, the model's input range.
 """
 
-from ..images import gaussian_blur
+from ..data.images import gaussian_blur
 from .objectives import (
     Objective,
     Recording,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DreamConfig
-from ..models import conv_layer_names, rectified_name
+from ..model.network import conv_layer_names, rectified_name
 from .recipes import DreamError
 
 

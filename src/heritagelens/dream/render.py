@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..config import DreamConfig
-from ..images import gaussian_blur
-from ..precision import for_model
+from ..data.images import gaussian_blur
+from ..model.precision import for_model
 from .objectives import Objective, Recording, class_logit, recording, regularized
 from .param import ImageStats, Parameterization, make_param
 from .recipes import DreamError
@@ -42,8 +42,8 @@ def render(
 
     The model is used in eval mode with its weights frozen for the duration and left as it was. Stops with
     `DreamError` if the objective becomes NaN or infinite. The model runs in the mode `precision` resolves to
-    (`heritagelens.precision`: bfloat16 autocast only where that is fastest; the parameters and the optimizer stay in
-    float32).
+    (`heritagelens.model.precision`: bfloat16 autocast only where that is fastest; the parameters and the optimizer stay
+    in float32).
     """
     if steps < 1 or not lr > 0:
         raise DreamError(f"steps must be at least 1 and lr positive (got steps={steps}, lr={lr})")

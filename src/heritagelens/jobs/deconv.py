@@ -11,23 +11,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import images
-from ..checkpoint import load_model, temperature
-from ..deconvnet import (
-    DeconvError,
-    top_activations,
-    top_activations_of,
-)
+from ..data import images
+from ..data.split import train_split
+from ..explain.deconvnet import DeconvError, top_activations, top_activations_of
+from ..explain.views import comparison, default_channels, evolution, image_view, top9_figure
 from ..figures import (
     png_bytes,
 )
 from ..files import atomic_write_bytes, atomic_write_json
-from ..modelcard import check_classes
-from ..models import conv_layer_names
+from ..model.card import check_classes
+from ..model.checkpoint import load_model, temperature
+from ..model.network import conv_layer_names
+from ..model.trained import Trained, trained
 from ..progress import bar, say
-from ..split import train_split
-from ..trained import Trained, trained
-from ..visualize import comparison, default_channels, evolution, image_view, top9_figure
 
 
 def top9_path(out_dir: Path | str, layer: str, channels: list[int] | None = None) -> Path:

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import torch
 
-from .. import data
-from ..calibration import Calibration, calibrate, ece, filed_at
-from ..checkpoint import CheckpointError, checkpoint_file, is_model_folder, read_checkpoint, temperature
 from ..config import SPLIT_NAMES, Config
+from ..data import dataset
+from ..data.split import data_config_of
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..inference import predict_logits
-from ..metrics import EvalResult, evaluate_logits
-from ..modelcard import check_classes
+from ..model.calibration import Calibration, calibrate, ece, filed_at
+from ..model.card import check_classes
+from ..model.checkpoint import CheckpointError, checkpoint_file, is_model_folder, read_checkpoint, temperature
+from ..model.inference import predict_logits
+from ..model.metrics import EvalResult, evaluate_logits
+from ..model.trained import Trained
 from ..progress import say
-from ..split import data_config_of
-from ..trained import Trained
 
 
 def validation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
@@ -37,15 +37,15 @@ def evaluation_splits(checkpoint: Path | str, root: Path | str | None = None, da
     """The validation splits, and 'outside' when there are outside photos to evaluate on."""
     ckpt = read_checkpoint(checkpoint)
     cfg = data_config_of(ckpt, root, data_overrides)
-    outside = data.find_outside(cfg.data.outside, cfg.data.root, ckpt["classes"]) is not None
+    outside = dataset.find_outside(cfg.data.outside, cfg.data.root, ckpt["classes"]) is not None
     return validation_splits(checkpoint, root, data_overrides) + ["outside"] * outside
 
 
 def outside_folder(cfg: Config, classes: list[str], checkpoint: Path | str) -> Path:
     """The folder of outside photos `cfg` names or finds (`data.find_outside`); `DataError` when there is none."""
-    folder = data.find_outside(cfg.data.outside, cfg.data.root, classes)
+    folder = dataset.find_outside(cfg.data.outside, cfg.data.root, classes)
     if folder is None:
-        raise data.DataError(
+        raise dataset.DataError(
             f"{checkpoint}: no outside photos to evaluate on: give --outside DIR (a folder of class folders of photos "
             f"from other sources than the training's), or place them in {Path(cfg.data.root)}-outside"
         )
@@ -76,24 +76,26 @@ def evaluate(trained: Trained, split: str, tta: bool | None = None, out_dir: Pat
         prep = trained.prepared()
         idx = prep.held_out(split)
         if len(idx) == 0:
-            raise data.DataError(f"{checkpoint}: its {split} split is empty (data.source_val is '{prep.source}')")
+            raise dataset.DataError(f"{checkpoint}: its {split} split is empty (data.source_val is '{prep.source}')")
         images, labels, files = prep.split.images[idx], prep.split.labels[idx], [prep.split.files[i] for i in idx]
     else:
-        data_classes = data.list_classes(cfg.data.root, "train") if data.has_split(cfg.data.root, "train") else classes
+        data_classes = (
+            dataset.list_classes(cfg.data.root, "train") if dataset.has_split(cfg.data.root, "train") else classes
+        )
         check_classes(classes, data_classes, checkpoint)
         if split == "outside":
             where = outside_folder(cfg, classes, checkpoint)
-            sp = data.load_folder(where, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
+            sp = dataset.load_folder(where, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
             folder = str(where.resolve().parent)
         else:
-            sp = data.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
+            sp = dataset.load_split(cfg.data.root, split, classes, cfg.data.on_bad_file, cfg.data.cache_dir or None)
         images, labels, files = sp.images, sp.labels, sp.files
     say(f"{split}: {len(labels)} photos{', each in 4 views (TTA)' if tta else ''}")
     logits = predict_logits(model, images, tta=tta, progress=split)
     result = evaluate_logits(logits, labels, classes, split, files, tta)
     result.folder = folder
     if split == "source":
-        result.held_out = data.source_description(cfg.data.source_val, cfg.data.source_ranges)
+        result.held_out = dataset.source_description(cfg.data.source_val, cfg.data.source_ranges)
     if split == "outside":
         result.held_out = str(where.resolve())
     if split in ("test", "outside"):
@@ -182,7 +184,7 @@ def calibrate_model(trained: Trained) -> dict[str, Calibration]:
     prep = trained.prepared()
     images, labels = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
     if len(labels) == 0:
-        raise data.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
+        raise dataset.DataError(f"{path}: its validation split is empty: nothing to calibrate on")
     say(f"val: {len(labels)} photos, one view then 4 (TTA), a temperature for each")
     cals = {}
     for name, tta in (("plain", False), ("tta", True)):

@@ -11,24 +11,22 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .. import data, images
-from ..checkpoint import load_model
 from ..config import DreamConfig
-from ..deconvnet import (
-    check_channels,
-)
+from ..data import dataset, images
+from ..data.split import train_split
 from ..dream import DreamError, channel, class_images, dream, dream_preset, image_stats, one_each, unit
+from ..explain.deconvnet import check_channels
 from ..figures import (
     gallery,
     png_bytes,
 )
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..judges import score_sets
-from ..models import HeritageCNN, conv_layer_names
+from ..judging.judges import score_sets
+from ..judging.scores import HEADLINE_JUDGE, per_class_table, score_table
+from ..model.checkpoint import load_model
+from ..model.network import HeritageCNN, conv_layer_names
+from ..model.trained import Trained, trained
 from ..progress import say
-from ..scores import HEADLINE_JUDGE, per_class_table, score_table
-from ..split import train_split
-from ..trained import Trained, trained
 
 
 @dataclass
@@ -237,7 +235,7 @@ def score_folder(
 ) -> dict:
     """Scores of the images in `folder` and, beside them, of as many real validation images per class."""
 
-    classes = data.list_classes(Path(data_cfg.root), "train")
+    classes = dataset.list_classes(Path(data_cfg.root), "train")
     pixels, labels, files = folder_images(folder, classes)
     per_class = int(torch.bincount(labels).max())
     name = Path(folder).name

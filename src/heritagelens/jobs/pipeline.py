@@ -9,26 +9,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import data
-from ..checkpoint import robust_checkpoint
 from ..config import ROBUST, SGD, SPLIT_NAMES, Config
+from ..data import dataset
 from ..distributed import init_world
 from ..files import atomic_write_json
-from ..flops import training_flops
-from ..metrics import EvalResult, accuracy_lines
-from ..models import conv_layer_names
-from ..precision import Choice, resolve
-from ..report import write_report
-from ..runs import train_run
-from ..scores import HEADLINE_JUDGE
-from ..trained import Trained
+from ..judging.scores import HEADLINE_JUDGE
+from ..model.checkpoint import robust_checkpoint
+from ..model.metrics import EvalResult, accuracy_lines
+from ..model.network import conv_layer_names
+from ..model.precision import Choice, resolve
+from ..model.trained import Trained
+from ..train.flops import training_flops
+from ..train.runs import train_run
 from .deconv import write_top9
 from .evaluation import calibrate_model, evaluate
 from .gallery import write_dream
+from .report import write_report
 
 
 @contextmanager
-def stage(stages: dict[str, float], name: str):
+def timed(stages: dict[str, float], name: str):
     """Time the block into `stages[name]` (seconds)."""
     t0 = time.perf_counter()
     yield
@@ -78,7 +78,7 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
     choice = resolve(cfg.train.precision, w.device)  # said once for both models the job trains
     if w.main:
         print(f"heritagelens: {choice.line}", flush=True)
-    with stage(stages, "train"):
+    with timed(stages, "train"):
         model = train_run(cfg, run, progress=progress, precision=choice)
     prep = model.prepared()
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
@@ -86,13 +86,13 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
     # the epochs a time budget left
     summary["train_compute"] = training_flops(model.config, len(prep.train_idx), len(prep.split.classes))
     summary["precision"] = choice.to_dict()
-    with stage(stages, "calibrate"):
+    with timed(stages, "calibrate"):
         cals = calibrate_model(model)
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
-    with stage(stages, "evaluate"):
+    with timed(stages, "evaluate"):
         validations = ["val"] + (["source"] if len(prep.source_idx) else [])
-        others = ["test"] * data.has_split(cfg.data.root, "test")
-        others += ["outside"] * (data.find_outside(cfg.data.outside, cfg.data.root, prep.split.classes) is not None)
+        others = ["test"] * dataset.has_split(cfg.data.root, "test")
+        others += ["outside"] * (dataset.find_outside(cfg.data.outside, cfg.data.root, prep.split.classes) is not None)
         for split in validations + others:
             job.evaluations[split] = r = evaluate(model, split, out_dir=run)
             summary["splits"][split] = {
@@ -103,7 +103,7 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
                 "tta": r.tta,
             }
             summary["splits"][split] |= {"holds_out": r.held_out} if r.held_out else {}
-    with stage(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
+    with timed(stages, "deconvnet figures"):  # figure 2 for the two deepest conv layers
         written = write_top9(model, conv_layer_names(model.model)[-2:], run)
     summary["figures"] = [p.name for p in written]
     summary["gallery"], job.gallery_scores = gallery_job(cfg, model, progress, stages, choice)
@@ -145,7 +145,7 @@ def gallery_job(
     run, source = standard.path.parent, standard
     out: dict = {"model": cfg.gallery.model}
     if cfg.gallery.model == "robust":
-        with stage(stages, "robust model"):
+        with timed(stages, "robust model"):
             robust = robust_config(cfg, standard.path)
             source = train_run(robust, robust_checkpoint(run).parent, progress=progress, like=standard.prep,
                                precision=precision)  # fmt: skip
@@ -153,7 +153,7 @@ def gallery_job(
         out["robust_val_accuracy"] = r.accuracy
         out["robust_train_minutes"] = round(stages["robust model"] / 60, 2)
     g = cfg.gallery
-    with stage(stages, "class images"):
+    with timed(stages, "class images"):
         made = write_dream(
             source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
             judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
