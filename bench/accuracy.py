@@ -188,13 +188,27 @@ def record(name: str, rows: list[dict]) -> None:
         + " --record",
         "machine": cache_key(torch.device("cpu")),
         "seeds": [r["seed"] for r in rows],
-        **{k: [round(r[v], 4) for r in rows] for k, v in (("val", "val_acc"), ("val_one_view", "val_acc_no_tta"),
-           ("val_macro_f1", "macro_f1"), ("source", "source_acc"), ("source_macro_f1", "source_macro_f1"))},
-        **({k: [round(r[v], 4) for r in rows] for k, v in (("outside", "outside_acc"),
-            ("outside_macro_f1", "outside_macro_f1"))} if all(r["outside_acc"] is not None for r in rows) else {}),
+        **{
+            k: [round(r[v], 4) for r in rows]
+            for k, v in (
+                ("val", "val_acc"),
+                ("val_one_view", "val_acc_no_tta"),
+                ("val_macro_f1", "macro_f1"),
+                ("source", "source_acc"),
+                ("source_macro_f1", "source_macro_f1"),
+            )
+        },
+        **(
+            {
+                k: [round(r[v], 4) for r in rows]
+                for k, v in (("outside", "outside_acc"), ("outside_macro_f1", "outside_macro_f1"))
+            }
+            if all(r["outside_acc"] is not None for r in rows)
+            else {}
+        ),
         "train_minutes": [round(r["minutes"], 1) for r in rows],
         "tflop": rows[0]["tflop"],
-    }  # fmt: skip
+    }
     atomic_write_json(ref, PRESET_FIGURES)
     print(f"recorded {name} in {PRESET_FIGURES}")
 

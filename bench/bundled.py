@@ -47,11 +47,15 @@ def figures(checkpoint: Path, calibration: dict) -> dict:
     for split in ("val", "source"):
         tta, one = (evaluate_checkpoint(checkpoint, split, tta=t) for t in (True, False))
         out[split] = {
-            "n": tta.n, "held_out": tta.held_out, "accuracy": round(tta.accuracy, 4),
-            "accuracy_one_view": round(one.accuracy, 4), "macro_f1": round(tta.macro["f1"], 4),
-            "macro_f1_one_view": round(one.macro["f1"], 4), "ece": round(tta.calibration["ece_after"], 4),
+            "n": tta.n,
+            "held_out": tta.held_out,
+            "accuracy": round(tta.accuracy, 4),
+            "accuracy_one_view": round(one.accuracy, 4),
+            "macro_f1": round(tta.macro["f1"], 4),
+            "macro_f1_one_view": round(one.macro["f1"], 4),
+            "ece": round(tta.calibration["ece_after"], 4),
             "ece_before_calibration": round(tta.calibration["ece_before"], 4),
-        }  # fmt: skip
+        }
     out["val"]["ece_held_out"] = round(calibration["tta"].ece_held_out, 4)  # fitted on one half, measured on the other
     return out
 
@@ -149,12 +153,15 @@ def main() -> int:
         minutes = round((time.perf_counter() - t) / 60, 1)
     calibration = calibrate_checkpoint(run / "last.pt")
     made = {
-        "recipe": RECIPE, "seed": SEED,
+        "recipe": RECIPE,
+        "seed": SEED,
         "command": f"heritagelens train --preset {RECIPE} --seed {SEED} --out RUN; heritagelens calibrate RUN",
         "rebuild": "AHE_DATA=<AHE64 root> python bench/bundled.py",
-        "machine": cache_key(torch.device("cpu")), "torch": torch.__version__, "train_minutes": minutes,
+        "machine": cache_key(torch.device("cpu")),
+        "torch": torch.__version__,
+        "train_minutes": minutes,
         "date": time.strftime("%Y-%m-%d"),
-    }  # fmt: skip
+    }
     card = dict(made_by=made, figures=figures(run / "last.pt", calibration))
     card["data_key"] = split_key(json.loads((run / "split.json").read_text()))
     folder = BUNDLED if a.write else run / "model"

@@ -24,8 +24,18 @@ from pathlib import Path
 def train(procs: int, epochs: int, out: Path, data: str) -> dict:
     run = out / f"procs-{procs}"
     shutil.rmtree(run, ignore_errors=True)
-    args = ["train", "--data", data, "--epochs", str(epochs), "--out", str(run), "--quiet",
-            "--set", "train.snapshot_epochs=[]"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        data,
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(run),
+        "--quiet",
+        "--set",
+        "train.snapshot_epochs=[]",
+    ]
     threads = max(1, (os.cpu_count() or 1) // procs)
     if procs == 1:
         cmd = [sys.executable, "-m", "heritagelens", *args]

@@ -69,13 +69,18 @@ def main() -> None:
     if a.scratch:
         points["scratch"] = ["gallery.robust_from=scratch", "gallery.robust_epochs=16"]
     rows = {}
-    print("point          robust val  minutes  " + "  ".join(f"{j:>14}" for j in ("robust-resnet", "robust-cnn")) +
-          "      FD  diversity  bar")  # fmt: skip
+    print(
+        "point          robust val  minutes  "
+        + "  ".join(f"{j:>14}" for j in ("robust-resnet", "robust-cnn"))
+        + "      FD  diversity  bar"
+    )
     for name, overrides in points.items():
         rows[name] = r = point(cfg, standard, a.out / name, [*overrides, *a.set])
         rec = "  ".join(f"{r['recognised'].get(j, float('nan')):>14.1%}" for j in ("robust-resnet", "robust-cnn"))
-        print(f"{name:<14} {r['robust_val_accuracy']:>10.4f} {r['robust_train_minutes']:>8.1f}  {rec}  "
-              f"{r['frechet']:>6.1f}  {r['diversity']:>9.2f}  {'yes' if r['meets_bar'] else 'no'}")  # fmt: skip
+        print(
+            f"{name:<14} {r['robust_val_accuracy']:>10.4f} {r['robust_train_minutes']:>8.1f}  {rec}  "
+            f"{r['frechet']:>6.1f}  {r['diversity']:>9.2f}  {'yes' if r['meets_bar'] else 'no'}"
+        )
         atomic_write_json({"standard": str(standard), "bar": BAR, "points": rows}, a.out / "finetune.json")
 
 

@@ -55,8 +55,12 @@ def rows():
 
 
 def exif(files):
-    r = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", *map(str, files)],
-                       capture_output=True, text=True, check=True)  # fmt: skip
+    r = subprocess.run(
+        ["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {Path(d["SourceFile"]).name: d for d in json.loads(r.stdout)}
 
 
@@ -80,8 +84,10 @@ for f, r in table.items():
     assert as_list(d.get("Subject")) == [r["class"]], (f, d)
     assert as_list(d.get("HierarchicalSubject")) == [f"HeritageLens|{r['class']}"], (f, d)
 unsure = sorted(f for f, r in table.items() if r["copied_to"].startswith("_uncertain/"))
-print(f"ExifTool read {len(sidecars)} sidecars: {filed} filed with keyword and hierarchy matching sort.csv "
-      f"({right} of them the right class), {len(unsure)} in _uncertain with no keyword")  # fmt: skip
+print(
+    f"ExifTool read {len(sidecars)} sidecars: {filed} filed with keyword and hierarchy matching sort.csv "
+    f"({right} of them the right class), {len(unsure)} in _uncertain with no keyword"
+)
 assert all(hashlib.sha256(p.read_bytes()).hexdigest() == h for p, h in before.items())
 assert sorted(p for p in photos.rglob("*.jpg")) == originals
 print(f"originals: {len(originals)} files, every SHA-256 unchanged")
@@ -119,6 +125,8 @@ assert as_list(d.get("Subject")) == [classes[k]] and as_list(d.get("Hierarchical
     f"HeritageLens|{classes[k]}"
 ], d
 assert all(hashlib.sha256(p.read_bytes()).hexdigest() == h for p, h in before.items())
-print(f"{file}: moved from _uncertain to {r['copied_to']}; sort.csv says {r['class']} decided by {r['decided']}; "
-      f"ExifTool reads Subject {d['Subject']!r} in its sidecar; originals still unchanged")  # fmt: skip
+print(
+    f"{file}: moved from _uncertain to {r['copied_to']}; sort.csv says {r['class']} decided by {r['decided']}; "
+    f"ExifTool reads Subject {d['Subject']!r} in its sidecar; originals still unchanged"
+)
 print(f"first day: holds (files in {work})")

@@ -23,8 +23,13 @@ def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
     mx, mn = x.max(1).values, x.min(1).values
     sat = ((mx - mn) / (mx + 1e-6)).mean((1, 2))
     lap = x[:, :, 1:-1, 1:-1] * 4 - x[:, :, :-2, 1:-1] - x[:, :, 2:, 1:-1] - x[:, :, 1:-1, :-2] - x[:, :, 1:-1, 2:]
-    return {"bright": x.mean((1, 2, 3)), "contrast": x.mean(1).std((1, 2)), "sat": sat,
-            "sharp": lap.abs().mean((1, 2, 3)), "gray": (sat < 0.02).float()}  # fmt: skip
+    return {
+        "bright": x.mean((1, 2, 3)),
+        "contrast": x.mean(1).std((1, 2)),
+        "sat": sat,
+        "sharp": lap.abs().mean((1, 2, 3)),
+        "gray": (sat < 0.02).float(),
+    }
 
 
 def main() -> None:

@@ -36,10 +36,19 @@ def main() -> None:
     wall(cmd)
     times = [wall(cmd) for _ in range(a.runs)]
     torch_import = statistics.median(wall([sys.executable, "-c", "import torch"]) for _ in range(3))
-    print(json.dumps({
-        "command": " ".join(cmd[1:]), "runs": a.runs, "median_s": round(statistics.median(times), 3),
-        "min_s": round(min(times), 3), "max_s": round(max(times), 3), "python_import_torch_s": round(torch_import, 3),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "command": " ".join(cmd[1:]),
+                "runs": a.runs,
+                "median_s": round(statistics.median(times), 3),
+                "min_s": round(min(times), 3),
+                "max_s": round(max(times), 3),
+                "python_import_torch_s": round(torch_import, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

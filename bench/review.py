@@ -47,11 +47,18 @@ def main() -> None:
         explain.append((time.perf_counter() - t) * 1000)
     with (out / "sort.csv").open() as f:
         rows = sum(1 for _ in f) - 1
-    print(json.dumps({
-        "photos_in_sort": rows, "decisions": a.decisions,
-        "decide_and_next_ms_median": round(statistics.median(decide)), "decide_and_next_ms_max": round(max(decide)),
-        "explain_ms_median": round(statistics.median(explain)),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "photos_in_sort": rows,
+                "decisions": a.decisions,
+                "decide_and_next_ms_median": round(statistics.median(decide)),
+                "decide_and_next_ms_max": round(max(decide)),
+                "explain_ms_median": round(statistics.median(explain)),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

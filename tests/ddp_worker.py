@@ -14,8 +14,15 @@ from heritagelens.distributed import close_world, init_world
 from heritagelens.model.network import build_model
 from heritagelens.train.loop import fit, new_state
 
-OVERRIDES = ["model.widths=[8,16]", "model.depths=[1,1]", "model.dropout=0", "train.precision=fp32",
-             "train.batch_size=16", "train.epochs=1", "train.ema_decay=0"]  # fmt: skip
+OVERRIDES = [
+    "model.widths=[8,16]",
+    "model.depths=[1,1]",
+    "model.dropout=0",
+    "train.precision=fp32",
+    "train.batch_size=16",
+    "train.epochs=1",
+    "train.ema_decay=0",
+]
 """float32 and no dropout, so one process's gradients can be recomputed exactly; augmentation stays on."""
 
 

@@ -61,13 +61,15 @@ def test_a_model_folder_card_says_how_it_was_made_and_not_where(trained, folder)
 @pytest.mark.parametrize(
     "spoil, needles",
     [
-        (lambda f: f.joinpath(MODEL_WEIGHTS).write_bytes(f.joinpath(MODEL_WEIGHTS).read_bytes()[:-4] + b"\0\0\0\0"),
-         ["model.safetensors: model weights not the file its card records (SHA-256 differs)"]),
+        (
+            lambda f: f.joinpath(MODEL_WEIGHTS).write_bytes(f.joinpath(MODEL_WEIGHTS).read_bytes()[:-4] + b"\0\0\0\0"),
+            ["model.safetensors: model weights not the file its card records (SHA-256 differs)"],
+        ),
         (lambda f: f.joinpath(MODEL_CARD).write_text("{"), ["card.json: unreadable model card"]),
         (lambda f: f.joinpath(MODEL_CARD).write_text('{"sha256": "0"}'), ["card.json: not a HeritageLens model card"]),
         (lambda f: f.joinpath(MODEL_WEIGHTS).unlink(), ["model.safetensors: model weights unreadable"]),
     ],
-)  # fmt: skip
+)
 def test_a_spoiled_model_folder_is_one_line(trained, folder, tmp_path, spoil, needles):
     import shutil
 
@@ -136,8 +138,12 @@ def test_predict_with_the_bundled_model_never_loads_pytorch(tmp_path):
     for i, photo in enumerate(photos):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (90, 120, 3), np.uint8)).save(photo)
     code = "import sys\nfrom heritagelens import cli\ncli.main(sys.argv[1:])\nprint('torch' in sys.modules)"
-    p = subprocess.run([sys.executable, "-c", code, "predict", *map(str, photos), "--top", "10"],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", code, "predict", *map(str, photos), "--top", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     *lines, loaded = p.stdout.splitlines()
     assert loaded == "False" and "the bundled model" in p.stderr

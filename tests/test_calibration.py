@@ -55,8 +55,11 @@ def test_a_known_temperature_is_recovered_and_removes_the_calibration_error():
 
 def held(confidence, right, predicted=None):
     predicted = predicted or [0] * len(confidence)
-    return {"confidence": confidence, "predicted": predicted,
-            "label": [p if r else p + 1 for p, r in zip(predicted, right)]}  # fmt: skip
+    return {
+        "confidence": confidence,
+        "predicted": predicted,
+        "label": [p if r else p + 1 for p, r in zip(predicted, right)],
+    }
 
 
 def test_a_threshold_files_the_photos_at_or_above_it_and_counts_those_right():

@@ -314,8 +314,19 @@ def test_dream_writes_images_gallery_and_scores(dreamed):
 
 def test_dream_score_scores_a_folder_beside_real_images(trained, dreamed, tmp_path):
     out, _ = dreamed
-    p = cli("dream-score", out / "dream-maco-bell", "--data", trained[0], "--judges", out / "judges",
-            "--set", "data.val_folds=4", *TINY_JUDGES, "--json", tmp_path / "s.json")  # fmt: skip
+    p = cli(
+        "dream-score",
+        out / "dream-maco-bell",
+        "--data",
+        trained[0],
+        "--judges",
+        out / "judges",
+        "--set",
+        "data.val_folds=4",
+        *TINY_JUDGES,
+        "--json",
+        tmp_path / "s.json",
+    )
     assert p.returncode == 0, p.stderr
     assert "training judge" not in p.stdout  # the cached judges were found by their content key
     report = json.loads((tmp_path / "s.json").read_text())
@@ -436,8 +447,11 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(trained):
     """`heritagelens predict MANY | head -1`: no BrokenPipeError, as `ls | head` has none."""
     root, run = trained
     images = [str(p) for p in sorted((root / "test").rglob("*.jpg"))] * 40
-    p = subprocess.Popen([sys.executable, "-m", "heritagelens", "predict", str(run), *images],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-m", "heritagelens", "predict", str(run), *images],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert p.stdout.readline().startswith(images[0].encode())
     p.stdout.close()  # as `head -1` does after its line
     err = p.stderr.read().decode()

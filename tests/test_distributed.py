@@ -144,7 +144,15 @@ def test_float16_with_loss_scaling_trains(tiny_data):
     s = prep.split
     losses = []
     state = initial_state(cfg, prep)
-    fit(cfg, state, s.images[prep.train_idx], s.labels[prep.train_idx], s.images[prep.val_idx],
-        s.labels[prep.val_idx], on_epoch=lambda st, r: losses.append(r.train_loss), progress=False)  # fmt: skip
+    fit(
+        cfg,
+        state,
+        s.images[prep.train_idx],
+        s.labels[prep.train_idx],
+        s.images[prep.val_idx],
+        s.labels[prep.val_idx],
+        on_epoch=lambda st, r: losses.append(r.train_loss),
+        progress=False,
+    )
     assert all(torch.isfinite(p).all() for p in state.model.parameters())
     assert losses[-1] < losses[0]

@@ -49,7 +49,7 @@ def test_each_slow_command_says_first_what_it_does_on_the_real_data(ahe_root, tr
             text=True,
             env=env,
             cwd=tmp_path,
-        )  # fmt: skip
+        )
         for name, (argv, _) in commands.items()
     }
     got: dict[str, str] = {}

@@ -447,27 +447,46 @@ def test_an_onnx_graph_of_another_input_of_nan_or_without_end_is_one_line(tmp_pa
     w = h.make_tensor("W", TensorProto.FLOAT, [12288, 10], np.zeros(12288 * 10, np.float32))
     flat = [h.make_node("Flatten", ["images"], ["f"]), h.make_node("MatMul", ["f", "W"], ["z"])]
     images = np.zeros((2, 3, 64, 64), np.uint8)
-    ints = onnx_graph(tmp_path / "int.onnx", [h.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-                      h.make_node("Flatten", ["x"], ["f"]), h.make_node("MatMul", ["f", "W"], ["logits"])], [w],
-                      TensorProto.INT64)  # fmt: skip
+    ints = onnx_graph(
+        tmp_path / "int.onnx",
+        [
+            h.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+            h.make_node("Flatten", ["x"], ["f"]),
+            h.make_node("MatMul", ["f", "W"], ["logits"]),
+        ],
+        [w],
+        TensorProto.INT64,
+    )
     with pytest.raises(ExportError, match="inputs or outputs are not those of a HeritageLens export"):
         OnnxClassifier(ints)
     one = h.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    nan = onnx_graph(tmp_path / "nan.onnx", [*flat, h.make_node("Sub", ["z", "one"], ["m"]),
-                     h.make_node("Log", ["m"], ["logits"])], [w, one])  # fmt: skip
+    nan = onnx_graph(
+        tmp_path / "nan.onnx",
+        [*flat, h.make_node("Sub", ["z", "one"], ["m"]), h.make_node("Log", ["m"], ["logits"])],
+        [w, one],
+    )
     with pytest.raises(ExportError, match="not a finite logit per class and image"):
         OnnxClassifier(nan).probabilities(images)
     body = h.make_graph(
-        [h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_in"], ["v_out"])], "body",
-        [h.make_tensor_value_info("i", TensorProto.INT64, []), h.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-         h.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
-        [h.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-         h.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
-    )  # fmt: skip
+        [h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [
+            h.make_tensor_value_info("i", TensorProto.INT64, []),
+            h.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            h.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            h.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            h.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
     trip = h.make_tensor("trip", TensorProto.INT64, [], [10**15])
     cond = h.make_tensor("cond", TensorProto.BOOL, [], [True])
-    loop = onnx_graph(tmp_path / "loop.onnx", [*flat, h.make_node("Loop", ["trip", "cond", "z"], ["logits"],
-                      body=body)], [w, trip, cond])  # fmt: skip
+    loop = onnx_graph(
+        tmp_path / "loop.onnx",
+        [*flat, h.make_node("Loop", ["trip", "cond", "z"], ["logits"], body=body)],
+        [w, trip, cond],
+    )
     monkeypatch.setattr(onnx_runner, "RUN_SECONDS", 1.0)
     with pytest.raises(ExportError, match=r"the graph failed on 2 image\(s\) \(stopped after 1.0 s\)"):
         OnnxClassifier(loop).probabilities(images)
@@ -596,7 +615,9 @@ def test_an_unreadable_class_folder_or_photo_is_one_line_in_data_check_and_train
     try:
         p = run("data", "check", root)
         assert "Traceback" not in p.stderr and f"{locked}: cannot read this folder (Permission denied)" in p.stdout
-        assert_one_line_error(run("train", "--data", root, "--out", tmp_path / "run", "--quiet", *SETS),
-                              f"{locked}: cannot read this folder (Permission denied)")  # fmt: skip
+        assert_one_line_error(
+            run("train", "--data", root, "--out", tmp_path / "run", "--quiet", *SETS),
+            f"{locked}: cannot read this folder (Permission denied)",
+        )
     finally:
         locked.chmod(0o755)

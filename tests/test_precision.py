@@ -186,8 +186,18 @@ def test_train_prints_and_records_the_choice(tiny_data, tmp_path, monkeypatch):
     choice = precision.Choice(Precision.named("fp32-cl"), "fastest of fp32 1 img/s, fp32-cl 2 img/s", {"fp32": 1.0})
     precision._store(precision.cache_key(CPU), choice)
     sets = [*SETS, "--set", "train.precision=auto"]  # the last setting of a key wins
-    p = cli("train", "--data", tiny_data, "--epochs", "1", "--out", tmp_path / "run", "--quiet", *sets,
-            env={"XDG_CACHE_HOME": str(cache)})  # fmt: skip
+    p = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "run",
+        "--quiet",
+        *sets,
+        env={"XDG_CACHE_HOME": str(cache)},
+    )
     assert p.returncode == 0, p.stderr
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("heritagelens: precision"))
     assert "precision fp32-cl on " in line and "fastest of fp32 1 img/s" in line and "cached" in line

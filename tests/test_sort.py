@@ -320,9 +320,12 @@ def many(trained, tmp_path) -> Path:
 def start_sort(run: Path, photos: Path, out: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "heritagelens", "sort", run, photos, "--out", out, "--quiet", "--min-confidence", "0"]
     return subprocess.Popen(  # Ctrl-C handled as in a terminal, even when the tests run with SIGINT ignored (nohup &)
-        [str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(a) for a in argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    )
 
 
 def wait_for_journal(out: Path, lines: int, p: subprocess.Popen, timeout: float = 120) -> None:

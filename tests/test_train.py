@@ -61,8 +61,16 @@ def test_alternating_flips_show_every_image_both_ways_every_two_epochs(monkeypat
     monkeypatch.setattr(loop, "augment", spy)
     xt, yt = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8), torch.arange(40) % 2
     xt[:, 0, 0, 0] = torch.arange(40, dtype=torch.uint8)
-    cfg = Config().override(["model.widths=[4,8]", "model.depths=[1,1]", "train.epochs=2", "train.batch_size=40",
-                             "train.flip_alternate=true", "train.precision=fp32"])  # fmt: skip
+    cfg = Config().override(
+        [
+            "model.widths=[4,8]",
+            "model.depths=[1,1]",
+            "train.epochs=2",
+            "train.batch_size=40",
+            "train.flip_alternate=true",
+            "train.precision=fp32",
+        ]
+    )
     state = loop.new_state(build_model(cfg.model, 2), cfg.train)
     loop.fit(cfg, state, xt, yt, xt[:4], yt[:4], progress=False)
     assert len(seen) == 2 and all(seen[0][i] != seen[1][i] for i in range(40))
@@ -289,8 +297,14 @@ def test_saturation_moves_each_image_towards_or_away_from_its_own_grey_by_one_fa
 
 
 def test_bad_photographer_augmentations_are_refused():
-    for bad in ("white_balance=1.0", "sharpness=1.5", "grayscale=-0.1", "jpeg_quality=99", "jpeg_share=2",
-                "saturation=1.5"):  # fmt: skip
+    for bad in (
+        "white_balance=1.0",
+        "sharpness=1.5",
+        "grayscale=-0.1",
+        "jpeg_quality=99",
+        "jpeg_share=2",
+        "saturation=1.5",
+    ):
         with pytest.raises(ConfigError, match="train"):
             Config().override([f"train.{bad}"])
 

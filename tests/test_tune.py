@@ -95,9 +95,14 @@ def run_together(script: str, url: str, n: int, spacing: float = 0.0) -> list[st
     once all have imported, so they race on the database, not on their start-up; each must succeed."""
     at = time.time() + 3.0  # after every process's imports
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, url, str(at + i * spacing)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True) for i in range(n)
-    ]  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", script, url, str(at + i * spacing)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * n, [err[-2000:] for _, err in outs]
     return [out for out, _ in outs]
@@ -204,8 +209,19 @@ def test_a_killed_study_resumes_without_losing_finished_trials(trained, tmp_path
     proc.wait()
     before = {n: s for n, s in trials_in(db) if s in finished}
     assert sum(s == "COMPLETE" for s in before.values()) >= 2
-    p = cli("tune", "--trials", len(before) + 2, "--storage", f"sqlite:///{db}", "--study", "s", "--data", root,
-            "--quiet", *FAST)  # fmt: skip
+    p = cli(
+        "tune",
+        "--trials",
+        len(before) + 2,
+        "--storage",
+        f"sqlite:///{db}",
+        "--study",
+        "s",
+        "--data",
+        root,
+        "--quiet",
+        *FAST,
+    )
     assert p.returncode == 0, p.stderr
     after = {n: s for n, s in trials_in(db) if s in finished}
     assert before.items() <= after.items() and len(after) == len(before) + 2  # kept as they were, two more

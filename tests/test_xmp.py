@@ -53,10 +53,20 @@ def exiftool_sidecar(path) -> None:
     keyword, a rating, a title and a creator."""
     need_exiftool()
     p = subprocess.run(
-        ["exiftool", "-o", path, "-XMP-dc:Subject=nave", "-XMP-dc:Subject=altar", "-XMP-xmp:Rating=4",
-         "-XMP-dc:Title=Chapel, north side", "-XMP-lr:HierarchicalSubject=Places|Chapel", "-XMP-dc:Creator=A. Person"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "exiftool",
+            "-o",
+            path,
+            "-XMP-dc:Subject=nave",
+            "-XMP-dc:Subject=altar",
+            "-XMP-xmp:Rating=4",
+            "-XMP-dc:Title=Chapel, north side",
+            "-XMP-lr:HierarchicalSubject=Places|Chapel",
+            "-XMP-dc:Creator=A. Person",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0 and path.exists(), p.stderr
 
 
@@ -151,8 +161,14 @@ def test_a_folder_where_sidecars_cannot_be_written_is_one_row_of_sort_csv(traine
     )
     assert rows["ro/"]["error"].startswith(f"XMP sidecar(s) not written: {tmp_path / 'ro'}/")
     assert "cannot write the sidecar (" in rows["ro/"]["error"]  # read-only file system, or permission denied
-    assert sorted(f.name for f in (tmp_path / "open").iterdir()) == ["0.jpg", "0.jpg.xmp", "2.jpg", "2.jpg.xmp",
-                                                                      "4.jpg", "4.jpg.xmp"]  # fmt: skip
+    assert sorted(f.name for f in (tmp_path / "open").iterdir()) == [
+        "0.jpg",
+        "0.jpg.xmp",
+        "2.jpg",
+        "2.jpg.xmp",
+        "4.jpg",
+        "4.jpg.xmp",
+    ]
 
 
 def test_a_sidecar_keeps_its_mode_and_a_new_one_gets_the_user_s_umask(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 The Python API, for notebooks (each name's docstring is where it is defined; the README has an example):
 
-- recipes and training: `Config`, `preset`, `train` (one training run into a folder), `run` (the main job)
+- recipes and training: `Config`, `preset`, `train` (one training run into a folder, returning a `Trained`), `run`
+  (the main job)
 - models and data: `load_model`, `temperature`, `load_split`, `decode`
 - predictions: `predict_logits`, `probabilities` (calibrated), `evaluate`, `calibrate`
 - the deconvnet: `project` (Zeiler & Fergus's projection), `top_activations` (figure 2's top 9 per channel),
@@ -23,6 +24,7 @@ _API = {
     "preset": "config",
     "train": "train.runs:train_run",
     "run": "jobs.pipeline:main_job",
+    "Trained": "model.trained",
     "load_model": "model.checkpoint",
     "temperature": "model.checkpoint",
     "load_split": "data.dataset",

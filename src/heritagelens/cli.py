@@ -391,9 +391,17 @@ def _print_predictions(rows: list[dict], as_json: bool) -> None:
     import json
 
     if as_json:
-        out = [{"file": r["file"], "error": r["error"]} if "error" in r else
-               {"file": r["file"], "class": r["top"][0][0], "probability": r["top"][0][1],
-                "top": [{"class": c, "probability": p} for c, p in r["top"]]} for r in rows]  # fmt: skip
+        out = [
+            {"file": r["file"], "error": r["error"]}
+            if "error" in r
+            else {
+                "file": r["file"],
+                "class": r["top"][0][0],
+                "probability": r["top"][0][1],
+                "top": [{"class": c, "probability": p} for c, p in r["top"]],
+            }
+            for r in rows
+        ]
         print(json.dumps(out, indent=1, ensure_ascii=False))
         return
     w = csv.writer(sys.stdout, lineterminator="\n")
@@ -453,26 +461,50 @@ def cmd_calibrate(args) -> int:
     MODEL,
     arg("photos", help="folder of photos (nested folders, any size, format and orientation)"),
     arg("--out", required=True, help="output folder (new, empty, or one an earlier sort wrote)"),
-    arg("--min-confidence", type=float, metavar="P",
-        help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)"),
-    arg("--target-accuracy", type=float, metavar="A",
+    arg(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="below this top-class probability a photo goes to OUT/_uncertain/ (default 0.5)",
+    ),
+    arg(
+        "--target-accuracy",
+        type=float,
+        metavar="A",
         help="instead of --min-confidence: the threshold at which the model's measured photos were A right (the "
-             "bundled model's outside photos, a run's held-out validation photos)"),
+        "bundled model's outside photos, a run's held-out validation photos)",
+    ),
     arg("--link", action="store_true", help="hard-link instead of copying (same file system)"),
-    arg("--xmp", action="store_true",
-        help="write each photo's class beside it in an XMP sidecar (keywords photo managers read; merged)"),
-    arg("--view", choices=["whole", "centre", "multi"], default="whole",
-        help="how a photo becomes the 64 px input (default: whole, chosen by measurement)"),
+    arg(
+        "--xmp",
+        action="store_true",
+        help="write each photo's class beside it in an XMP sidecar (keywords photo managers read; merged)",
+    ),
+    arg(
+        "--view",
+        choices=["whole", "centre", "multi"],
+        default="whole",
+        help="how a photo becomes the 64 px input (default: whole, chosen by measurement)",
+    ),
     QUIET,
     interrupted="what was sorted is kept: run the same sort command again to finish it",
-)  # fmt: skip
+)
 def cmd_sort(args) -> int:
     """Classify every photo under a folder and copy (or hard-link) it into OUT/<class>/ or OUT/_uncertain/."""
     from .sort.sorter import sort_photos
 
     args.checkpoint = _model(args)
-    s = sort_photos(args.checkpoint, args.photos, args.out, args.min_confidence, args.link, args.view,
-                    progress=not args.quiet, target_accuracy=args.target_accuracy, xmp=args.xmp)  # fmt: skip
+    s = sort_photos(
+        args.checkpoint,
+        args.photos,
+        args.out,
+        args.min_confidence,
+        args.link,
+        args.view,
+        progress=not args.quiet,
+        target_accuracy=args.target_accuracy,
+        xmp=args.xmp,
+    )
     print(s.text())
     if s.sorted == 0 and s.skipped == 0:
         raise UsageError(f"{args.photos}: none of the {s.unreadable} file(s) is an image that could be read")
@@ -505,9 +537,16 @@ def cmd_export(args) -> int:
     writable_folder(out.parent)
     say(f"export: {ckpt} to {out}, then checked against PyTorch on a few hundred images")
     blob, diff, what = checked_onnx(
-        model, classes, checkpoint, tta=args.tta, temperature=temperature(checkpoint, args.tta), source=str(ckpt),
-        root=args.data, tolerance=args.tolerance, name=out,
-    )  # fmt: skip
+        model,
+        classes,
+        checkpoint,
+        tta=args.tta,
+        temperature=temperature(checkpoint, args.tta),
+        source=str(ckpt),
+        root=args.data,
+        tolerance=args.tolerance,
+        name=out,
+    )
     atomic_write_bytes(blob, out)
     tta = ", TTA in the graph" if args.tta else ""
     print(f"written: {out} ({len(blob) / 1e6:.1f} MB, {len(classes)} classes{tta})")
@@ -654,17 +693,37 @@ def cmd_dream(args) -> int:
             raise UsageError(f"--channel wants LAYER:C[,C...] such as conv4_2:3,17, not '{args.channel}'") from None
         refuse_existing([feature_dream_path(out, args.preset, layer, channels, args.unit)], args.force)
         written = write_feature_dream(
-            ckpt, layer, channels, out, cfg.dream, args.preset, args.samples, args.seed, args.data,
-            centre_unit=args.unit, init_image=args.start,
-        )  # fmt: skip
+            ckpt,
+            layer,
+            channels,
+            out,
+            cfg.dream,
+            args.preset,
+            args.samples,
+            args.seed,
+            args.data,
+            centre_unit=args.unit,
+            init_image=args.start,
+        )
         print(f"written: {written} and {written.with_suffix('.json').name}")
         return 0
     stem = dream_stem(out, args.preset, names)
     refuse_existing([stem.with_name(stem.name + e) for e in (".png", ".json")], args.force)
     made = write_dream(
-        ckpt, names, out, cfg.dream, args.preset, args.samples, args.seed, args.data, score=args.score,
-        judges_dir=args.judges, judge_extra=cfg.gallery.judge_overrides, init_image=args.start, progress=not args.quiet,
-    )  # fmt: skip
+        ckpt,
+        names,
+        out,
+        cfg.dream,
+        args.preset,
+        args.samples,
+        args.seed,
+        args.data,
+        score=args.score,
+        judges_dir=args.judges,
+        judge_extra=cfg.gallery.judge_overrides,
+        init_image=args.start,
+        progress=not args.quiet,
+    )
     if made.text:
         print(made.text + "\n")
     png = made.png
@@ -714,7 +773,7 @@ def cmd_dream_score(args) -> int:
         choices=["accuracy", "accuracy-per-minute"],
         default="accuracy",
         help="what each trial maximizes on the validation split (default: accuracy)",
-    ),  # fmt: skip
+    ),
     arg("--runs", default="runs", help="folder for the default database and the --show figures"),
     arg("--no-base", action="store_true", help="do not start a new study with the base recipe itself"),
     arg("--show", action="store_true", help="best trials, importances, plots and the best config"),
@@ -741,9 +800,17 @@ def cmd_tune(args) -> int:
     cfg = _config(args)
     print(f"study '{args.study}' in {storage}; data: {cfg.data.root}", flush=True)
     study = tune(
-        cfg, args.set or [], storage, args.study, args.trials, args.timeout, args.objective, not args.quiet,
-        args.trial_minutes, not args.no_base,
-    )  # fmt: skip
+        cfg,
+        args.set or [],
+        storage,
+        args.study,
+        args.trials,
+        args.timeout,
+        args.objective,
+        not args.quiet,
+        args.trial_minutes,
+        not args.no_base,
+    )
     print(summary(study))
     return 0
 

@@ -79,8 +79,10 @@ class DataConfig:
         if not 0 < self.source_share <= 0.5:
             raise ConfigError("data.source_share must be in (0, 0.5]")
         if ranges and int(ranges[1]) >= self.source_ranges:
-            raise ConfigError(f"data.source_val: a share of {self.source_share} makes {self.source_ranges} Flickr "
-                              f"ranges, numbered from 0")  # fmt: skip
+            raise ConfigError(
+                f"data.source_val: a share of {self.source_share} makes {self.source_ranges} Flickr "
+                f"ranges, numbered from 0"
+            )
 
     @property
     def source_ranges(self) -> int:
@@ -481,9 +483,14 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
 
 
 ROBUST = [
-    "train.adv_eps=4", "train.adv_alpha=5", "train.cutout=0", "train.colour_jitter=0",
-    "train.batch_size=128", "train.lr=0.08", "train.res_min=64",
-]  # fmt: skip
+    "train.adv_eps=4",
+    "train.adv_alpha=5",
+    "train.cutout=0",
+    "train.colour_jitter=0",
+    "train.batch_size=128",
+    "train.lr=0.08",
+    "train.res_min=64",
+]
 """What makes a recipe adversarially robust (fast FGSM, L-inf 4/255, without the augmentations it replaces), at
 the batch, learning rate and full resolution the robust models and the judges were measured with. They were all
 trained with SGD: whoever applies this list pins `SGD` too (kept apart because the judges' content keys, made
@@ -521,7 +528,7 @@ PRESETS: dict[str, list[str]] = {
         "train.label_smoothing=0.096",
         "train.crop_pad=1",
         "train.colour_jitter=0.123",
-    ],  # fmt: skip
+    ],
 }
 """Named recipes, as overrides of the defaults."""
 

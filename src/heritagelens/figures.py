@@ -217,8 +217,15 @@ def comparison_figure(
             ax.imshow(base)
             extent = (-0.5, base.shape[1] - 0.5, base.shape[0] - 0.5, -0.5)
         vmin, vmax = p.limits or (None, None)
-        shown = ax.imshow(p.image, cmap=p.cmap, alpha=0.5 if p.over_input else None, vmin=vmin, vmax=vmax,
-                          extent=extent, interpolation="bilinear" if extent else "antialiased")  # fmt: skip
+        shown = ax.imshow(
+            p.image,
+            cmap=p.cmap,
+            alpha=0.5 if p.over_input else None,
+            vmin=vmin,
+            vmax=vmax,
+            extent=extent,
+            interpolation="bilinear" if extent else "antialiased",
+        )
         if p.cmap is not None:  # a map: what its colours mean
             bar = fig.colorbar(shown, ax=ax, orientation="horizontal", fraction=0.06, pad=0.04)
             bar.ax.tick_params(labelsize=6)

@@ -141,8 +141,9 @@ class Explorer:
             return None  # the classify step has already said why
         photo = np.asarray(images.for_display(path or self.root / picked))  # the heat maps over the photo itself
         with self.locks["explainer"]:
-            return comparison(self.explainer, x, self.classes, self.layers[-1], temperature=self.temperature,
-                              photo=photo)[0]  # fmt: skip
+            return comparison(
+                self.explainer, x, self.classes, self.layers[-1], temperature=self.temperature, photo=photo
+            )[0]
 
     def channel(self, layer: str, channel: float | None) -> tuple[Image.Image | None, str]:
         """Zeiler & Fergus figure 2 for one channel: its top-9 training images and their projections."""
@@ -370,8 +371,12 @@ def classify_tab(gr, ex: Explorer):
     """The tab; returns (the photo's channels, the button that shows one's top 9) for the Channels tab's link."""
     with gr.Row():
         with gr.Column(scale=1):
-            upload = gr.File(label=f"Upload a photograph (up to {MAX_UPLOAD_MB} MB)", type="filepath",
-                             file_types=["image"], elem_id="upload")  # fmt: skip
+            upload = gr.File(
+                label=f"Upload a photograph (up to {MAX_UPLOAD_MB} MB)",
+                type="filepath",
+                file_types=["image"],
+                elem_id="upload",
+            )
             picked = gr.Dropdown(ex.picks, value=None, label="…or pick a training image", elem_id="pick")
         with gr.Column(scale=1):
             seen = gr.Image(label="as the model sees it (64 px)", interactive=False, elem_id="seen")
@@ -411,8 +416,9 @@ def channels_tab(gr, ex: Explorer):
     with gr.Row():
         layer = gr.Dropdown(ex.layers, value=ex.layers[-1], label="layer", elem_id="layer")
         n = ex.n_channels(ex.layers[-1])
-        channel = gr.Slider(0, n - 1, value=0, step=1, label=f"channel (0 to {n - 1} in {ex.layers[-1]})",
-                            elem_id="channel")  # fmt: skip
+        channel = gr.Slider(
+            0, n - 1, value=0, step=1, label=f"channel (0 to {n - 1} in {ex.layers[-1]})", elem_id="channel"
+        )
         prev = gr.Button("← previous", elem_id="channel-prev", min_width=60)
         nxt = gr.Button("next →", elem_id="channel-next", min_width=60)
         show = gr.Button("Show top 9", elem_id="show")
@@ -507,12 +513,25 @@ def review_tab(gr, ex: Explorer) -> None:
 
     after(start.click(lambda f, s: shown(ex.review(f, s)), [folder, show], outs, api_name="review"))
     after(nxt.click(lambda f, s, c: shown(ex.review(f, s, after=c)), [folder, show, current], outs, api_name="next"))
-    after(prev.click(lambda f, s, c: shown(ex.review(f, s, after=c, back=True)), [folder, show, current], outs,
-                     api_name="previous"))  # fmt: skip
+    after(
+        prev.click(
+            lambda f, s, c: shown(ex.review(f, s, after=c, back=True)),
+            [folder, show, current],
+            outs,
+            api_name="previous",
+        )
+    )
     after(back.click(lambda f, s: shown(ex.undo(f, s)), [folder, show], outs, api_name="undo", concurrency_limit=1))
     for k, button in enumerate(buttons):
-        after(button.click(lambda f, s, c, k=k: shown(ex.decide(f, s, c, k)), [folder, show, current], outs,
-                           api_name=f"decide_{k}", concurrency_limit=1))  # fmt: skip
+        after(
+            button.click(
+                lambda f, s, c, k=k: shown(ex.decide(f, s, c, k)),
+                [folder, show, current],
+                outs,
+                api_name=f"decide_{k}",
+                concurrency_limit=1,
+            )
+        )
 
     def file_ticked(f, s, files, cls):
         r = ex.file_photos(f, s, files or [], ex.classes.index(cls))
@@ -566,8 +585,11 @@ def address_problem(host: str, port: int) -> str:
     except UnicodeError:  # a label over 63 characters, or text IDNA cannot encode
         return f"{host[:100]}: not a host name"
     except OSError as e:
-        why = {errno.EADDRINUSE: "the port is in use by another program", errno.EACCES: "not allowed for this user",
-               errno.EADDRNOTAVAIL: "not an address of this machine"}  # fmt: skip
+        why = {
+            errno.EADDRINUSE: "the port is in use by another program",
+            errno.EACCES: "not allowed for this user",
+            errno.EADDRNOTAVAIL: "not an address of this machine",
+        }
         return f"{host}:{port}: cannot listen there ({why.get(e.errno, e.strerror)})"
     return ""
 
@@ -583,9 +605,16 @@ def serve(checkpoint: Path | str, root: Path | str | None = None, host: str = "1
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts fetched
     print(f"serving {checkpoint} at http://{host}:{port}", flush=True)
     app.launch(
-        server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True, ssr_mode=False,
-        theme=theme, quiet=True, head=KEYS, css=CSS,
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
+        show_error=True,
+        ssr_mode=False,
+        theme=theme,
+        quiet=True,
+        head=KEYS,
+        css=CSS,
+    )
 
 
 # ------------------------------------------------------------------------------------ the app in its own process

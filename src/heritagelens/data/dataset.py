@@ -281,8 +281,9 @@ def check(root: Path | str) -> CheckReport:
                 problems.append(str(e))
                 continue
             members = [p for p in inside if p.is_file()]
-            ignored += [f"{p}: {'a folder' if p.is_dir() else 'not a regular file'}, ignored" for p in inside
-                        if not p.is_file()]  # fmt: skip
+            ignored += [
+                f"{p}: {'a folder' if p.is_dir() else 'not a regular file'}, ignored" for p in inside if not p.is_file()
+            ]
             counts[split][c] = len(members)
             if not members:
                 problems.append(f"{root / split / c}: empty class folder")

@@ -35,8 +35,11 @@ class Prepared:
     def record(self) -> dict:
         """What a run's `split.json` holds: the summary and the files of both validations."""
         files = self.split.files
-        return {**self.summary(), "val_files": [files[i] for i in self.val_idx],
-                "source_files": [files[i] for i in self.source_idx]}  # fmt: skip
+        return {
+            **self.summary(),
+            "val_files": [files[i] for i in self.val_idx],
+            "source_files": [files[i] for i in self.source_idx],
+        }
 
     def summary(self) -> dict:
         labels = self.split.labels.numpy()

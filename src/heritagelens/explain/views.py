@@ -150,8 +150,16 @@ def explain(
     maps = {k: v[0] for k, v in gradient_maps(model, image[None], torch.tensor([target]), layer).items()}
     occ = occlusion(model, image, target, layer)
     maps = {"deconvnet": proj[0], **maps, "occlusion_probability": occ.probability, "occlusion_feature": occ.feature}
-    return Explanation(target, predicted, float(probs[target]), temperature is not None, layer, int(channels[0]), maps,
-                       {"size": occ.size, "stride": occ.stride})  # fmt: skip
+    return Explanation(
+        target,
+        predicted,
+        float(probs[target]),
+        temperature is not None,
+        layer,
+        int(channels[0]),
+        maps,
+        {"size": occ.size, "stride": occ.stride},
+    )
 
 
 def comparison(
@@ -175,8 +183,9 @@ def comparison(
         f"deconvnet and occlusion feature: {layer} channel {e.channel}"
     )
     m = e.maps
-    panels = explanation_panels(image, m["deconvnet"], m, m["occlusion_probability"], m["occlusion_feature"],
-                                classes[e.target])  # fmt: skip
+    panels = explanation_panels(
+        image, m["deconvnet"], m, m["occlusion_probability"], m["occlusion_feature"], classes[e.target]
+    )
     fig = comparison_figure(image, title, panels, photo)
     index = {
         "target": classes[e.target],

@@ -126,9 +126,15 @@ def write_image_views(
         for photo in photos:
             try:
                 written, index = _image_view(loaded, photo, out_dir, layers, channels, target)
-                row = {"photo": str(photo), "class": index["target"], "probability": index["probability"],
-                       "calibrated": index["calibrated"], "deconv": written[0].name, "compare": written[1].name,
-                       "problem": ""}  # fmt: skip
+                row = {
+                    "photo": str(photo),
+                    "class": index["target"],
+                    "probability": index["probability"],
+                    "calibrated": index["calibrated"],
+                    "deconv": written[0].name,
+                    "compare": written[1].name,
+                    "problem": "",
+                }
             except images.DataError as e:
                 row = dict.fromkeys(INDEX_COLUMNS, "") | {
                     "photo": str(photo),

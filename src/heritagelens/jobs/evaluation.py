@@ -105,11 +105,13 @@ def evaluate(trained: Trained, split: str, tta: bool | None = None, out_dir: Pat
         fitted = ckpt["calibration"]["tta" if tta else "plain"]
         same = split == fitted["split"] and trained.own_data
         result.calibration = {
-            "temperature": t, "split": split, "fitted_on": fitted["split"],
+            "temperature": t,
+            "split": split,
+            "fitted_on": fitted["split"],
             "ece_before": ece(torch.softmax(logits.double(), 1), labels),
             "ece_after": ece(torch.softmax(logits.double() / t, 1), labels),
             "ece_held_out": fitted["ece_held_out"] if same else None,
-        }  # fmt: skip
+        }
     if out_dir is not None:
         write_eval(result, out_dir)
         if t is not None:
@@ -159,8 +161,13 @@ def write_risk_coverage(held: dict[str, list], classes: list[str], out_dir: Path
         f = filed_at(held, t, k)
         return {"threshold": t, "n": f.n, "filed": f.filed, "coverage": f.coverage, "accuracy": f.accuracy}
 
-    d = {"split": split, "view": view, "n": len(held["label"]), "rows": [row(t) for t in THRESHOLDS],
-         "per_class": {c: [row(t, k) for t in THRESHOLDS] for k, c in enumerate(classes)}}  # fmt: skip
+    d = {
+        "split": split,
+        "view": view,
+        "n": len(held["label"]),
+        "rows": [row(t) for t in THRESHOLDS],
+        "per_class": {c: [row(t, k) for t in THRESHOLDS] for k, c in enumerate(classes)},
+    }
     atomic_write_json(d, Path(out_dir) / f"{stem}.json")
     title = f"{split} ({d['n']} {photos}, one view): filing the photos the model is sure of"
     png = png_bytes(figure_image(risk_coverage_figure(held, classes, 0.5, title)))

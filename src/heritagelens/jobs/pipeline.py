@@ -147,18 +147,29 @@ def gallery_job(
     if cfg.gallery.model == "robust":
         with timed(stages, "robust model"):
             robust = robust_config(cfg, standard.path)
-            source = train_run(robust, robust_checkpoint(run).parent, progress=progress, like=standard.prep,
-                               precision=precision)  # fmt: skip
+            source = train_run(
+                robust, robust_checkpoint(run).parent, progress=progress, like=standard.prep, precision=precision
+            )
             r = evaluate(source, "val", out_dir=source.path.parent)
         out["robust_val_accuracy"] = r.accuracy
         out["robust_train_minutes"] = round(stages["robust model"] / 60, 2)
     g = cfg.gallery
     with timed(stages, "class images"):
         made = write_dream(
-            source, None, run, cfg.dream, "gallery", g.samples, g.seed, score=g.judges,
-            judges_dir=g.judges_dir or None, judge_extra=g.judge_overrides, progress=progress,
-            standard_model=standard.model if cfg.gallery.model == "robust" else None, floor_samples=g.floor_samples,
-        )  # fmt: skip
+            source,
+            None,
+            run,
+            cfg.dream,
+            "gallery",
+            g.samples,
+            g.seed,
+            score=g.judges,
+            judges_dir=g.judges_dir or None,
+            judge_extra=g.judge_overrides,
+            progress=progress,
+            standard_model=standard.model if cfg.gallery.model == "robust" else None,
+            floor_samples=g.floor_samples,
+        )
     out["figure"] = made.png.name
     for name, s in made.meta.get("scores", {}).items():
         out[name] = {f"{HEADLINE_JUDGE}_recognised": s["judges"][HEADLINE_JUDGE]["recognised"]}

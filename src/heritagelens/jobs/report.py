@@ -140,8 +140,12 @@ def data_section(run: RunReader) -> Section:
         s.missing.append("split.json: no counts per class")
         return s
     classes = list(sp[cols[0]])
-    names = {"per_class": "images", "train_per_class": "training", "val_per_class": "validation",
-             "source_per_class": "source-held-out"}  # fmt: skip
+    names = {
+        "per_class": "images",
+        "train_per_class": "training",
+        "val_per_class": "validation",
+        "source_per_class": "source-held-out",
+    }
     rows = [[c] + [sp[k].get(c, 0) for k in cols] for c in classes]
     s.html += "<h3>Images per class</h3>" + table(["class"] + [names[k] for k in cols], rows, "counts")
     return s
@@ -165,37 +169,66 @@ def presets_section(run: RunReader, figures: Path = PRESET_FIGURES) -> Section:
     ref = run.read(str(figures), s, lambda f: json.loads(f.read_text(encoding="utf-8")))
     if ref is None:
         return s
-    header = ["", "group-aware val", "source-held-out", "outside photos", "gap (points)", "macro F1 val / source",
-              "TFLOP", "training minutes"]  # fmt: skip
+    header = [
+        "",
+        "group-aware val",
+        "source-held-out",
+        "outside photos",
+        "gap (points)",
+        "macro F1 val / source",
+        "TFLOP",
+        "training minutes",
+    ]
     rows = []
     for name, p in ref["presets"].items():
         gap = 100 * (np.mean(p["val"]) - np.mean(p["source"]))
         f1 = f"{np.mean(p['val_macro_f1']):.3f} / {np.mean(p['source_macro_f1']):.3f}"
         minutes = f"{min(p['train_minutes']):.0f}-{max(p['train_minutes']):.0f}"
         outside = _mean_sd(p["outside"]) if p.get("outside") else "not measured"
-        rows.append([f"{name} ({len(p['val'])} seeds)", _mean_sd(p["val"]), _mean_sd(p["source"]), outside,
-                     f"{gap:.1f}", f1, f"{p['tflop']:.0f}", minutes])  # fmt: skip
+        rows.append(
+            [
+                f"{name} ({len(p['val'])} seeds)",
+                _mean_sd(p["val"]),
+                _mean_sd(p["source"]),
+                outside,
+                f"{gap:.1f}",
+                f1,
+                f"{p['tflop']:.0f}",
+                minutes,
+            ]
+        )
     quiet = Section("", "")  # what is missing or unreadable is listed by the sections that show it
-    val, src, out, summary = (run.json(f, quiet) for f in ("eval-val.json", "eval-source.json", "eval-outside.json",
-                                                           "summary.json"))  # fmt: skip
+    val, src, out, summary = (
+        run.json(f, quiet) for f in ("eval-val.json", "eval-source.json", "eval-outside.json", "summary.json")
+    )
     if all(isinstance(d, dict) and "accuracy" in d and "macro" in d for d in (val, src)):
         compute = summary.get("train_compute") if isinstance(summary, dict) else None
         tflop = compute.get("tflop") if isinstance(compute, dict) else None
         outside = f"{out['accuracy']:.2%}" if isinstance(out, dict) and "accuracy" in out else "not measured"
-        rows.append(["this run", f"{val['accuracy']:.2%}", f"{src['accuracy']:.2%}", outside,
-                     f"{100 * (val['accuracy'] - src['accuracy']):.1f}",
-                     f"{val['macro']['f1']:.3f} / {src['macro']['f1']:.3f}",
-                     "" if tflop is None else f"{tflop:.0f}",
-                     summary.get("train_minutes", "") if isinstance(summary, dict) else ""])  # fmt: skip
+        rows.append(
+            [
+                "this run",
+                f"{val['accuracy']:.2%}",
+                f"{src['accuracy']:.2%}",
+                outside,
+                f"{100 * (val['accuracy'] - src['accuracy']):.1f}",
+                f"{val['macro']['f1']:.3f} / {src['macro']['f1']:.3f}",
+                "" if tflop is None else f"{tflop:.0f}",
+                summary.get("train_minutes", "") if isinstance(summary, dict) else "",
+            ]
+        )
     sp = run.json("split.json", quiet)
     same = isinstance(sp, dict) and isinstance(sp.get("val_files"), list) and split_key(sp) == ref["split_key"]
     how = "; ".join(f"{name}: {p['command']} on {p['machine']}" for name, p in ref["presets"].items())
     s.html = table(header, rows, "presets") + para(
         f"Each preset's figures: mean ± sample standard deviation over training seeds, final weights, test-time "
         f"augmentation, {ref['data']}. Measured with {how}. "
-        + ("This run was validated on the same photographs, so its row compares directly."
-           if same else "This run's split is not that one, so its row does not compare directly.")
-    )  # fmt: skip
+        + (
+            "This run was validated on the same photographs, so its row compares directly."
+            if same
+            else "This run's split is not that one, so its row does not compare directly."
+        )
+    )
     return s
 
 
@@ -236,8 +269,10 @@ def expectation_section(run: RunReader, bundled: dict | None = None) -> Section:
         )
         s.headline = f"on {o['n']} photos from other sources than the training's: {pct(o)}"
         like = got.get("val", o)["accuracy"]
-        s.plain = (f"This model names the element right in {in_100(like)} photos like the training's, and in "
-                   f"{in_100(o['accuracy'])} photos from other sources, which is what your photos are.")  # fmt: skip
+        s.plain = (
+            f"This model names the element right in {in_100(like)} photos like the training's, and in "
+            f"{in_100(o['accuracy'])} photos from other sources, which is what your photos are."
+        )
         s.html = para(
             f"Measured on {o['n']} photos from other sources than the training's ({o.get('held_out') or 'outside'}), "
             f"never trained, stopped, calibrated or thresholded on: accuracy {pct(o)}. The validation splits carved "
@@ -295,8 +330,10 @@ def eval_section(run: RunReader, name: str, data_root: Path | None) -> Section:
     r = EvalResult(**{**d, "mistakes": [Mistake(**m) for m in d["mistakes"]]})
     f3 = "{:.3f}".format
     rows = [[c, f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), m["support"]] for c, m in r.per_class.items()]
-    rows += [[k + " avg", f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), r.n] for k, m in
-             (("macro", r.macro), ("weighted", r.weighted))]  # fmt: skip
+    rows += [
+        [k + " avg", f3(m["precision"]), f3(m["recall"]), f3(m["f1"]), r.n]
+        for k, m in (("macro", r.macro), ("weighted", r.weighted))
+    ]
     interval = f" (95% interval {interval_text(r.interval)})" if r.interval else ""
     s.headline = (
         f"accuracy on {split_label(split)}{f' [{r.held_out}]' if r.held_out else ''}: {r.accuracy:.2%}{interval}, "
@@ -367,8 +404,10 @@ def mistakes_html(r, data_root: Path | None, s: Section, k: int = 12) -> str:
         except DataError as e:
             unseen.append(str(e))
             pic = '<div class="nothumb">image not found</div>'
-        cells.append(f'<figure class="thumb">{pic}<figcaption>{caption}<br><small>'
-                     f"{html.escape(m.file)}</small></figcaption></figure>")  # fmt: skip
+        cells.append(
+            f'<figure class="thumb">{pic}<figcaption>{caption}<br><small>'
+            f"{html.escape(m.file)}</small></figcaption></figure>"
+        )
     if unseen:
         s.missing.append(f"{len(unseen)} mistake thumbnail(s) not shown, first: {unseen[0]} (--data ROOT)")
     wrong = r.n - sum(r.confusion[i][i] for i in range(len(r.classes)))
@@ -385,10 +424,14 @@ def deconv_section(run: RunReader) -> Section:
         index = run.json(f.with_suffix(".json").name, s) or {}
         if png is not None:
             why = index.get("shown_because", "")
-            s.html += f"<h3>{html.escape(index.get('layer', f.stem))}</h3>" + para(
-                "For each channel shown: the deconvnet projections of its 9 strongest activations over the train "
-                f"split (left) and the image patches that caused them (right). Channels shown: {why}."
-            ) + img(png, f.name)  # fmt: skip
+            s.html += (
+                f"<h3>{html.escape(index.get('layer', f.stem))}</h3>"
+                + para(
+                    "For each channel shown: the deconvnet projections of its 9 strongest activations over the train "
+                    f"split (left) and the image patches that caused them (right). Channels shown: {why}."
+                )
+                + img(png, f.name)
+            )
     return s
 
 

@@ -155,10 +155,12 @@ def _open_study(storage: str, name: str, create: bool):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sqlite = storage.startswith("sqlite")
     rdb = RDBStorage(
-        storage, heartbeat_interval=30, grace_period=120,
+        storage,
+        heartbeat_interval=30,
+        grace_period=120,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
         engine_kwargs=engine_kwargs(storage),
-    )  # fmt: skip
+    )
     if sqlite:
         _serialize_sqlite_transactions(rdb.engine)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50)  # from half of the schedule on
@@ -186,7 +188,7 @@ def _serialize_sqlite_transactions(engine) -> None:
 
 def objective_fn(
     base: Config, fixed: list[str], objective: str, progress: bool = False, trial_minutes: float | None = None
-):  # fmt: skip
+):
     """The function Optuna calls per trial: train the suggested config on the group-aware split, report the
     validation accuracy at each quarter of the schedule (for pruning), return the final one (or it per minute of
     training). A config estimated to train longer than `trial_minutes` is pruned before it starts."""
@@ -264,9 +266,17 @@ def baseline(base: Config, params: list[Param]) -> dict | None:
 
 
 def tune(
-    base: Config, fixed: list[str], storage: str, name: str, trials: int, timeout: float | None = None,
-    objective: str = "accuracy", progress: bool = False, trial_minutes: float | None = None, with_base: bool = True,
-):  # fmt: skip
+    base: Config,
+    fixed: list[str],
+    storage: str,
+    name: str,
+    trials: int,
+    timeout: float | None = None,
+    objective: str = "accuracy",
+    progress: bool = False,
+    trial_minutes: float | None = None,
+    with_base: bool = True,
+):
     """Run trials until the study holds `trials` finished (complete or pruned) trials or `timeout` seconds pass.
     With `with_base`, a new study's first trial is the base recipe itself (when it lies in the space), so the study
     holds the figure to beat and the sampler starts from a good point."""
@@ -283,9 +293,12 @@ def tune(
     remaining = trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:
         study.optimize(
-            objective_fn(base, fixed, objective, progress, trial_minutes), n_trials=remaining, timeout=timeout,
-            callbacks=[MaxTrialsCallback(trials, states=done), _say], catch=(optuna.exceptions.StorageInternalError,),
-        )  # fmt: skip
+            objective_fn(base, fixed, objective, progress, trial_minutes),
+            n_trials=remaining,
+            timeout=timeout,
+            callbacks=[MaxTrialsCallback(trials, states=done), _say],
+            catch=(optuna.exceptions.StorageInternalError,),
+        )
     return study
 
 

@@ -158,8 +158,14 @@ def shipped_judge(name: str, key: str, panel_dir: Path | str | None = None) -> J
     return Judge(name, model_from_checkpoint(ckpt, path), list(entry["classes"]), path, entry["config"])
 
 
-def write_panel(panel: dict[str, Judge], accuracy: dict[str, float], key: dict[str, str], out: Path | str,
-                command: str, machine: str) -> Path:  # fmt: skip
+def write_panel(
+    panel: dict[str, Judge],
+    accuracy: dict[str, float],
+    key: dict[str, str],
+    out: Path | str,
+    command: str,
+    machine: str,
+) -> Path:
     """Ship `panel`: each judge's weights as `<name>.safetensors` and the card `panel.json` beside them (written last,
     so that a card never names weights not yet written), with its content `key`, validation `accuracy`, the
     `command` that trained it and the `machine` it ran on."""
@@ -169,9 +175,13 @@ def write_panel(panel: dict[str, Judge], accuracy: dict[str, float], key: dict[s
         file = f"{name}.safetensors"
         sha = write_weights(judge.model, out / file)
         judges[name] = {
-            "file": file, "sha256": sha, "key": key[name], "classes": judge.classes,
-            "config": judge.config, "val_accuracy": accuracy[name],
-        }  # fmt: skip
+            "file": file,
+            "sha256": sha,
+            "key": key[name],
+            "classes": judge.classes,
+            "config": judge.config,
+            "val_accuracy": accuracy[name],
+        }
     card = {"version": PANEL_VERSION, "command": command, "machine": machine, "judges": judges}
     return atomic_write_json(card, out / "panel.json")
 

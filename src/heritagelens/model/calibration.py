@@ -39,10 +39,15 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> 
     for k in range(bins):
         m = which == k
         if m.any():
-            out.append({
-                "lo": float(edges[k]), "hi": float(edges[k + 1]), "count": int(m.sum()),
-                "confidence": float(conf[m].double().mean()), "accuracy": float(right[m].mean()),
-            })  # fmt: skip
+            out.append(
+                {
+                    "lo": float(edges[k]),
+                    "hi": float(edges[k + 1]),
+                    "count": int(m.sum()),
+                    "confidence": float(conf[m].double().mean()),
+                    "accuracy": float(right[m].mean()),
+                }
+            )
     return out
 
 
@@ -58,8 +63,12 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return 1.0
     z = logits.double()
     low, high = TEMPERATURES
-    r = minimize_scalar(lambda log_t: nll(z, labels, float(np.exp(log_t))), bounds=(np.log(low), np.log(high)),
-                        method="bounded", options={"xatol": 1e-5})  # fmt: skip
+    r = minimize_scalar(
+        lambda log_t: nll(z, labels, float(np.exp(log_t))),
+        bounds=(np.log(low), np.log(high)),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
     return float(np.clip(np.exp(r.x), low, high))  # within the bounds a checkpoint's check accepts, to the last bit
 
 
@@ -194,8 +203,14 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, split: str, tta: bool)
     t = fit_temperature(logits, labels)
     z = logits.double()
     return Calibration(
-        temperature=t, split=split, tta=tta, n=len(labels),
-        ece_before=ece(torch.softmax(z, 1), labels), ece_after=ece(torch.softmax(z / t, 1), labels),
-        ece_held_out=held_out_ece(logits, labels), nll_before=nll(z, labels), nll_after=nll(z, labels, t),
+        temperature=t,
+        split=split,
+        tta=tta,
+        n=len(labels),
+        ece_before=ece(torch.softmax(z, 1), labels),
+        ece_after=ece(torch.softmax(z / t, 1), labels),
+        ece_held_out=held_out_ece(logits, labels),
+        nll_before=nll(z, labels),
+        nll_after=nll(z, labels, t),
         held_out=held_out_predictions(logits, labels),
-    )  # fmt: skip
+    )

@@ -201,10 +201,17 @@ def write_model_folder(checkpoint: Path | str, out: Path | str, **card: Any) -> 
     where = Config().data  # the data folders of the machine that trained it mean nothing on another
     config = Config.from_dict(ckpt["config"]).override([f"data.root={where.root}", f"data.cache_dir={where.cache_dir}"])
     return atomic_write_json(
-        {"format": MODEL_FORMAT, "version": VERSION, "sha256": sha, "classes": ckpt["classes"],
-         "config": config.to_dict(), "calibration": ckpt.get("calibration"), **card},
+        {
+            "format": MODEL_FORMAT,
+            "version": VERSION,
+            "sha256": sha,
+            "classes": ckpt["classes"],
+            "config": config.to_dict(),
+            "calibration": ckpt.get("calibration"),
+            **card,
+        },
         out / MODEL_CARD,
-    )  # fmt: skip
+    )
 
 
 def read_model_folder(folder: Path | str) -> dict[str, Any]:

@@ -46,9 +46,17 @@ def to_onnx(
         f = Path(tmp) / "model.onnx"
         try:
             torch.onnx.export(
-                net, (example,), f, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
-            )  # fmt: skip
+                net,
+                (example,),
+                f,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+                verbose=False,
+            )
         except Exception as e:  # the exporter raises many kinds; all mean the same to the user
             raise ExportError(f"the ONNX exporter failed ({type(e).__name__}: {str(e)[:200]})") from None
         proto = onnx.load(f)
@@ -127,9 +135,16 @@ def write_folder_graph(folder: Path | str, root: Path | str | None = None, toler
     folder = Path(folder)
     model, classes, ckpt = load_model(folder)
     blob, diff, what = checked_onnx(
-        model, classes, ckpt, tta=False, temperature=temperature(ckpt, False), root=root, tolerance=tolerance,
-        source=f"{folder.name}/model.safetensors sha256 {ckpt['card']['sha256']}", name=folder / MODEL_ONNX,
-    )  # fmt: skip
+        model,
+        classes,
+        ckpt,
+        tta=False,
+        temperature=temperature(ckpt, False),
+        root=root,
+        tolerance=tolerance,
+        source=f"{folder.name}/model.safetensors sha256 {ckpt['card']['sha256']}",
+        name=folder / MODEL_ONNX,
+    )
     atomic_write_bytes(blob, folder / MODEL_ONNX)
     entry = {
         "sha256": hashlib.sha256(blob).hexdigest(),

@@ -108,8 +108,10 @@ class SortSummary:
         if self.skipped:
             lines.append(f"skipped {self.skipped} photo(s) sorted by an earlier run")
         if self.moved:
-            lines.append(f"moved {self.moved} earlier copies to the folders --min-confidence "
-                         f"{self.min_confidence:.2f} gives them")  # fmt: skip
+            lines.append(
+                f"moved {self.moved} earlier copies to the folders --min-confidence "
+                f"{self.min_confidence:.2f} gives them"
+            )
         if self.unreadable:
             lines.append(f"{self.unreadable} file(s) could not be read: listed with the reason in {csv_path}")
         if self.xmp:
@@ -118,8 +120,10 @@ class SortSummary:
             lines.append(f"XMP sidecars beside the photos: {n['written']} written, {n['unchanged']} up to date{failed}")
         lines.append(f"every photo, its class, probability and top 3: {csv_path}")
         if not self.calibrated:
-            lines.append(f"note: {self.model} is not calibrated; 'heritagelens calibrate' makes its probabilities, "
-                         "and so --min-confidence, mean what they say")  # fmt: skip
+            lines.append(
+                f"note: {self.model} is not calibrated; 'heritagelens calibrate' makes its probabilities, "
+                "and so --min-confidence, mean what they say"
+            )
         return "\n".join(lines)
 
     @property
@@ -197,8 +201,12 @@ def check_settings(out: Path, settings: dict) -> None:
         before = None
     if not isinstance(before, dict):
         raise SortError(f"{f}: unreadable; give a new output folder")
-    for key, what in (("photos", "photo folder"), ("checkpoint", "model"), ("temperature", "calibration"),
-                      ("view", "--view")):  # fmt: skip
+    for key, what in (
+        ("photos", "photo folder"),
+        ("checkpoint", "model"),
+        ("temperature", "calibration"),
+        ("view", "--view"),
+    ):
         if before.get(key) != settings[key]:
             raise SortError(
                 f"{out}: sorted earlier with another {what} ({before.get(key)}, now {settings[key]}); "
@@ -286,8 +294,11 @@ def read_journal(out: Path, classes: list[str]) -> dict[str, dict]:
             refused.append(n)
     if refused:
         shown = ", ".join(map(str, refused[:5])) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
-        print(f"heritagelens: warning: {f}: line {shown} refused (not a row of this sort, or a path outside {out}); "
-              "those photos are sorted again", file=sys.stderr)  # fmt: skip
+        print(
+            f"heritagelens: warning: {f}: line {shown} refused (not a row of this sort, or a path outside {out}); "
+            "those photos are sorted again",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -423,10 +434,17 @@ STOPS = (errno.ENOSPC, errno.EDQUOT, errno.EXDEV, errno.EROFS)
 
 
 def sort_photos(
-    checkpoint: Path | str, photos: Path | str, out: Path | str, min_confidence: float | None = None,
-    link: bool = False, how: str = DEFAULT_VIEW, batch_size: int = 64, progress: bool = True,
-    target_accuracy: float | None = None, xmp: bool = False,
-) -> SortSummary:  # fmt: skip
+    checkpoint: Path | str,
+    photos: Path | str,
+    out: Path | str,
+    min_confidence: float | None = None,
+    link: bool = False,
+    how: str = DEFAULT_VIEW,
+    batch_size: int = 64,
+    progress: bool = True,
+    target_accuracy: float | None = None,
+    xmp: bool = False,
+) -> SortSummary:
     """Sort every photo under `photos` into `out` (see the module docstring); returns the counts. A photo is filed
     when its top probability reaches `min_confidence` (default 0.5), or the threshold at which the model's measured
     photos (`measured_photos`) were `target_accuracy` right. With `xmp`, every photo's XMP sidecar says its class
@@ -448,8 +466,12 @@ def sort_photos(
     model, classes, ckpt = load_model(checkpoint)
     t = temperature(ckpt, tta=False)
     min_confidence, expected, expected_on = meaning(ckpt, checkpoint, min_confidence, target_accuracy)
-    settings = {"photos": str(photos.resolve()), "checkpoint": str(checkpoint_file(checkpoint).resolve()),
-                "temperature": t, "view": how}  # fmt: skip
+    settings = {
+        "photos": str(photos.resolve()),
+        "checkpoint": str(checkpoint_file(checkpoint).resolve()),
+        "temperature": t,
+        "view": how,
+    }
     run = None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -844,8 +866,14 @@ def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[di
         journal_size, csv_bytes = (out / JOURNAL).stat().st_size, (out / CSV_NAME).read_bytes()
         old = row["copied_to"]
         dest = free_name(own_folder(out, cls) / flat_name(Path(file)), mine=out / old)
-        new = {**row, "class": cls, "copied_to": dest.relative_to(out).as_posix(), "moved_from": old,
-               "decided": "person", "model_class": row.get("model_class") or row["class"]}  # fmt: skip
+        new = {
+            **row,
+            "class": cls,
+            "copied_to": dest.relative_to(out).as_posix(),
+            "moved_from": old,
+            "decided": "person",
+            "model_class": row.get("model_class") or row["class"],
+        }
         if not (out / old).is_file():
             raise SortError(f"{out / old}: the copy of {file} is gone (moved or deleted since the sort); nothing filed")
         with (out / JOURNAL).open("a", encoding="utf-8") as journal:
@@ -908,9 +936,12 @@ def _batches(items: Iterator, n: int) -> Iterator[list]:
 
 
 def _disk_message(e: OSError, out: Path, s: SortSummary) -> str:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up", errno.EROFS:
-            "the output folder is on a read-only file system", errno.EXDEV:
-            "cannot hard-link across file systems (drop --link)"}  # fmt: skip
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the output folder is on a read-only file system",
+        errno.EXDEV: "cannot hard-link across file systems (drop --link)",
+    }
     problem = what.get(e.errno, e.strerror or type(e).__name__)
     return (
         f"{e.filename or out}: {problem}; stopped after sorting {s.sorted} photo(s) this run, each recorded in "

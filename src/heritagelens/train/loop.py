@@ -189,9 +189,15 @@ def alternate_flips(n: int, seed: int) -> torch.Tensor:
 
 
 def fgsm_example(
-    forward, criterion, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator | None = None,
-    amp: Precision | None = None, start: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+    forward,
+    criterion,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    g: torch.Generator | None = None,
+    amp: Precision | None = None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Fast FGSM with a random start (Wong et al. 2020): one signed-gradient step of `cfg.adv_alpha` from a uniform
     start in the L-inf ball of radius `cfg.adv_eps` (pixel units, 0..255), kept in the ball and in 0..255. The start
     is drawn from `g`, or given as `start`, uniform numbers in [0, 1) of x's shape. `amp` is the precision of the

@@ -46,8 +46,9 @@ class Muon(torch.optim.Optimizer):
     learning rate."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, ns_steps: int = 3):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "orthogonal": False,
-                                  "ns_steps": ns_steps})  # fmt: skip
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "orthogonal": False, "ns_steps": ns_steps}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -74,8 +75,16 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, muon_lr: float = 0.0,
-                   muon_momentum: float = 0.0, ns_steps: int = 3) -> torch.optim.Optimizer:  # fmt: skip
+def make_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    muon_lr: float = 0.0,
+    muon_momentum: float = 0.0,
+    ns_steps: int = 3,
+) -> torch.optim.Optimizer:
     """'sgd': Nesterov SGD, weight decay on weights (not on biases or batch norm). 'muon': Muon at `muon_lr` on the
     conv filters, the rest as with 'sgd'."""
     params = list(model.named_parameters())
@@ -86,6 +95,11 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weig
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    orthogonal = {"params": filters, "orthogonal": True, "momentum": muon_momentum, "lr": muon_lr,
-                  "lr_scale": muon_lr / lr}  # fmt: skip
+    orthogonal = {
+        "params": filters,
+        "orthogonal": True,
+        "momentum": muon_momentum,
+        "lr": muon_lr,
+        "lr_scale": muon_lr / lr,
+    }
     return Muon([orthogonal, *groups], lr=lr, momentum=momentum, ns_steps=ns_steps)
