@@ -2,7 +2,7 @@
 
 1. Views (`--views`): the checkpoint's held-out validation images, each enlarged to a random size of 128 to 1,024
    px on its long side, as a square, a 4:3 or a 3:4 frame (the 64 px picture stretched to it), saved as JPEG; every
-   view in `heritagelens.sort.sorter.VIEWS` is scored by accuracy on them, per frame shape.
+   view in `heritagelens.sort.inputs.VIEWS` is scored by accuracy on them, per frame shape.
 2. Speed (`--speed`): N JPEGs of 64 to 1,024 px (enlarged training images, random frame shapes, 10 folders) are
    made once under `--photos`; `heritagelens sort` runs on the first 2,000 and on all N, each in a fresh process
    into a fresh folder: images/s as the command reports it, and the process's peak memory (flat in N when it
@@ -46,7 +46,7 @@ def measure_views(run: str) -> dict:
     from heritagelens.data.split import prepare
     from heritagelens.model.checkpoint import load_model
     from heritagelens.model.inference import predict_logits
-    from heritagelens.sort.sorter import VIEWS, load
+    from heritagelens.sort.inputs import VIEWS, load
 
     model, classes, ckpt = load_model(run)
     cfg = Config.from_dict(ckpt["config"])

@@ -17,7 +17,9 @@ from heritagelens.data import dataset
 from heritagelens.files import safe_load
 from heritagelens.model.card import MODEL_CARD, check_class_names
 from heritagelens.model.checkpoint import CheckpointError, read_checkpoint, write_model_folder
-from heritagelens.sort.sorter import JOURNAL, NAME_BYTES, SortError, photo_in, sort_photos
+from heritagelens.sort.journal import JOURNAL, SortError
+from heritagelens.sort.place import NAME_BYTES, photo_in
+from heritagelens.sort.sorter import sort_photos
 
 BAD_NAMES = ["..", "../../escaped", "/tmp/abs", "a/b", "a\\b", ".hidden", "_uncertain", "", "x" * 101, "tab\there"]
 
@@ -341,7 +343,8 @@ def test_a_crafted_journal_row_is_refused_with_a_warning_not_a_traceback(trained
 
 @pytest.mark.parametrize("settings", ["[]", '{"photos": 3}', "[" * 100_000])
 def test_crafted_sort_settings_are_one_line(trained, tmp_path, settings):
-    from heritagelens.sort.sorter import META, sort_settings
+    from heritagelens.sort.journal import META
+    from heritagelens.sort.review import sort_settings
 
     folder, out = sorted_once(trained, tmp_path)
     (out / META).write_text(settings)
@@ -352,7 +355,7 @@ def test_crafted_sort_settings_are_one_line(trained, tmp_path, settings):
 
 
 def test_a_review_of_a_copy_deleted_since_records_nothing(trained, tmp_path):
-    from heritagelens.sort.sorter import decide, sorted_rows
+    from heritagelens.sort.review import decide, sorted_rows
 
     folder, out = sorted_once(trained, tmp_path)
     classes = list(safe_load(trained[1] / "last.pt")["classes"])
@@ -509,7 +512,7 @@ def test_a_fifo_or_endless_device_in_place_of_a_model_file_is_refused_unread(tra
 
 
 def test_a_fifo_in_place_of_the_sort_lock_is_one_line(trained, tmp_path):
-    from heritagelens.sort.sorter import LOCK
+    from heritagelens.sort.journal import LOCK
 
     folder, out = sorted_once(trained, tmp_path)
     (out / LOCK).unlink()

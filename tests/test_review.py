@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import browser_page, cli, need, serving, sort_rows, wait_text
 
-from heritagelens.sort.sorter import JOURNAL, LOCK, UNCERTAIN, SortError, decide, refile, sort_photos, undo
+from heritagelens.sort.journal import JOURNAL, LOCK, UNCERTAIN, SortError
+from heritagelens.sort.review import decide, refile, undo
+from heritagelens.sort.sorter import sort_photos
 from heritagelens.sort.xmp import read_tag, sidecar_path
 
 PAINTED = """e => {
@@ -137,14 +139,14 @@ def test_the_review_tab_moves_undoes_and_files_several_without_filing_twice(trai
     ex.decide(out, UNSURE, unsure[0], 0)
     twice = ex.decide(out, UNSURE, unsure[0], 1)  # the key again, for the photo that was on the page
     assert "Nothing filed" in twice.status and sort_rows(tmp_path / "out")[unsure[0]]["class"] == "arch"
-    assert twice.file == unsure[1] and len(ex.decisions) == 1
+    assert twice.file == unsure[1] and len(ex.reviewer.decisions) == 1
     r = ex.undo(out, UNSURE)
     assert r.file == unsure[0] and r.status.startswith(f"Undone: {unsure[0]} is back in {UNCERTAIN}/. Now:")
     assert sort_rows(tmp_path / "out") == before and "Nothing to undo" in ex.undo(out, UNSURE).status
     grid, files = ex.thumbnails(out, UNSURE)
     assert files == unsure and len(grid) == len(unsure) and grid[0][1].startswith(f"{unsure[0]}: ")
     r = ex.file_photos(out, UNSURE, files[:2], 2)
-    assert r.status == f"Filed {files[0]}, {files[1]} as dome." and len(ex.decisions) == 2
+    assert r.status == f"Filed {files[0]}, {files[1]} as dome." and len(ex.reviewer.decisions) == 2
     assert [sort_rows(tmp_path / "out")[f]["class"] for f in files[:2]] == ["dome", "dome"]
     assert ex.thumbnails(out, UNSURE)[1] == unsure[2:]
 

@@ -19,7 +19,9 @@ from PIL import Image
 
 from heritagelens.model.checkpoint import CheckpointError
 from heritagelens.sort import sorter
-from heritagelens.sort.sorter import JOURNAL, SortError, load, sort_photos, views
+from heritagelens.sort.inputs import load, views
+from heritagelens.sort.journal import JOURNAL, SortError
+from heritagelens.sort.sorter import sort_photos
 
 
 def test_sort_files_every_photo_and_lists_it(trained, photos, tmp_path):
@@ -115,14 +117,14 @@ def test_a_full_disk_stops_cleanly_and_the_next_run_continues(trained, photos, t
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return real(src, dst, **kw)
 
-    monkeypatch.setattr(sorter.shutil, "copy2", filling)
+    monkeypatch.setattr(shutil, "copy2", filling)
     with pytest.raises(SortError, match="the disk is full") as e:
         sort_photos(run, folder, out, progress=False)
     assert "run the command again" in str(e.value) and "\n" not in str(e.value)
     copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".")]
     assert not list(out.rglob("*.tmp")) and len(copies) == 5  # no half-written copy left
     assert len((out / JOURNAL).read_text().splitlines()) == 5
-    monkeypatch.setattr(sorter.shutil, "copy2", real)  # space freed
+    monkeypatch.setattr(shutil, "copy2", real)  # space freed
     s = sort_photos(run, folder, out, progress=False)
     assert s.skipped == 5 and s.sorted == len(truth) - 5 and s.unreadable == 2
     assert len(sort_rows(out)) == len(truth) + 2
@@ -213,7 +215,7 @@ def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos,
     _, run = trained
     folder, truth = photos
     out = tmp_path / "sorted"
-    real_fsync, calls = sorter.os.fsync, []
+    real_fsync, calls = os.fsync, []
 
     def failing(fd):
         calls.append(fd)
@@ -221,11 +223,11 @@ def test_a_disk_full_while_journaling_is_one_line_and_resumable(trained, photos,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(sorter.os, "fsync", failing)
+    monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(SortError, match="the disk is full") as e:
         sort_photos(run, folder, out, progress=False)
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(sorter.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     s = sort_photos(run, folder, out, progress=False)
     assert s.sorted + s.skipped == len(truth) and len(sort_rows(out)) == len(truth) + 2
     copies = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != "sort.csv"]
@@ -238,7 +240,7 @@ def test_an_unreadable_photo_folder_is_one_line(trained, tmp_path, monkeypatch):
     folder = tmp_path / "locked"
     folder.mkdir()
     Image.new("RGB", (64, 64)).save(folder / "a.png")
-    monkeypatch.setattr(sorter.os, "access", lambda path, mode: Path(path) != folder)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder)
     with pytest.raises(SortError, match="cannot read this folder"):
         sort_photos(run, folder, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()

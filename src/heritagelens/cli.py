@@ -685,6 +685,7 @@ def cmd_dream(args) -> int:
     names = [args.class_name] if args.class_name else None
     sets = _settings(args, "dream", ("dream.", "gallery.judge_overrides="))
     cfg = Config(dream=dream_preset(args.preset)).override(sets)
+    shared = (out, cfg.dream, args.preset, args.samples, args.seed, args.data)  # where, how, how many, on what
     if args.channel:
         layer, _, cs = args.channel.partition(":")
         try:
@@ -692,19 +693,7 @@ def cmd_dream(args) -> int:
         except ValueError:
             raise UsageError(f"--channel wants LAYER:C[,C...] such as conv4_2:3,17, not '{args.channel}'") from None
         refuse_existing([feature_dream_path(out, args.preset, layer, channels, args.unit)], args.force)
-        written = write_feature_dream(
-            ckpt,
-            layer,
-            channels,
-            out,
-            cfg.dream,
-            args.preset,
-            args.samples,
-            args.seed,
-            args.data,
-            centre_unit=args.unit,
-            init_image=args.start,
-        )
+        written = write_feature_dream(ckpt, layer, channels, *shared, centre_unit=args.unit, init_image=args.start)
         print(f"written: {written} and {written.with_suffix('.json').name}")
         return 0
     stem = dream_stem(out, args.preset, names)
@@ -712,12 +701,7 @@ def cmd_dream(args) -> int:
     made = write_dream(
         ckpt,
         names,
-        out,
-        cfg.dream,
-        args.preset,
-        args.samples,
-        args.seed,
-        args.data,
+        *shared,
         score=args.score,
         judges_dir=args.judges,
         judge_extra=cfg.gallery.judge_overrides,

@@ -31,10 +31,12 @@ from .explain.deconvnet import DeconvError, TopK, top_activations
 from .explain.views import comparison, image_view, top9_figure
 from .figures import gallery
 from .model.card import check_classes
-from .model.checkpoint import checkpoint_file, load_model, robust_checkpoint, temperature
+from .model.checkpoint import load_model, robust_checkpoint, temperature
 from .model.inference import probabilities
 from .model.network import conv_layer_names
-from .sort.sorter import UNCERTAIN, Decision, SortError, decide, photo_in, sort_settings, sorted_rows, undo
+from .sort.journal import UNCERTAIN, SortError
+from .sort.place import photo_in
+from .sort.review import Reviewer, sort_settings
 
 MAX_UPLOAD_MB = 25
 PICKS_PER_CLASS = 3
@@ -84,8 +86,8 @@ class Explorer:
         self.picks = self._picks()
         self.tops: dict[str, TopK] = {}
         self.locks = {k: threading.Lock() for k in ("tops", "explainer", "dreamer")}
-        self.decisions: list[Decision] = []
-        """The review's decisions of this session, the last one last: what Undo takes back."""
+        self.reviewer = Reviewer(self.checkpoint, self.classes)
+        """The review of this model's sorts, and this session's decisions: what Undo takes back."""
 
     def _picks(self) -> list[str]:
         """A few training images per class to pick from (relative to the data root)."""
@@ -186,21 +188,7 @@ class Explorer:
     def review_queue(self, folder: str, show: str, rows: dict | None = None) -> tuple[Path, Path, list[dict]]:
         """(output folder, photo folder, the rows to review in file order) of a sort this model made; `show` is
         `UNSURE` or a class (the photos filed there); `rows`, the sort's rows when just read."""
-        out = Path(folder or "").expanduser()
-        try:
-            there = bool(folder) and out.is_dir()
-        except OSError as e:  # a name too long for the file system, a folder that cannot be read
-            raise SortError(f"{str(folder)[:200]}: {e.strerror or e}") from None
-        if not there:
-            raise SortError(f"{str(folder or '(none)')[:200]}: no such folder; give the --out folder of a sort")
-        settings = sort_settings(out)
-        mine = str(checkpoint_file(self.checkpoint).resolve())
-        if settings.get("checkpoint") != mine:
-            raise SortError(f"{out}: sorted with {settings.get('checkpoint')}; serve that model to review it")
-        where = UNCERTAIN if show == UNSURE else show
-        rows = sorted_rows(out, self.classes) if rows is None else rows
-        queue = [r for _, r in sorted(rows.items()) if not r.get("error") and r["copied_to"].split("/")[0] == where]
-        return out, Path(settings["photos"]), queue
+        return self.reviewer.queue(folder, UNCERTAIN if show == UNSURE else show, rows)
 
     def review(
         self,
@@ -250,16 +238,8 @@ class Explorer:
         """File each of `files` (those ticked on the grid) into class `k`; each decision can be undone."""
         if not files:
             return self.review(folder, show)
-        out, filed = Path(folder).expanduser(), []
         try:
-            _, _, queue = self.review_queue(folder, show)
-            waiting = {r["file"] for r in queue}
-            for file in files:
-                if file not in waiting:
-                    continue  # filed out of this queue already (a key pressed twice): never filed again
-                _, d = decide(out, file, self.classes[k], self.classes)
-                self.decisions.append(d)
-                filed.append(file)
+            filed = self.reviewer.file(folder, UNCERTAIN if show == UNSURE else show, files, self.classes[k])
         except SortError as e:
             return Reviewed.refused(e, files[0])
         said = f"Filed {', '.join(filed)} as {self.classes[k]}." if filed else "Nothing filed (not in this queue now)."
@@ -268,14 +248,13 @@ class Explorer:
     def undo(self, folder: str, show: str) -> Reviewed:
         """Take the last decision of this session back (copy, `sort.csv`, journal and sidecar as they were) and show
         that photo again."""
-        if not self.decisions:
-            return self.review(folder, show, status="Nothing to undo.")
-        d = self.decisions[-1]
         try:
-            rows = undo(d, self.classes)
+            taken = self.reviewer.undo_last()
         except SortError as e:
-            return Reviewed.refused(e, d.file)
-        self.decisions.pop()
+            return Reviewed.refused(e, self.reviewer.decisions[-1].file)
+        if taken is None:
+            return self.review(folder, show, status="Nothing to undo.")
+        d, rows = taken
         back = f"Undone: {d.file} is back in {d.before.split('/')[0]}/."
         return self.review(folder, show, at=d.file, rows=rows, status=back)
 

@@ -1,71 +1,52 @@
 """Sorting a photo collection: every image under a folder is classified and copied (or hard-linked) into
 `OUT/<class>/`, those the model is unsure of into `OUT/_uncertain/`. Originals are only ever read.
 
-The run streams: photos are decoded a batch at a time; each batch's copies are made under hidden pending names, its
-outcome is appended to a journal in OUT (`.heritagelens-sort.jsonl`) and synced, and only then do the copies take
-their names. So an interrupted run (a full disk, Ctrl-C, a kill) loses nothing and leaves exactly one copy per photo:
-running the command again removes what was staged but not recorded and skips what is done (photos unchanged since,
-whose copy is still there). One sort at a time holds OUT (a lock); the journal is acted on only where its paths lie
-in OUT's class folders. A photo changed since is sorted again (its old copy removed); a new --min-confidence moves
-the earlier copies it concerns. A copy never replaces another: two photos with one flat name get `name~2.ext`.
-`sort.csv` (file, class, probability, top 3, where it went, any error) is rewritten from the journal at the end of
-every run. Probabilities are the checkpoint's calibrated ones when `heritagelens calibrate` has fitted its
-temperature.
+The run streams: photos are decoded a batch at a time while the previous batch is classified and placed, and every
+outcome goes to the journal first (see `heritagelens.sort.journal` for the crash-safety contract). So an interrupted
+run loses nothing and leaves exactly one copy per photo: running the command again skips what is done (photos
+unchanged since, whose copy is still there). One sort at a time holds OUT (a lock). A photo changed since is sorted
+again (its old copy removed); a new --min-confidence moves the earlier copies it concerns. A copy never replaces
+another: two photos with one flat name get `name~2.ext`. `sort.csv` (file, class, probability, top 3, where it
+went, any error) is rewritten from the journal at the end of every run. Probabilities are the checkpoint's
+calibrated ones when `heritagelens calibrate` has fitted its temperature.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
-import hashlib
-import io
 import json
 import os
-import re
-import secrets
-import shutil
-import stat
-import sys
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..config import IMAGE_SIZE
-from ..data.classes import UNSURE_FOLDER
-from ..data.images import DataError, read_rgb
-from ..errors import HeritageLensError
+from ..data.images import DataError
 from ..model.calibration import Filed, curve, filed_at, measured, threshold_for
 from ..model.inference import probabilities
-
-UNCERTAIN = UNSURE_FOLDER
-JOURNAL = ".heritagelens-sort.jsonl"
-META = ".heritagelens-sort.json"
-"""The settings of the first run into an output folder (photo folder, model, calibration, view): later runs into it
-must match them."""
-LOCK = ".heritagelens-sort.lock"
-PENDING = re.compile(r"^\.[0-9a-f]{12}\.(pending|tmp)$")
-"""Names of copies placed but not yet recorded in the journal: removed when a sort starts (a killed run's)."""
-CSV_NAME = "sort.csv"
-COLUMNS = ("file", "class", "probability", "top3", "copied_to", "error", "decided")
-"""`decided` is 'person' once someone filed the photo by hand (`refile`): `class` is then theirs, `probability` and
-`top3` stay the model's, and no later sort moves it."""
-VIEWS = ("whole", "centre", "multi")
-"""How a photo becomes the 64 px input: 'whole' resizes the whole frame (as the dataset's images were made),
-'centre' crops the central square first, 'multi' averages the probabilities of the whole frame and five crops of
-80% of it (centre and corners). Chosen by measurement: see BENCHMARKS.md."""
-DEFAULT_VIEW = "whole"
-
-
-class SortError(HeritageLensError):
-    """Nothing could be sorted, or the run had to stop; one line naming the path and the problem."""
+from .inputs import DEFAULT_VIEW, VIEWS, load
+from .journal import (
+    COLUMNS,
+    CSV_NAME,
+    JOURNAL,
+    META,
+    PENDING,
+    UNCERTAIN,
+    SortError,
+    identity,
+    journal_line,
+    read_journal,
+    synced,
+    write_csv,
+)
+from .place import STOPS, check_folders, flat_name, folder_lock, free_name, own_folder, photo_files, photo_in, stage
+from .xmp import sidecar_tag
 
 
 @dataclass
@@ -135,61 +116,6 @@ class SortSummary:
         return self.done / self.seconds if self.seconds else 0.0
 
 
-# ----------------------------------------------------------------------------------------------------------- views
-
-
-def views(im: Image.Image, how: str, size: int = IMAGE_SIZE) -> np.ndarray:
-    """The model inputs (V, 3, size, size) uint8 for one upright RGB photo."""
-    w, h = im.size
-
-    def box(fw: float, fh: float, ax: float, ay: float) -> tuple[int, int, int, int]:
-        """A box `fw` x `fh` of the frame, its left/top at fraction `ax`/`ay` of the free space."""
-        bw, bh = max(1, round(w * fw)), max(1, round(h * fh))
-        x0, y0 = round((w - bw) * ax), round((h - bh) * ay)
-        return x0, y0, x0 + bw, y0 + bh
-
-    if how == "whole":
-        boxes = [(0, 0, w, h)]
-    elif how == "centre":
-        side = min(w, h)
-        boxes = [box(side / w, side / h, 0.5, 0.5)]
-    elif how == "multi":
-        boxes = [(0, 0, w, h)] + [box(0.8, 0.8, ax, ay) for ax, ay in ((0.5, 0.5), (0, 0), (1, 0), (0, 1), (1, 1))]
-    else:
-        raise ValueError(f"unknown view '{how}'; known: {', '.join(VIEWS)}")
-    out = [im.resize((size, size), Image.Resampling.BICUBIC, box=b, reducing_gap=2.0) for b in boxes]
-    return np.stack([np.asarray(v, dtype=np.uint8).transpose(2, 0, 1) for v in out])
-
-
-def load(path: Path, how: str) -> np.ndarray:
-    """`views` of the photo at `path` (decoded at reduced scale when large, as `images.open_image` decodes it: the
-    'whole' view is `images.decode`'s pixels); raises `DataError`."""
-    return views(read_rgb(path, at_least=2 * IMAGE_SIZE), how)
-
-
-# --------------------------------------------------------------------------------------------------------- folders
-
-
-def check_folders(photos: Path, out: Path) -> None:
-    """Refuse a photo folder that cannot be read, an output folder inside it (or holding it), and an output folder
-    holding files an earlier sort did not write."""
-    if not photos.exists():
-        raise SortError(f"{photos}: no such folder")
-    if not photos.is_dir():
-        raise SortError(f"{photos}: not a folder")
-    if not os.access(photos, os.R_OK | os.X_OK):
-        raise SortError(f"{photos}: cannot read this folder (permission denied)")
-    p, o = photos.resolve(), out.resolve()
-    if o == p or p in o.parents or (out.exists() and os.path.samefile(out, photos)):
-        raise SortError(f"{out}: the output folder must not be inside the photo folder {photos}")
-    if o in p.parents:
-        raise SortError(f"{out}: the output folder must not hold the photo folder {photos}")
-    if out.exists() and not out.is_dir():
-        raise SortError(f"{out}: exists and is not a folder")
-    if out.is_dir() and not (out / META).exists() and any(p.name != LOCK for p in out.iterdir()):
-        raise SortError(f"{out}: already holds other files; give an empty or new output folder")
-
-
 def check_settings(out: Path, settings: dict) -> None:
     """An output folder an earlier sort wrote must have been sorted from the same folder, model and view."""
     f = out / META
@@ -212,225 +138,6 @@ def check_settings(out: Path, settings: dict) -> None:
                 f"{out}: sorted earlier with another {what} ({before.get(key)}, now {settings[key]}); "
                 "give a new output folder"
             )
-
-
-def photo_files(photos: Path, problems: list[tuple[str, str]]) -> Iterator[Path]:
-    """Every regular file under `photos`, nested folders included, in a stable order; hidden files and folders
-    (a leading dot) are left out. Folders that cannot be read, symbolic links (not followed) and entries that are not
-    regular files (FIFOs, sockets, devices) go to `problems`."""
-
-    def unreadable(e: OSError) -> None:
-        problems.append((Path(e.filename).relative_to(photos).as_posix() + "/", "cannot read this folder"))
-
-    for folder, dirs, files in os.walk(photos, onerror=unreadable):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
-            path = Path(folder) / f
-            if f.startswith(".") or f.lower().endswith(".xmp"):  # hidden, or a sidecar (ours or a photo manager's)
-                continue
-            if path.is_symlink():
-                problems.append((path.relative_to(photos).as_posix(), "symbolic link, not followed"))
-            elif path.is_file():
-                yield path
-            else:  # a FIFO, socket or device: reading it could block or never end
-                problems.append((path.relative_to(photos).as_posix(), "not a regular file, not read"))
-
-
-NAME_BYTES = 200
-"""The longest flat name a copy gets, in bytes (file systems allow 255: room is left for `~2` and the pending names)."""
-
-
-def flat_name(rel: Path) -> str:
-    """The name a photo gets in OUT/<class>/: its path below the photo folder, folders joined by '__' and backslashes
-    made '_' (a path separator elsewhere); a name over `NAME_BYTES` bytes is shortened, by bytes and on a character's
-    edge, and made unique by a hash of the path. A name that is not valid UTF-8 keeps its bytes."""
-    name = "__".join(rel.parts).replace("\\", "_")
-    if len(os.fsencode(name)) > NAME_BYTES:
-        digest = hashlib.sha1(os.fsencode(rel.as_posix())).hexdigest()[:12]
-        name = f"{clipped(rel.stem, 120)}-{digest}{clipped(rel.suffix, 20)}".replace("\\", "_")
-    return name
-
-
-def clipped(text: str, size: int) -> str:
-    """The longest start of `text` of at most `size` bytes as the file system stores it, cut between characters."""
-    raw = os.fsencode(text)
-    if len(raw) <= size:
-        return text
-    while size and 0x80 <= raw[size] < 0xC0:  # a UTF-8 continuation byte: the character began earlier
-        size -= 1
-    return os.fsdecode(raw[:size])
-
-
-def shown(name: str) -> str:
-    """A file name as text any program reads: bytes that are not UTF-8 (a name from another system) as `\\xe9`."""
-    try:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate no file system name decodes to
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def identity(path: Path) -> list[int]:
-    """Size and modification time: a photo changed since it was sorted is sorted again."""
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
-def read_journal(out: Path, classes: list[str]) -> dict[str, dict]:
-    """The rows of earlier runs by file, the last one of each file winning. A line torn by a crash (the last, without
-    its newline) is ignored; any other line that is not a row of this sort is refused with one warning: a journal is
-    data from disk, so a row whose copy lies outside `out`'s class folders, or whose class is not one of `classes`,
-    is never acted on."""
-    f = out / JOURNAL
-    if not f.exists():
-        return {}
-    rows, refused = {}, []
-    lines = f.read_bytes().split(b"\n")
-    inside = _Inside(out, [*classes, UNCERTAIN])
-    for n, raw in enumerate(lines, 1):
-        row = _journal_row(raw, inside, classes)
-        if row is not None:
-            rows[row["file"]] = row
-        elif raw.strip() and n < len(lines):
-            refused.append(n)
-    if refused:
-        shown = ", ".join(map(str, refused[:5])) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
-        print(
-            f"heritagelens: warning: {f}: line {shown} refused (not a row of this sort, or a path outside {out}); "
-            "those photos are sorted again",
-            file=sys.stderr,
-        )
-    return rows
-
-
-def _journal_row(raw: bytes, inside: _Inside, classes: list[str]) -> dict | None:
-    """The journal row in `raw` when it is one this sort wrote (its probability as a number in `p`), else None."""
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(row, dict) or not isinstance(row.get("file"), str):
-        return None
-    if not photo_path_ok(row["file"], folder_row=not row.get("copied_to")):
-        return None
-    copied, cls, error = (row.get(k) or "" for k in ("copied_to", "class", "error"))
-    if not all(isinstance(v, str) for v in (copied, cls, error)) or cls and cls not in classes:
-        return None
-    moved = row.get("moved_from") or ""
-    if not isinstance(moved, str) or any(p and not inside(p) for p in (copied, moved)):
-        return None
-    if copied and not cls or cls and not copied and not error:
-        return None
-    if not all(isinstance(row.get(k) or "", str) for k in ("top3", "model_class", "decided", "probability")):
-        return None
-    if not copied:  # a photo that could not be read: nothing was measured
-        return {**row, "p": 0.0}
-    try:
-        p = float(row.get("p", row.get("probability")))
-    except (TypeError, ValueError):
-        return None
-    return {**row, "p": p} if 0 <= p <= 1 else None  # NaN too
-
-
-def photo_path_ok(rel: str, folder_row: bool = False) -> bool:
-    """Whether `rel` names a photo below the photo folder as `photo_files` lists them: relative, forward slashes, no
-    '..', no hidden part (with `folder_row`, a folder's own row, ending in '/', is one too)."""
-    if folder_row and rel.endswith("/"):
-        rel = rel[:-1]
-    parts = rel.split("/")
-    return (
-        bool(rel)
-        and "\0" not in rel
-        and not rel.startswith("/")
-        and not any(p in ("", ".", "..") or p.startswith(".") for p in parts)
-        and not (os.sep != "/" and ("\\" in rel or ":" in rel))
-    )
-
-
-def photo_in(photos: Path, rel: str) -> Path:
-    """The photo `rel` (a journal's `file`) names below `photos`, once it lies there: no '..', no folder linked
-    elsewhere on the way; raises `SortError` otherwise."""
-    path = photos / rel
-    if not photo_path_ok(rel) or photos.resolve() not in path.resolve().parents:
-        raise SortError(f"{path}: not a photo inside the photo folder {photos}; left alone")
-    return path
-
-
-def own_folder(out: Path, name: str) -> Path:
-    """`OUT/<name>`, a folder a sort copies into, once it is a folder of its own: not a symbolic link, nor a file,
-    and directly in OUT; raises `SortError` otherwise (the sort stops before a copy goes through it)."""
-    folder = out / name
-    if "/" in name or name in ("", ".", "..") or folder.is_symlink() or folder.exists() and not folder.is_dir():
-        raise SortError(
-            f"{folder}: a symbolic link or not a folder; a sort copies only into folders of its own: move it away and "
-            "run again"
-        )
-    return folder
-
-
-class _Inside:
-    """Whether a journal path names a file directly in one of `out`'s `folders` and resolves there (no '..', no
-    symbolic link, no class folder linked elsewhere). Each folder is resolved and listed once per reading of the
-    journal, so that a journal of 10,000 photos is read in a fraction of a second."""
-
-    def __init__(self, out: Path, folders: list[str]):
-        self.out, self.folders, self.home, self.ok, self.links = out, set(folders), out.resolve(), {}, {}
-
-    def __call__(self, rel: str) -> bool:
-        parts = rel.split("/")
-        if len(parts) != 2 or parts[0] not in self.folders or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
-            return False
-        folder = parts[0]
-        if folder not in self.ok:
-            self.ok[folder] = (self.out / folder).resolve().parent == self.home
-            try:
-                with os.scandir(self.out / folder) as entries:
-                    self.links[folder] = {e.name for e in entries if e.is_symlink()}
-            except OSError:  # not there (yet): nothing in it is a link
-                self.links[folder] = set()
-        return self.ok[folder] and parts[1] not in self.links[folder]
-
-
-def stage(src: Path, dest: Path, link: bool) -> Path:
-    """Copy (or hard-link) `src` beside `dest` under a hidden pending name, returned; it becomes `dest` only once the
-    journal records it (`_Sort.finish`), so a sort killed at any moment leaves no copy the journal does not know."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{secrets.token_hex(6)}.pending")
-    try:
-        if link:
-            os.link(src, tmp)
-        else:
-            shutil.copy2(src, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def free_name(dest: Path, taken: Collection[Path] = frozenset(), mine: Path | None = None) -> Path:
-    """`dest`, or `name~2.ext`, `name~3.ext`... when taken on disk or in `taken` (two photos with one flat name, or
-    names that differ only in case on a file system that ignores it): a copy never replaces another; `mine`, the
-    photo's own earlier copy (about to be replaced), does not count as taken."""
-    k, candidate = 1, dest
-    while (candidate.exists() or candidate.is_symlink()) and candidate != mine or candidate in taken:
-        k += 1
-        candidate = dest.with_name(f"{dest.stem}~{k}{dest.suffix}")
-    return candidate
-
-
-def write_csv(out: Path, rows: dict[str, dict]) -> Path:
-    from ..files import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows({**rows[k], "file": shown(k), "copied_to": shown(rows[k].get("copied_to") or "")} for k in sorted(rows))
-    return atomic_write_text(buf.getvalue(), out / CSV_NAME)
-
-
-# ------------------------------------------------------------------------------------------------------------- run
-
-STOPS = (errno.ENOSPC, errno.EDQUOT, errno.EXDEV, errno.EROFS)
-"""Placement errors that would fail for every photo: the run stops. Any other fails only that photo (a CSV row)."""
 
 
 def sort_photos(
@@ -472,22 +179,42 @@ def sort_photos(
         "temperature": t,
         "view": how,
     }
-    run = None
+    plan = Plan(photos, out, min_confidence, link, how, model_name(checkpoint) if xmp else "")
+    summary = SortSummary(
+        calibrated=t is not None,
+        min_confidence=min_confidence,
+        expected=expected,
+        expected_on=expected_on,
+        out=out,
+        model=str(checkpoint),
+        xmp=xmp,
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
         with folder_lock(out):
             check_settings(out, settings)
-            run = _Sort(model, classes, t or 1.0, photos, out, min_confidence, link, how)
-            run.xmp_model = model_name(checkpoint) if xmp else ""
-            run.summary.calibrated = t is not None
-            run.summary.min_confidence, run.summary.expected = min_confidence, expected
-            run.summary.expected_on = expected_on
-            run.summary.out, run.summary.model, run.summary.xmp = out, str(checkpoint), xmp
+            run = _Sort(model, classes, t or 1.0, plan, summary)
             if not (out / META).exists():
                 atomic_write_json(settings, out / META)
             return run.go(batch_size, progress)
     except OSError as e:  # a full disk while writing the journal or the CSV, a folder that cannot be made
-        raise SortError(_disk_message(e, out, run.summary if run else SortSummary())) from None
+        raise SortError(_disk_message(e, out, summary)) from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one sort does, settled before it starts."""
+
+    photos: Path
+    out: Path
+    min_confidence: float = 0.5
+    """A photo is filed in its class's folder when its top probability reaches this, else in `_uncertain/`."""
+    link: bool = False
+    """Hard links instead of copies."""
+    how: str = DEFAULT_VIEW
+    """How a photo becomes the model's input (`inputs.VIEWS`)."""
+    xmp_model: str = ""
+    """With a model's name: XMP sidecars are written beside the photos, saying that model's classes."""
 
 
 def model_name(checkpoint: Path | str) -> str:
@@ -530,48 +257,17 @@ def meaning(ckpt: dict, checkpoint: Path | str, min_confidence: float | None, ta
     return pick.threshold, pick, on
 
 
-@contextlib.contextmanager
-def folder_lock(out: Path):
-    """Hold the output folder for this sort: a second sort into it stops with one line instead of copying every
-    photo again beside the first one's copies. The lock is the kernel's (`flock`): a killed sort leaves none."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): unguarded
-        yield
-        return
-    try:
-        fd = os.open(out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW, 0o666)
-    except OSError as e:  # a link in its place, or a FIFO with no reader
-        raise SortError(
-            f"{out / LOCK}: cannot hold the sort's lock ({e.strerror or e}); remove it and run again"
-        ) from None
-    f = os.fdopen(fd, "a")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            f.close()
-            raise SortError(f"{out / LOCK}: not a regular file; remove it and run again")
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise SortError(f"{out}: another sort is writing into this folder; run this one again when it ends") from None
-    try:
-        yield
-    finally:
-        f.close()
-
-
 class _Sort:
-    """One sort: the decoding pool, the journal, the counts."""
+    """One sort of `plan` by `model` (its `classes`, its temperature `t`): the decoding pool, the journal, and the
+    counts, into `summary`."""
 
-    def __init__(self, model, classes, t, photos, out, min_confidence, link, how):
-        self.model, self.classes, self.t = model, classes, t
-        self.photos, self.out, self.min_confidence, self.link, self.how = photos, out, min_confidence, link, how
-        self.done = read_journal(out, classes)
-        self.summary = SortSummary()
+    def __init__(self, model, classes: list[str], t: float, plan: Plan, summary: SortSummary):
+        self.model, self.classes, self.t, self.plan, self.summary = model, classes, t, plan, summary
+        self.photos, self.out, self.min_confidence = plan.photos, plan.out, plan.min_confidence
+        self.link, self.how, self.xmp_model = plan.link, plan.how, plan.xmp_model
+        self.done = read_journal(plan.out, classes)
         self.journal = None
         self.checked: set[str] = set()
-        self.xmp_model = ""
-        """With a model's name: XMP sidecars are written beside the photos, saying that model's classes."""
 
     def go(self, batch_size: int, progress: bool) -> SortSummary:
         from tqdm.auto import tqdm
@@ -779,149 +475,6 @@ class _Sort:
 
     def sync(self) -> None:
         synced(self.journal)
-
-
-def journal_line(row: dict) -> str:
-    """A journal row as the journal holds it: one line of JSON."""
-    return json.dumps(row) + "\n"
-
-
-def synced(fh) -> None:
-    """Flush `fh` and wait until its bytes are on disk: what the journal says must outlive a crash."""
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
-def sidecar_tag(row: dict, model: str):
-    """What a photo's sidecar says for its `sort.csv` row: its class as a keyword when filed (by the model or a
-    person, and which), 'to review' when it waits in `_uncertain/`."""
-    from .xmp import Tag
-
-    filed = row["copied_to"].split("/")[0] != UNCERTAIN
-    top, by = row.get("model_class") or row["class"], "person" if row.get("decided") == "person" else "model"
-    return Tag(row["class"] if filed else None, top, row["p"], model, by)
-
-
-# ----------------------------------------------------------------------------------------------- a person's review
-
-
-def sorted_rows(out: Path | str, classes: list[str]) -> dict[str, dict]:
-    """The rows of an earlier sort into `out` (as its journal records them), by photo."""
-    out = Path(out)
-    if not (out / META).exists():
-        raise SortError(f"{out}: not a folder 'heritagelens sort' wrote (no {META})")
-    return read_journal(out, classes)
-
-
-def sort_settings(out: Path | str) -> dict:
-    """The settings the first sort into `out` recorded: photo folder, model, calibration, view."""
-    f = Path(out) / META
-    try:
-        settings = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        settings = None
-    if not isinstance(settings, dict) or not isinstance(settings.get("photos"), str):
-        raise SortError(f"{f}: unreadable; not a folder 'heritagelens sort' wrote")
-    return settings
-
-
-def refile(out: Path | str, file: str, cls: str, classes: list[str]) -> dict[str, dict]:
-    """A person files photo `file` (as `sort.csv` names it) into class `cls`: its copy moves to `OUT/<cls>/`, the move
-    is journaled and synced before it is made (as every sort move is), `sort.csv` is rewritten, and the photo's XMP
-    sidecar, when a sort wrote one, says the new class. Returns every row of the sort, the photo's new one in it."""
-    return decide(out, file, cls, classes)[0]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What one person's decision changed in a sort, enough to take it back byte for byte (`undo`)."""
-
-    out: Path
-    file: str
-    before: str
-    """Where the copy was (`copied_to`, relative to `out`)."""
-    after: str
-    journal: tuple[int, int]
-    """The journal's length before and after the decision."""
-    csv: bytes
-    """`sort.csv` before it."""
-    sidecar: Path | None
-    sidecar_bytes: bytes | None
-    """The photo's sidecar before it (None: the decision wrote none)."""
-
-
-def decide(out: Path | str, file: str, cls: str, classes: list[str]) -> tuple[dict[str, dict], Decision]:
-    """`refile`, and what it changed (`Decision`), so that `undo` can take it back."""
-    from .xmp import XmpError, retag_sidecar
-
-    out = Path(out)
-    if cls not in classes:
-        raise SortError(f"unknown class '{cls}'; known: {', '.join(classes)}")
-    with folder_lock(out):
-        done = sorted_rows(out, classes)
-        row = done.get(file)
-        if row is None or row.get("error") or not row.get("copied_to"):
-            raise SortError(f"{out}: '{file}' is not a photo this sort filed")
-        photo = photo_in(Path(sort_settings(out)["photos"]), file)
-        journal_size, csv_bytes = (out / JOURNAL).stat().st_size, (out / CSV_NAME).read_bytes()
-        old = row["copied_to"]
-        dest = free_name(own_folder(out, cls) / flat_name(Path(file)), mine=out / old)
-        new = {
-            **row,
-            "class": cls,
-            "copied_to": dest.relative_to(out).as_posix(),
-            "moved_from": old,
-            "decided": "person",
-            "model_class": row.get("model_class") or row["class"],
-        }
-        if not (out / old).is_file():
-            raise SortError(f"{out / old}: the copy of {file} is gone (moved or deleted since the sort); nothing filed")
-        with (out / JOURNAL).open("a", encoding="utf-8") as journal:
-            journal.write(journal_line(new))
-            synced(journal)
-        if dest != out / old:
-            try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(out / old, dest)
-            except OSError as e:  # gone in the instant since, or a folder that cannot be written: no move recorded
-                with (out / JOURNAL).open("r+b") as journal:
-                    journal.truncate(journal_size)
-                    synced(journal)
-                raise SortError(f"{out / old}: cannot be moved ({e.strerror or e}); nothing filed") from None
-        done[file] = new
-        write_csv(out, done)
-        try:  # when a sort wrote the sidecar: it says the person's class now, naming the same model
-            side, side_bytes = retag_sidecar(photo, lambda tag: sidecar_tag(new, tag.model)) or (None, None)
-        except XmpError as e:
-            new["sidecar_error"] = str(e)
-            side, side_bytes = None, None
-        after = (out / JOURNAL).stat().st_size
-    d = Decision(out, file, old, new["copied_to"], (journal_size, after), csv_bytes, side, side_bytes)
-    return done, d
-
-
-def undo(d: Decision, classes: list[str]) -> dict[str, dict]:
-    """Take decision `d` back: the copy returns where it was, and the journal, `sort.csv` and the photo's sidecar
-    are as they were, byte for byte. Refused (one line, nothing changed) when the sort has been written since."""
-    from ..files import atomic_write_bytes
-
-    out = d.out
-    with folder_lock(out):
-        if (out / JOURNAL).stat().st_size != d.journal[1]:
-            raise SortError(f"{out}: the sort has changed since {d.file} was filed; that decision cannot be undone")
-        if not (out / d.after).is_file():
-            raise SortError(f"{out / d.after}: gone; the decision on {d.file} cannot be undone")
-        if d.before != d.after and (out / d.before).exists():
-            raise SortError(f"{out / d.before}: exists again; {d.file} cannot go back there")
-        if d.before != d.after:
-            os.replace(out / d.after, out / d.before)
-        with (out / JOURNAL).open("r+b") as journal:
-            journal.truncate(d.journal[0])
-            synced(journal)
-        atomic_write_bytes(d.csv, out / CSV_NAME)
-        if d.sidecar is not None:
-            atomic_write_bytes(d.sidecar_bytes, d.sidecar)
-        return sorted_rows(out, classes)
 
 
 def _batches(items: Iterator, n: int) -> Iterator[list]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.classes import UNSURE_FOLDER
 from ..errors import HeritageLensError
 from ..files import SpecialFileError, atomic_write_bytes, read_regular
 
@@ -243,3 +244,11 @@ def _serialize(root: ET.Element) -> bytes:
         ET.register_namespace(prefix, uri)
     ET.indent(root, space=" ")
     return (PACKET[0] + ET.tostring(root, encoding="unicode") + PACKET[1]).encode("utf-8")
+
+
+def sidecar_tag(row: dict, model: str):
+    """What a photo's sidecar says for its `sort.csv` row: its class as a keyword when filed (by the model or a
+    person, and which), 'to review' when it waits in `_uncertain/`."""
+    filed = row["copied_to"].split("/")[0] != UNSURE_FOLDER
+    top, by = row.get("model_class") or row["class"], "person" if row.get("decided") == "person" else "model"
+    return Tag(row["class"] if filed else None, top, row["p"], model, by)
