@@ -5,6 +5,7 @@ fake probe, so both kinds of CPU (and GPUs) are covered whatever this machine is
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
@@ -20,11 +21,10 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch, tmp_path):
-    """A cache file of this test's own and no choice remembered in the process, before and after."""
+    """Cache files of this test's own."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    precision.forget()
-    yield
-    precision.forget()
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
 
 
 def fake_probe(speeds: dict[str, float], asked: list[str]):
@@ -54,7 +54,7 @@ def test_cpu_with_native_bfloat16_keeps_the_fastest_mode(monkeypatch):
     choice = resolve("auto", CPU, fake_probe({"fp32": 90.0, "fp32-cl": 120.0, "bf16-cl": 260.0}, asked))
     assert asked == ["fp32", "fp32-cl", "bf16-cl"] and choice.precision.dtype == torch.bfloat16
     assert choice.measured == {"fp32": 90.0, "fp32-cl": 120.0, "bf16-cl": 260.0}
-    precision.forget()  # a CPU whose bfloat16 is native but slower for this model: fp32 wins on the clock
+    # a CPU whose bfloat16 is native but slower for this model: fp32 wins on the clock
     monkeypatch.setenv("XDG_CACHE_HOME", str(precision.cache_file().parent.parent.parent / "other"))
     choice = resolve("auto", CPU, fake_probe({"fp32": 90.0, "fp32-cl": 120.0, "bf16-cl": 100.0}, []))
     assert choice.precision.name == "fp32-cl"
@@ -75,12 +75,11 @@ def test_gpu_is_offered_bfloat16_or_float16_by_compute_capability(monkeypatch, m
 def test_choice_is_cached_per_machine_and_torch_version(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     first = resolve("auto", CPU, fake_probe({"fp32": 35.0, "fp32-cl": 78.0}, []))
-    precision.forget()  # a new process: the file answers, nothing is timed
+    # a later call, in this process or a new one: the file answers, nothing is timed
     again = resolve("auto", CPU, no_probe)
     assert again.precision == first.precision and "cached" in again.reason and again.measured == first.measured
     stored = json.loads(precision.cache_file().read_text())
     assert list(stored) == [precision.cache_key(CPU)] and precision.device_name(CPU) in next(iter(stored))
-    precision.forget()
     monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch: measured again, kept beside the first
     asked = []
     assert resolve("auto", CPU, fake_probe({"fp32": 80.0, "fp32-cl": 50.0}, asked)).precision.name == "fp32"
@@ -94,6 +93,16 @@ def test_an_unreadable_cache_is_measured_again(monkeypatch):
     asked = []
     assert resolve("auto", CPU, fake_probe({"fp32": 35.0, "fp32-cl": 78.0}, asked)).precision.name == "fp32-cl"
     assert asked == ["fp32", "fp32-cl"]
+
+
+def test_an_unwritable_cache_keeps_the_choice_in_the_spare_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    (tmp_path / "home-file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-file"))  # a file: no cache folder can be made in it
+    asked = []
+    assert resolve("auto", CPU, fake_probe({"fp32": 35.0, "fp32-cl": 78.0}, asked)).precision.name == "fp32-cl"
+    assert asked == ["fp32", "fp32-cl"] and precision.spare_file().parent == tmp_path / "tmp"
+    assert resolve("auto", CPU, no_probe).precision.name == "fp32-cl"  # measured once, not at every prediction
 
 
 def test_an_explicit_setting_is_taken_as_given(monkeypatch):

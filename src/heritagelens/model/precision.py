@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,41 +197,51 @@ def cache_file() -> Path:
     return Path(base) / "heritagelens" / "precision.json"
 
 
-def _read_cache() -> dict:
+def spare_file() -> Path:
+    """Where the choice is kept when `cache_file` cannot be written (a read-only home): this user's file in the
+    temporary folder, so that the probe still runs once, not at every prediction."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"heritagelens-{uid}-precision.json"
+
+
+def _read_cache(f: Path) -> dict:
     try:
-        d = json.loads(cache_file().read_text(encoding="utf-8"))
+        if f == spare_file() and hasattr(os, "getuid") and f.stat().st_uid != os.getuid():
+            return {}  # another user's file in a shared folder says nothing about this user's choice
+        d = json.loads(f.read_text(encoding="utf-8"))
         return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 
 def _cached(key: str, device: torch.device) -> Choice | None:
-    entry = _read_cache().get(key)
-    try:
-        amp = Precision.named(entry["mode"], device.type)
-        measured = {str(k): float(v) for k, v in entry["measured"].items()}
-        return Choice(amp, f"{entry['reason']}, cached {entry['date']}", measured, device_name(device))
-    except (TypeError, KeyError, AttributeError, ValueError):
-        return None  # no entry, or one this version cannot read: measure again
+    for f in (cache_file(), spare_file()):
+        entry = _read_cache(f).get(key)
+        try:
+            amp = Precision.named(entry["mode"], device.type)
+            measured = {str(k): float(v) for k, v in entry["measured"].items()}
+            return Choice(amp, f"{entry['reason']}, cached {entry['date']}", measured, device_name(device))
+        except (TypeError, KeyError, AttributeError, ValueError):
+            continue  # no entry, or one this version cannot read
+    return None  # measure again
 
 
 def _store(key: str, choice: Choice) -> None:
     from ..files import atomic_write_json
 
-    d = _read_cache()
-    d[key] = {**choice.to_dict(), "date": time.strftime("%Y-%m-%d")}
-    try:
-        atomic_write_json(d, cache_file())
-    except OSError:
-        pass  # an unwritable cache costs a probe next time, nothing else
-
-
-_CHOSEN: dict[tuple[str, str], Choice] = {}
-"""Choices already made in this process, by (setting, cache key)."""
+    for f in (cache_file(), spare_file()):
+        d = _read_cache(f)
+        d[key] = {**choice.to_dict(), "date": time.strftime("%Y-%m-%d")}
+        try:
+            atomic_write_json(d, f)
+            return
+        except OSError:
+            continue  # an unwritable cache: the spare file, and failing that a probe next time
 
 
 def resolve(setting: str, device: torch.device, probe: Probe = time_steps) -> Choice:
-    """The mode `setting` means on `device`: 'auto' is the cached or measured fastest; a mode is taken as given."""
+    """The mode `setting` means on `device`: 'auto' is the cached or measured fastest (the cache file answers every
+    later call, in this process and the next); a mode is taken as given."""
     device = torch.device(device)
     if setting != "auto":
         amp = Precision.named(setting, device.type)
@@ -242,14 +253,12 @@ def resolve(setting: str, device: torch.device, probe: Probe = time_steps) -> Ch
         ):
             note = f" (this CPU emulates {amp.name[:4]}: expect it to run several times slower than fp32)"
         return Choice(amp, f"set by train.precision{note}", {}, device_name(device))
-    key = (setting, cache_key(device))
-    if key not in _CHOSEN:
-        choice = _cached(key[1], device)
-        if choice is None:
-            choice = measure(device, probe)
-            _store(key[1], choice)
-        _CHOSEN[key] = choice
-    return _CHOSEN[key]
+    key = cache_key(device)
+    choice = _cached(key, device)
+    if choice is None:
+        choice = measure(device, probe)
+        _store(key, choice)
+    return choice
 
 
 def for_model(model: torch.nn.Module, setting: str = "auto") -> Precision:
@@ -261,8 +270,3 @@ def for_inference(model: torch.nn.Module, setting: str = "auto") -> Precision:
     """The mode predictions run in: a named mode as it is; 'auto' in float32, in the layout chosen for the machine."""
     amp = for_model(model, setting)
     return amp if setting != "auto" else Precision(amp.device_type, None, amp.channels_last)
-
-
-def forget() -> None:
-    """Drop the choices made in this process (the file cache stays)."""
-    _CHOSEN.clear()
