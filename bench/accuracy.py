@@ -29,9 +29,10 @@ import torch
 
 from heritagelens.config import preset
 from heritagelens.files import atomic_write_json
-from heritagelens.jobs.evaluation import evaluate_checkpoint, evaluation_splits
+from heritagelens.jobs.evaluation import evaluate, evaluation_splits
 from heritagelens.jobs.report import PRESET_FIGURES, split_key
 from heritagelens.model.precision import cache_key
+from heritagelens.model.trained import Trained
 from heritagelens.train.flops import training_flops
 from heritagelens.train.runs import train_run
 
@@ -75,11 +76,12 @@ def main():
             t = time.perf_counter()
             train_run(cfg, run, progress=False)
             minutes = (time.perf_counter() - t) / 60
-        plain = evaluate_checkpoint(run / "last.pt", "val", tta=False)
-        r = evaluate_checkpoint(run / "last.pt", "val", out_dir=run)
-        splits = evaluation_splits(run / "last.pt")
-        src = evaluate_checkpoint(run / "last.pt", "source", out_dir=run) if "source" in splits else None
-        out = evaluate_checkpoint(run / "last.pt", "outside", out_dir=run) if "outside" in splits else None
+        model = Trained.load(run / "last.pt")
+        plain = evaluate(model, "val", tta=False)
+        r = evaluate(model, "val", out_dir=run)
+        splits = evaluation_splits(model)
+        src = evaluate(model, "source", out_dir=run) if "source" in splits else None
+        out = evaluate(model, "outside", out_dir=run) if "outside" in splits else None
         with (run / "metrics.csv").open(newline="") as f:
             ips = [float(row["images_per_s"]) for row in csv.DictReader(f)]
         split = json.loads((run / "split.json").read_text())
@@ -153,8 +155,8 @@ def add_outside(name: str, runs: list[str]) -> None:
         raise SystemExit(f"{name}: {len(p['seeds'])} recorded seeds ({p['seeds']}), {len(runs)} runs given")
     outside, f1 = [], []
     for seed, val, source, run in zip(p["seeds"], p["val"], p["source"], runs):
-        ckpt = checkpoint_file(run)
-        got = {s: evaluate_checkpoint(ckpt, s, root=root) for s in ("val", "source", "outside")}
+        model = Trained.load(checkpoint_file(run), root)
+        got = {s: evaluate(model, s) for s in ("val", "source", "outside")}
         if abs(got["val"].accuracy - val) > 1e-4 or abs(got["source"].accuracy - source) > 1e-4:
             raise SystemExit(
                 f"{run}: val {got['val'].accuracy:.4f}, source {got['source'].accuracy:.4f}; seed {seed} of {name} "

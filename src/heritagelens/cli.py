@@ -295,16 +295,18 @@ def cmd_train(args) -> int:
     arg("--set", action="append", metavar="data.KEY=VALUE", help="a data.* setting (data.on_bad_file=stop)"),
 )
 def cmd_evaluate(args) -> int:
-    from .jobs.evaluation import evaluate_checkpoint, evaluation_splits
+    from .jobs.evaluation import evaluate, evaluation_splits
     from .model.card import BUNDLED
+    from .model.trained import Trained
 
     ckpt = _model(args)
     out = writable_folder(_beside(args, ckpt))
     root = Path(args.data) if args.data else default_data_root() if ckpt == BUNDLED else None
     sets = _settings(args, "evaluate", ("data.",), "the model and its recipe are the checkpoint's")
     sets += [f"data.outside={Path(args.outside).resolve()}"] if args.outside else []
-    splits = evaluation_splits(ckpt, root, sets) if args.split == "val" else [args.split]  # the others beside val
-    results = [evaluate_checkpoint(ckpt, s, root=root, tta=args.tta, out_dir=out, data_overrides=sets) for s in splits]
+    model = Trained.load(ckpt, root, sets)  # one model and one split preparation for every split evaluated
+    splits = evaluation_splits(model) if args.split == "val" else [args.split]  # the others beside val
+    results = [evaluate(model, s, tta=args.tta, out_dir=out) for s in splits]
     for r in results:
         print(f"== {r.split} ({SPLIT_NAMES[r.split]})")
         print(r.report() + "\n")

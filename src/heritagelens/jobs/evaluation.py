@@ -15,30 +15,23 @@ import torch
 
 from ..config import SPLIT_NAMES, Config
 from ..data import dataset
-from ..data.split import data_config_of
 from ..figures import confusion_figure, figure_image, png_bytes, reliability_figure, risk_coverage_figure
 from ..files import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..model.calibration import Calibration, calibrate, ece, filed_at
 from ..model.card import check_classes
-from ..model.checkpoint import CheckpointError, checkpoint_file, is_model_folder, read_checkpoint, temperature
+from ..model.checkpoint import CheckpointError, checkpoint_file, is_model_folder, temperature
 from ..model.inference import predict_logits
 from ..model.metrics import EvalResult, evaluate_logits
 from ..model.trained import Trained
 from ..progress import say
 
 
-def validation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
-    """'val', and 'source' when the checkpoint's split holds photos of other sources out of training."""
-    prep = Trained.load(checkpoint, root, data_overrides).prepared()
-    return ["val"] + ["source"] * bool(len(prep.source_idx))
-
-
-def evaluation_splits(checkpoint: Path | str, root: Path | str | None = None, data_overrides: list[str] = ()):
-    """The validation splits, and 'outside' when there are outside photos to evaluate on."""
-    ckpt = read_checkpoint(checkpoint)
-    cfg = data_config_of(ckpt, root, data_overrides)
-    outside = dataset.find_outside(cfg.data.outside, cfg.data.root, ckpt["classes"]) is not None
-    return validation_splits(checkpoint, root, data_overrides) + ["outside"] * outside
+def evaluation_splits(model: Trained) -> list[str]:
+    """'val'; 'source' when the model's split holds photos of other sources out of training; and 'outside' when there
+    are outside photos to evaluate on."""
+    cfg, prep = model.config, model.prepared()
+    outside = dataset.find_outside(cfg.data.outside, cfg.data.root, model.classes) is not None
+    return ["val"] + ["source"] * bool(len(prep.source_idx)) + ["outside"] * outside
 
 
 def outside_folder(cfg: Config, classes: list[str], checkpoint: Path | str) -> Path:
