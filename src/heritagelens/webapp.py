@@ -44,6 +44,11 @@ UNSURE = "unsure (_uncertain)"
 """The review tab's default queue: the photos a sort left to a person."""
 
 
+def folder_of(show: str) -> str:
+    """The sort's folder a choice of the review tab's menu shows: `_uncertain` for `UNSURE`, else the class's."""
+    return UNCERTAIN if show == UNSURE else show
+
+
 @dataclass
 class Classified:
     image: Image.Image | None
@@ -188,7 +193,7 @@ class Explorer:
     def review_queue(self, folder: str, show: str, rows: dict | None = None) -> tuple[Path, Path, list[dict]]:
         """(output folder, photo folder, the rows to review in file order) of a sort this model made; `show` is
         `UNSURE` or a class (the photos filed there); `rows`, the sort's rows when just read."""
-        return self.reviewer.queue(folder, UNCERTAIN if show == UNSURE else show, rows)
+        return self.reviewer.queue(folder, folder_of(show), rows)
 
     def review(
         self,
@@ -207,7 +212,7 @@ class Explorer:
         except SortError as e:
             return Reviewed.refused(e)
         if not queue:
-            return Reviewed(None, None, "", f"Nothing to review in {out / (UNCERTAIN if show == UNSURE else show)}.")
+            return Reviewed(None, None, "", f"Nothing to review in {out / (folder_of(show))}.")
         order = list(enumerate(queue))
         if at and any(r["file"] == at for r in queue):
             k, row = next((k, r) for k, r in order if r["file"] == at)
@@ -239,7 +244,7 @@ class Explorer:
         if not files:
             return self.review(folder, show)
         try:
-            filed = self.reviewer.file(folder, UNCERTAIN if show == UNSURE else show, files, self.classes[k])
+            filed = self.reviewer.file(folder, folder_of(show), files, self.classes[k])
         except SortError as e:
             return Reviewed.refused(e, files[0])
         said = f"Filed {', '.join(filed)} as {self.classes[k]}." if filed else "Nothing filed (not in this queue now)."

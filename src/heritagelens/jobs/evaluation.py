@@ -26,12 +26,13 @@ from ..model.trained import Trained
 from ..progress import say
 
 
-def evaluation_splits(model: Trained) -> list[str]:
-    """'val'; 'source' when the model's split holds photos of other sources out of training; and 'outside' when there
-    are outside photos to evaluate on."""
+def evaluation_splits(model: Trained, test: bool = False) -> list[str]:
+    """'val'; 'source' when the model's split holds photos of other sources out of training; with `test`, 'test'
+    when the data root has a test split; and 'outside' when there are outside photos to evaluate on."""
     cfg, prep = model.config, model.prepared()
     outside = dataset.find_outside(cfg.data.outside, cfg.data.root, model.classes) is not None
-    return ["val"] + ["source"] * bool(len(prep.source_idx)) + ["outside"] * outside
+    test = test and dataset.has_split(cfg.data.root, "test")
+    return ["val"] + ["source"] * bool(len(prep.source_idx)) + ["test"] * test + ["outside"] * outside
 
 
 def outside_folder(cfg: Config, classes: list[str], checkpoint: Path | str) -> Path:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ROBUST, SGD, SPLIT_NAMES, Config
-from ..data import dataset
 from ..distributed import init_world
 from ..files import atomic_write_json
 from ..judging.scores import HEADLINE_JUDGE
@@ -22,7 +21,7 @@ from ..model.trained import Trained
 from ..train.flops import training_flops
 from ..train.runs import train_run
 from .deconv import write_top9
-from .evaluation import calibrate_model, evaluate
+from .evaluation import calibrate_model, evaluate, evaluation_splits
 from .gallery import write_dream
 from .report import write_report
 
@@ -83,17 +82,14 @@ def main_job(cfg: Config, run_path: Path | str, progress: bool = True) -> MainJo
     prep = model.prepared()
     summary = {"train_minutes": round(stages["train"] / 60, 2), "evaluated": "last.pt", "splits": {}}
     job = MainJob(summary, run=run)
-    # the epochs a time budget left
-    summary["train_compute"] = training_flops(model.config, len(prep.train_idx), len(prep.split.classes))
+    trained_as = model.config  # the epochs a time budget left, not the recipe's
+    summary["train_compute"] = training_flops(trained_as, len(prep.train_idx), len(prep.split.classes))
     summary["precision"] = choice.to_dict()
     with timed(stages, "calibrate"):
         cals = calibrate_model(model)
     summary["calibration"] = {k: c.to_dict() for k, c in cals.items()}
     with timed(stages, "evaluate"):
-        validations = ["val"] + (["source"] if len(prep.source_idx) else [])
-        others = ["test"] * dataset.has_split(cfg.data.root, "test")
-        others += ["outside"] * (dataset.find_outside(cfg.data.outside, cfg.data.root, prep.split.classes) is not None)
-        for split in validations + others:
+        for split in evaluation_splits(model, test=True):
             job.evaluations[split] = r = evaluate(model, split, out_dir=run)
             summary["splits"][split] = {
                 "accuracy": r.accuracy,

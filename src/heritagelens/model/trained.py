@@ -11,7 +11,7 @@ import torch
 
 from ..config import Config
 from ..data import dataset
-from ..data.split import Prepared, data_config_of, prepare
+from ..data.split import Prepared, data_config_of, prepare, train_split
 from .card import check_classes
 from .checkpoint import load_model
 
@@ -58,8 +58,7 @@ class Trained:
         """The train split's images: the prepared split's, or decoded alone when no job needed it divided."""
         if self.prep is not None:
             return self.prep.split
-        dc = self.config.data
-        split = dataset.load_split(dc.root, "train", cache_dir=dc.cache_dir or None)
+        split = train_split(self.ckpt, self.config.data.root)
         check_classes(self.classes, split.classes, self.path)
         return split
 

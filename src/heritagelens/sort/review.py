@@ -164,11 +164,11 @@ class Reviewer:
     def file(self, folder: str, where: str, files: list[str], cls: str) -> list[str]:
         """File each of `files` that still waits in `where` into class `cls`, each decision kept for `undo_last`;
         returns those filed. A photo filed out of the queue already (a decision sent twice) is never filed again."""
-        _, _, queue = self.queue(folder, where)
+        out, _, queue = self.queue(folder, where)
         waiting, filed = {r["file"] for r in queue}, []
         for file in files:
             if file in waiting:
-                _, d = decide(Path(folder).expanduser(), file, cls, self.classes)
+                _, d = decide(out, file, cls, self.classes)
                 self.decisions.append(d)
                 filed.append(file)
         return filed

@@ -292,4 +292,5 @@ def train_run(
     if main:  # the model as the file holds it, which every later use of it reads
         return Trained.load(run.path / "last.pt", prep=prep)
     model = eval_model(state).eval()
-    return Trained(model, list(s.classes), cfg, {"classes": list(s.classes), "config": cfg.to_dict()}, run.path, prep)
+    ckpt = {"classes": list(s.classes), "config": cfg.to_dict()}  # rank 0 alone writes the file
+    return Trained(model, list(s.classes), cfg, ckpt, run.path / "last.pt", prep)
