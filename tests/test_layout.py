@@ -205,7 +205,11 @@ def test_the_layer_rule_finds_a_model_that_imports_its_training_or_another_capab
     graph = import_graph(pkg)
     assert sorted(upward(graph)) == ["heritagelens.model.net -> heritagelens.train.loop"]
     (pkg / "sort" / "sorter.py").write_text("from ..dream import render\n")
-    assert upward(import_graph(pkg))[-1] == "heritagelens.sort.sorter -> heritagelens.dream.render"
+    across = set(upward(import_graph(pkg))) - {"heritagelens.model.net -> heritagelens.train.loop"}
+    assert across == {
+        "heritagelens.sort.sorter -> heritagelens.dream",
+        "heritagelens.sort.sorter -> heritagelens.dream.render",
+    }
 
 
 def test_the_package_top_holds_its_shared_ground_and_faces_only():
