@@ -527,8 +527,14 @@ def test_a_fifo_in_place_of_the_sort_lock_is_one_line(trained, tmp_path):
         (["dream", "{run}", "--class", "arch", "--seed", str(2**64)], "must be a whole number from 0 to 2**63 - 1"),
         (["dream", "{run}", "--class", "arch", "--samples", "100000000"], "at most 256, not 100000000"),
         (["train", "--data", "{root}", "--set", "model.kernel_size=-1"], "model.kernel_size must be odd and positive"),
-        (["train", "--data", "{root}", "--set", "train.threads=-1"], "train.threads and train.limit_train must be 0"),
-        (["train", "--data", "{root}", "--set", "train.limit_train=-5"], "train.limit_train must be 0"),
+        (
+            ["train", "--data", "{root}", "--set", "train.threads=-1"],
+            "train.threads, train.limit_train and train.min_steps",
+        ),
+        (
+            ["train", "--data", "{root}", "--set", "train.limit_train=-5"],
+            "train.limit_train and train.min_steps must be 0",
+        ),
         (["train", "--data", "{root}", "--seed", "-1"], "--seed -1: must be a whole number from 0"),
         (["serve", "{run}", "--host", "::1"], "an IPv6 address"),
         (["serve", "{run}", "--host", "h" * 300], "not a host name"),

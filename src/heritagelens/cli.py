@@ -46,12 +46,20 @@ def _root(args) -> Path:
     return Path(args.data) if getattr(args, "data", None) else default_data_root()
 
 
-def _config(args):
+def _config(args, start: Path | None = None):
+    """The recipe the flags choose; `start`, a model to adapt (`train --from`): its model settings, the 'adapt'
+    recipe unless --preset names another, and `train.init_from` naming it."""
     from .config import preset
 
     flags = {"seed": "train.seed", "epochs": "train.epochs", "minutes": "train.minutes", "device": "train.device"}
     given = [f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f, None) not in (None, "")]
-    cfg = preset(args.preset).override(args.set or [])  # a bad recipe is reported before missing data
+    cfg = preset(args.preset or ("adapt" if start else "default"))
+    if start is not None:
+        from .model.checkpoint import config_of, read_checkpoint
+
+        cfg.model = config_of(read_checkpoint(start), start).model
+        cfg.train.init_from = str(start.resolve())
+    cfg = cfg.override(args.set or [])  # a bad recipe is reported before missing data
     root = f"data.root={_root(args).resolve()}"  # absolute, so --resume and evaluate work from any folder
     return cfg.override([root, *given])
 
@@ -177,7 +185,7 @@ def recipe_flags(
     """The flags that choose a training recipe and where it runs."""
     return [
         data_flag(),
-        arg("--preset", default="default", help=preset + " (default: default)"),
+        arg("--preset", help=preset + " (default: default)"),
         arg("--set", action="append", metavar="SECTION.KEY=VALUE", help=sets + " (repeatable; e.g. train.lr=0.05)"),
         arg("--seed", type=seed_number, help=seed or "random seed of the training (default: the recipe's, 0)"),
         QUIET,
@@ -235,6 +243,13 @@ def cmd_data_fetch(args) -> int:
     recipe_flags(),
     TRAINING,
     arg("--resume", metavar="RUN", help="continue the interrupted run in this folder"),
+    arg(
+        "--from",
+        dest="start",
+        metavar="MODEL",
+        help="adapt this model to the data's classes: 'bundled', a checkpoint, run folder or model folder (its "
+        "features kept, a head row for each class; the 'adapt' recipe unless --preset names another)",
+    ),
     interrupted=RESUME_ADVICE,
 )
 def cmd_train(args) -> int:
@@ -247,8 +262,10 @@ def cmd_train(args) -> int:
         run = Path(args.resume)
         if not (run / "last.pt").exists():
             raise UsageError(f"{run}: no last.pt to resume from")
+        if args.start:
+            raise UsageError("--resume continues a run as it was started: give --resume or --from, not both")
     else:
-        cfg = _config(args)
+        cfg = _config(args, _start(args.start) if args.start else None)
         run = _run_dir(args) if args.out or launched_size() == 1 else None
         if run is None:
             raise UsageError("under torchrun, train needs --out (every process must name the same run folder)")
@@ -263,14 +280,25 @@ def cmd_train(args) -> int:
     if main:
         writable_folder(run)
     try:
-        train_run(None if args.resume else cfg, run, resume=bool(args.resume), progress=not args.quiet)
+        model = train_run(None if args.resume else cfg, run, resume=bool(args.resume), progress=not args.quiet)
     except BaseException:
         close_world(ok=False)
         raise
     close_world()
+    if main and model.ckpt.get("adapted_from"):
+        from .jobs.evaluation import adapted_text
+
+        print(adapted_text(model))
     if main:
         print(f"run folder: {run}")
     return 0
+
+
+def _start(name: str) -> Path:
+    """The model `train --from` names: 'bundled' is the package's own."""
+    from .model.card import BUNDLED
+
+    return BUNDLED if name == "bundled" else Path(name)
 
 
 @command(

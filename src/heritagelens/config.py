@@ -217,8 +217,16 @@ class TrainConfig:
     """Time budget of the training, minutes: the recipe's epochs cut to as many as train within it at the speed
     measured on this machine (0 = no budget: all of `epochs`)."""
     init_from: str = ""
-    """A checkpoint whose (averaged) weights start this run, for fine-tuning: the same model and classes; the
-    optimizer and the schedule start afresh (empty: random initial weights)."""
+    """A checkpoint or model folder whose (averaged) weights start this run, for fine-tuning or adapting: the same
+    model (`model.*`); its classes may differ from the data's (each class both name keeps its row of the linear head,
+    the others get new rows: `heritagelens.model.network.with_classes`). The optimizer and the schedule start afresh
+    (empty: random initial weights)."""
+    min_steps: int = 0
+    """At least this many optimizer steps: on a training set too small for `epochs` to make them, the epochs (and
+    `probe_epochs`, in proportion) are raised until they do (0: `epochs` as given)."""
+    probe_epochs: int = 0
+    """The first this many epochs train the linear head alone (a linear probe: the feature layers, their batch norm
+    statistics included, stay as they are), the rest the whole network; for adapting a model to new classes."""
     limit_train: int = 0
     """Use only the first N training images after shuffling (0 = all); for quick checks."""
     teachers: tuple[str, ...] = ()
@@ -242,8 +250,10 @@ class TrainConfig:
             raise ConfigError("train.saturation must be in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be positive")
-        if self.threads < 0 or self.limit_train < 0:
-            raise ConfigError("train.threads and train.limit_train must be 0 (the default: all) or more")
+        if not 0 <= self.probe_epochs <= self.epochs:
+            raise ConfigError("train.probe_epochs must be from 0 to train.epochs")
+        if self.threads < 0 or self.limit_train < 0 or self.min_steps < 0:
+            raise ConfigError("train.threads, train.limit_train and train.min_steps must be 0 (the default) or more")
         check_seed(self.seed, "train.seed")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
@@ -512,8 +522,23 @@ BEST = [*COLOUR, "model.widths=[48,96,192,384]", "train.epochs=20", "train.minut
 times as wide, over 20 epochs, held within 60 minutes by the time budget on a slower machine (its accuracy and time
 in BENCHMARKS.md)."""
 
+ADAPT = [
+    *COLOUR,
+    "train.epochs=12",
+    "train.probe_epochs=3",
+    "train.min_steps=200",
+    "train.lr=0.02",
+    "train.muon_lr=0.02",
+    "train.res_min=64",
+    "train.snapshot_epochs=[]",
+]
+"""Adapting a trained model to other classes (`heritagelens train --from`): a linear probe of the head, then the
+whole network at a lower rate, at full resolution, for at least 200 steps however few the photos (the recipe
+chosen by `bench/adapt.py`, BENCHMARKS.md)."""
+
 PRESETS: dict[str, list[str]] = {
     "default": COLOUR,
+    "adapt": ADAPT,
     "quick": ["train.epochs=3", "model.widths=[16,32,64,64]"],
     "best": BEST,
     "classic": CLASSIC,

@@ -21,7 +21,7 @@ from ..model.calibration import Calibration, calibrate, ece, filed_at
 from ..model.card import check_classes
 from ..model.checkpoint import CheckpointError, checkpoint_file, is_model_folder, temperature
 from ..model.inference import predict_logits
-from ..model.metrics import EvalResult, evaluate_logits
+from ..model.metrics import EvalResult, evaluate_logits, interval_text, wilson_interval
 from ..model.trained import Trained
 from ..progress import say
 
@@ -202,3 +202,56 @@ def write_eval(result: EvalResult, out_dir: Path | str) -> None:
     atomic_write_text(result.report() + "\n", out / f"eval-{result.split}.txt")
     png = png_bytes(figure_image(confusion_figure(result)))
     atomic_write_bytes(png, out / f"confusion-{result.split}.png")
+
+
+FEW_PHOTOS = 30
+"""A class with fewer validation photos than this gets a word that its figure means little (its interval shows how
+little): with 30 photos an accuracy of 90% could be anywhere from 74% to 97%."""
+
+
+def class_lines(result: EvalResult, trained_on: dict[str, int]) -> list[str]:
+    """One line per class of `result`: its accuracy (recall) on its validation photos with the 95% interval, and how
+    many photos it was trained on; a class with fewer than `FEW_PHOTOS` validation photos is said to have too few."""
+    lines = []
+    w = max(len(c) for c in result.classes)
+    for i, c in enumerate(result.classes):
+        n, right = sum(result.confusion[i]), result.confusion[i][i]
+        if n == 0:
+            lines.append(f"  {c:<{w}}  no validation photos ({trained_on.get(c, 0)} to train on): not measured")
+            continue
+        few = "  <- too few photos for this figure to mean much" if n < FEW_PHOTOS else ""
+        lines.append(
+            f"  {c:<{w}}  {right / n:6.1%} of {n:3d} validation photos right "
+            f"(95% interval {interval_text(wilson_interval(right, n))}; {trained_on.get(c, 0)} trained on){few}"
+        )
+    return lines
+
+
+def adapted_text(trained: Trained) -> str:
+    """What `train --from` says when done: what the model was adapted from, and each class's accuracy on the
+    group-aware validation photos with its interval, classes with too few photos named."""
+    origin = trained.ckpt["adapted_from"]
+    prep = trained.prepared()
+    result = evaluate(trained, "val")
+    labels = prep.split.labels[prep.train_idx]
+    trained_on = {c: int((labels == i).sum()) for i, c in enumerate(trained.classes)}
+    kept, new = origin["kept"], origin["new"]
+    head = (
+        f"adapted from {origin['model']} ({len(origin['classes'])} classes): "
+        + (f"{len(kept)} class(es) kept their head rows ({', '.join(kept)}), " if kept else "")
+        + f"{len(new)} new ({', '.join(new)})"
+    )
+    few = [c for i, c in enumerate(result.classes) if sum(result.confusion[i]) < FEW_PHOTOS]
+    tail = (
+        [
+            f"heritagelens: warning: {len(few)} class(es) with fewer than {FEW_PHOTOS} validation photos "
+            f"({', '.join(few)}): their figures are rough (see the intervals); more photos make them firmer"
+        ]
+        if few
+        else []
+    )
+    overall = (
+        f"accuracy on {result.name}: {result.accuracy:.1%} of {result.n} photos "
+        f"(95% interval {interval_text(result.interval)}), by class:"
+    )
+    return "\n".join([head, overall, *class_lines(result, trained_on), *tail])

@@ -208,6 +208,7 @@ def write_model_folder(checkpoint: Path | str, out: Path | str, **card: Any) -> 
             "classes": ckpt["classes"],
             "config": config.to_dict(),
             "calibration": ckpt.get("calibration"),
+            **({"adapted_from": ckpt["adapted_from"]} if ckpt.get("adapted_from") else {}),
             **card,
         },
         out / MODEL_CARD,
@@ -219,5 +220,5 @@ def read_model_folder(folder: Path | str) -> dict[str, Any]:
     card = model_card(folder)
     weights = read_weights(Path(folder) / MODEL_WEIGHTS, card["sha256"], "model weights")
     ckpt = {"format": FORMAT, "model": weights, "card": card, "ema": None, "epoch": None}
-    ckpt |= {k: card.get(k) for k in ("version", "classes", "config", "calibration")}
+    ckpt |= {k: card.get(k) for k in ("version", "classes", "config", "calibration", "adapted_from")}
     return checked(ckpt, Path(folder) / MODEL_CARD)

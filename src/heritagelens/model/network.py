@@ -114,6 +114,21 @@ def build_model(cfg: ModelConfig, num_classes: int) -> HeritageCNN:
     return HeritageCNN(cfg, num_classes)
 
 
+def with_classes(model: HeritageCNN, old: list[str], new: list[str]) -> tuple[HeritageCNN, list[str]]:
+    """`model` (which tells `old` apart) made to tell `new` apart: every feature layer and the input normalization
+    kept, a class of `new` that `old` names keeps its row of the linear head, the others get freshly initialized
+    rows (from torch's current seed). Returns the new model and the classes that kept their rows."""
+    adapted = build_model(model.cfg, len(new)).to(next(model.parameters()).device)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("head.fc.")}
+    adapted.load_state_dict(weights, strict=False)
+    kept = [c for c in new if c in old]
+    with torch.no_grad():
+        for c in kept:
+            adapted.head.fc.weight[new.index(c)] = model.head.fc.weight[old.index(c)]
+            adapted.head.fc.bias[new.index(c)] = model.head.fc.bias[old.index(c)]
+    return adapted, kept
+
+
 def conv_layer_names(model: HeritageCNN) -> list[str]:
     return [name for name, m in model.features.named_children() if isinstance(m, nn.Conv2d)]
 

@@ -327,6 +327,7 @@ def fit(
 
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    frozen = [p for name, p in model.named_parameters() if not name.startswith("head.")]  # while probing
     bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
     lr, full = 0.0, train_images.shape[-1]
     base = alternate_flips(len(train_images), tc.seed) if tc.flip_alternate else None
@@ -335,7 +336,10 @@ def fit(
         torch.manual_seed(tc.seed * 100_003 + epoch + 1_000_003 * w.rank)  # dropout: each process its own masks
         order = torch.randperm(len(train_images), generator=g)
         side = epoch_side(epoch, tc.epochs, tc, full)
+        probing = epoch < tc.probe_epochs
         model.train()
+        if probing:  # a linear probe: the features, their batch norm statistics included, stay as they are
+            model.features.eval()
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
@@ -366,6 +370,9 @@ def fit(
             # DDP averages the processes' gradients: weighting each share's mean by its size makes that average the
             # gradient of the mean loss over the whole global batch.
             scaler.scale(loss * (len(y) * w.size / len(idx))).backward()
+            if probing:  # dropped after the backward pass (not frozen before it), so that DDP sees every parameter
+                for p in frozen:
+                    p.grad = None
             scaler.step(opt)
             scaler.update()
             if state.ema is not None:

@@ -22,10 +22,17 @@ from ..config import Config
 from ..data import dataset
 from ..data.split import Prepared, prepare
 from ..distributed import from_main, init_world
-from ..files import WriteError, atomic_save, atomic_write_json, atomic_write_text
-from ..model.card import check_classes
-from ..model.checkpoint import FORMAT, VERSION, CheckpointError, model_from_checkpoint, read_checkpoint
-from ..model.network import build_model
+from ..files import WriteError, atomic_save, atomic_write_json, atomic_write_text, file_sha256
+from ..model.card import BUNDLED, check_classes
+from ..model.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    checkpoint_file,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from ..model.network import build_model, with_classes
 from ..model.precision import Choice, resolve
 from ..model.trained import Trained
 from .loop import EpochResult, TrainState, epoch_side, eval_model, fit, new_state
@@ -122,13 +129,53 @@ def initial_state(cfg: Config, prep: Prepared) -> TrainState:
 
 
 def starting_model(cfg: Config, classes: list[str]):
-    """The model `train.init_from` names, checked to be the model `cfg` describes and to know `classes`."""
+    """The model `train.init_from` names, checked to be the model `cfg` describes; when it knows other classes than
+    `classes`, adapted to them (`with_classes`: its features kept, a head row for each class)."""
     path = cfg.train.init_from
     ckpt = read_checkpoint(path)
-    check_classes(ckpt["classes"], classes, path)
     if Config.from_dict(ckpt["config"]).model != cfg.model:
         raise CheckpointError(f"{path}: train.init_from holds another model than this run's (model.* settings differ)")
-    return model_from_checkpoint(ckpt, path).train()
+    model = model_from_checkpoint(ckpt, path)
+    if list(ckpt["classes"]) != list(classes):
+        model = with_classes(model, list(ckpt["classes"]), list(classes))[0]
+    return model.train()
+
+
+def adapted_from(cfg: Config, classes: list[str]) -> dict[str, Any] | None:
+    """What a run adapts (`train.init_from` with other classes than `classes`), as its checkpoints record it: the
+    model it starts from, that model's classes, the classes that keep their head rows and the new ones; None when
+    the run starts from random weights or from a model of the same classes."""
+    path = cfg.train.init_from
+    if not path:
+        return None
+    ckpt = read_checkpoint(path)
+    old = list(ckpt["classes"])
+    if old == list(classes):
+        return None
+    card = ckpt.get("card") or {}
+    return {
+        "model": "HeritageLens bundled model" if Path(path).resolve() == BUNDLED.resolve() else str(path),
+        "sha256": card.get("sha256") or file_sha256(checkpoint_file(path)),
+        "classes": old,
+        "kept": [c for c in classes if c in old],
+        "new": [c for c in classes if c not in old],
+    }
+
+
+def lengthened(cfg: Config, prep: Prepared) -> tuple[Config, str]:
+    """`cfg` with its epochs (and its probe's, in proportion) raised so that they make at least `train.min_steps`
+    optimizer steps on `prep`'s training part, and why in words ('' when it makes as many already)."""
+    tc = cfg.train
+    per_epoch = math.ceil(len(prep.train_idx) / tc.batch_size)
+    need = math.ceil(tc.min_steps / per_epoch)
+    if need <= tc.epochs:
+        return cfg, ""
+    probe = round(tc.probe_epochs * need / tc.epochs)
+    why = (
+        f"{len(prep.train_idx)} training photos make {per_epoch} step(s) an epoch: {need} epochs "
+        f"({probe} of them the head alone) make the recipe's {tc.min_steps} steps"
+    )
+    return cfg.override([f"train.epochs={need}", f"train.probe_epochs={probe}"]), why
 
 
 def teacher_for(cfg: Config, classes: list[str]):
@@ -242,18 +289,28 @@ def train_run(
         run.record_precision(choice.to_dict())
     prep = prepare(cfg, like)
     s = prep.split
+    if cfg.train.min_steps and not resume:
+        cfg, why = lengthened(cfg, prep)
+        if why:
+            run.log(why)
+            if main:
+                print(f"heritagelens: {why}", flush=True)
     if cfg.train.minutes and not resume:  # every process measures (fit is collective), the main one decides
         epochs, why = budget_epochs(cfg, prep)
         epochs = from_main(epochs, w)
-        cfg = cfg.override([f"train.epochs={epochs}"])
+        cfg = cfg.override([f"train.epochs={epochs}", f"train.probe_epochs={min(epochs, cfg.train.probe_epochs)}"])
         if main:
             print(f"heritagelens: {why}", flush=True)
         run.log(why)
     if resume:
         check_classes(ckpt["classes"], s.classes, last)
         state = resume_state(ckpt, cfg, last)
+        origin = ckpt.get("adapted_from")
         run.log(f"resumed at epoch {state.epoch}")
     else:
+        origin = adapted_from(cfg, s.classes)
+        if origin:
+            run.log(f"adapted from {json.dumps(origin)}")
         state = initial_state(cfg, prep)
         if main:
             atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
@@ -279,11 +336,12 @@ def train_run(
             f"epoch {r.epoch} loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} val_acc {r.val_acc:.4f} "
             f"{r.seconds:.1f}s {r.images_per_s:.0f} img/s" + (f" at {r.side} px" if r.side < 64 else "")
         )
-        save_checkpoint(run.path / "last.pt", st, cfg, s.classes)
+        made = {"adapted_from": origin} if origin else {}
+        save_checkpoint(run.path / "last.pt", st, cfg, s.classes, **made)
         if is_best:
-            save_checkpoint(run.path / "best.pt", st, cfg, s.classes)
+            save_checkpoint(run.path / "best.pt", st, cfg, s.classes, **made)
         if r.epoch in cfg.train.snapshot_epochs:
-            save_checkpoint(run.path / f"epoch-{r.epoch}.pt", st, cfg, s.classes)
+            save_checkpoint(run.path / f"epoch-{r.epoch}.pt", st, cfg, s.classes, **made)
 
     xt, yt = s.images[prep.train_idx], s.labels[prep.train_idx]
     xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]

@@ -1,0 +1,226 @@
+"""Adapting a trained model to new classes with few photos, against training from scratch and a linear probe.
+
+    AHE_DATA=../shared/data/ahe64 python bench/adapt.py [--out bench-adapt] [--seeds 0 1 2] [--ns 10 25 50 100]
+
+From the AHE64 train split's group-aware division (the default `data.*` settings: the 10-class validation photos
+are never trained on by any model here):
+
+1. a default-recipe model is trained on the 7 old classes (their training photos only): `OUT/old7/`;
+2. for each seed and each N, an adaptation set is drawn from the training photos: `--old-photos` photos of each old
+   class and N of each of the 3 new classes (`NEW`), whole image groups at a time (no burst or near-duplicate
+   split); on it, with the same photos for each method (paired):
+   - `adapt`: `heritagelens train --from OUT/old7` (the 'adapt' recipe: a linear probe, then the whole network);
+   - `probe`: the same with the features frozen all along (`train.probe_epochs` = all of its epochs);
+   - `scratch`: the default recipe from random weights;
+   - at N=25 only, `no-probe`: the 'adapt' recipe without its probe (`train.probe_epochs=0`), the recipe's choice;
+3. each model is measured on the 10-class group-aware validation photos: accuracy on the new classes and on the old
+   ones, beside the 7-class model's accuracy on those old-class photos (7-way).
+
+Every run trains as `heritagelens train` does, its own group-aware validation split carved from its adaptation set.
+Results go to OUT/adapt.json (runs already there are kept: a stopped benchmark continues); `--table` prints the
+markdown tables from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heritagelens.config import Config, preset
+from heritagelens.data.split import prepare
+from heritagelens.files import atomic_write_json
+from heritagelens.model.checkpoint import load_model
+from heritagelens.model.inference import predict_logits
+from heritagelens.train.runs import train_run
+
+NEW = ("altar", "gargoyle", "vault")
+"""The classes the 7-class model never sees: one interior furnishing, one sculpture, one ceiling (chosen before
+any measurement)."""
+
+METHODS = {
+    "adapt": lambda old: [*_adapt(old)],
+    "probe": lambda old: [*_adapt(old), "train.probe_epochs=12"],
+    "scratch": lambda old: [],
+    "no-probe": lambda old: [*_adapt(old), "train.probe_epochs=0"],
+}
+
+
+def _adapt(old: Path) -> list[str]:
+    return [f"train.init_from={old}"]
+
+
+def link_folder(root: Path, files: list[str], labels: list[int], classes: list[str], folder: Path) -> Path:
+    """`folder/train/<class>/` of symbolic links to `files` (paths below `root`), made once."""
+    if (folder / "train").exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".making")
+    for f, y in zip(files, labels):
+        d = tmp / "train" / classes[y]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / Path(f).name).symlink_to((root / f).resolve())
+    tmp.rename(folder)
+    return folder
+
+
+def draw(idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, cls: int, n: int, rng) -> list[int]:
+    """About `n` of `idx`'s photos of class `cls`, whole groups at a time in a random order (at least `n`)."""
+    mine = idx[labels[idx] == cls]
+    chosen: list[int] = []
+    for g in rng.permutation(np.unique(groups[mine])):
+        if len(chosen) >= n:
+            break
+        chosen += mine[groups[mine] == g].tolist()
+    return chosen
+
+
+def measure(checkpoint: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    model, own, ckpt = load_model(checkpoint)
+    assert own == classes, (own, classes)
+    tta = Config.from_dict(ckpt["config"]).train.tta
+    pred = predict_logits(model, images, tta=tta).argmax(1)
+    new = torch.tensor([classes[int(y)] in NEW for y in labels])
+    right = pred == labels
+    return {
+        "accuracy": float(right.float().mean()),
+        "new": float(right[new].float().mean()),
+        "old": float(right[~new].float().mean()),
+        "n_new": int(new.sum()),
+        "n_old": int((~new).sum()),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench-adapt")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--ns", type=int, nargs="+", default=[10, 25, 50, 100])
+    p.add_argument("--old-photos", type=int, default=100, help="photos of each old class in an adaptation set")
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--table", action="store_true", help="print the tables of OUT/adapt.json and stop")
+    a = p.parse_args()
+    out = Path(a.out)
+    results_file = out / "adapt.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
+    if a.table:
+        print(tables(results))
+        return
+    root = Path(os.environ.get("AHE_DATA", "../shared/data/ahe64")).resolve()
+    full = prepare(Config().override([f"data.root={root}"]))
+    s = full.split
+    labels, groups = s.labels.numpy(), full.groups
+    new_ids = [s.classes.index(c) for c in NEW]
+    old_classes = [c for c in s.classes if c not in NEW]
+    val_images, val_labels = s.images[full.val_idx], s.labels[full.val_idx]
+
+    old_idx = full.train_idx[~np.isin(labels[full.train_idx], new_ids)]
+    old_root = link_folder(
+        root,
+        [s.files[i] for i in old_idx],
+        [old_classes.index(s.classes[labels[i]]) for i in old_idx],
+        old_classes,
+        out / "data-old7",
+    )
+    old_run = out / "old7"
+    if not (old_run / "last.pt").exists():
+        t0 = time.perf_counter()
+        train_run(preset("default").override([f"data.root={old_root}"]), old_run, progress=False)
+        results["old7_minutes"] = (time.perf_counter() - t0) / 60
+    old_mask = ~np.isin(val_labels.numpy(), new_ids)
+    if "old7" not in results:
+        model, _, _ = load_model(old_run)
+        pred = predict_logits(model, val_images[old_mask], tta=True).argmax(1)
+        old_labels = torch.tensor([old_classes.index(s.classes[int(y)]) for y in val_labels[old_mask]])
+        results["old7"] = {"old": float((pred == old_labels).float().mean()), "n_old": int(old_mask.sum())}
+        results["old7"]["classes"], results["new_classes"] = old_classes, list(NEW)
+        atomic_write_json(results, results_file)
+    print(f"7-class model on the old classes' validation photos: {results['old7']['old']:.2%}", flush=True)
+
+    source = preset("adapt").model  # the adapted model is the 7-class model's own, the default model
+    for seed in a.seeds:
+        for n in a.ns:
+            rng = np.random.default_rng(1000 * seed + n)
+            chosen = []
+            for c in range(len(s.classes)):
+                chosen += draw(full.train_idx, labels, groups, c, n if c in new_ids else a.old_photos, rng)
+            data = link_folder(
+                root,
+                [s.files[i] for i in chosen],
+                [int(labels[i]) for i in chosen],
+                s.classes,
+                out / f"data-n{n}-s{seed}",
+            )
+            for method in a.methods:
+                if method == "no-probe" and n != 25:
+                    continue
+                key = f"{method}/n{n}/s{seed}"
+                if key in results["runs"]:
+                    continue
+                recipe = "default" if method == "scratch" else "adapt"
+                sets = [f"data.root={data}", f"train.seed={seed}", *METHODS[method](old_run.resolve() / "last.pt")]
+                cfg = preset(recipe).override(sets)
+                assert cfg.model == source
+                run = out / "runs" / key.replace("/", "-")
+                t0 = time.perf_counter()
+                trained = train_run(cfg, run, progress=False)
+                seconds = time.perf_counter() - t0
+                row = measure(run / "last.pt", val_images, val_labels, s.classes)
+                row |= {
+                    "seconds": seconds,
+                    "photos": len(chosen),
+                    "trained_on": len(trained.prep.train_idx),
+                    "new_photos": int(np.isin(labels[chosen], new_ids).sum()),
+                    "epochs": trained.config.train.epochs,
+                }
+                results["runs"][key] = row
+                atomic_write_json(results, results_file)
+                print(
+                    f"{key}: new {row['new']:.2%} old {row['old']:.2%} all {row['accuracy']:.2%} "
+                    f"({row['photos']} photos, {seconds:.0f} s)",
+                    flush=True,
+                )
+    print(tables(results))
+
+
+def tables(results: dict) -> str:
+    runs = results["runs"]
+    methods = [m for m in METHODS if any(k.startswith(m + "/") for k in runs)]
+    ns = sorted({int(k.split("/")[1][1:]) for k in runs})
+    old7 = results.get("old7", {}).get("old")
+    lines = [
+        f"7-class model on the old classes' validation photos ({results['old7']['n_old']} photos, 7-way): {old7:.2%}"
+        if old7 is not None
+        else "",
+        "",
+        "| N new photos / class | method | new classes | old classes | old vs 7-class | all 10 | seconds | photos |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in ns:
+        for m in methods:
+            rows = [v for k, v in runs.items() if k.startswith(f"{m}/n{n}/")]
+            if not rows:
+                continue
+
+            def mean(key: str, rows: list = rows) -> float:
+                return statistics.mean(r[key] for r in rows)
+
+            def spread(key: str, rows: list = rows) -> str:
+                vals = [r[key] for r in rows]
+                return f"{statistics.mean(vals):.1%}" + (f" ({min(vals):.1%}-{max(vals):.1%})" if len(vals) > 1 else "")
+
+            delta = f"{(mean('old') - old7) * 100:+.1f} pt" if old7 is not None else ""
+            lines.append(
+                f"| {n} | {m} ({len(rows)} seeds) | {spread('new')} | {spread('old')} | {delta} | {spread('accuracy')} "
+                f"| {statistics.median(r['seconds'] for r in rows):.0f} | {int(mean('photos'))} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Adapting a trained model to other classes: the head remapped by class name, the linear probe, the least number
+of steps, and `heritagelens train --from` as a person runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FP32, SETS, TINY_MODEL, cli, make_dataset, metrics, tiny_config
+
+from heritagelens.config import Config
+from heritagelens.data.split import prepare
+from heritagelens.model.checkpoint import read_checkpoint, write_model_folder
+from heritagelens.model.network import build_model, with_classes
+from heritagelens.train.runs import lengthened, train_run
+
+NEW_CLASSES = ("arch", "portal", "crypt")
+"""The adapted data's classes: one the source model knows ('arch'), two it does not."""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny model trained on arch, bell and dome, and a folder of photos of arch, portal and crypt."""
+    tmp = tmp_path_factory.mktemp("adapt")
+    old = make_dataset(tmp / "old")
+    train_run(tiny_config(old, "train.epochs=2"), tmp / "old-run", progress=False)
+    return tmp / "old-run" / "last.pt", make_dataset(tmp / "new", classes=NEW_CLASSES, per_class=30, seed=3)
+
+
+def test_a_new_head_keeps_the_features_and_the_rows_of_the_classes_it_knows():
+    cfg = Config().override(TINY_MODEL).model
+    torch.manual_seed(0)
+    model = build_model(cfg, 3)
+    model.normalize.mean.fill_(100.0)
+    adapted, kept = with_classes(model, ["a", "b", "c"], ["c", "x", "a"])
+    assert kept == ["c", "a"]
+    old, new = model.state_dict(), adapted.state_dict()
+    assert all(torch.equal(new[k], v) for k, v in old.items() if not k.startswith("head.fc."))
+    w, b = model.head.fc.weight, model.head.fc.bias
+    assert torch.equal(adapted.head.fc.weight[0], w[2]) and torch.equal(adapted.head.fc.weight[2], w[0])
+    assert torch.equal(adapted.head.fc.bias[0], b[2]) and adapted.head.fc.weight.shape == (3, w.shape[1])
+    assert not any(torch.allclose(adapted.head.fc.weight[1], row) for row in w)  # a new row of its own
+    assert adapted(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_an_adapted_run_starts_from_the_source_s_weights_and_says_what_it_came_from(source, tmp_path):
+    ckpt_path, new = source
+    src = read_checkpoint(ckpt_path)
+    still = ["train.lr=1e-9", "train.muon_lr=1e-9", "train.epochs=1"]
+    run = train_run(tiny_config(new, *still, f"train.init_from={ckpt_path}"), tmp_path / "run", progress=False)
+    assert run.classes == sorted(NEW_CLASSES)
+    origin = read_checkpoint(tmp_path / "run" / "last.pt")["adapted_from"]
+    assert origin["classes"] == ["arch", "bell", "dome"] and origin["kept"] == ["arch"]
+    assert origin["new"] == ["crypt", "portal"] and origin["model"] == str(ckpt_path)
+    tuned = run.model.state_dict()
+    for k, v in src["model"].items():
+        if k.startswith("features.") and k.endswith("weight"):  # a learning rate of 1e-9 leaves them as they were
+            assert torch.allclose(tuned[k].float(), v.float(), atol=1e-6), k
+    arch = src["classes"].index("arch")
+    assert torch.allclose(tuned["head.fc.weight"][run.classes.index("arch")], src["model"]["head.fc.weight"][arch])
+
+
+def test_an_adapted_model_learns_the_new_classes(source, tmp_path):
+    ckpt_path, new = source
+    cfg = tiny_config(new, "train.epochs=6", "train.probe_epochs=2", "train.lr=0.05", f"train.init_from={ckpt_path}")
+    run = train_run(cfg, tmp_path / "run", progress=False)
+    assert float(metrics(tmp_path / "run")[-1]["val_acc"]) >= 0.9  # chance is 1/3; the stripes are easy to tell
+    assert len(run.prep.val_idx) > 0
+
+
+def test_probe_epochs_train_the_head_alone(source, tmp_path):
+    ckpt_path, new = source
+    start = read_checkpoint(ckpt_path)["model"]
+    probe = train_run(
+        tiny_config(new, "train.epochs=2", "train.probe_epochs=2", f"train.init_from={ckpt_path}"),
+        tmp_path / "probe",
+        progress=False,
+    ).model.state_dict()
+    features = [k for k in start if k.startswith("features.")]
+    assert any(k.endswith("running_mean") for k in features)  # the batch norm statistics are among them
+    assert all(torch.equal(probe[k], start[k]) for k in features)
+    whole = train_run(
+        tiny_config(new, "train.epochs=2", "train.probe_epochs=1", f"train.init_from={ckpt_path}"),
+        tmp_path / "whole",
+        progress=False,
+    ).model.state_dict()
+    assert not torch.equal(whole["features.conv1_1.weight"], start["features.conv1_1.weight"])
+    assert not torch.equal(probe["head.fc.weight"], whole["head.fc.weight"])
+
+
+def test_a_small_training_set_trains_for_the_recipe_s_least_number_of_steps(source):
+    _, new = source
+    cfg = tiny_config(new, "train.epochs=4", "train.probe_epochs=2", "train.min_steps=30")
+    prep = prepare(cfg)
+    longer, why = lengthened(cfg, prep)
+    per_epoch = -(-len(prep.train_idx) // cfg.train.batch_size)
+    assert longer.train.epochs == -(-30 // per_epoch) and longer.train.epochs * per_epoch >= 30
+    assert longer.train.probe_epochs == round(2 * longer.train.epochs / 4) and "30 steps" in why
+    assert lengthened(tiny_config(new, "train.epochs=40", "train.min_steps=30"), prep)[1] == ""
+
+
+def test_train_from_adapts_with_the_source_s_model_and_says_each_class_s_interval(source, tmp_path):
+    ckpt_path, new = source
+    sets = [a for s in ["data.val_folds=4", "train.batch_size=16", "train.min_steps=40", *FP32] for a in ("--set", s)]
+    p = cli("train", "--data", new, "--from", ckpt_path.parent, "--out", tmp_path / "run", "--quiet", *sets)
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"]["widths"] == [8, 16]  # the source's model, not the recipe's
+    assert cfg["train"]["init_from"] == str(ckpt_path.parent.resolve()) and cfg["train"]["lr"] == 0.02  # 'adapt'
+    assert f"adapted from {ckpt_path.parent.resolve()} (3 classes): 1 class(es) kept their head rows (arch)" in p.stdout
+    lines = [ln for ln in p.stdout.splitlines() if "validation photos right" in ln]
+    assert len(lines) == 3 and all("95% interval" in ln and "too few photos" in ln for ln in lines)
+    assert "3 class(es) with fewer than 30 validation photos" in p.stdout
+    photo = next((new / "train" / "portal").iterdir())
+    q = cli("predict", tmp_path / "run", photo)
+    assert q.returncode == 0 and q.stdout.split(": ")[1].split()[0] in NEW_CLASSES, q.stderr
+
+
+def test_train_from_refuses_what_it_cannot_adapt(source, tmp_path):
+    ckpt_path, new = source
+    p = cli("train", "--data", new, "--from", tmp_path / "nowhere", "--out", tmp_path / "a", *SETS)
+    assert p.returncode != 0 and f"{tmp_path / 'nowhere'}: no such file" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "last.pt").write_bytes(ckpt_path.read_bytes())
+    q = cli("train", "--resume", tmp_path / "b", "--from", ckpt_path, *SETS)
+    assert q.returncode != 0 and "--resume or --from, not both" in q.stderr
+
+
+def test_a_model_folder_of_an_adapted_model_says_what_it_came_from(source, tmp_path):
+    ckpt_path, new = source
+    train_run(tiny_config(new, "train.epochs=1", f"train.init_from={ckpt_path}"), tmp_path / "run", progress=False)
+    write_model_folder(tmp_path / "run" / "last.pt", tmp_path / "folder")
+    card = json.loads((tmp_path / "folder" / "card.json").read_text())
+    assert card["adapted_from"]["new"] == ["crypt", "portal"]
+    assert read_checkpoint(tmp_path / "folder")["adapted_from"] == card["adapted_from"]
