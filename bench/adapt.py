@@ -9,10 +9,10 @@ are never trained on by any model here):
 2. for each seed and each N, an adaptation set is drawn from the training photos: `--old-photos` photos of each old
    class and N of each of the 3 new classes (`NEW`), whole image groups at a time (no burst or near-duplicate
    split); on it, with the same photos for each method (paired):
-   - `adapt`: `heritagelens train --from OUT/old7` (the 'adapt' recipe: a linear probe, then the whole network);
-   - `probe`: the same with the features frozen all along (`train.probe_epochs` = all of its epochs);
+   - `adapt`: `heritagelens train --from OUT/old7` (the 'adapt' recipe: the head fitted, then the whole network);
+   - `probe`: the fitted head alone (a frozen-feature linear probe, and one epoch of the head);
    - `scratch`: the default recipe from random weights;
-   - at N=25 only, `no-probe`: the 'adapt' recipe without its probe (`train.probe_epochs=0`), the recipe's choice;
+   - at N=25 only, the recipe's rivals (`adapt-lr02`, `sgd-probe`: see `METHODS`);
 3. each model is measured on the 10-class group-aware validation photos: accuracy on the new classes and on the old
    ones, beside the 7-class model's accuracy on those old-class photos (7-way).
 
@@ -45,15 +45,24 @@ NEW = ("altar", "gargoyle", "vault")
 any measurement)."""
 
 METHODS = {
-    "adapt": lambda old: [*_adapt(old)],
-    "probe": lambda old: [*_adapt(old), "train.probe_epochs=12"],
+    "adapt": lambda old: [f"train.init_from={old}"],
+    "probe": lambda old: [f"train.init_from={old}", "train.epochs=1", "train.probe_epochs=1", "train.min_steps=0"],
     "scratch": lambda old: [],
-    "no-probe": lambda old: [*_adapt(old), "train.probe_epochs=0"],
+    "adapt-lr02": lambda old: [f"train.init_from={old}", "train.lr=0.02", "train.muon_lr=0.02"],
+    "sgd-probe": lambda old: [f"train.init_from={old}", *V1],
 }
-
-
-def _adapt(old: Path) -> list[str]:
-    return [f"train.init_from={old}"]
+"""`adapt`: the 'adapt' recipe; `probe`: its fitted head alone (and one epoch of the head, features frozen);
+`scratch`: the default recipe from random weights; at N=25 only, the recipe's two rivals: `adapt-lr02` (a lower
+rate) and `sgd-probe` (the first recipe tried: no fitted head and no class weights, a 3-epoch gradient probe, rate
+0.02)."""
+ONLY_AT_25 = ("adapt-lr02", "sgd-probe")
+V1 = [
+    "train.head_fit=false",
+    "train.balanced=false",
+    "train.probe_epochs=3",
+    "train.lr=0.02",
+    "train.muon_lr=0.02",
+]
 
 
 def link_folder(root: Path, files: list[str], labels: list[int], classes: list[str], folder: Path) -> Path:
@@ -104,6 +113,8 @@ def main() -> None:
     p.add_argument("--old-photos", type=int, default=100, help="photos of each old class in an adaptation set")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--table", action="store_true", help="print the tables of OUT/adapt.json and stop")
+    p.add_argument("--review", action="store_true", help="only the review loop, from the adapted N=25 models")
+    p.add_argument("--decisions", type=int, default=200)
     a = p.parse_args()
     out = Path(a.out)
     results_file = out / "adapt.json"
@@ -142,6 +153,17 @@ def main() -> None:
         atomic_write_json(results, results_file)
     print(f"7-class model on the old classes' validation photos: {results['old7']['old']:.2%}", flush=True)
 
+    if a.review:
+        for seed in a.seeds:
+            model = out / "runs" / f"adapt-n25-s{seed}" / "last.pt"
+            for name, sets in (("learn", []), ("learn-no-teacher", ["train.kd_weight=0", "train.teachers=[]"])):
+                key = f"{name}/s{seed}"
+                if key not in results.setdefault("review", {}):
+                    results["review"][key] = review_loop(out, root, full, model, a.decisions, seed, name, sets)
+                    atomic_write_json(results, results_file)
+                print(key, results["review"][key], flush=True)
+        print(tables(results))
+        return
     source = preset("adapt").model  # the adapted model is the 7-class model's own, the default model
     for seed in a.seeds:
         for n in a.ns:
@@ -157,7 +179,7 @@ def main() -> None:
                 out / f"data-n{n}-s{seed}",
             )
             for method in a.methods:
-                if method == "no-probe" and n != 25:
+                if method in ONLY_AT_25 and n != 25:
                     continue
                 key = f"{method}/n{n}/s{seed}"
                 if key in results["runs"]:
@@ -186,6 +208,58 @@ def main() -> None:
                     flush=True,
                 )
     print(tables(results))
+
+
+def review_loop(out: Path, root: Path, full, model: Path, decisions: int, seed: int, name: str, sets: list) -> dict:
+    """The review loop on the source-held-out photos (each class's newest Flickr uploads, never trained on): sorted
+    by `model`, the first `decisions` unsure ones (in a random order) filed by their true class as a person would,
+    then `learn`; accuracy on the rest of the unsure photos before and after."""
+    import shutil
+
+    from heritagelens.jobs.learn import learn
+    from heritagelens.sort.journal import UNCERTAIN
+    from heritagelens.sort.review import decide, sorted_rows
+    from heritagelens.sort.sorter import sort_photos
+
+    s = full.split
+    photos, sort_out, learnt = out / "review-photos", out / f"review-sort-s{seed}", out / f"review-{name}-s{seed}"
+    if not photos.exists():
+        link_folder(
+            root, [s.files[i] for i in full.source_idx], [int(s.labels[i]) for i in full.source_idx], s.classes, photos
+        )
+    shutil.rmtree(sort_out, ignore_errors=True)
+    shutil.rmtree(learnt, ignore_errors=True)
+    sort_photos(model, photos / "train", sort_out, progress=False)
+    rows = sorted_rows(sort_out, s.classes)
+    unsure = sorted(f for f, r in rows.items() if r["copied_to"].split("/")[0] == UNCERTAIN)
+    rng = np.random.default_rng(seed)
+    order = [unsure[i] for i in rng.permutation(len(unsure))]
+    n = min(decisions, len(order) // 2)
+    for f in order[:n]:
+        decide(sort_out, f, f.split("/")[0], s.classes)
+    rest = order[n:]
+
+    def right(rows: dict) -> int:
+        return sum(rows[f]["class"] == f.split("/")[0] for f in rest)
+
+    before = right(sorted_rows(sort_out, s.classes))
+    t0 = time.perf_counter()
+    learned = learn(sort_out, learnt, sets=sets, progress=False)
+    seconds = time.perf_counter() - t0
+    after = right(sorted_rows(sort_out, s.classes))
+    return {
+        "photos": len(rows),
+        "unsure": len(unsure),
+        "decisions": n,
+        "rest": len(rest),
+        "before": before / len(rest),
+        "after": after / len(rest),
+        "held_out": learned.held_out,
+        "held_before": learned.right_before / learned.held_out,
+        "held_after": learned.right_after / learned.held_out,
+        "still_unsure": sum(1 for f in rest if sorted_rows(sort_out, s.classes)[f]["copied_to"].startswith(UNCERTAIN)),
+        "seconds": seconds,
+    }
 
 
 def tables(results: dict) -> str:
@@ -219,6 +293,19 @@ def tables(results: dict) -> str:
                 f"| {n} | {m} ({len(rows)} seeds) | {spread('new')} | {spread('old')} | {delta} | {spread('accuracy')} "
                 f"| {statistics.median(r['seconds'] for r in rows):.0f} | {int(mean('photos'))} |"
             )
+    for key, r in results.get("review", {}).items():
+        if key == next(iter(results["review"])):
+            lines += [
+                "",
+                "| review loop | photos | unsure | decisions | rest: before | rest: after | still unsure | held-out "
+                "decisions: before -> after | seconds |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+        lines.append(
+            f"| {key} | {r['photos']} | {r['unsure']} | {r['decisions']} | {r['before']:.1%} | {r['after']:.1%} "
+            f"| {r['still_unsure']} | {r['held_before']:.1%} -> {r['held_after']:.1%} ({r['held_out']}) "
+            f"| {r['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -372,10 +372,11 @@ def test_every_named_preset_builds_a_model_that_runs(name):
         default = preset("default")
         assert cfg.model.widths > default.model.widths and cfg.train.epochs > default.train.epochs
         assert cfg.train.minutes == 60 and cfg.model.arch == "plain"
-    if name == "adapt":  # a probe, then the whole network at a lower rate, for a least number of steps
+    if name == "adapt":  # the head fitted, then the whole network, classes alike, for a least number of steps
         default = preset("default")
-        assert 0 < cfg.train.probe_epochs < cfg.train.epochs < default.train.epochs and cfg.train.min_steps > 0
-        assert cfg.train.lr < default.train.lr and cfg.train.res_min == 64 and cfg.model == default.model
+        assert cfg.train.head_fit and cfg.train.balanced and cfg.train.probe_epochs == 0
+        assert cfg.train.epochs < default.train.epochs and cfg.train.min_steps > 0
+        assert cfg.train.res_min == 64 and cfg.model == default.model
 
 
 # --------------------------------------------------------------------------------------------------- time budget

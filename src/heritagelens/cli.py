@@ -132,6 +132,7 @@ EXAMPLES = {
     "predict": "heritagelens predict photos/ --top 5 --csv > predictions.csv",
     "calibrate": "heritagelens calibrate runs/best-1",
     "sort": "heritagelens sort ~/Pictures/survey --out ~/Pictures/survey-sorted --xmp --target-accuracy 0.98",
+    "learn": "heritagelens learn ~/Pictures/survey-sorted",
     "export": "heritagelens export runs/best-1 --out model.onnx",
     "layers": "heritagelens layers runs/best-1",
     "deconv": "heritagelens deconv runs/best-1 --top9 --layer conv4_2 --channels 3 17",
@@ -538,6 +539,27 @@ def cmd_sort(args) -> int:
     print(s.text())
     if s.sorted == 0 and s.skipped == 0:
         raise UsageError(f"{args.photos}: none of the {s.unreadable} file(s) is an image that could be read")
+    return 0
+
+
+@command(
+    "learn",
+    "fine-tune a sort's model on the photos a person filed, and sort the unsure ones again with it",
+    arg("sort", help="a folder 'heritagelens sort' wrote, reviewed on the Review tab of 'heritagelens serve'"),
+    arg("--model-out", metavar="DIR", help="the new model folder (default: beside the old model, <name>-learned-K)"),
+    arg("--min-confidence", type=float, metavar="P", help="threshold of the new sort (default: the sort's own)"),
+    arg("--no-resort", action="store_true", help="write the new model only; leave the sort as it is"),
+    arg("--set", action="append", metavar="train.KEY=VALUE", help="a train.* setting over the recipe (repeatable)"),
+    QUIET,
+    interrupted="the sort is as it was before, or as the journal says: run 'heritagelens learn' again",
+)
+def cmd_learn(args) -> int:
+    """Learn from a person's review of a sort (see `heritagelens.jobs.learn`)."""
+    from .jobs.learn import learn
+
+    sets = _settings(args, "learn", ("train.",))
+    result = learn(args.sort, args.model_out, sets, not args.no_resort, args.min_confidence, not args.quiet)
+    print(result.text())
     return 0
 
 

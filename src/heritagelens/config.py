@@ -40,6 +40,9 @@ class DataConfig:
 
     root: str = "data/ahe64"
     """Dataset root holding `train/<class>/*` and optionally `test/<class>/*`."""
+    classes: tuple[str, ...] = ()
+    """The classes in order, when `train/` holds photos of only some of them (learning from a person's review of a
+    sort: the model keeps every class it knows); empty: the class folders of `train/`, sorted."""
     val_folds: int = 7
     """Validation is one fold of a stratified group k-fold over `train/`: 7 folds hold out about 14%."""
     val_fold: int = 0
@@ -66,6 +69,7 @@ class DataConfig:
     `../shared/data/ahe64-outside`, whichever exists; 'none' evaluates none."""
 
     def __post_init__(self):
+        self.classes = tuple(self.classes)
         if self.val_folds < 2:
             raise ConfigError("data.val_folds must be at least 2")
         check_seed(self.split_seed, "data.split_seed")
@@ -224,6 +228,12 @@ class TrainConfig:
     min_steps: int = 0
     """At least this many optimizer steps: on a training set too small for `epochs` to make them, the epochs (and
     `probe_epochs`, in proportion) are raised until they do (0: `epochs` as given)."""
+    head_fit: bool = False
+    """With `init_from`: before training, the linear head fitted to the training photos' features by logistic
+    regression, each class weighted alike (`heritagelens.train.loop.fit_head`): a linear probe in one step."""
+    balanced: bool = False
+    """Weigh the loss so that every class counts alike however many photos it has (few photos of new classes beside
+    many of old ones)."""
     probe_epochs: int = 0
     """The first this many epochs train the linear head alone (a linear probe: the feature layers, their batch norm
     statistics included, stay as they are), the rest the whole network; for adapting a model to new classes."""
@@ -525,16 +535,17 @@ in BENCHMARKS.md)."""
 ADAPT = [
     *COLOUR,
     "train.epochs=12",
-    "train.probe_epochs=3",
+    "train.head_fit=true",
+    "train.balanced=true",
     "train.min_steps=200",
-    "train.lr=0.02",
-    "train.muon_lr=0.02",
+    "train.muon_lr=0.05",
     "train.res_min=64",
     "train.snapshot_epochs=[]",
 ]
-"""Adapting a trained model to other classes (`heritagelens train --from`): a linear probe of the head, then the
-whole network at a lower rate, at full resolution, for at least 200 steps however few the photos (the recipe
-chosen by `bench/adapt.py`, BENCHMARKS.md)."""
+"""Adapting a trained model to other classes (`heritagelens train --from`): the head fitted to the photos' features
+first (a linear probe in one step, every class weighted alike), then the whole network, every class counting alike
+in the loss, at full resolution, for at least 200 steps however few the photos. Chosen by `bench/adapt.py` over a
+gradient-trained probe and a lower rate (BENCHMARKS.md)."""
 
 PRESETS: dict[str, list[str]] = {
     "default": COLOUR,

@@ -74,7 +74,8 @@ def prepare(cfg: Config, like: Prepared | None = None) -> Prepared:
     if like is not None and like.grouped_for == _grouping(dc):
         split, groups = like.split, like.groups
     else:
-        split = dataset.load_split(dc.root, "train", on_bad_file=dc.on_bad_file, cache_dir=dc.cache_dir or None)
+        classes = list(dc.classes) or None
+        split = dataset.load_split(dc.root, "train", classes, dc.on_bad_file, dc.cache_dir or None)
         groups = dataset.find_groups(split.files, split.images, dc.near_dup_corr, dc.flickr_id_window)
     labels = split.labels.numpy()
     src = dataset.source_holdout(split.files, labels, groups, dc.source_val, dc.source_ranges)
@@ -93,7 +94,7 @@ def prepare(cfg: Config, like: Prepared | None = None) -> Prepared:
 
 def _grouping(dc) -> tuple:
     """What the decoded images and their groups depend on."""
-    return (str(dc.root), dc.on_bad_file, dc.near_dup_corr, dc.flickr_id_window)
+    return (str(dc.root), tuple(dc.classes), dc.on_bad_file, dc.near_dup_corr, dc.flickr_id_window)
 
 
 def _division(cfg: Config) -> tuple:
@@ -110,4 +111,5 @@ def data_config_of(ckpt: dict, root: Path | str | None = None, data_overrides: l
 def train_split(ckpt: dict, root: Path | str | None = None) -> dataset.Split:
     """The train split of `root`, or of the data the checkpoint's model was trained on."""
     cfg = Config.from_dict(ckpt["config"])
-    return dataset.load_split(root or cfg.data.root, "train", cache_dir=cfg.data.cache_dir or None)
+    classes = list(cfg.data.classes) or None
+    return dataset.load_split(root or cfg.data.root, "train", classes, cache_dir=cfg.data.cache_dir or None)

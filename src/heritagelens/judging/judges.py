@@ -95,7 +95,7 @@ def judge_key(name: str, data_cfg: DataConfig, extra: list[str] = ()) -> str:
     holds its whole recipe; a deliberate change of the judges is a new `PANEL_VERSION`."""
     # where the data sits; what judges never hold out or see
     unkeyed = ("root", "cache_dir", "source_val", "source_share", "outside")
-    split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in unkeyed}
+    split = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in unkeyed and (v or k != "classes")}
     d = {"panel": PANEL_VERSION, "judge": name, "recipe": [*JUDGES[name], *extra], "split": split}
     return _with_files(hashlib.sha256(json.dumps(d, sort_keys=True).encode()), data_cfg)
 

@@ -129,6 +129,17 @@ def with_classes(model: HeritageCNN, old: list[str], new: list[str]) -> tuple[He
     return adapted, kept
 
 
+@torch.no_grad()
+def pooled_features(model: HeritageCNN, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """What the linear head sees of uint8 images (N, 3, 64, 64): the pooled last feature map (N, widths[-1]), in
+    float32 on the CPU, the model in eval mode."""
+    device = next(model.parameters()).device
+    with evaluating(model):
+        batches = (images[i : i + batch_size].to(device).float() for i in range(0, len(images), batch_size))
+        parts = [model.head.flatten(model.head.pool(model.features(model.normalize(x)))) for x in batches]
+    return torch.cat(parts).float().cpu()
+
+
 def conv_layer_names(model: HeritageCNN) -> list[str]:
     return [name for name, m in model.features.named_children() if isinstance(m, nn.Conv2d)]
 

@@ -194,10 +194,66 @@ def sort_photos(
         with folder_lock(out):
             check_settings(out, settings)
             run = _Sort(model, classes, t or 1.0, plan, summary)
-            if not (out / META).exists():
-                atomic_write_json(settings, out / META)
+            before = _settings(out) if (out / META).exists() else {}
+            ran = {"min_confidence": min_confidence, "link": link, "xmp": xmp or bool(before.get("xmp"))}
+            atomic_write_json({**before, **settings, **ran}, out / META)
             return run.go(batch_size, progress)
     except OSError as e:  # a full disk while writing the journal or the CSV, a folder that cannot be made
+        raise SortError(_disk_message(e, out, summary)) from None
+
+
+def _settings(out: Path) -> dict:
+    from .review import sort_settings
+
+    return sort_settings(out)
+
+
+def resort(
+    out: Path | str, checkpoint: Path | str, min_confidence: float | None = None, progress: bool = True
+) -> SortSummary:
+    """Make `checkpoint` the model of the sort in `out` and sort again with it the photos waiting in `_uncertain/`
+    that no person decided (and any photo new or changed since): those it is sure of move to their class folders,
+    each move journaled before it is made, as every sort move is. Every other photo stays where it is, a person's
+    decisions above all; the sort's settings keep the models that sorted before (`earlier`). The threshold is the
+    sort's own unless `min_confidence` gives another; the model must know every class the sort filed into."""
+    from ..files import atomic_write_json
+    from ..model.checkpoint import checkpoint_file, load_model, temperature
+
+    out = Path(out)
+    before = _settings(out)
+    model, classes, ckpt = load_model(checkpoint)
+    t = temperature(ckpt, tta=False)
+    folders = {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")} - {UNCERTAIN}
+    if unknown := sorted(folders - set(classes)):
+        raise SortError(f"{checkpoint}: does not know class '{unknown[0]}' of the sort in {out}: cannot sort it again")
+    min_confidence = before.get("min_confidence", 0.5) if min_confidence is None else min_confidence
+    xmp = bool(before.get("xmp"))
+    photos = Path(before["photos"])
+    summary = SortSummary(
+        calibrated=t is not None, min_confidence=min_confidence, out=out, model=str(checkpoint), xmp=xmp
+    )
+    earlier = {"checkpoint": before.get("checkpoint"), "temperature": before.get("temperature")}
+    settings = {
+        **before,
+        "checkpoint": str(checkpoint_file(checkpoint).resolve()),
+        "temperature": t,
+        "min_confidence": min_confidence,
+        "earlier": [*before.get("earlier", []), earlier],
+    }
+    try:
+        with folder_lock(out):
+            rows = read_journal(out, classes)
+            again = frozenset(
+                f
+                for f, r in rows.items()
+                if (r.get("copied_to") or "").split("/")[0] == UNCERTAIN and not r.get("decided") and not r.get("error")
+            )
+            how, link = before.get("view", DEFAULT_VIEW), bool(before.get("link"))
+            plan = Plan(photos, out, min_confidence, link, how, model_name(checkpoint) if xmp else "", again)
+            run = _Sort(model, classes, t or 1.0, plan, summary)
+            atomic_write_json(settings, out / META)
+            return run.go(64, progress)
+    except OSError as e:
         raise SortError(_disk_message(e, out, summary)) from None
 
 
@@ -215,6 +271,8 @@ class Plan:
     """How a photo becomes the model's input (`inputs.VIEWS`)."""
     xmp_model: str = ""
     """With a model's name: XMP sidecars are written beside the photos, saying that model's classes."""
+    again: frozenset[str] = frozenset()
+    """Photos (as `sort.csv` names them) sorted again though unchanged since: those a new model sorts (`resort`)."""
 
 
 def model_name(checkpoint: Path | str) -> str:
@@ -347,7 +405,8 @@ class _Sort:
             except OSError:
                 continue  # gone since the walk listed it
             row = self.done.get(rel)
-            if row and not row.get("error") and row.get("identity") == ident and (self.out / row["copied_to"]).exists():
+            done = row and not row.get("error") and row.get("identity") == ident and rel not in self.plan.again
+            if done and (self.out / row["copied_to"]).exists():
                 self.summary.skipped += 1
                 continue
             yield path, rel, ident
@@ -449,6 +508,8 @@ class _Sort:
         for row in list(self.done.values()):
             old = row.get("copied_to")
             if not old or row.get("error") or row.get("decided"):  # a person's decision is not the threshold's
+                continue
+            if row["file"] in self.plan.again:  # sorted again by this run
                 continue
             want = self.folder(row["class"], row["p"])
             if old.split("/")[0] != want and (self.out / old).exists():

@@ -231,6 +231,41 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return F.kl_div(torch.log_softmax(logits / t, 1), target, reduction="batchmean") * t * t
 
 
+def fit_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[int]:
+    """Set the linear head's rows of the classes among `labels` to a logistic regression on the features the model
+    computes for `images` (un-augmented, eval mode), every class weighted alike however many photos it has
+    (scikit-learn's L-BFGS, deterministic); a linear probe in one step. The rows of classes without photos are kept.
+    Returns the classes fitted."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ..model.network import pooled_features
+
+    feats = pooled_features(model, images).double().numpy()
+    y = labels.numpy()
+    present = sorted(set(y.tolist()))
+    if len(present) < 2:
+        return []
+    probe = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(feats, y)
+    coef, bias = probe.coef_, probe.intercept_
+    if len(present) == 2:  # one row for two classes: the softmax of (-w/2, w/2) is that sigmoid
+        coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    fc = model.head.fc
+    with torch.no_grad():
+        for row, c in enumerate(probe.classes_.tolist()):
+            fc.weight[c] = torch.from_numpy(coef[row]).to(fc.weight)
+            fc.bias[c] = float(bias[row])
+    return present
+
+
+def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Loss weights that make every class with photos count alike: n / (classes with photos x its photos)."""
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    present = counts > 0
+    w = torch.ones(n_classes)
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return optim.make_optimizer(
         model,
@@ -326,7 +361,8 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    weight = class_weights(train_labels, model.head.fc.out_features).to(device) if tc.balanced else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
     frozen = [p for name, p in model.named_parameters() if not name.startswith("head.")]  # while probing
     bar = _progress(total, state.epoch * steps_per_epoch, progress and w.main)
     lr, full = 0.0, train_images.shape[-1]

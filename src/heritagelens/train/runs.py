@@ -35,7 +35,7 @@ from ..model.checkpoint import (
 from ..model.network import build_model, with_classes
 from ..model.precision import Choice, resolve
 from ..model.trained import Trained
-from .loop import EpochResult, TrainState, epoch_side, eval_model, fit, new_state
+from .loop import EpochResult, TrainState, epoch_side, eval_model, fit, fit_head, new_state
 
 
 def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: list[str], **extra: Any) -> Path:
@@ -120,7 +120,10 @@ def initial_state(cfg: Config, prep: Prepared) -> TrainState:
     with `train.init_from`, that checkpoint's model (the same model and classes) with a new optimizer."""
     torch.manual_seed(cfg.train.seed)
     if cfg.train.init_from:
-        return new_state(starting_model(cfg, prep.split.classes), cfg.train)
+        model = starting_model(cfg, prep.split.classes)
+        if cfg.train.head_fit:
+            fit_head(model, prep.split.images[prep.train_idx], prep.split.labels[prep.train_idx])
+        return new_state(model, cfg.train)
     model = build_model(cfg.model, len(prep.split.classes))
     mean, std = dataset.channel_stats(prep.split.images[prep.train_idx])
     model.normalize.mean.copy_(mean.reshape(1, 3, 1, 1))
