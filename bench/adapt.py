@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -50,12 +51,13 @@ METHODS = {
     "scratch": lambda old: [],
     "adapt-lr02": lambda old: [f"train.init_from={old}", "train.lr=0.02", "train.muon_lr=0.02"],
     "sgd-probe": lambda old: [f"train.init_from={old}", *V1],
+    "adapt-sgd": lambda old: [f"train.init_from={old}", "train.optimizer=sgd"],
 }
 """`adapt`: the 'adapt' recipe; `probe`: its fitted head alone (and one epoch of the head, features frozen);
 `scratch`: the default recipe from random weights; at N=25 only, the recipe's two rivals: `adapt-lr02` (a lower
-rate) and `sgd-probe` (the first recipe tried: no fitted head and no class weights, a 3-epoch gradient probe, rate
-0.02)."""
-ONLY_AT_25 = ("adapt-lr02", "sgd-probe")
+rate), `adapt-sgd` (SGD for the conv filters too, whose steps scale with the gradient, where Muon's do not) and
+`sgd-probe` (the first recipe tried: no fitted head and no class weights, a 3-epoch gradient probe, rate 0.02)."""
+ONLY_AT_25 = ("adapt-lr02", "sgd-probe", "adapt-sgd")
 V1 = [
     "train.head_fit=false",
     "train.balanced=false",
@@ -65,15 +67,20 @@ V1 = [
 ]
 
 
-def link_folder(root: Path, files: list[str], labels: list[int], classes: list[str], folder: Path) -> Path:
-    """`folder/train/<class>/` of symbolic links to `files` (paths below `root`), made once."""
+def link_folder(
+    root: Path, files: list[str], labels: list[int], classes: list[str], folder: Path, copy: bool = False
+) -> Path:
+    """`folder/train/<class>/` of symbolic links to `files` (paths below `root`), or copies of them, made once."""
     if (folder / "train").exists():
         return folder
     tmp = folder.with_name(folder.name + ".making")
     for f, y in zip(files, labels):
         d = tmp / "train" / classes[y]
         d.mkdir(parents=True, exist_ok=True)
-        (d / Path(f).name).symlink_to((root / f).resolve())
+        if copy:  # a sort reads no symbolic link
+            shutil.copyfile(root / f, d / Path(f).name)
+        else:
+            (d / Path(f).name).symlink_to((root / f).resolve())
     tmp.rename(folder)
     return folder
 
@@ -214,8 +221,6 @@ def review_loop(out: Path, root: Path, full, model: Path, decisions: int, seed: 
     """The review loop on the source-held-out photos (each class's newest Flickr uploads, never trained on): sorted
     by `model`, the first `decisions` unsure ones (in a random order) filed by their true class as a person would,
     then `learn`; accuracy on the rest of the unsure photos before and after."""
-    import shutil
-
     from heritagelens.jobs.learn import learn
     from heritagelens.sort.journal import UNCERTAIN
     from heritagelens.sort.review import decide, sorted_rows
@@ -224,9 +229,8 @@ def review_loop(out: Path, root: Path, full, model: Path, decisions: int, seed: 
     s = full.split
     photos, sort_out, learnt = out / "review-photos", out / f"review-sort-s{seed}", out / f"review-{name}-s{seed}"
     if not photos.exists():
-        link_folder(
-            root, [s.files[i] for i in full.source_idx], [int(s.labels[i]) for i in full.source_idx], s.classes, photos
-        )
+        files, ys = [s.files[i] for i in full.source_idx], [int(s.labels[i]) for i in full.source_idx]
+        link_folder(root, files, ys, s.classes, photos, copy=True)
     shutil.rmtree(sort_out, ignore_errors=True)
     shutil.rmtree(learnt, ignore_errors=True)
     sort_photos(model, photos / "train", sort_out, progress=False)

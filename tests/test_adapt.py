@@ -13,6 +13,7 @@ from heritagelens.config import Config
 from heritagelens.data.split import prepare
 from heritagelens.model.checkpoint import read_checkpoint, write_model_folder
 from heritagelens.model.network import build_model, with_classes
+from heritagelens.train.loop import class_weights, fit_head
 from heritagelens.train.runs import lengthened, train_run
 
 NEW_CLASSES = ("arch", "portal", "crypt")
@@ -107,7 +108,7 @@ def test_train_from_adapts_with_the_source_s_model_and_says_each_class_s_interva
     assert p.returncode == 0, p.stderr
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["model"]["widths"] == [8, 16]  # the source's model, not the recipe's
-    assert cfg["train"]["init_from"] == str(ckpt_path.parent.resolve()) and cfg["train"]["lr"] == 0.02  # 'adapt'
+    assert cfg["train"]["init_from"] == str(ckpt_path.parent.resolve()) and cfg["train"]["head_fit"]  # 'adapt'
     assert f"adapted from {ckpt_path.parent.resolve()} (3 classes): 1 class(es) kept their head rows (arch)" in p.stdout
     lines = [ln for ln in p.stdout.splitlines() if "validation photos right" in ln]
     assert len(lines) == 3 and all("95% interval" in ln and "too few photos" in ln for ln in lines)
@@ -135,3 +136,66 @@ def test_a_model_folder_of_an_adapted_model_says_what_it_came_from(source, tmp_p
     card = json.loads((tmp_path / "folder" / "card.json").read_text())
     assert card["adapted_from"]["new"] == ["crypt", "portal"]
     assert read_checkpoint(tmp_path / "folder")["adapted_from"] == card["adapted_from"]
+
+
+def test_the_fitted_head_tells_the_classes_apart_on_features_alone(source):
+    ckpt_path, new = source
+    prep = prepare(tiny_config(new))
+    src = read_checkpoint(ckpt_path)
+    model, _ = with_classes(
+        build_model(Config.from_dict(src["config"]).model, 3), ["arch", "bell", "dome"], list(NEW_CLASSES)
+    )
+    model.load_state_dict({k: v for k, v in src["model"].items() if not k.startswith("head.fc.")}, strict=False)
+    x, y = prep.split.images[prep.train_idx], prep.split.labels[prep.train_idx]
+    assert fit_head(model, x, y) == [0, 1, 2]
+    with torch.no_grad():
+        right = (model.eval()(x.float()).argmax(1) == y).float().mean()
+    assert right >= 0.9  # a linear probe of the stripes' features, on the photos it was fitted to
+    two = y < 2  # two classes: one logistic row, made into two softmax rows; the third row kept
+    third = model.head.fc.weight[2].clone()
+    assert fit_head(model, x[two], y[two]) == [0, 1] and torch.equal(model.head.fc.weight[2], third)
+    with torch.no_grad():
+        assert (model(x[two].float())[:, :2].argmax(1) == y[two]).float().mean() >= 0.9
+
+
+def test_class_weights_make_every_class_with_photos_count_alike():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    w = class_weights(labels, 3)
+    assert torch.allclose(w[:2] * torch.tensor([90.0, 10.0]), torch.tensor([50.0, 50.0])) and w[2] == 1.0
+
+
+@pytest.mark.realdata
+def test_a_model_adapted_from_the_bundled_one_to_two_new_classes_serves_every_command(ahe_root, tmp_path):
+    """The issue's first day: 30 photos of each of two classes the bundled model does not know, adapted in one
+    command; then predict, sort with sidecars, the deconvnet, a class image and the web app take the new model."""
+    import shutil
+    import urllib.request
+
+    from conftest import serving
+
+    mine = tmp_path / "mine"
+    for name, photos in (("tower", "bell_tower"), ("window", "stained_glass")):
+        (mine / "train" / name).mkdir(parents=True)
+        for f in sorted((ahe_root / "train" / photos).glob("*.jpg"))[:30]:
+            shutil.copy(f, mine / "train" / name / f.name)
+    run = tmp_path / "run"
+    quick = ("--set", "train.min_steps=20", "--set", "train.threads=2")
+    p = cli("train", "--data", mine, "--from", "bundled", "--out", run, "--quiet", *quick, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "adapted from HeritageLens bundled model (10 classes): 2 new (tower, window)" in p.stdout
+    assert read_checkpoint(run)["classes"] == ["tower", "window"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted((ahe_root / "train" / "stained_glass").glob("*.jpg"))[30:36]:
+        shutil.copy(f, photos / f.name)
+    q = cli("predict", run, photos)
+    assert q.returncode == 0 and q.stdout.count("window") >= 5, q.stdout + q.stderr  # 6 unseen windows
+    r = cli("sort", run, photos, "--out", tmp_path / "sorted", "--xmp", "--quiet")
+    assert r.returncode == 0 and len(list(photos.glob("*.xmp"))) == 6, r.stderr
+    d = cli("deconv", run, "--image", next(photos.glob("*.jpg")), "--out", tmp_path / "deconv")
+    assert d.returncode == 0 and list((tmp_path / "deconv").glob("deconv-*.png")), d.stderr
+    g = cli("dream", run, "--class", "tower", "--samples", "1", "--set", "dream.steps=8", "--out", tmp_path / "dream")
+    assert g.returncode == 0 and (tmp_path / "dream" / "dream-default-tower.png").exists(), g.stderr
+    with serving([str(run), "--data", str(mine)], tmp_path / "serve.log") as url:
+        config = urllib.request.urlopen(f"{url.rstrip('/')}/config", timeout=60).read().decode()
+    assert "tower" in config and "window" in config

@@ -33,9 +33,18 @@ from ..train.runs import train_run
 MIN_DECISIONS = 20
 """Fewer decisions than this are too few to learn from and to measure on."""
 
-LEARN = ["data.val_folds=4", "data.source_val=none", "train.kd_weight=0.5"]
+LEARN = [
+    "data.val_folds=4",
+    "data.source_val=none",
+    "train.head_fit=false",
+    "train.balanced=false",
+    "train.lr=0.02",
+    "train.muon_lr=0.02",
+    "train.kd_weight=0.5",
+]
 """How `learn` differs from the 'adapt' recipe: a quarter of the decisions held out (whole groups), none of them
-held out as another source, and the old model taught beside the person's classes at half the loss."""
+held out as another source; the model's own head kept (a few decisions of a class would fit it badly) and the
+whole network trained at a lower rate, its old self taught beside the person's classes at half the loss."""
 
 
 class LearnError(HeritageLensError):
