@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, preset
+from ..config import preset
 from ..errors import HeritageLensError
 from ..model.card import BUNDLED
 from ..model.checkpoint import config_of, load_model, write_model_folder
@@ -106,6 +106,7 @@ def learn(
     settings = sort_settings(out)
     source = Path(settings["checkpoint"])
     old, classes, ckpt = load_model(source)
+    trained_as = config_of(ckpt, source)
     rows = sorted_rows(out, classes)
     decided = [
         r
@@ -128,7 +129,7 @@ def learn(
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to((out / r["copied_to"]).resolve())
         cfg = preset("adapt")
-        cfg.model = config_of(ckpt, source).model
+        cfg.model = trained_as.model
         cfg = cfg.override(
             [
                 *LEARN,
@@ -143,7 +144,7 @@ def learn(
         run = train_run(cfg, Path(tmp) / "run", progress=progress)
         prep = run.prep
         x, y = prep.split.images[prep.val_idx], prep.split.labels[prep.val_idx]
-        tta = Config.from_dict(ckpt["config"]).train.tta
+        tta = trained_as.train.tta
 
         def right(model: torch.nn.Module) -> int:
             return int((predict_logits(model, x, tta=tta).argmax(1) == y).sum())

@@ -42,7 +42,7 @@ def judge_outputs(model: nn.Module, images: torch.Tensor, batch: int = 512) -> t
     with evaluating(model):
         for i in range(0, len(images), batch):
             x = amp.input(images[i : i + batch].float())
-            f = model.head.flatten(model.head.pool(model.features(model.normalize(x))))
+            f = model.pooled(x)
             probs.append(model.head.fc(f).softmax(1))
             feats.append(f)
     return torch.cat(probs), torch.cat(feats)

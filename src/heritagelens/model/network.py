@@ -53,6 +53,10 @@ class HeritageCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(self.normalize(x)))
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """What the linear head sees of images `x` (B, widths[-1]): the pooled last feature map, before dropout."""
+        return self.head.flatten(self.head.pool(self.features(self.normalize(x))))
+
 
 def _feature_layers(cfg: ModelConfig) -> OrderedDict[str, nn.Module]:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -136,7 +140,7 @@ def pooled_features(model: HeritageCNN, images: torch.Tensor, batch_size: int = 
     device = next(model.parameters()).device
     with evaluating(model):
         batches = (images[i : i + batch_size].to(device).float() for i in range(0, len(images), batch_size))
-        parts = [model.head.flatten(model.head.pool(model.features(model.normalize(x)))) for x in batches]
+        parts = [model.pooled(x) for x in batches]
     return torch.cat(parts).float().cpu()
 
 

@@ -46,6 +46,7 @@ from .journal import (
     write_csv,
 )
 from .place import STOPS, check_folders, flat_name, folder_lock, free_name, own_folder, photo_files, photo_in, stage
+from .review import sort_settings
 from .xmp import sidecar_tag
 
 
@@ -194,18 +195,12 @@ def sort_photos(
         with folder_lock(out):
             check_settings(out, settings)
             run = _Sort(model, classes, t or 1.0, plan, summary)
-            before = _settings(out) if (out / META).exists() else {}
+            before = sort_settings(out) if (out / META).exists() else {}
             ran = {"min_confidence": min_confidence, "link": link, "xmp": xmp or bool(before.get("xmp"))}
             atomic_write_json({**before, **settings, **ran}, out / META)
             return run.go(batch_size, progress)
     except OSError as e:  # a full disk while writing the journal or the CSV, a folder that cannot be made
         raise SortError(_disk_message(e, out, summary)) from None
-
-
-def _settings(out: Path) -> dict:
-    from .review import sort_settings
-
-    return sort_settings(out)
 
 
 def resort(
@@ -220,7 +215,7 @@ def resort(
     from ..model.checkpoint import checkpoint_file, load_model, temperature
 
     out = Path(out)
-    before = _settings(out)
+    before = sort_settings(out)
     model, classes, ckpt = load_model(checkpoint)
     t = temperature(ckpt, tta=False)
     folders = {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")} - {UNCERTAIN}
