@@ -12,7 +12,7 @@ from conftest import cli, make_dataset, tiny_config
 from heritagelens.jobs.learn import LearnError, learn, learned_folder
 from heritagelens.model.card import BUNDLED
 from heritagelens.model.checkpoint import read_checkpoint
-from heritagelens.sort.journal import META, UNCERTAIN
+from heritagelens.sort.journal import META, UNCERTAIN, SortError
 from heritagelens.sort.review import decide, sorted_rows
 from heritagelens.sort.sorter import sort_photos
 from heritagelens.train.runs import train_run
@@ -68,6 +68,9 @@ def test_learning_refuses_too_few_decisions_and_a_model_folder_that_exists(revie
     out = reviewed / "out"
     with pytest.raises(LearnError, match="exists; give a new --model-out"):
         learn(out, reviewed / "run", sets=QUICK, progress=False)
+    with pytest.raises(SortError, match="--min-confidence 1.5: must be between 0 and 1"):
+        learn(out, min_confidence=1.5, sets=QUICK, progress=False)
+    assert not (reviewed / "run-learned-1").exists()  # refused before any training
     fresh = tmp_path / "few"
     sort_photos(reviewed / "run", reviewed / "photos", fresh, progress=False)
     before = copies(fresh)

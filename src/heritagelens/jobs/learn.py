@@ -27,7 +27,7 @@ from ..model.inference import predict_logits
 from ..model.metrics import interval_text, wilson_interval
 from ..progress import say
 from ..sort.review import sort_settings, sorted_rows
-from ..sort.sorter import SortSummary, resort
+from ..sort.sorter import SortSummary, check_share, resort
 from ..train.runs import train_run
 
 MIN_DECISIONS = 20
@@ -103,6 +103,7 @@ def learn(
     model folder `model_out` (default `learned_folder`); with `again`, sort the unsure photos again with it. `sets`:
     settings over the recipe (the 'adapt' recipe with `LEARN`)."""
     out = Path(out)
+    check_share("--min-confidence", min_confidence)  # before the training, not after it
     settings = sort_settings(out)
     source = Path(settings["checkpoint"])
     old, classes, ckpt = load_model(source)

@@ -166,8 +166,7 @@ def sort_photos(
     if min_confidence is not None and target_accuracy is not None:
         raise SortError("--min-confidence and --target-accuracy: give one of them")
     for name, v in (("--min-confidence", min_confidence), ("--target-accuracy", target_accuracy)):
-        if v is not None and not 0 <= v <= 1:
-            raise SortError(f"{name} {v}: must be between 0 and 1")
+        check_share(name, v)
     check_folders(photos, out)
     if next(photo_files(photos, []), None) is None:
         raise SortError(f"{photos}: no files to sort")
@@ -203,6 +202,12 @@ def sort_photos(
         raise SortError(_disk_message(e, out, summary)) from None
 
 
+def check_share(name: str, v: float | None) -> None:
+    """A threshold or an accuracy given (`name`, its flag): None, or between 0 and 1."""
+    if v is not None and not 0 <= v <= 1:
+        raise SortError(f"{name} {v}: must be between 0 and 1")
+
+
 def resort(
     out: Path | str, checkpoint: Path | str, min_confidence: float | None = None, progress: bool = True
 ) -> SortSummary:
@@ -215,6 +220,7 @@ def resort(
     from ..model.checkpoint import checkpoint_file, load_model, temperature
 
     out = Path(out)
+    check_share("--min-confidence", min_confidence)
     before = sort_settings(out)
     model, classes, ckpt = load_model(checkpoint)
     t = temperature(ckpt, tta=False)
