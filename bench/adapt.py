@@ -45,19 +45,8 @@ NEW = ("altar", "gargoyle", "vault")
 """The classes the 7-class model never sees: one interior furnishing, one sculpture, one ceiling (chosen before
 any measurement)."""
 
-METHODS = {
-    "adapt": lambda old: [f"train.init_from={old}"],
-    "probe": lambda old: [f"train.init_from={old}", "train.epochs=1", "train.probe_epochs=1", "train.min_steps=0"],
-    "scratch": lambda old: [],
-    "adapt-lr02": lambda old: [f"train.init_from={old}", "train.lr=0.02", "train.muon_lr=0.02"],
-    "sgd-probe": lambda old: [f"train.init_from={old}", *V1],
-    "adapt-sgd": lambda old: [f"train.init_from={old}", "train.optimizer=sgd"],
-}
-"""`adapt`: the 'adapt' recipe; `probe`: its fitted head alone (and one epoch of the head, features frozen);
-`scratch`: the default recipe from random weights; at N=25 only, the recipe's two rivals: `adapt-lr02` (a lower
-rate), `adapt-sgd` (SGD for the conv filters too, whose steps scale with the gradient, where Muon's do not) and
-`sgd-probe` (the first recipe tried: no fitted head and no class weights, a 3-epoch gradient probe, rate 0.02)."""
-ONLY_AT_25 = ("adapt-lr02", "sgd-probe", "adapt-sgd")
+NO_LWF = ["train.source_teacher=false", "train.kd_weight=0"]
+LOW = ["train.lr=0.01", "train.muon_lr=0.005"]
 V1 = [
     "train.head_fit=false",
     "train.balanced=false",
@@ -65,6 +54,31 @@ V1 = [
     "train.lr=0.02",
     "train.muon_lr=0.02",
 ]
+METHODS = {
+    "adapt": lambda old: [f"train.init_from={old}"],
+    "probe": lambda old: [
+        f"train.init_from={old}",
+        *NO_LWF,
+        "train.epochs=1",
+        "train.probe_epochs=1",
+        "train.min_steps=0",
+    ],
+    "scratch": lambda old: [],
+    "adapt-nolwf": lambda old: [f"train.init_from={old}", *NO_LWF],
+    "adapt-even": lambda old: [f"train.init_from={old}", "train.balanced=false"],
+    "adapt-low": lambda old: [f"train.init_from={old}", *LOW],
+    "adapt-bn": lambda old: [f"train.init_from={old}", "train.frozen_bn=true"],
+    "adapt-nolwf-low": lambda old: [f"train.init_from={old}", *NO_LWF, *LOW],
+    "adapt-nolwf-bn": lambda old: [f"train.init_from={old}", *NO_LWF, "train.frozen_bn=true"],
+    "sgd-probe": lambda old: [f"train.init_from={old}", *NO_LWF, *V1],
+}
+"""`adapt`: the 'adapt' recipe; `probe`: its fitted head alone (and one epoch of the head, features frozen, no
+teacher); `scratch`: the default recipe from random weights; at N=25 only, the recipe's rivals: `adapt-nolwf`
+(no teaching by the source model), `adapt-even` (no class weights), `adapt-low` (a fifth of the rate for the head,
+a tenth for the filters), `adapt-bn` (batch norm statistics frozen), the last two without the teacher too, and
+`sgd-probe` (the first recipe tried: no fitted head, no class weights, no teacher, a 3-epoch gradient probe, rate
+0.02)."""
+ONLY_AT_25 = tuple(m for m in METHODS if m not in ("adapt", "probe", "scratch"))
 
 
 def link_folder(
@@ -163,7 +177,10 @@ def main() -> None:
     if a.review:
         for seed in a.seeds:
             model = out / "runs" / f"adapt-n25-s{seed}" / "last.pt"
-            for name, sets in (("learn", []), ("learn-no-teacher", ["train.kd_weight=0", "train.teachers=[]"])):
+            for name, sets in (
+                ("learn", []),
+                ("learn-no-teacher", ["train.kd_weight=0", "train.source_teacher=false"]),
+            ):
                 key = f"{name}/s{seed}"
                 if key not in results.setdefault("review", {}):
                     results["review"][key] = review_loop(out, root, full, model, a.decisions, seed, name, sets)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import FP32, SETS, TINY_MODEL, cli, make_dataset, metrics, tiny_config
 
-from heritagelens.config import Config
+from heritagelens.config import Config, ConfigError
 from heritagelens.data.split import prepare
-from heritagelens.model.checkpoint import read_checkpoint, write_model_folder
+from heritagelens.model.checkpoint import CheckpointError, read_checkpoint, write_model_folder
 from heritagelens.model.network import build_model, with_classes
-from heritagelens.train.loop import class_weights, fit_head
-from heritagelens.train.runs import lengthened, train_run
+from heritagelens.train.loop import Teacher, class_weights, fit_head
+from heritagelens.train.runs import lengthened, teacher_for, train_run
 
 NEW_CLASSES = ("arch", "portal", "crypt")
 """The adapted data's classes: one the source model knows ('arch'), two it does not."""
@@ -90,6 +90,17 @@ def test_probe_epochs_train_the_head_alone(source, tmp_path):
     assert not torch.equal(probe["head.fc.weight"], whole["head.fc.weight"])
 
 
+def test_frozen_batch_norm_keeps_its_statistics_while_the_filters_train(source, tmp_path):
+    ckpt_path, new = source
+    start = read_checkpoint(ckpt_path)["model"]
+    cfg = tiny_config(new, "train.epochs=1", "train.frozen_bn=true", f"train.init_from={ckpt_path}")
+    tuned = train_run(cfg, tmp_path / "run", progress=False).model.state_dict()
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(tuned[k], start[k]) for k in stats)
+    assert not torch.equal(tuned["features.conv1_1.weight"], start["features.conv1_1.weight"])
+    assert not torch.equal(tuned["features.bn1_1.weight"], start["features.bn1_1.weight"])  # its scales do learn
+
+
 def test_a_small_training_set_trains_for_the_recipe_s_least_number_of_steps(source):
     _, new = source
     cfg = tiny_config(new, "train.epochs=4", "train.probe_epochs=2", "train.min_steps=30")
@@ -156,6 +167,37 @@ def test_the_fitted_head_tells_the_classes_apart_on_features_alone(source):
     assert fit_head(model, x[two], y[two]) == [0, 1] and torch.equal(model.head.fc.weight[2], third)
     with torch.no_grad():
         assert (model(x[two].float())[:, :2].argmax(1) == y[two]).float().mean() >= 0.9
+
+
+def test_a_teacher_of_some_of_the_classes_teaches_those_alone():
+    teacher = Teacher([lambda x: x * 3.0], rows=[[1, 0]], columns=[2, 0])  # its classes 1, 0 are the student's 2, 0
+    x = torch.randn(8, 3)
+    agree = torch.stack([x[:, 0] * 3.0 + 5.0, torch.randn(8), x[:, 1] * 3.0 + 5.0], 1)  # a constant apart on both
+    assert teacher.loss(agree, x, 2.0) < 1e-5  # whatever the student says of class 1, which it alone knows
+    logits = torch.randn(8, 3, requires_grad=True)
+    loss = teacher.loss(logits, x, 2.0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss > 0.01 and torch.all(grad[:, 1] == 0) and grad[:, [0, 2]].abs().sum() > 0
+
+
+def test_the_source_model_teaches_the_classes_it_knows_while_adapting(source, tmp_path):
+    ckpt_path, new = source
+    lwf = [f"train.init_from={ckpt_path}", "train.source_teacher=true", "train.kd_weight=0.5"]
+    mixed = make_dataset(tmp_path / "mixed", classes=("arch", "dome", "portal"))
+    cfg = tiny_config(mixed, "train.epochs=1", *lwf)
+    teacher = teacher_for(cfg, ["arch", "dome", "portal"])
+    assert teacher.columns == [0, 1] and teacher.rows == [[0, 2]]  # of its 'arch, bell, dome'
+    run = train_run(cfg, tmp_path / "run", progress=False)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["source_teacher"]
+    assert run.classes == ["arch", "dome", "portal"]
+    assert teacher_for(tiny_config(new, *lwf), sorted(NEW_CLASSES)) is None  # it shares one class: nothing to teach
+    with pytest.raises(ConfigError, match="source_teacher"):
+        tiny_config(new, "train.source_teacher=true")  # a teacher without its share of the loss
+    with pytest.raises(ConfigError, match="needs train.init_from"):
+        teacher_for(tiny_config(new, "train.source_teacher=true", "train.kd_weight=0.5"), sorted(NEW_CLASSES))
+    named = [f'train.teachers=["{ckpt_path}"]', "train.kd_weight=0.5"]
+    with pytest.raises(CheckpointError, match="a teacher must know at least two of this run's classes"):
+        train_run(tiny_config(new, "train.epochs=1", *named), tmp_path / "refused", progress=False)
 
 
 def test_class_weights_make_every_class_with_photos_count_alike():

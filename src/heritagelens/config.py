@@ -237,23 +237,32 @@ class TrainConfig:
     probe_epochs: int = 0
     """The first this many epochs train the linear head alone (a linear probe: the feature layers, their batch norm
     statistics included, stay as they are), the rest the whole network; for adapting a model to new classes."""
+    frozen_bn: bool = False
+    """Batch norm layers keep the statistics they start with, training or not (their scales and shifts still learn):
+    a model fine-tuned on a few photos normalizes its features as it learned to on many."""
     limit_train: int = 0
     """Use only the first N training images after shuffling (0 = all); for quick checks."""
     teachers: tuple[str, ...] = ()
     """Knowledge distillation (Hinton et al. 2015): checkpoints or model folders of models of the same classes whose
     softmax of their mean logits at `kd_temperature` the model also learns to match, on every training batch as
     augmented (the teachers see it at 64 px). Empty: no teachers."""
+    source_teacher: bool = False
+    """With `init_from`: the model it names is a teacher too, of the classes it knows (learning without forgetting,
+    Li & Hoiem 2016: a model adapted to new classes keeps matching what it said of the old ones, on every photo)."""
     kd_weight: float = 0.0
-    """With `teachers`: the share of the loss that is matching them (the rest is the labels' cross-entropy)."""
+    """With `teachers` or `source_teacher`: the share of the loss that is matching them (the rest is the labels'
+    cross-entropy)."""
     kd_temperature: float = 3.0
-    """With `teachers`: the softmax temperature of both sides of the match (the loss is scaled by its square)."""
+    """With teachers: the softmax temperature of both sides of the match (the loss is scaled by its square)."""
 
     def __post_init__(self):
         self.snapshot_epochs = tuple(self.snapshot_epochs)
         self.teachers = tuple(self.teachers)
-        if bool(self.teachers) != (self.kd_weight > 0) or not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0:
+        taught = bool(self.teachers) or self.source_teacher
+        if taught != (self.kd_weight > 0) or not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0:
             raise ConfigError(
-                "train.teachers and train.kd_weight go together (kd_weight in (0, 1] with teachers, 0 without), "
+                "train.teachers (or train.source_teacher) and train.kd_weight go together (kd_weight in (0, 1] with "
+                "teachers, 0 without), "
                 "train.kd_temperature must be positive"
             )
         if not 0.0 <= self.saturation <= 1.0:
@@ -537,6 +546,9 @@ ADAPT = [
     "train.epochs=12",
     "train.head_fit=true",
     "train.balanced=true",
+    "train.source_teacher=true",
+    "train.kd_weight=0.5",
+    "train.kd_temperature=2",
     "train.min_steps=200",
     "train.muon_lr=0.05",
     "train.res_min=64",
@@ -544,8 +556,9 @@ ADAPT = [
 ]
 """Adapting a trained model to other classes (`heritagelens train --from`): the head fitted to the photos' features
 first (a linear probe in one step, every class weighted alike), then the whole network, every class counting alike
-in the loss, at full resolution, for at least 200 steps however few the photos. Chosen by `bench/adapt.py` over a
-gradient-trained probe and a lower rate (BENCHMARKS.md)."""
+in the loss, the model it started from teaching the classes it knows (half the loss: learning without forgetting),
+at full resolution, for at least 200 steps however few the photos. Chosen by `bench/adapt.py` over a
+gradient-trained probe, a lower rate, frozen batch norm statistics and an unweighted loss (BENCHMARKS.md)."""
 
 PRESETS: dict[str, list[str]] = {
     "default": COLOUR,

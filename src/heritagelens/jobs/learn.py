@@ -6,7 +6,7 @@ The decisions are read from the sort's journal (rows a person decided whose copy
 trained on as a data root of links to those copies, in a temporary folder: nothing in the sort is moved or written
 until the new model exists, and then only by `heritagelens.sort.sorter.resort`, which journals every move first.
 The model keeps every class it knows (`data.classes`), however few of them the decisions name, and its old self is
-its teacher (`train.teachers`): what it learns from a few photos does not cost it what it knew of the others."""
+its teacher (`train.source_teacher`): what it learns from a few photos does not cost it what it knew of the others."""
 
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ LEARN = [
     "train.balanced=false",
     "train.lr=0.02",
     "train.muon_lr=0.02",
-    "train.kd_weight=0.5",
+    "train.kd_temperature=3",
 ]
 """How `learn` differs from the 'adapt' recipe: a quarter of the decisions held out (whole groups), none of them
 held out as another source; the model's own head kept (a few decisions of a class would fit it badly) and the
-whole network trained at a lower rate, its old self taught beside the person's classes at half the loss."""
+whole network trained at a lower rate, its old self teaching (the recipe's `source_teacher`, half the loss) at the
+temperature it was measured with."""
 
 
 class LearnError(HeritageLensError):
@@ -138,7 +139,6 @@ def learn(
                 f"data.cache_dir={Path(tmp) / 'cache'}",
                 f"data.classes={json.dumps(classes)}",
                 f"train.init_from={source}",
-                f"train.teachers={json.dumps([str(source)])}",
                 *sets,
             ]
         )

@@ -231,6 +231,26 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return F.kl_div(torch.log_softmax(logits / t, 1), target, reduction="batchmean") * t * t
 
 
+@dataclass
+class Teacher:
+    """Models whose mean logits a student learns to match (`distillation_loss`) on the classes they share with it:
+    the logits at `rows[k]` of model k, the student's at `columns` (all its classes, or the old ones of a model
+    adapted to new classes)."""
+
+    models: list[nn.Module]
+    rows: list[list[int]]
+    columns: list[int]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x)[:, r] for m, r in zip(self.models, self.rows)]).mean(0)
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The student's `logits` (B, C) of batch `x` matched to the teachers', on the classes they know."""
+        taught = self(x).float()
+        return distillation_loss(logits.float()[:, self.columns], taught, temperature)
+
+
 def fit_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[int]:
     """Set the linear head's rows of the classes among `labels` to a logistic regression on the features the model
     computes for `images` (un-augmented, eval mode), every class weighted alike however many photos it has
@@ -341,10 +361,10 @@ def fit(
     val_labels: torch.Tensor,
     on_epoch: Callable[[TrainState, EpochResult], None] = lambda s, r: None,
     progress: bool = True,
-    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainState:
     """Train from `state.epoch` to `cfg.train.epochs`, calling `on_epoch` after each (it saves checkpoints). With a
-    `teacher` (64 px batch -> logits (B, C), see `runs.teacher_for`), the loss is also the match of its softmax
+    `teacher` (see `runs.teacher_for`), the loss is also the match of its softmax on the classes it knows
     (`distillation_loss`).
 
     Images stay uint8 on the CPU and are augmented there, a global batch at a time; under torchrun every process
@@ -376,6 +396,10 @@ def fit(
         model.train()
         if probing:  # a linear probe: the features, their batch norm statistics included, stay as they are
             model.features.eval()
+        elif tc.frozen_bn:
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
@@ -398,9 +422,8 @@ def fit(
                 logits = forward(x)
                 loss = criterion(logits.float(), y)
                 if teacher is not None:  # the teachers see the batch at full size, whatever side the model trains at
-                    with torch.no_grad():
-                        taught = teacher(amp.input(full_x[part].to(device, non_blocking=True))).float()
-                    soft = distillation_loss(logits.float(), taught, tc.kd_temperature)
+                    shown = amp.input(full_x[part].to(device, non_blocking=True))
+                    soft = teacher.loss(logits, shown, tc.kd_temperature)
                     loss = (1 - tc.kd_weight) * loss + tc.kd_weight * soft
             opt.zero_grad(set_to_none=True)
             # DDP averages the processes' gradients: weighting each share's mean by its size makes that average the

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import dataset
 from ..data.split import Prepared, prepare
 from ..distributed import from_main, init_world
@@ -35,7 +35,7 @@ from ..model.checkpoint import (
 from ..model.network import build_model, with_classes
 from ..model.precision import Choice, resolve
 from ..model.trained import Trained
-from .loop import EpochResult, TrainState, epoch_side, eval_model, fit, fit_head, new_state
+from .loop import EpochResult, Teacher, TrainState, epoch_side, eval_model, fit, fit_head, new_state
 
 
 def save_checkpoint(path: Path | str, state: TrainState, cfg: Config, classes: list[str], **extra: Any) -> Path:
@@ -181,23 +181,35 @@ def lengthened(cfg: Config, prep: Prepared) -> tuple[Config, str]:
     return cfg.override([f"train.epochs={need}", f"train.probe_epochs={probe}"]), why
 
 
-def teacher_for(cfg: Config, classes: list[str]):
-    """The teachers of `cfg.train.teachers` as one function, a batch -> the mean of their logits (B, C), each checked
-    to know `classes` in that order; None without teachers."""
-    if not cfg.train.teachers:
+def teacher_for(cfg: Config, classes: list[str]) -> Teacher | None:
+    """The teachers of `cfg.train.teachers` (and, with `train.source_teacher`, the model of `train.init_from`) as one
+    `Teacher` of the classes of `classes` they know (every teacher the same ones, at least two); None without
+    teachers, or when the source model alone would teach and knows fewer than two of `classes`. A teacher of some of
+    the classes is learning without forgetting: a model adapted to new classes keeps what it said of the old ones."""
+    paths = list(cfg.train.teachers)
+    if cfg.train.source_teacher:
+        if not cfg.train.init_from:
+            raise ConfigError("train.source_teacher needs train.init_from, the model that teaches (train --from)")
+        if not paths and len(set(classes) & set(read_checkpoint(cfg.train.init_from)["classes"])) < 2:
+            return None  # nothing to keep of it: a softmax over one class says nothing
+        paths.append(cfg.train.init_from)
+    if not paths:
         return None
     device = init_world(cfg.train.device).device
-    models = []
-    for path in cfg.train.teachers:
+    models, rows, shared = [], [], None
+    for path in paths:
         ckpt = read_checkpoint(path)
-        if list(ckpt["classes"]) != list(classes):
-            raise CheckpointError(f"{path}: a teacher must know this run's classes in its order ({', '.join(classes)})")
+        taught = list(ckpt["classes"])
+        known = [c for c in classes if c in taught]
+        if len(known) < 2 or shared not in (None, known):
+            raise CheckpointError(
+                f"{path}: a teacher must know at least two of this run's classes ({', '.join(classes)}), "
+                "the same ones as the other teachers"
+            )
+        shared = known
         models.append(model_from_checkpoint(ckpt, path).to(device).eval())
-
-    def teach(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in models]).mean(0)
-
-    return teach
+        rows.append([taught.index(c) for c in known])
+    return Teacher(models, rows, [classes.index(c) for c in shared])
 
 
 def seconds_per_step(cfg: Config, prep: Prepared, steps: int = 3, side: int = 64) -> float:
