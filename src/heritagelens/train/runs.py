@@ -115,12 +115,13 @@ class RunWriter:
         return max((float(row["val_acc"]) for row in self.rows), default=float("-inf"))
 
 
-def initial_state(cfg: Config, prep: Prepared) -> TrainState:
+def initial_state(cfg: Config, prep: Prepared, source: dict | None = None) -> TrainState:
     """A new model of `cfg` (seeded), its input normalization set from the training images, and its optimizer; or,
-    with `train.init_from`, that checkpoint's model (the same model and classes) with a new optimizer."""
+    with `train.init_from`, that checkpoint's model (the same model and classes) with a new optimizer. `source` is
+    that checkpoint when already read."""
     torch.manual_seed(cfg.train.seed)
     if cfg.train.init_from:
-        model = starting_model(cfg, prep.split.classes)
+        model = starting_model(cfg, prep.split.classes, source)
         if cfg.train.head_fit:
             fit_head(model, prep.split.images[prep.train_idx], prep.split.labels[prep.train_idx])
         return new_state(model, cfg.train)
@@ -131,11 +132,12 @@ def initial_state(cfg: Config, prep: Prepared) -> TrainState:
     return new_state(model, cfg.train)
 
 
-def starting_model(cfg: Config, classes: list[str]):
-    """The model `train.init_from` names, checked to be the model `cfg` describes; when it knows other classes than
-    `classes`, adapted to them (`with_classes`: its features kept, a head row for each class)."""
+def starting_model(cfg: Config, classes: list[str], source: dict | None = None):
+    """The model `train.init_from` names (`source`, when already read), checked to be the model `cfg` describes;
+    when it knows other classes than `classes`, adapted to them (`with_classes`: its features kept, a head row for
+    each class)."""
     path = cfg.train.init_from
-    ckpt = read_checkpoint(path)
+    ckpt = source or read_checkpoint(path)
     if Config.from_dict(ckpt["config"]).model != cfg.model:
         raise CheckpointError(f"{path}: train.init_from holds another model than this run's (model.* settings differ)")
     model = model_from_checkpoint(ckpt, path)
@@ -144,14 +146,14 @@ def starting_model(cfg: Config, classes: list[str]):
     return model.train()
 
 
-def adapted_from(cfg: Config, classes: list[str]) -> dict[str, Any] | None:
+def adapted_from(cfg: Config, classes: list[str], source: dict | None = None) -> dict[str, Any] | None:
     """What a run adapts (`train.init_from` with other classes than `classes`), as its checkpoints record it: the
     model it starts from, that model's classes, the classes that keep their head rows and the new ones; None when
-    the run starts from random weights or from a model of the same classes."""
+    the run starts from random weights or from a model of the same classes. `source`: its checkpoint, when read."""
     path = cfg.train.init_from
     if not path:
         return None
-    ckpt = read_checkpoint(path)
+    ckpt = source or read_checkpoint(path)
     old = list(ckpt["classes"])
     if old == list(classes):
         return None
@@ -181,24 +183,26 @@ def lengthened(cfg: Config, prep: Prepared) -> tuple[Config, str]:
     return cfg.override([f"train.epochs={need}", f"train.probe_epochs={probe}"]), why
 
 
-def teacher_for(cfg: Config, classes: list[str]) -> Teacher | None:
+def teacher_for(cfg: Config, classes: list[str], source: dict | None = None) -> Teacher | None:
     """The teachers of `cfg.train.teachers` (and, with `train.source_teacher`, the model of `train.init_from`) as one
     `Teacher` of the classes of `classes` they know (every teacher the same ones, at least two); None without
     teachers, or when the source model alone would teach and knows fewer than two of `classes`. A teacher of some of
-    the classes is learning without forgetting: a model adapted to new classes keeps what it said of the old ones."""
-    paths = list(cfg.train.teachers)
+    the classes is learning without forgetting: a model adapted to new classes keeps what it said of the old ones.
+    `source`: the checkpoint of `train.init_from`, when already read."""
+    read = {}
     if cfg.train.source_teacher:
         if not cfg.train.init_from:
             raise ConfigError("train.source_teacher needs train.init_from, the model that teaches (train --from)")
-        if not paths and len(set(classes) & set(read_checkpoint(cfg.train.init_from)["classes"])) < 2:
+        read[cfg.train.init_from] = source or read_checkpoint(cfg.train.init_from)
+        if not cfg.train.teachers and len(set(classes) & set(read[cfg.train.init_from]["classes"])) < 2:
             return None  # nothing to keep of it: a softmax over one class says nothing
-        paths.append(cfg.train.init_from)
+    paths = [*cfg.train.teachers, *read]
     if not paths:
         return None
     device = init_world(cfg.train.device).device
     models, rows, shared = [], [], None
     for path in paths:
-        ckpt = read_checkpoint(path)
+        ckpt = read.get(path) or read_checkpoint(path)
         taught = list(ckpt["classes"])
         known = [c for c in classes if c in taught]
         if len(known) < 2 or shared not in (None, known):
@@ -304,6 +308,8 @@ def train_run(
         run.record_precision(choice.to_dict())
     prep = prepare(cfg, like)
     s = prep.split
+    start = cfg.train.init_from and (not resume or cfg.train.source_teacher)  # a resumed run has its weights
+    source = read_checkpoint(cfg.train.init_from) if start else None  # read once: its record, weights and teaching
     if cfg.train.min_steps and not resume:
         cfg, why = lengthened(cfg, prep)
         if why:
@@ -323,10 +329,10 @@ def train_run(
         origin = ckpt.get("adapted_from")
         run.log(f"resumed at epoch {state.epoch}")
     else:
-        origin = adapted_from(cfg, s.classes)
+        origin = adapted_from(cfg, s.classes, source)
         if origin:
             run.log(f"adapted from {json.dumps(origin)}")
-        state = initial_state(cfg, prep)
+        state = initial_state(cfg, prep, source)
         if main:
             atomic_write_text(cfg.to_json() + "\n", run.path / "config.json")
             atomic_write_json(prep.record(), run.path / "split.json")
@@ -360,7 +366,7 @@ def train_run(
 
     xt, yt = s.images[prep.train_idx], s.labels[prep.train_idx]
     xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]
-    teacher = teacher_for(cfg, s.classes)
+    teacher = teacher_for(cfg, s.classes, source)
     state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress, teacher=teacher)
     if main:  # the model as the file holds it, which every later use of it reads
         return Trained.load(run.path / "last.pt", prep=prep)
