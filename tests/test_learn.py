@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import cli, make_dataset, tiny_config
+from conftest import cli, make_dataset, need, tiny_config
 
 from heritagelens.jobs.learn import LearnError, learn, learned_folder
 from heritagelens.model.card import BUNDLED
@@ -96,3 +96,18 @@ def test_the_learn_command_says_what_it_learnt_and_a_second_sort_uses_the_new_mo
     assert json.loads((out / META).read_text())["checkpoint"] == str((reviewed / "run" / "last.pt").resolve())
     q = cli("learn", out, "--set", "data.root=x")
     assert q.returncode != 0 and "learn --set takes train.* settings only" in q.stderr
+
+
+def test_the_review_tab_learns_from_the_decisions_and_says_where_to_go_on(reviewed):
+    need("gradio")
+    from heritagelens.webapp import UNSURE, Explorer
+
+    out = reviewed / "out"
+    ex = Explorer(reviewed / "run")
+    assert ex.learn("") == "**Open a sort first.**"
+    assert "not a folder 'heritagelens sort' wrote" in ex.learn(str(reviewed))
+    said = ex.learn(str(out), sets=QUICK)
+    assert "learnt from" in said and f"serve {reviewed / 'run-learned-1'}`" in said
+    assert (reviewed / "run-learned-1" / "card.json").exists()
+    assert "serve that model to review it" in ex.review(str(out), UNSURE).status  # the sort is the new model's now
+    assert "serve that model to review it" in ex.learn(str(out))  # and this page's model learns from it no more

@@ -243,6 +243,9 @@ def test_a_person_reviews_a_sort_of_real_photos_in_chromium(ahe_root, chromium, 
         page.wait_for_timeout(1500)  # time for a second decision, were one sent
         assert f"Filed {waiting[1]}" not in page.inner_text("#review-status")
         chosen[waiting[0]] = classes[k]
+        page.click("#review-learn-box .label-wrap")
+        page.click("#review-learn")  # 5 decisions: too few to learn from, and the page says so
+        wait_text(page, "#review-learnt", f"{len(chosen)} photo(s) filed by a person; learning needs at least 20")
         page.screenshot(path=tmp_path / "review.png", full_page=True)
     rows = sort_rows(out)
     assert rows[waiting[1]]["copied_to"].startswith(UNCERTAIN) and not rows[waiting[1]]["decided"]  # never shown

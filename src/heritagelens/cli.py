@@ -49,16 +49,16 @@ def _root(args) -> Path:
 def _config(args, start: Path | None = None):
     """The recipe the flags choose; `start`, a model to adapt (`train --from`): its model settings, the 'adapt'
     recipe unless --preset names another, and `train.init_from` naming it."""
-    from .config import preset
+    from .config import adapting, preset
 
     flags = {"seed": "train.seed", "epochs": "train.epochs", "minutes": "train.minutes", "device": "train.device"}
     given = [f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f, None) not in (None, "")]
-    cfg = preset(args.preset or ("adapt" if start else "default"))
     if start is not None:
         from .model.checkpoint import config_of, read_checkpoint
 
-        cfg.model = config_of(read_checkpoint(start), start).model
-        cfg.train.init_from = str(start.resolve())
+        cfg = adapting(config_of(read_checkpoint(start), start).model, str(start.resolve()), args.preset or "adapt")
+    else:
+        cfg = preset(args.preset or "default")
     cfg = cfg.override(args.set or [])  # a bad recipe is reported before missing data
     root = f"data.root={_root(args).resolve()}"  # absolute, so --resume and evaluate work from any folder
     return cfg.override([root, *given])

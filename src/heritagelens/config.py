@@ -612,3 +612,12 @@ def launched_size() -> int:
     """How many processes torchrun started (1 when run directly): read from its environment, without PyTorch, so
     that the command line can refuse what does not run under torchrun before importing anything heavy."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def adapting(model: ModelConfig, start: str, name: str = "adapt") -> Config:
+    """Recipe `name` (the 'adapt' recipe by default) starting from the model at `start`, whose settings are `model`:
+    what `train --from` and `learn` train with, before their own settings."""
+    cfg = preset(name)
+    cfg.model = model
+    cfg.train.init_from = start
+    return cfg

@@ -279,6 +279,21 @@ class Explorer:
             grid.append((im, f"{r['file']}: {r['class']} {r['p']:.0%}"))
         return grid, [r["file"] for r in queue]
 
+    def learn(self, folder: str, sets: list[str] = ()) -> str:
+        """`heritagelens learn` on the sort in `folder`, from the page: the photos a person filed fine-tune this model
+        into a new model folder beside it, the unsure ones are sorted again with it; what was done, in words."""
+        from .jobs.learn import learn
+
+        if not folder:
+            return "**Open a sort first.**"
+        try:
+            self.reviewer.queue(folder, UNCERTAIN)  # a sort of this model, or a one-line refusal
+            learned = learn(Path(folder).expanduser(), sets=sets, progress=False)
+        except HeritageLensError as e:
+            return f"**{e}**"
+        again = f"`heritagelens serve {learned.model}`"
+        return f"```\n{learned.text()}\n```\nThe sort now belongs to the new model: review it further with {again}."
+
     def explain(self, folder: str, file: str) -> tuple[Image.Image | None, Image.Image | None]:
         """The deconvnet's strongest projections and the comparison maps (Grad-CAM among them) of a reviewed photo."""
         if not file:
@@ -483,6 +498,14 @@ def review_tab(gr, ex: Explorer) -> None:
         with gr.Row():
             into = gr.Dropdown(ex.classes, value=ex.classes[0], label="into class", elem_id="review-into")
             file_all = gr.Button("File the ticked photos", elem_id="review-file-ticked")
+    with gr.Accordion("learn from the decisions", open=False, elem_id="review-learn-box"):
+        gr.Markdown(
+            "Fine-tune this model on the photos a person filed (at least 20; a quarter held out to measure it before "
+            "and after), into a new model folder beside it, and sort the unsure photos no one decided again with it. "
+            "The old model and every decision stay as they are. A few minutes: `heritagelens learn` does the same."
+        )
+        learn = gr.Button("Learn from the decisions", elem_id="review-learn")
+        learnt = gr.Markdown(elem_id="review-learnt")
     outs = [photo, top3, current, status]
 
     def shown(r: Reviewed):
@@ -523,6 +546,11 @@ def review_tab(gr, ex: Explorer) -> None:
         return shown(nxt)
 
     after(file_all.click(file_ticked, [folder, show, ticked, into], outs, api_name="file_ticked", concurrency_limit=1))
+    after(
+        learn.click(ex.learn, [folder], [learnt], api_name="learn", concurrency_limit=1).then(
+            lambda f, s: shown(ex.review(f, s)), [folder, show], outs
+        )
+    )
 
 
 KEYS = """<script>

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import preset
+from ..config import adapting
 from ..errors import HeritageLensError
 from ..model.card import BUNDLED
 from ..model.checkpoint import config_of, load_model, write_model_folder
@@ -130,15 +130,12 @@ def learn(
             link = root / "train" / r["class"] / Path(r["copied_to"]).name
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to((out / r["copied_to"]).resolve())
-        cfg = preset("adapt")
-        cfg.model = trained_as.model
-        cfg = cfg.override(
+        cfg = adapting(trained_as.model, str(source)).override(
             [
                 *LEARN,
                 f"data.root={root}",
                 f"data.cache_dir={Path(tmp) / 'cache'}",
                 f"data.classes={json.dumps(classes)}",
-                f"train.init_from={source}",
                 *sets,
             ]
         )
