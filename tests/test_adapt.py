@@ -189,6 +189,7 @@ def test_the_source_model_teaches_the_classes_it_knows_while_adapting(source, tm
     assert teacher.columns == [0, 1] and teacher.rows == [[0, 2]]  # of its 'arch, bell, dome'
     run = train_run(cfg, tmp_path / "run", progress=False)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["source_teacher"]
+    assert "taught by 1 model(s) on arch, dome" in (tmp_path / "run" / "train.log").read_text()
     assert run.classes == ["arch", "dome", "portal"]
     assert teacher_for(tiny_config(new, *lwf), sorted(NEW_CLASSES)) is None  # it shares one class: nothing to teach
     with pytest.raises(ConfigError, match="source_teacher"):

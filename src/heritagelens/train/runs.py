@@ -367,6 +367,8 @@ def train_run(
     xt, yt = s.images[prep.train_idx], s.labels[prep.train_idx]
     xv, yv = s.images[prep.val_idx], s.labels[prep.val_idx]
     teacher = teacher_for(cfg, s.classes, source)
+    if teacher is not None:
+        run.log(f"taught by {len(teacher.models)} model(s) on {', '.join(s.classes[c] for c in teacher.columns)}")
     state = fit(cfg, state, xt, yt, xv, yv, on_epoch=on_epoch, progress=progress, teacher=teacher)
     if main:  # the model as the file holds it, which every later use of it reads
         return Trained.load(run.path / "last.pt", prep=prep)
