@@ -75,17 +75,21 @@ METHODS = {
     "sgd-probe": lambda old: [f"train.init_from={old}", *NO_LWF, *V1],
     "adapt-lr02": lambda old: [f"train.init_from={old}", "train.lr=0.02", "train.muon_lr=0.02"],
     "adapt-muon01": lambda old: [f"train.init_from={old}", "train.muon_lr=0.01"],
+    "adapt-ema": lambda old: [f"train.init_from={old}", "train.ema_decay=0.98"],
     "adapt-long": lambda old: [f"train.init_from={old}", "train.min_steps=400"],
     "adapt-kd07": lambda old: [f"train.init_from={old}", "train.kd_weight=0.7"],
 }
 """`adapt`: the 'adapt' recipe; `probe`: its fitted head alone (and one epoch of the head, features frozen, no
-teacher); `scratch`: the default recipe from random weights; at N=25 only, the recipe's rivals: `adapt-nolwf`
-(no teaching by the source model), `adapt-even` (no class weights), `adapt-low` (a fifth of the rate for the head,
-a tenth for the filters), `adapt-bn` (batch norm statistics frozen), the last two without the teacher too, and
-`sgd-probe` (the first recipe tried: no fitted head, no class weights, no teacher, a 3-epoch gradient probe, rate
-0.02), `adapt-lr02` (rate 0.02 for the head and the filters, not 0.05), `adapt-muon01` (0.01 for the filters
-alone), `adapt-long` (400 steps at least, not 200) and `adapt-kd07` (the teacher 70% of the loss, not half)."""
-ONLY_AT_25 = tuple(m for m in METHODS if m not in ("adapt", "probe", "scratch", "adapt-lr02", "adapt-muon01"))
+teacher); `scratch`: the default recipe from random weights. The recipe's rivals: `adapt-nolwf` (no teaching by the
+source model), `adapt-even` (no class weights), `adapt-low` (a fifth of the rate for the head, a tenth for the
+filters), `adapt-bn` (batch norm statistics frozen), the last two without the teacher too, `sgd-probe` (the first
+recipe tried: no fitted head, no class weights, no teacher, a 3-epoch gradient probe, rate 0.02), `adapt-lr02`
+(rate 0.02 for the head and the filters, not 0.05), `adapt-muon01` (0.01 for the filters alone), `adapt-ema` (the
+weights averaged, decay 0.98 a step), `adapt-long` (400 steps at least, not 200) and `adapt-kd07` (the teacher 70%
+of the loss, not half)."""
+ONLY_AT_25 = tuple(
+    m for m in METHODS if m not in ("adapt", "probe", "scratch", "adapt-lr02", "adapt-muon01", "adapt-ema")
+)
 """Methods measured at N=25 only (the others at any N asked for)."""
 
 
