@@ -287,8 +287,8 @@ class Explorer:
         if not folder:
             return "**Open a sort first.**"
         try:
-            self.reviewer.queue(folder, UNCERTAIN)  # a sort of this model, or a one-line refusal
-            learned = learn(Path(folder).expanduser(), sets=sets, progress=False)
+            out, _ = self.reviewer.sort_in(folder)  # a sort of this model, or a one-line refusal
+            learned = learn(out, sets=sets, progress=False)
         except HeritageLensError as e:
             return f"**{e}**"
         again = f"`heritagelens serve {learned.model}`"

@@ -144,9 +144,9 @@ class Reviewer:
         self.decisions: list[Decision] = []
         """This session's decisions, the last one last: what `undo_last` takes back."""
 
-    def queue(self, folder: str, where: str, rows: dict | None = None) -> tuple[Path, Path, list[dict]]:
-        """(output folder, photo folder, the rows filed in `where`, a class or `UNCERTAIN`, in file order) of the
-        sort into `folder`, once it is one this model made; `rows`, the sort's rows when just read."""
+    def sort_in(self, folder: str) -> tuple[Path, dict]:
+        """(output folder, its settings) of the sort into `folder`, once it is one this model made; else a
+        one-line `SortError`."""
         out = Path(folder or "").expanduser()
         try:
             there = bool(folder) and out.is_dir()
@@ -157,6 +157,12 @@ class Reviewer:
         settings = sort_settings(out)
         if settings.get("checkpoint") != self.model:
             raise SortError(f"{out}: sorted with {settings.get('checkpoint')}; serve that model to review it")
+        return out, settings
+
+    def queue(self, folder: str, where: str, rows: dict | None = None) -> tuple[Path, Path, list[dict]]:
+        """(output folder, photo folder, the rows filed in `where`, a class or `UNCERTAIN`, in file order) of the
+        sort into `folder`, once it is one this model made (`sort_in`); `rows`, the sort's rows when just read."""
+        out, settings = self.sort_in(folder)
         rows = sorted_rows(out, self.classes) if rows is None else rows
         queue = [r for _, r in sorted(rows.items()) if not r.get("error") and r["copied_to"].split("/")[0] == where]
         return out, Path(settings["photos"]), queue
