@@ -141,6 +141,10 @@ def check_settings(out: Path, settings: dict) -> None:
             )
 
 
+BATCH_SIZE = 64
+"""Photos a sort classifies at a time."""
+
+
 def sort_photos(
     checkpoint: Path | str,
     photos: Path | str,
@@ -148,7 +152,7 @@ def sort_photos(
     min_confidence: float | None = None,
     link: bool = False,
     how: str = DEFAULT_VIEW,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     target_accuracy: float | None = None,
     xmp: bool = False,
@@ -253,7 +257,7 @@ def resort(
             plan = Plan(photos, out, min_confidence, link, how, model_name(checkpoint) if xmp else "", again)
             run = _Sort(model, classes, t or 1.0, plan, summary)
             atomic_write_json(settings, out / META)
-            return run.go(64, progress)
+            return run.go(BATCH_SIZE, progress)
     except OSError as e:
         raise SortError(_disk_message(e, out, summary)) from None
 
