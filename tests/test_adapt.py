@@ -194,8 +194,12 @@ def test_the_source_model_teaches_the_classes_it_knows_while_adapting(source, tm
     assert teacher_for(tiny_config(new, *lwf), sorted(NEW_CLASSES)) is None  # it shares one class: nothing to teach
     with pytest.raises(ConfigError, match="source_teacher"):
         tiny_config(new, "train.source_teacher=true")  # a teacher without its share of the loss
+    alone = tiny_config(new, "train.source_teacher=true", "train.kd_weight=0.5")
     with pytest.raises(ConfigError, match="needs train.init_from"):
-        teacher_for(tiny_config(new, "train.source_teacher=true", "train.kd_weight=0.5"), sorted(NEW_CLASSES))
+        teacher_for(alone, sorted(NEW_CLASSES))
+    with pytest.raises(ConfigError, match="needs train.init_from"):
+        train_run(alone, tmp_path / "alone", progress=False)
+    assert not (tmp_path / "alone").exists()  # refused before the run folder is made
     named = [f'train.teachers=["{ckpt_path}"]', "train.kd_weight=0.5"]
     with pytest.raises(CheckpointError, match="a teacher must know at least two of this run's classes"):
         train_run(tiny_config(new, "train.epochs=1", *named), tmp_path / "refused", progress=False)

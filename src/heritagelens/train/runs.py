@@ -183,6 +183,12 @@ def lengthened(cfg: Config, prep: Prepared) -> tuple[Config, str]:
     return cfg.override([f"train.epochs={need}", f"train.probe_epochs={probe}"]), why
 
 
+def check_source_teacher(cfg: Config) -> None:
+    """Refuse `train.source_teacher` without `train.init_from`: there is no model to teach."""
+    if cfg.train.source_teacher and not cfg.train.init_from:
+        raise ConfigError("train.source_teacher needs train.init_from, the model that teaches (train --from)")
+
+
 def teacher_for(cfg: Config, classes: list[str], source: dict | None = None) -> Teacher | None:
     """The teachers of `cfg.train.teachers` (and, with `train.source_teacher`, the model of `train.init_from`) as one
     `Teacher` of the classes of `classes` they know (every teacher the same ones, at least two); None without
@@ -190,9 +196,8 @@ def teacher_for(cfg: Config, classes: list[str], source: dict | None = None) -> 
     the classes is learning without forgetting: a model adapted to new classes keeps what it said of the old ones.
     `source`: the checkpoint of `train.init_from`, when already read."""
     read = {}
+    check_source_teacher(cfg)
     if cfg.train.source_teacher:
-        if not cfg.train.init_from:
-            raise ConfigError("train.source_teacher needs train.init_from, the model that teaches (train --from)")
         read[cfg.train.init_from] = source or read_checkpoint(cfg.train.init_from)
         if not cfg.train.teachers and len(set(classes) & set(read[cfg.train.init_from]["classes"])) < 2:
             return None  # nothing to keep of it: a softmax over one class says nothing
@@ -297,6 +302,7 @@ def train_run(
         last = Path(run_path) / "last.pt"
         ckpt = read_checkpoint(last)
         cfg = Config.from_dict(ckpt["config"])
+    check_source_teacher(cfg)  # before the run folder is made
     w = init_world(cfg.train.device)
     main = w.main
     run = RunWriter(run_path, writes=main)
